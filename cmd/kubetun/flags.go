@@ -1,0 +1,114 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/tunnel"
+)
+
+// runConfig is the parsed command line of `kubetun run`.
+type runConfig struct {
+	serviceCIDRs []netip.Prefix
+	manifests    string
+	tun          string
+	mtu          int
+	dialTimeout  time.Duration
+	logLevel     slog.Level
+}
+
+func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
+	var (
+		cfg   runConfig
+		cidrs prefixList
+		level = "info"
+	)
+	fs := flag.NewFlagSet("kubetun run", flag.ContinueOnError)
+	// Errors are reported by the caller in one line; only -h prints usage.
+	fs.SetOutput(io.Discard)
+	fs.Var(&cidrs, "service-cidr", "service `CIDR` to route into kubetun (repeatable, or comma-separated), e.g. 10.3.240.0/20")
+	fs.StringVar(&cfg.manifests, "manifests", "", "`PATH` of a YAML/JSON file, or a directory of them, holding v1 Services and discovery.k8s.io/v1 EndpointSlices; watched for changes")
+	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")
+	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
+	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
+	fs.StringVar(&level, "log-level", level, "log `LEVEL`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "Usage: kubetun run --service-cidr CIDR --manifests PATH [flags]")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return cfg, err
+		}
+		return cfg, usageError{fmt.Errorf("%w (see 'kubetun run -h')", err)}
+	}
+	if fs.NArg() > 0 {
+		return cfg, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if len(cidrs) == 0 {
+		return cfg, usageError{errors.New("--service-cidr is required, e.g. --service-cidr 10.3.240.0/20")}
+	}
+	cfg.serviceCIDRs = cidrs
+	if cfg.manifests == "" {
+		return cfg, usageError{errors.New("--manifests is required: a file or directory of Services and EndpointSlices")}
+	}
+	if cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n") {
+		return cfg, usageError{fmt.Errorf("--tun %q: an interface name is 1 to 15 characters, without '/' or spaces", cfg.tun)}
+	}
+	if cfg.mtu < 1280 || cfg.mtu > 65535 {
+		return cfg, usageError{fmt.Errorf("--mtu %d: want 1280 to 65535", cfg.mtu)}
+	}
+	if cfg.dialTimeout <= 0 {
+		return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}
+	}
+	if err := cfg.logLevel.UnmarshalText([]byte(level)); err != nil {
+		return cfg, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
+	}
+	return cfg, nil
+}
+
+// prefixList is a repeatable, comma-separated list of CIDRs.
+type prefixList []netip.Prefix
+
+func (l *prefixList) String() string {
+	s := make([]string, len(*l))
+	for i, p := range *l {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *prefixList) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a CIDR such as 10.3.240.0/20", s)
+		}
+		if p.Addr().Is4In6() {
+			return fmt.Errorf("%s: use the IPv4 form", s)
+		}
+		if p != p.Masked() {
+			return fmt.Errorf("%s is not a network address; did you mean %s?", s, p.Masked())
+		}
+		if p.Bits() == 0 {
+			return fmt.Errorf("%s would send every address into kubetun, its own dials to pods too", s)
+		}
+		for _, q := range *l {
+			if q.Overlaps(p) {
+				return fmt.Errorf("%s overlaps %s, given already", p, q)
+			}
+		}
+		*l = append(*l, p)
+	}
+	return nil
+}

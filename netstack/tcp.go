@@ -1,0 +1,198 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/kubetun/kubetun/resolver"
+)
+
+// handleTCP is the TCP forwarder's handler, run by gVisor in a goroutine of
+// its own for each new SYN: look up, pick, dial, then complete the handshake
+// or reset. r.Complete is called exactly once on every path.
+func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
+	if !s.track() {
+		r.Complete(true)
+		return
+	}
+	defer s.wg.Done()
+
+	id := r.ID()
+	src := addrPort(id.RemoteAddress, id.RemotePort)
+	dst := addrPort(id.LocalAddress, id.LocalPort)
+	sp, ok := s.services.Lookup(resolver.TCP, dst)
+	if !ok {
+		s.log.Debug("refused: no service", "proto", "TCP", "src", src, "dst", dst)
+		r.Complete(true)
+		return
+	}
+	backend, ep, err := s.dial(sp)
+	if err != nil {
+		s.log.Debug("refused", "service", sp, "src", src, "err", err)
+		r.Complete(true)
+		return
+	}
+
+	var wq waiter.Queue
+	cep, tcpErr := r.CreateEndpoint(&wq)
+	if tcpErr != nil {
+		// The client went away during the dial, or never finished the
+		// handshake.
+		s.log.Debug("handshake failed", "service", sp, "src", src, "err", tcpErr)
+		r.Complete(true)
+		backend.Close()
+		return
+	}
+	r.Complete(false)
+	setKeepalive(cep)
+
+	f := &flow{client: gonet.NewTCPConn(&wq, cep), backend: backend}
+	if !s.addFlow(f) {
+		f.close()
+		return
+	}
+	defer s.removeFlow(f)
+	s.log.Debug("forwarding", "service", sp, "src", src, "endpoint", ep)
+	f.splice()
+}
+
+// dial connects to an endpoint of sp. If the first pick fails, it tries one
+// other endpoint before giving up: a pod that just died should cost its
+// clients a retry, not an error.
+func (s *Stack) dial(sp *resolver.ServicePort) (*net.TCPConn, resolver.Endpoint, error) {
+	ep, ok := sp.Pick()
+	if !ok {
+		return nil, ep, errNoEndpoint
+	}
+	c, err := s.dialOne(ep)
+	if err == nil {
+		return c, ep, nil
+	}
+	other, ok := sp.PickOther(ep)
+	if !ok {
+		return nil, ep, err
+	}
+	s.log.Debug("dial failed, trying another endpoint", "service", sp, "endpoint", ep, "err", err, "next", other)
+	c, err2 := s.dialOne(other)
+	if err2 != nil {
+		return nil, other, errors.Join(err, err2)
+	}
+	return c, other, nil
+}
+
+var errNoEndpoint = errors.New("no usable endpoint")
+
+func (s *Stack) dialOne(ep resolver.Endpoint) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.dialTimeout)
+	defer cancel()
+	c, err := s.dialer.DialContext(ctx, "tcp", ep.Addr.String())
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("dialer returned a non-TCP connection")
+	}
+	return tc, nil
+}
+
+func setKeepalive(ep tcpip.Endpoint) {
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(keepaliveIdle)
+	ep.SetSockOpt(&idle)
+	intvl := tcpip.KeepaliveIntervalOption(keepaliveInterval)
+	ep.SetSockOpt(&intvl)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepaliveCount)
+}
+
+func (s *Stack) addFlow(f *flow) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.flows[f] = struct{}{}
+	return true
+}
+
+func (s *Stack) removeFlow(f *flow) {
+	s.mu.Lock()
+	delete(s.flows, f)
+	s.mu.Unlock()
+}
+
+// halfCloser is a connection whose write side can be shut alone.
+type halfCloser interface {
+	net.Conn
+	CloseWrite() error
+}
+
+var (
+	_ halfCloser = (*gonet.TCPConn)(nil)
+	_ halfCloser = (*net.TCPConn)(nil)
+)
+
+// flow is one forwarded TCP connection: the client's leg in gVisor and the
+// backend's leg on the host.
+type flow struct {
+	client  *gonet.TCPConn
+	backend *net.TCPConn
+	once    sync.Once
+}
+
+// splice copies both ways until both directions have ended. A direction that
+// ends with EOF half-closes its destination (the client that shut its write
+// side still reads the whole response); one that ends with an error aborts
+// the whole flow.
+func (f *flow) splice() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.pipe(f.backend, f.client)
+	}()
+	f.pipe(f.client, f.backend)
+	<-done
+	f.close()
+}
+
+func (f *flow) pipe(dst, src halfCloser) {
+	bufp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bufp)
+	if _, err := io.CopyBuffer(dst, src, *bufp); err != nil {
+		f.abort()
+		return
+	}
+	dst.CloseWrite()
+}
+
+// abort ends the flow at once; the backend gets a RST, as the client did or
+// would from a kernel proxy.
+func (f *flow) abort() {
+	f.backend.SetLinger(0)
+	f.close()
+}
+
+func (f *flow) close() {
+	f.once.Do(func() {
+		f.client.Close()
+		f.backend.Close()
+	})
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// addrPort converts a gVisor address and port.
+func addrPort(a tcpip.Address, port uint16) netip.AddrPort {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return netip.AddrPortFrom(ip.Unmap(), port)
+}

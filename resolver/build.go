@@ -1,0 +1,259 @@
+package resolver
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// Problem is something Build skipped, worth telling the user once.
+type Problem struct {
+	Object string // "Service default/foo" or "EndpointSlice default/foo-abc"
+	Reason string
+}
+
+func (p Problem) String() string { return p.Object + ": " + p.Reason }
+
+// Build makes a Snapshot from Services and EndpointSlices, the way kube-proxy
+// reads them: EndpointSlices join their Service through the
+// kubernetes.io/service-name label; a Service port takes its endpoints from
+// the slice ports with the same name and protocol, so a named targetPort
+// resolves per endpoint.
+//
+// prev, if not nil, is the snapshot being replaced: round-robin cursors carry
+// over, so frequent rebuilds do not favour the first endpoint.
+//
+// Build never fails: what it cannot use it skips and reports as a Problem.
+func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev *Snapshot) (*Snapshot, []Problem) {
+	var problems []Problem
+	bySvc := make(map[string][]*discoveryv1.EndpointSlice)
+	for _, es := range slices {
+		name := es.Labels[discoveryv1.LabelServiceName]
+		if name == "" {
+			problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
+				"no " + discoveryv1.LabelServiceName + " label, so it belongs to no Service"})
+			continue
+		}
+		key := es.Namespace + "/" + name
+		bySvc[key] = append(bySvc[key], es)
+	}
+
+	snap := &Snapshot{
+		ports: make(map[portKey]*ServicePort),
+		ips:   make(map[netip.Addr]struct{}),
+	}
+	for _, svc := range services {
+		id := svc.Namespace + "/" + svc.Name
+		ips, skip := clusterIPs(svc)
+		if skip != "" {
+			continue // headless or ExternalName: nothing to proxy
+		}
+		if len(ips) == 0 {
+			problems = append(problems, Problem{"Service " + id, fmt.Sprintf("clusterIP %q is not an IP address", svc.Spec.ClusterIP)})
+			continue
+		}
+		served := false
+		for _, p := range svc.Spec.Ports {
+			proto, ok := protocolOf(p.Protocol)
+			if !ok {
+				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: protocol %q is not supported", p.Port, p.Protocol)})
+				continue
+			}
+			if proto == SCTP {
+				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: SCTP is not supported (gVisor has no SCTP)", p.Port)})
+				continue
+			}
+			for _, ip := range ips {
+				eps, probs := endpointsFor(bySvc[id], p.Name, p.Protocol, ip)
+				problems = append(problems, probs...)
+				sp := &ServicePort{
+					Service:   id,
+					Name:      p.Name,
+					Protocol:  proto,
+					ClusterIP: ip,
+					Port:      uint16(p.Port),
+					Endpoints: eps,
+					usable:    usable(eps),
+				}
+				key := portKey{proto, netip.AddrPortFrom(ip, sp.Port)}
+				if old, ok := snap.ports[key]; ok {
+					problems = append(problems, Problem{"Service " + id,
+						fmt.Sprintf("%s %s is already served by %s; ignored", proto, key.addr, old.Service)})
+					continue
+				}
+				if old, ok := prev.Lookup(proto, key.addr); ok {
+					sp.next.Store(old.next.Load())
+				}
+				snap.ports[key] = sp
+				snap.ips[ip] = struct{}{}
+				snap.endpoints += len(eps)
+				served = true
+			}
+		}
+		if served {
+			snap.services++
+		}
+	}
+	return snap, problems
+}
+
+// clusterIPs returns the addresses a Service is served on, or a reason to
+// skip it altogether.
+func clusterIPs(svc *corev1.Service) (ips []netip.Addr, skip string) {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil, "ExternalName"
+	}
+	raw := svc.Spec.ClusterIPs
+	if len(raw) == 0 && svc.Spec.ClusterIP != "" {
+		raw = []string{svc.Spec.ClusterIP}
+	}
+	if len(raw) == 0 {
+		return nil, "no clusterIP"
+	}
+	if raw[0] == corev1.ClusterIPNone {
+		return nil, "headless"
+	}
+	for _, s := range raw {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, ""
+		}
+		ips = append(ips, ip.Unmap())
+	}
+	return ips, ""
+}
+
+func protocolOf(p corev1.Protocol) (Protocol, bool) {
+	switch p {
+	case corev1.ProtocolTCP, "": // the API defaults a missing protocol to TCP
+		return TCP, true
+	case corev1.ProtocolUDP:
+		return UDP, true
+	case corev1.ProtocolSCTP:
+		return SCTP, true
+	}
+	return 0, false
+}
+
+// endpointsFor collects the endpoints of one Service port from the Service's
+// slices: those of ip's family, through the slice port with the same name and
+// protocol. The result is sorted and has no duplicate address (an endpoint
+// may sit in two slices while the controller moves it).
+func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto corev1.Protocol, ip netip.Addr) ([]Endpoint, []Problem) {
+	if proto == "" {
+		proto = corev1.ProtocolTCP
+	}
+	family := discoveryv1.AddressTypeIPv4
+	if ip.Is6() {
+		family = discoveryv1.AddressTypeIPv6
+	}
+	var (
+		eps      []Endpoint
+		problems []Problem
+	)
+	for _, es := range svcSlices {
+		if es.AddressType != family {
+			continue
+		}
+		port, ok := slicePort(es, portName, proto)
+		if !ok {
+			continue
+		}
+		for _, e := range es.Endpoints {
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			// Like kube-proxy, use the first address: the API says they are
+			// fungible and consumers use the first.
+			addr, err := netip.ParseAddr(e.Addresses[0])
+			if err != nil {
+				problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
+					fmt.Sprintf("address %q is not an IP address", e.Addresses[0])})
+				continue
+			}
+			addr = addr.Unmap()
+			if reason := unsafeTarget(addr); reason != "" {
+				// CVE-2020-8558: a Service must never become a way into the
+				// node's own loopback or link-local services.
+				problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
+					fmt.Sprintf("endpoint %s is a %s address; refused", addr, reason)})
+				continue
+			}
+			ep := Endpoint{
+				Addr:        netip.AddrPortFrom(addr, port),
+				Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+				Serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
+				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+			}
+			if e.NodeName != nil {
+				ep.NodeName = *e.NodeName
+			}
+			if e.Zone != nil {
+				ep.Zone = *e.Zone
+			}
+			eps = append(eps, ep)
+		}
+	}
+	slices.SortStableFunc(eps, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	eps = slices.CompactFunc(eps, func(a, b Endpoint) bool { return a.Addr == b.Addr })
+	return eps, problems
+}
+
+// slicePort finds the port number a slice gives for a Service port.
+func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol) (uint16, bool) {
+	for _, p := range es.Ports {
+		pname := ""
+		if p.Name != nil {
+			pname = *p.Name
+		}
+		pproto := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			pproto = *p.Protocol
+		}
+		if pname != name || pproto != proto || p.Port == nil {
+			continue
+		}
+		if *p.Port <= 0 || *p.Port > 65535 {
+			return 0, false
+		}
+		return uint16(*p.Port), true
+	}
+	return 0, false
+}
+
+// usable filters endpoints the way kube-proxy does: the ready ones; if there
+// are none, the serving-and-terminating ones, so that a rolling update with
+// every pod terminating does not drop traffic; never a non-serving one.
+func usable(eps []Endpoint) []Endpoint {
+	var ready, terminating []Endpoint
+	for _, ep := range eps {
+		switch {
+		case ep.Ready:
+			ready = append(ready, ep)
+		case ep.Serving && ep.Terminating:
+			terminating = append(terminating, ep)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return terminating
+}
+
+// unsafeTarget names the kind of address kubetun never forwards to.
+func unsafeTarget(a netip.Addr) string {
+	switch {
+	case a.IsLoopback():
+		return "loopback"
+	case a.IsLinkLocalUnicast():
+		return "link-local"
+	case a.IsUnspecified():
+		return "unspecified"
+	case a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
+		return "multicast"
+	}
+	return ""
+}

@@ -1,0 +1,235 @@
+// Package manifest is kubetun's static service source: Services and
+// EndpointSlices read from YAML or JSON files, exactly as `kubectl get -o yaml`
+// prints them, and watched for changes. It is for sidecars and hosts that
+// have no access to the Kubernetes API.
+package manifest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/yaml"
+)
+
+// Objects is what a set of manifests holds for kubetun.
+type Objects struct {
+	Services []*corev1.Service
+	Slices   []*discoveryv1.EndpointSlice
+
+	// Warnings are things the user should hear about that did not stop the
+	// load: ignored kinds, unknown fields, objects defined twice.
+	Warnings []string
+}
+
+// extensions lists the file names a directory is read for, as kubectl
+// apply -f DIR does.
+var extensions = []string{".yaml", ".yml", ".json"}
+
+// Files returns the manifest files at path: path itself if it is a file, or
+// the .yaml, .yml and .json files directly in it if it is a directory
+// (sorted; hidden entries skipped, so a ConfigMap volume's ..data links are
+// not read twice).
+func Files(path string) ([]string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.IsDir() {
+		return []string{path}, nil
+	}
+	entries, err := os.ReadDir(path)
+	if err != nil {
+		return nil, err
+	}
+	var files []string
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !slices.Contains(extensions, strings.ToLower(filepath.Ext(name))) {
+			continue
+		}
+		full := filepath.Join(path, name)
+		if fi, err := os.Stat(full); err != nil || fi.IsDir() {
+			continue // a dangling link or a directory named x.yaml
+		}
+		files = append(files, full)
+	}
+	return files, nil
+}
+
+// Decode reads every Service and EndpointSlice in one file's contents.
+// Multi-document YAML, JSON, and List kinds are accepted; other kinds are
+// skipped with a warning. name is used in errors only.
+func Decode(name string, data []byte) (Objects, error) {
+	var objs Objects
+	r := yaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for doc := 1; ; doc++ {
+		raw, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return Objects{}, fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 {
+			continue
+		}
+		js, err := yaml.ToJSON(raw)
+		if err != nil {
+			return Objects{}, fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+		if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
+			continue // a document of comments only
+		}
+		if err := objs.add(js); err != nil {
+			return Objects{}, fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+	}
+}
+
+// add decodes one JSON object (or List of them) into objs.
+func (objs *Objects) add(js []byte) error {
+	var tm metav1.TypeMeta
+	if err := json.Unmarshal(js, &tm); err != nil {
+		return fmt.Errorf("not a Kubernetes object: %w", err)
+	}
+	switch {
+	case tm.Kind == "":
+		return errors.New("no kind: want a v1 Service, a discovery.k8s.io/v1 EndpointSlice or a List of them")
+	case tm.APIVersion == "v1" && tm.Kind == "Service":
+		svc := new(corev1.Service)
+		if err := objs.unmarshal(js, svc); err != nil {
+			return err
+		}
+		if svc.Name == "" {
+			return errors.New("Service has no metadata.name")
+		}
+		if svc.Namespace == "" {
+			svc.Namespace = metav1.NamespaceDefault
+		}
+		objs.Services = append(objs.Services, svc)
+	case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
+		es := new(discoveryv1.EndpointSlice)
+		if err := objs.unmarshal(js, es); err != nil {
+			return err
+		}
+		if es.Name == "" {
+			return errors.New("EndpointSlice has no metadata.name")
+		}
+		if es.Namespace == "" {
+			es.Namespace = metav1.NamespaceDefault
+		}
+		objs.Slices = append(objs.Slices, es)
+	case strings.HasSuffix(tm.Kind, "List"):
+		var list struct {
+			Items []json.RawMessage `json:"items"`
+		}
+		if err := json.Unmarshal(js, &list); err != nil {
+			return fmt.Errorf("%s: %w", tm.Kind, err)
+		}
+		for i, item := range list.Items {
+			if err := objs.add(item); err != nil {
+				return fmt.Errorf("%s item %d: %w", tm.Kind, i, err)
+			}
+		}
+	case tm.Kind == "Service" || tm.Kind == "EndpointSlice":
+		return fmt.Errorf("%s with apiVersion %q: want %s", tm.Kind, tm.APIVersion,
+			map[string]string{"Service": "v1", "EndpointSlice": "discovery.k8s.io/v1"}[tm.Kind])
+	default:
+		objs.Warnings = append(objs.Warnings, fmt.Sprintf("ignoring %s %s: kubetun reads only Services and EndpointSlices", tm.APIVersion, tm.Kind))
+	}
+	return nil
+}
+
+// unmarshal decodes js into obj. Fields kubetun does not know are allowed
+// (a newer Kubernetes may add some) but reported, since they are usually a
+// typo such as "targetport".
+func (objs *Objects) unmarshal(js []byte, obj any) error {
+	if err := json.Unmarshal(js, obj); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(obj); err != nil {
+		objs.Warnings = append(objs.Warnings, fmt.Sprintf("%s: %v (ignored)", describe(obj), err))
+	}
+	return nil
+}
+
+func describe(obj any) string {
+	switch o := obj.(type) {
+	case *corev1.Service:
+		return "Service " + o.Name
+	case *discoveryv1.EndpointSlice:
+		return "EndpointSlice " + o.Name
+	}
+	return fmt.Sprintf("%T", obj)
+}
+
+// Load reads every manifest at path (a file or a directory).
+func Load(path string) (Objects, error) {
+	files, err := Files(path)
+	if err != nil {
+		return Objects{}, err
+	}
+	contents := make(map[string][]byte, len(files))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return Objects{}, err
+		}
+		contents[f] = b
+	}
+	return decodeAll(files, contents)
+}
+
+// decodeAll decodes files in order and merges them. An object defined twice
+// (same kind, namespace and name) keeps its last definition, with a warning.
+func decodeAll(files []string, contents map[string][]byte) (Objects, error) {
+	var all Objects
+	seen := make(map[string]string) // "Service ns/name" -> file
+	for _, f := range files {
+		objs, err := Decode(f, contents[f])
+		if err != nil {
+			return Objects{}, err
+		}
+		for _, w := range objs.Warnings {
+			all.Warnings = append(all.Warnings, f+": "+w)
+		}
+		for _, svc := range objs.Services {
+			all.Services = replaceOrAppend(all.Services, svc, "Service", seen, f, &all.Warnings,
+				func(o *corev1.Service) string { return o.Namespace + "/" + o.Name })
+		}
+		for _, es := range objs.Slices {
+			all.Slices = replaceOrAppend(all.Slices, es, "EndpointSlice", seen, f, &all.Warnings,
+				func(o *discoveryv1.EndpointSlice) string { return o.Namespace + "/" + o.Name })
+		}
+	}
+	return all, nil
+}
+
+func replaceOrAppend[T any](list []T, obj T, kind string, seen map[string]string, file string, warnings *[]string, id func(T) string) []T {
+	key := kind + " " + id(obj)
+	prev, dup := seen[key]
+	seen[key] = file
+	if !dup {
+		return append(list, obj)
+	}
+	*warnings = append(*warnings, fmt.Sprintf("%s: %s is also defined in %s; using the one in %s", file, key, prev, file))
+	for i := range list {
+		if id(list[i]) == id(obj) {
+			list[i] = obj
+		}
+	}
+	return list
+}

@@ -1,0 +1,188 @@
+package resolver
+
+import (
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+)
+
+// Protocol is the transport protocol of a Service port.
+type Protocol uint8
+
+const (
+	TCP Protocol = iota + 1
+	UDP
+	SCTP
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("Protocol(%d)", uint8(p))
+}
+
+// Endpoint is one backend of a Service port: a pod address and the port
+// number resolved for that pod (a named targetPort may resolve to different
+// numbers on different pods).
+type Endpoint struct {
+	Addr     netip.AddrPort
+	NodeName string
+	Zone     string
+
+	// Conditions, with the API's defaults applied: a missing ready or serving
+	// means true, a missing terminating means false.
+	Ready       bool
+	Serving     bool
+	Terminating bool
+}
+
+func (e Endpoint) String() string { return e.Addr.String() }
+
+// ServicePort is one (ClusterIP, protocol, port) of a Service and the
+// endpoints that serve it. It is part of an immutable Snapshot: only the
+// round-robin cursor changes after it is built.
+type ServicePort struct {
+	// Service is "namespace/name".
+	Service   string
+	Name      string // the Service port's name; "" for a single unnamed port
+	Protocol  Protocol
+	ClusterIP netip.Addr
+	Port      uint16
+
+	// Endpoints lists every endpoint the EndpointSlices give for this port,
+	// in a stable order.
+	Endpoints []Endpoint
+
+	// usable are the endpoints new connections may go to: the ready ones, or,
+	// when none is ready, the serving and terminating ones (KEP-1669).
+	usable []Endpoint
+
+	// next is the round-robin cursor.
+	next atomic.Uint32
+}
+
+func (sp *ServicePort) String() string {
+	name := sp.Service
+	if sp.Name != "" {
+		name += ":" + sp.Name
+	}
+	return fmt.Sprintf("%s (%s %s)", name, sp.Protocol, netip.AddrPortFrom(sp.ClusterIP, sp.Port))
+}
+
+// Usable returns the endpoints new connections may be sent to. The caller
+// must not modify the returned slice.
+func (sp *ServicePort) Usable() []Endpoint { return sp.usable }
+
+// Pick returns the endpoint for a new connection, or false when the port has
+// no usable endpoint.
+//
+// Balancing is round-robin over the usable endpoints: over any window of n
+// connections each of n endpoints gets exactly one, so the split is even even
+// for a handful of requests (random choice needs hundreds to look even), and
+// it costs one atomic add, no lock and no shared random source.
+func (sp *ServicePort) Pick() (Endpoint, bool) {
+	n := uint32(len(sp.usable))
+	if n == 0 {
+		return Endpoint{}, false
+	}
+	return sp.usable[(sp.next.Add(1)-1)%n], true
+}
+
+// PickOther is Pick for a retry: it returns an endpoint other than failed, or
+// false when there is none.
+func (sp *ServicePort) PickOther(failed Endpoint) (Endpoint, bool) {
+	n := len(sp.usable)
+	for range n {
+		ep, ok := sp.Pick()
+		if !ok {
+			return Endpoint{}, false
+		}
+		if ep.Addr != failed.Addr {
+			return ep, true
+		}
+	}
+	return Endpoint{}, false
+}
+
+// portKey identifies a Service port by what a packet carries.
+type portKey struct {
+	proto Protocol
+	addr  netip.AddrPort
+}
+
+// Snapshot is the immutable service table at one point in time.
+type Snapshot struct {
+	ports     map[portKey]*ServicePort
+	ips       map[netip.Addr]struct{}
+	services  int
+	endpoints int
+}
+
+// Lookup returns the Service port owning proto/addr, if any.
+func (s *Snapshot) Lookup(proto Protocol, addr netip.AddrPort) (*ServicePort, bool) {
+	if s == nil {
+		return nil, false
+	}
+	sp, ok := s.ports[portKey{proto, addr}]
+	return sp, ok
+}
+
+// HasIP reports whether any Service port uses ip as its ClusterIP.
+func (s *Snapshot) HasIP(ip netip.Addr) bool {
+	if s == nil {
+		return false
+	}
+	_, ok := s.ips[ip]
+	return ok
+}
+
+// Ports returns every Service port in the snapshot, in no particular order.
+func (s *Snapshot) Ports() []*ServicePort {
+	if s == nil {
+		return nil
+	}
+	out := make([]*ServicePort, 0, len(s.ports))
+	for _, sp := range s.ports {
+		out = append(out, sp)
+	}
+	return out
+}
+
+// Services returns the number of Services with at least one ClusterIP port.
+func (s *Snapshot) Services() int {
+	if s == nil {
+		return 0
+	}
+	return s.services
+}
+
+// Endpoints returns the number of (service port, endpoint) pairs.
+func (s *Snapshot) Endpoints() int {
+	if s == nil {
+		return 0
+	}
+	return s.endpoints
+}
+
+// Table publishes the current Snapshot. Store is for the control plane,
+// Load and Lookup are for the packet path; neither locks.
+type Table struct {
+	cur atomic.Pointer[Snapshot]
+}
+
+// Load returns the current snapshot; nil before the first Store.
+func (t *Table) Load() *Snapshot { return t.cur.Load() }
+
+// Store makes s the current snapshot.
+func (t *Table) Store(s *Snapshot) { t.cur.Store(s) }
+
+// Lookup looks addr up in the current snapshot.
+func (t *Table) Lookup(proto Protocol, addr netip.AddrPort) (*ServicePort, bool) {
+	return t.cur.Load().Lookup(proto, addr)
+}

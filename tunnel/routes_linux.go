@@ -1,0 +1,152 @@
+package tunnel
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// CheckOverlap returns an error naming the first host route that overlaps
+// one of cidrs. Routes through the link with index own (kubetun's own TUN;
+// 0 for none) and default routes do not count: every address overlaps a
+// default route, and a more specific route wins over it.
+//
+// An overlapping route means some of those addresses already lead somewhere
+// (pods, a VPN, a LAN); routing them into the TUN would break that, or loop
+// kubetun's own dials back into itself.
+func CheckOverlap(cidrs []netip.Prefix, own int) error {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("listing routes: %w", err)
+	}
+	for _, cidr := range cidrs {
+		for _, r := range routes {
+			if r.Dst == nil || (own != 0 && r.LinkIndex == own) {
+				continue
+			}
+			dst, ok := prefixOf(r.Dst)
+			if !ok || dst.Bits() == 0 || !dst.Overlaps(cidr) {
+				continue
+			}
+			return fmt.Errorf("service CIDR %s overlaps route %s", cidr, describeRoute(r, dst))
+		}
+	}
+	return nil
+}
+
+// describeRoute prints a route the way `ip route` does, enough to find it.
+func describeRoute(r netlink.Route, dst netip.Prefix) string {
+	var b strings.Builder
+	switch r.Type {
+	case unix.RTN_LOCAL:
+		b.WriteString("local ")
+	case unix.RTN_BROADCAST:
+		b.WriteString("broadcast ")
+	case unix.RTN_BLACKHOLE:
+		b.WriteString("blackhole ")
+	case unix.RTN_UNREACHABLE:
+		b.WriteString("unreachable ")
+	case unix.RTN_PROHIBIT:
+		b.WriteString("prohibit ")
+	}
+	b.WriteString(dst.String())
+	if r.Gw != nil {
+		fmt.Fprintf(&b, " via %s", r.Gw)
+	}
+	if r.LinkIndex != 0 {
+		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			fmt.Fprintf(&b, " dev %s", l.Attrs().Name)
+		} else {
+			fmt.Fprintf(&b, " dev #%d", r.LinkIndex)
+		}
+	}
+	if r.Table != unix.RT_TABLE_MAIN && r.Table != 0 {
+		fmt.Fprintf(&b, " table %s", tableName(r.Table))
+	}
+	return b.String()
+}
+
+func tableName(t int) string {
+	switch t {
+	case unix.RT_TABLE_LOCAL:
+		return "local"
+	case unix.RT_TABLE_DEFAULT:
+		return "default"
+	}
+	return fmt.Sprint(t)
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	ip, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(ip.Unmap(), ones).Masked(), true
+}
+
+func ipNetOf(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+// setRoutes makes the routes through link exactly want: it adds what is
+// missing before it deletes what is no longer wanted, so an address that
+// stays wanted is never without a route. Safe to repeat.
+func setRoutes(link netlink.Link, want []netip.Prefix) error {
+	have, err := linkRoutes(link)
+	if err != nil {
+		return err
+	}
+	for _, p := range want {
+		if slices.Contains(have, p) {
+			continue
+		}
+		err := netlink.RouteReplace(&netlink.Route{
+			LinkIndex: link.Attrs().Index,
+			Dst:       ipNetOf(p),
+			Scope:     netlink.SCOPE_LINK,
+		})
+		if err != nil {
+			return fmt.Errorf("adding route %s dev %s: %w", p, link.Attrs().Name, err)
+		}
+	}
+	for _, p := range have {
+		if slices.Contains(want, p) {
+			continue
+		}
+		err := netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNetOf(p)})
+		if err != nil && err != unix.ESRCH {
+			return fmt.Errorf("deleting route %s dev %s: %w", p, link.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// linkRoutes lists the main-table unicast routes through link, except the
+// IPv6 ones the kernel adds by itself (fe80::/64, multicast).
+func linkRoutes(link netlink.Link) ([]netip.Prefix, error) {
+	routes, err := netlink.RouteList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing routes of %s: %w", link.Attrs().Name, err)
+	}
+	var out []netip.Prefix
+	for _, r := range routes {
+		if r.Dst == nil || r.Protocol == unix.RTPROT_KERNEL || r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		if p, ok := prefixOf(r.Dst); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
