@@ -1,0 +1,465 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kubetun/kubetun/resolver"
+)
+
+var (
+	clusterIP = netip.MustParseAddr("10.3.241.152")
+	pod1      = netip.MustParseAddrPort("10.0.1.2:8080")
+	pod2      = netip.MustParseAddrPort("10.0.2.2:8080")
+	client    = netip.MustParseAddrPort("10.0.3.2:40000")
+)
+
+// seedTable returns the seed's Service (ClusterIP 10.3.241.152, port 80 →
+// targetPort http) with the given endpoints, each ready unless listed in
+// notReady.
+func seedTable(t testing.TB, eps []netip.AddrPort, notReady ...netip.AddrPort) *resolver.Table {
+	t.Helper()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "service-test", Namespace: "default"},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: clusterIP.String(),
+			Ports:     []corev1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromString("http")}},
+		},
+	}
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "service-test-abcde", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: "service-test"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr(""), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
+	}
+	for _, ep := range eps {
+		ready := true
+		for _, nr := range notReady {
+			if nr == ep {
+				ready = false
+			}
+		}
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{ep.Addr().String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+		})
+	}
+	snap, problems := resolver.Build([]*corev1.Service{svc}, []*discoveryv1.EndpointSlice{es}, nil)
+	if len(problems) > 0 {
+		t.Fatalf("Build: %v", problems)
+	}
+	tab := new(resolver.Table)
+	tab.Store(snap)
+	return tab
+}
+
+// fakeDialer sends a dial for a pod address to the loopback listener that
+// stands in for that pod, and refuses pods it has no listener for.
+type fakeDialer struct {
+	mu     sync.Mutex
+	pods   map[string]string // pod address -> listener address
+	dialed []string
+}
+
+func (d *fakeDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	d.dialed = append(d.dialed, addr)
+	target, ok := d.pods[addr]
+	d.mu.Unlock()
+	if !ok {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, target)
+}
+
+func (d *fakeDialer) calls() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.dialed...)
+}
+
+// startPod runs an in-process backend on loopback that handles each
+// connection with serve, and registers it with d as pod.
+func startPod(t testing.TB, d *fakeDialer, pod netip.AddrPort, serve func(net.Conn)) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	d.mu.Lock()
+	if d.pods == nil {
+		d.pods = make(map[string]string)
+	}
+	d.pods[pod.String()] = ln.Addr().String()
+	d.mu.Unlock()
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { defer c.Close(); serve(c) })
+		}
+	})
+}
+
+// echo copies everything back, then half-closes: the test's stand-in for a
+// server that answers once the client has finished sending.
+func echo(c net.Conn) {
+	io.Copy(c, c)
+	c.(*net.TCPConn).CloseWrite()
+}
+
+func newTestStack(t testing.TB, tab *resolver.Table, d *fakeDialer) (*Stack, *channel.Endpoint) {
+	t.Helper()
+	link := channel.New(256, 1500, "")
+	ns, err := New(Config{Link: link, Services: tab, Dialer: d, DialTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		ns.Close()
+		link.Close()
+		checkNoLeaks(t)
+	})
+	return ns, link
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	return len(b), nil
+}
+
+// checkNoLeaks fails if a goroutine of this package outlives Close.
+func checkNoLeaks(t testing.TB) {
+	t.Helper()
+	var stacks string
+	for range 50 {
+		buf := make([]byte, 1<<20)
+		stacks = string(buf[:runtime.Stack(buf, true)])
+		if !strings.Contains(stacks, "kubetun/netstack.(*Stack)") && !strings.Contains(stacks, "kubetun/netstack.(*flow)") {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("goroutines left after Close:\n%s", stacks)
+}
+
+// tcpPacket builds an IPv4 TCP segment with valid checksums.
+func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, payload []byte) []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize+len(payload))
+	srcA, dstA := tcpip.AddrFrom4(src.Addr().As4()), tcpip.AddrFrom4(dst.Addr().As4())
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)),
+		TTL:         64,
+		Protocol:    uint8(header.TCPProtocolNumber),
+		SrcAddr:     srcA,
+		DstAddr:     dstA,
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	seg := header.TCP(b[header.IPv4MinimumSize:])
+	seg.Encode(&header.TCPFields{
+		SrcPort:    src.Port(),
+		DstPort:    dst.Port(),
+		SeqNum:     seq,
+		AckNum:     ack,
+		DataOffset: header.TCPMinimumSize,
+		Flags:      flags,
+		WindowSize: 65535,
+	})
+	copy(seg.Payload(), payload)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, srcA, dstA, uint16(len(seg)))
+	xsum = checksum.Checksum(payload, xsum)
+	seg.SetChecksum(^seg.CalculateChecksum(xsum))
+	return b
+}
+
+func inject(link *channel.Endpoint, pkt []byte) {
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	link.InjectInbound(header.IPv4ProtocolNumber, pb)
+	pb.DecRef()
+}
+
+// readSegment returns the next TCP segment the stack sends, or fails.
+func readSegment(t testing.TB, link *channel.Endpoint) (header.IPv4, header.TCP) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pb := link.ReadContext(ctx)
+	if pb == nil {
+		t.Fatal("no packet from the stack within 5s")
+	}
+	defer pb.DecRef()
+	b := pb.ToView().AsSlice()
+	ip := header.IPv4(b)
+	if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+		t.Fatalf("stack sent a non-TCP/IPv4 packet: % x", b)
+	}
+	return ip, header.TCP(ip.Payload())
+}
+
+// TestHandshakeAfterDial drives a real handshake with hand-built segments:
+// the SYN-ACK comes only after the pod was dialled, and bytes then flow both
+// ways between the client's segments and the pod.
+func TestHandshakeAfterDial(t *testing.T) {
+	d := new(fakeDialer)
+	got := make(chan string, 1)
+	startPod(t, d, pod1, func(c net.Conn) {
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			got <- "read: " + err.Error()
+			return
+		}
+		got <- string(buf)
+		c.Write([]byte("world"))
+	})
+	_, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
+	svc := netip.AddrPortFrom(clusterIP, 80)
+
+	const iss = 1000
+	inject(link, tcpPacket(client, svc, iss, 0, header.TCPFlagSyn, nil))
+	ip, synack := readSegment(t, link)
+	if calls := d.calls(); len(calls) != 1 || calls[0] != pod1.String() {
+		t.Fatalf("SYN-ACK sent after dials %v, want one dial to %v first", calls, pod1)
+	}
+	if want := header.TCPFlagSyn | header.TCPFlagAck; synack.Flags() != want {
+		t.Fatalf("reply flags = %v, want %v", synack.Flags(), want)
+	}
+	if src := ip.SourceAddress(); src != tcpip.AddrFrom4(clusterIP.As4()) || synack.SourcePort() != 80 {
+		t.Fatalf("SYN-ACK from %v:%d, want %v (the ClusterIP)", src, synack.SourcePort(), svc)
+	}
+	if synack.AckNumber() != iss+1 {
+		t.Fatalf("SYN-ACK ack = %d, want %d", synack.AckNumber(), iss+1)
+	}
+	srvSeq := synack.SequenceNumber() + 1
+
+	inject(link, tcpPacket(client, svc, iss+1, srvSeq, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
+	select {
+	case s := <-got:
+		if s != "hello" {
+			t.Fatalf("pod got %q, want %q", s, "hello")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pod got nothing within 5s")
+	}
+	for range 10 {
+		_, seg := readSegment(t, link)
+		if len(seg.Payload()) == 0 {
+			continue // a bare ACK of our data
+		}
+		if string(seg.Payload()) != "world" || seg.SequenceNumber() != srvSeq {
+			t.Fatalf("segment seq %d payload %q, want seq %d payload %q", seg.SequenceNumber(), seg.Payload(), srvSeq, "world")
+		}
+		return
+	}
+	t.Fatal("no data segment from the stack")
+}
+
+// TestRefused checks the RST for every flow kubetun must not accept.
+func TestRefused(t *testing.T) {
+	tests := []struct {
+		name      string
+		dst       netip.AddrPort
+		eps       []netip.AddrPort
+		notReady  []netip.AddrPort
+		listening []netip.AddrPort // pods that accept
+		wantDials int
+	}{
+		{name: "unknown port", dst: netip.AddrPortFrom(clusterIP, 81), eps: []netip.AddrPort{pod1}, listening: []netip.AddrPort{pod1}},
+		{name: "unknown IP", dst: netip.MustParseAddrPort("10.3.241.153:80"), eps: []netip.AddrPort{pod1}, listening: []netip.AddrPort{pod1}},
+		{name: "no endpoint", dst: netip.AddrPortFrom(clusterIP, 80)},
+		{name: "no ready endpoint", dst: netip.AddrPortFrom(clusterIP, 80), eps: []netip.AddrPort{pod1}, notReady: []netip.AddrPort{pod1}, listening: []netip.AddrPort{pod1}},
+		{name: "every dial refused", dst: netip.AddrPortFrom(clusterIP, 80), eps: []netip.AddrPort{pod1, pod2}, wantDials: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := new(fakeDialer)
+			for _, p := range tt.listening {
+				startPod(t, d, p, echo)
+			}
+			_, link := newTestStack(t, seedTable(t, tt.eps, tt.notReady...), d)
+			const iss = 5000
+			inject(link, tcpPacket(client, tt.dst, iss, 0, header.TCPFlagSyn, nil))
+			_, seg := readSegment(t, link)
+			if want := header.TCPFlagRst | header.TCPFlagAck; seg.Flags() != want || seg.AckNumber() != iss+1 {
+				t.Errorf("reply to SYN for %v: flags %v ack %d, want %v ack %d", tt.dst, seg.Flags(), seg.AckNumber(), want, iss+1)
+			}
+			if n := len(d.calls()); n != tt.wantDials {
+				t.Errorf("dials = %v, want %d", d.calls(), tt.wantDials)
+			}
+		})
+	}
+}
+
+// clientStack is a second gVisor stack playing the client pod, wired to the
+// stack under test by two channel endpoints and a pair of pumps.
+func clientStack(t testing.TB, server *channel.Endpoint) *stack.Stack {
+	t.Helper()
+	link := channel.New(256, 1500, "")
+	cs := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	if err := cs.CreateNIC(1, link); err != nil {
+		t.Fatalf("CreateNIC: %v", err)
+	}
+	addr := tcpip.ProtocolAddress{
+		Protocol:          ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddrFrom4(client.Addr().As4()).WithPrefix(),
+	}
+	if err := cs.AddProtocolAddress(1, addr, stack.AddressProperties{}); err != nil {
+		t.Fatalf("AddProtocolAddress: %v", err)
+	}
+	cs.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	pump := func(from, to *channel.Endpoint) {
+		for {
+			pb := from.ReadContext(ctx)
+			if pb == nil {
+				return
+			}
+			b := pb.ToView().AsSlice()
+			pb.DecRef()
+			inject(to, b)
+		}
+	}
+	wg.Go(func() { pump(link, server) })
+	wg.Go(func() { pump(server, link) })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		cs.Close()
+		cs.Wait()
+	})
+	return cs
+}
+
+func dialService(t testing.TB, cs *stack.Stack, dst netip.AddrPort) (*gonet.TCPConn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return gonet.DialContextTCP(ctx, cs, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4(dst.Addr().As4()), Port: dst.Port()}, ipv4.ProtocolNumber)
+}
+
+// TestHalfClose sends 1 MiB, shuts the write side, and still reads all of
+// the pod's answer, which the pod sends only after it saw EOF.
+func TestHalfClose(t *testing.T) {
+	d := new(fakeDialer)
+	startPod(t, d, pod1, echo)
+	_, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
+	cs := clientStack(t, link)
+
+	c, err := dialService(t, cs, netip.AddrPortFrom(clusterIP, 80))
+	if err != nil {
+		t.Fatalf("dial %v: %v", clusterIP, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	want := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(want)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("writing: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes back, want the %d sent", len(got), len(want))
+	}
+}
+
+// TestRetryOtherEndpoint: the first pick refuses; the client is still served
+// by the other endpoint and never sees the failure.
+func TestRetryOtherEndpoint(t *testing.T) {
+	d := new(fakeDialer)
+	startPod(t, d, pod2, echo) // pod1 has no listener: refused
+	_, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1, pod2}), d)
+	cs := clientStack(t, link)
+	for i := range 4 {
+		c, err := dialService(t, cs, netip.AddrPortFrom(clusterIP, 80))
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Write([]byte("ping"))
+		c.CloseWrite()
+		got, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || string(got) != "ping" {
+			t.Fatalf("connection %d: got %q, %v; want %q", i, got, err, "ping")
+		}
+	}
+	if n := strings.Count(strings.Join(d.calls(), " "), pod1.String()); n == 0 {
+		t.Errorf("dials %v: pod1 never tried, the test proves nothing", d.calls())
+	}
+}
+
+// TestCloseEndsFlows: Close ends established connections and returns only
+// when every goroutine is gone (checked by newTestStack's cleanup).
+func TestCloseEndsFlows(t *testing.T) {
+	d := new(fakeDialer)
+	startPod(t, d, pod1, echo)
+	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
+	cs := clientStack(t, link)
+	c, err := dialService(t, cs, netip.AddrPortFrom(clusterIP, 80))
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.Write([]byte("x"))
+	buf := make([]byte, 1)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("echo: %v", err)
+	}
+	ns.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(buf); err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		t.Fatalf("read after Close = %v, want the connection ended", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
