@@ -20,6 +20,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
+	kjson "sigs.k8s.io/json"
 )
 
 // Objects is what a set of manifests holds for kubetun.
@@ -151,17 +152,17 @@ func (objs *Objects) add(js []byte) error {
 	return nil
 }
 
-// unmarshal decodes js into obj. Fields kubetun does not know are allowed
-// (a newer Kubernetes may add some) but reported, since they are usually a
-// typo such as "targetport".
+// unmarshal decodes js into obj the way the apiserver does: field names are
+// case-sensitive (encoding/json would take "targetport" for "targetPort").
+// Fields kubetun does not know are allowed (a newer Kubernetes may add some)
+// but reported, since they are usually a typo such as "targetport".
 func (objs *Objects) unmarshal(js []byte, obj any) error {
-	if err := json.Unmarshal(js, obj); err != nil {
+	strict, err := kjson.UnmarshalStrict(js, obj, kjson.DisallowUnknownFields, kjson.DisallowDuplicateFields)
+	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(obj); err != nil {
-		objs.Warnings = append(objs.Warnings, fmt.Sprintf("%s: %v (ignored)", describe(obj), err))
+	for _, e := range strict {
+		objs.Warnings = append(objs.Warnings, fmt.Sprintf("%s: %v (ignored)", describe(obj), e))
 	}
 	return nil
 }

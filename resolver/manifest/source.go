@@ -3,7 +3,9 @@ package manifest
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"time"
@@ -62,6 +64,7 @@ func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 		}
 		sum, files, contents, err := s.read()
 		if err == nil && sum == s.applied {
+			s.failure = "" // back to the applied state: a new failure is news again
 			continue
 		}
 		if err == nil {
@@ -89,15 +92,20 @@ func (s *Source) read() (sum [sha256.Size]byte, files []string, contents map[str
 	}
 	h := sha256.New()
 	contents = make(map[string][]byte, len(files))
+	present := files[:0]
 	for _, f := range files {
 		b, err := os.ReadFile(f)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since Files listed it: as if never listed
+		}
 		if err != nil {
 			return sum, nil, nil, err
 		}
+		present = append(present, f)
 		contents[f] = b
 		fmt.Fprintf(h, "%s\x00%d\x00", f, len(b))
 		h.Write(b)
 	}
 	copy(sum[:], h.Sum(nil))
-	return sum, files, contents, nil
+	return sum, present, contents, nil
 }

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/tunnel"
+)
+
+func prefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
+
+func TestParseRunFlags(t *testing.T) {
+	// base are the two required flags; cases add to them.
+	base := []string{"--service-cidr", "10.3.240.0/20", "--manifests", "/etc/kubetun"}
+	with := func(args ...string) []string { return append(slices.Clone(base), args...) }
+	defaults := runConfig{
+		serviceCIDRs: prefixes("10.3.240.0/20"),
+		manifests:    "/etc/kubetun",
+		tun:          "kubetun0",
+		mtu:          tunnel.DefaultMTU,
+		dialTimeout:  netstack.DefaultDialTimeout,
+		logLevel:     slog.LevelInfo,
+	}
+	// withCfg returns defaults changed by f.
+	withCfg := func(f func(*runConfig)) runConfig {
+		cfg := defaults
+		f(&cfg)
+		return cfg
+	}
+
+	tests := []struct {
+		name string
+		args []string
+		want runConfig
+		err  string // substring of the error; "" for none
+	}{
+		{name: "defaults", args: base, want: defaults},
+		{
+			name: "every flag",
+			args: []string{"--service-cidr=10.3.240.0/20", "-manifests", "services.yaml", "--tun", "kt1",
+				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug"},
+			want: runConfig{
+				serviceCIDRs: prefixes("10.3.240.0/20"),
+				manifests:    "services.yaml",
+				tun:          "kt1",
+				mtu:          1500,
+				dialTimeout:  500 * time.Millisecond,
+				logLevel:     slog.LevelDebug,
+			},
+		},
+		{
+			name: "--service-cidr repeated",
+			args: with("--service-cidr", "10.96.0.0/12", "--service-cidr", "fd00:3::/112"),
+			want: withCfg(func(c *runConfig) { c.serviceCIDRs = prefixes("10.3.240.0/20", "10.96.0.0/12", "fd00:3::/112") }),
+		},
+		{
+			name: "--service-cidr comma-separated",
+			args: []string{"--service-cidr", "10.3.240.0/20, 10.96.0.0/12,fd00:3::/112,", "--manifests", "/etc/kubetun"},
+			want: withCfg(func(c *runConfig) { c.serviceCIDRs = prefixes("10.3.240.0/20", "10.96.0.0/12", "fd00:3::/112") }),
+		},
+		{name: "--mtu at its minimum", args: with("--mtu", "1280"), want: withCfg(func(c *runConfig) { c.mtu = 1280 })},
+		{name: "--mtu at its maximum", args: with("--mtu", "65535"), want: withCfg(func(c *runConfig) { c.mtu = 65535 })},
+		{name: "--log-level in capitals", args: with("--log-level", "WARN"), want: withCfg(func(c *runConfig) { c.logLevel = slog.LevelWarn })},
+		{name: "--tun of 15 characters", args: with("--tun", "kubetun-0123456"), want: withCfg(func(c *runConfig) { c.tun = "kubetun-0123456" })},
+
+		{name: "a host address, not a network", args: []string{"--service-cidr", "10.3.241.152/20", "--manifests", "m"}, err: "did you mean 10.3.240.0/20"},
+		{name: "an address without a prefix length", args: []string{"--service-cidr", "10.3.241.152", "--manifests", "m"}, err: `"10.3.241.152" is not a CIDR`},
+		{name: "overlapping CIDRs, repeated", args: with("--service-cidr", "10.3.241.0/24"), err: "10.3.241.0/24 overlaps 10.3.240.0/20"},
+		{name: "overlapping CIDRs, comma-separated", args: []string{"--service-cidr", "10.0.0.0/8,10.3.240.0/20", "--manifests", "m"}, err: "10.3.240.0/20 overlaps 10.0.0.0/8"},
+		{name: "the same CIDR twice", args: with("--service-cidr", "10.3.240.0/20"), err: "10.3.240.0/20 overlaps 10.3.240.0/20"},
+		{name: "IPv4 /0", args: []string{"--service-cidr", "0.0.0.0/0", "--manifests", "m"}, err: "0.0.0.0/0 would send every address into kubetun"},
+		{name: "IPv6 /0", args: []string{"--service-cidr", "::/0", "--manifests", "m"}, err: "::/0 would send every address into kubetun"},
+		{name: "IPv4-mapped IPv6", args: []string{"--service-cidr", "::ffff:10.3.240.0/116", "--manifests", "m"}, err: "use the IPv4 form"},
+		{name: "no --service-cidr", args: []string{"--manifests", "m"}, err: "--service-cidr is required"},
+		{name: "an empty --service-cidr", args: []string{"--service-cidr", "", "--manifests", "m"}, err: "--service-cidr is required"},
+		{name: "no --manifests", args: []string{"--service-cidr", "10.3.240.0/20"}, err: "--manifests is required"},
+		{name: "--tun too long", args: with("--tun", "kubetun-01234567"), err: `--tun "kubetun-01234567"`},
+		{name: "--tun empty", args: with("--tun", ""), err: `--tun ""`},
+		{name: "--tun with a slash", args: with("--tun", "kt/0"), err: `--tun "kt/0"`},
+		{name: "--mtu too small", args: with("--mtu", "1279"), err: "--mtu 1279: want 1280 to 65535"},
+		{name: "--mtu too large", args: with("--mtu", "65536"), err: "--mtu 65536: want 1280 to 65535"},
+		{name: "--mtu not a number", args: with("--mtu", "big"), err: "-mtu"},
+		{name: "--dial-timeout 0", args: with("--dial-timeout", "0"), err: "--dial-timeout 0s: want a positive duration"},
+		{name: "--dial-timeout negative", args: with("--dial-timeout", "-1s"), err: "--dial-timeout -1s: want a positive duration"},
+		{name: "--dial-timeout without a unit", args: with("--dial-timeout", "3"), err: "-dial-timeout"},
+		{name: "a bad --log-level", args: with("--log-level", "loud"), err: `--log-level "loud": want debug, info, warn or error`},
+		{name: "an unknown flag", args: with("--verbose"), err: "flag provided but not defined: -verbose"},
+		{name: "an extra argument", args: with("extra"), err: `unexpected argument "extra"`},
+		{name: "an extra argument before flags", args: []string{"extra", "--service-cidr", "10.3.240.0/20", "--manifests", "m"}, err: `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			got, err := parseRunFlags(tt.args, &stderr)
+			if tt.err != "" {
+				if err == nil {
+					t.Fatalf("parseRunFlags(%q) = %+v, want an error containing %q", tt.args, got, tt.err)
+				}
+				if !strings.Contains(err.Error(), tt.err) {
+					t.Errorf("parseRunFlags(%q) error %q, want it to contain %q", tt.args, err, tt.err)
+				}
+				if !errors.As(err, new(usageError)) {
+					t.Errorf("parseRunFlags(%q) error %q is not a usageError (exit code 2)", tt.args, err)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("parseRunFlags(%q) error %q is more than one line", tt.args, err)
+				}
+				if stderr.Len() > 0 {
+					t.Errorf("parseRunFlags(%q) wrote %q, want nothing: the caller reports the error", tt.args, stderr.String())
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("parseRunFlags(%q): %v", tt.args, err)
+			}
+			if !slices.Equal(got.serviceCIDRs, tt.want.serviceCIDRs) || got.manifests != tt.want.manifests ||
+				got.tun != tt.want.tun || got.mtu != tt.want.mtu || got.dialTimeout != tt.want.dialTimeout ||
+				got.logLevel != tt.want.logLevel {
+				t.Errorf("parseRunFlags(%q) = %+v, want %+v", tt.args, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseRunFlagsHelp(t *testing.T) {
+	var stderr bytes.Buffer
+	_, err := parseRunFlags([]string{"-h"}, &stderr)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("parseRunFlags(-h) error %v, want flag.ErrHelp", err)
+	}
+	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-tun", "-mtu", "-dial-timeout", "-log-level"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("parseRunFlags(-h) printed %q, want it to contain %q", stderr.String(), want)
+		}
+	}
+}
+
+func TestRunMain(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string // substring; "" for no output
+		stderr string // substring; "" for no output
+	}{
+		{name: "no arguments", args: nil, code: 2, stderr: "Usage:"},
+		{name: "an unknown command", args: []string{"frobnicate"}, code: 2, stderr: `kubetun: unknown command "frobnicate"`},
+		{name: "version", args: []string{"version"}, code: 0, stdout: "kubetun "},
+		{name: "--version", args: []string{"--version"}, code: 0, stdout: "kubetun "},
+		{name: "help", args: []string{"help"}, code: 0, stdout: "Usage:"},
+		{name: "run with a bad flag", args: []string{"run", "--mtu", "9"}, code: 2, stderr: "kubetun run: "},
+		{name: "run without flags", args: []string{"run"}, code: 2, stderr: "kubetun run: --service-cidr is required"},
+		{name: "run -h", args: []string{"run", "-h"}, code: 0, stderr: "Usage: kubetun run"},
+		// Fails reading the manifests, before it touches routes or a TUN:
+		// no root needed.
+		{
+			name:   "run with a missing manifest path",
+			args:   []string{"run", "--service-cidr", "10.3.240.0/20", "--manifests", missing},
+			code:   1,
+			stderr: "kubetun: reading manifests: stat " + missing + ": no such file or directory\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := runMain(context.Background(), tt.args, &stdout, &stderr)
+			if code != tt.code {
+				t.Errorf("runMain(%q) = %d, want %d (stderr %q)", tt.args, code, tt.code, stderr.String())
+			}
+			checkOutput(t, "stdout", stdout.String(), tt.stdout)
+			checkOutput(t, "stderr", stderr.String(), tt.stderr)
+		})
+	}
+}
+
+func checkOutput(tb testing.TB, name, got, want string) {
+	tb.Helper()
+	switch {
+	case want == "" && got != "":
+		tb.Errorf("%s = %q, want nothing", name, got)
+	case !strings.Contains(got, want):
+		tb.Errorf("%s = %q, want it to contain %q", name, got, want)
+	}
+}

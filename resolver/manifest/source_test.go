@@ -1,0 +1,243 @@
+package manifest
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// wait bounds every wait in these tests.
+const wait = 5 * time.Second
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// logBuffer collects log lines written by Run's goroutine.
+type logBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// errors returns the ERROR lines logged so far.
+func (b *logBuffer) errors() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for line := range strings.Lines(b.buf.String()) {
+		if strings.Contains(line, "level=ERROR") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// replaceFile writes data to path the way an editor saves: a new file
+// renamed over the old one, so Run never reads half a file.
+func replaceFile(tb testing.TB, path, data string) {
+	tb.Helper()
+	tmp := filepath.Join(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err := os.WriteFile(tmp, []byte(data), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// sliceYAML is the seed's EndpointSlice with the given pod addresses.
+func sliceYAML(addrs ...string) string {
+	s := "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n" +
+		"metadata:\n  name: service-test-x7k2p\n  labels: {kubernetes.io/service-name: service-test}\n" +
+		"addressType: IPv4\nports: [{name: \"\", port: 8080, protocol: TCP}]\nendpoints:\n"
+	for _, a := range addrs {
+		s += "- addresses: [" + a + "]\n"
+	}
+	return s
+}
+
+const brokenSlice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: service-test-x7k2p\n"
+
+// sourceTest runs a Source over a directory holding the seed Service and
+// the seed EndpointSlice in slice.yaml.
+type sourceTest struct {
+	tb      testing.TB
+	slice   string // path of slice.yaml
+	log     *logBuffer
+	applied chan Objects
+}
+
+func startSource(tb testing.TB) *sourceTest {
+	tb.Helper()
+	dir := tb.TempDir()
+	writeFiles(tb, dir, map[string]string{
+		"service.yaml": strings.SplitN(seedYAML, "---\n", 2)[0],
+		"slice.yaml":   sliceYAML("10.0.1.2", "10.0.2.2"),
+	})
+	st := &sourceTest{
+		tb:      tb,
+		slice:   filepath.Join(dir, "slice.yaml"),
+		log:     new(logBuffer),
+		applied: make(chan Objects, 100),
+	}
+	src, objs, err := NewSource(dir, slog.New(slog.NewTextHandler(st.log, nil)))
+	if err != nil {
+		tb.Fatalf("NewSource(%q): %v", dir, err)
+	}
+	if got := endpointAddrs(objs); got != "10.0.1.2 10.0.2.2" {
+		tb.Fatalf("NewSource(%q) endpoints = %q, want the seed's", dir, got)
+	}
+	src.interval = 5 * time.Millisecond
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		src.Run(ctx, func(objs Objects) { st.applied <- objs })
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(wait):
+			tb.Errorf("Run did not return within %v of its context being cancelled", wait)
+		}
+	})
+	return st
+}
+
+// endpointAddrs lists the first address of every endpoint in objs' slices.
+func endpointAddrs(objs Objects) string {
+	var addrs []string
+	for _, es := range objs.Slices {
+		for _, ep := range es.Endpoints {
+			addrs = append(addrs, ep.Addresses[0])
+		}
+	}
+	return strings.Join(addrs, " ")
+}
+
+// waitApplied waits for Run to apply objects whose endpoints are want.
+func (st *sourceTest) waitApplied(want string) {
+	st.tb.Helper()
+	deadline := time.After(wait)
+	for {
+		select {
+		case objs := <-st.applied:
+			if got := endpointAddrs(objs); got != want {
+				st.tb.Fatalf("applied endpoints %q, want %q", got, want)
+			}
+			if len(objs.Services) != 1 {
+				st.tb.Fatalf("applied %d services, want the seed's 1", len(objs.Services))
+			}
+			return
+		case <-deadline:
+			st.tb.Fatalf("no apply with endpoints %q within %v", want, wait)
+		}
+	}
+}
+
+// waitErrors waits until n errors have been logged.
+func (st *sourceTest) waitErrors(n int) {
+	st.tb.Helper()
+	deadline := time.Now().Add(wait)
+	for len(st.log.errors()) < n {
+		if time.Now().After(deadline) {
+			st.tb.Fatalf("logged errors %q within %v, want %d", st.log.errors(), wait, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// settle lets Run poll many times, then checks it applied nothing and logged
+// exactly the errors it had.
+func (st *sourceTest) settle(errors int) {
+	st.tb.Helper()
+	time.Sleep(40 * 5 * time.Millisecond) // 40 polls
+	select {
+	case objs := <-st.applied:
+		st.tb.Errorf("applied endpoints %q, want nothing applied", endpointAddrs(objs))
+	default:
+	}
+	if got := st.log.errors(); len(got) != errors {
+		st.tb.Errorf("logged %d errors, want %d:\n%s", len(got), errors, strings.Join(got, ""))
+	}
+}
+
+func TestSourceRun(t *testing.T) {
+	st := startSource(t)
+	st.settle(0) // nothing changed: nothing applied
+
+	// A valid change is applied.
+	replaceFile(t, st.slice, sliceYAML("10.0.1.2", "10.0.2.2", "10.0.3.2"))
+	st.waitApplied("10.0.1.2 10.0.2.2 10.0.3.2")
+
+	// A broken change keeps the last good state and is logged once, naming
+	// the file and the document.
+	replaceFile(t, st.slice, brokenSlice)
+	st.waitErrors(1)
+	st.settle(1)
+	if e := st.log.errors()[0]; !strings.Contains(e, st.slice+": document 1:") ||
+		!strings.Contains(e, "keeping the last good state") {
+		t.Errorf("logged %q, want the file, the document and that the last good state stays", e)
+	}
+
+	// Fixed: applied again.
+	replaceFile(t, st.slice, sliceYAML("10.0.1.2", "10.0.3.2"))
+	st.waitApplied("10.0.1.2 10.0.3.2")
+	st.settle(1)
+
+	// Broken again the same way: a new failure, logged again.
+	replaceFile(t, st.slice, brokenSlice)
+	st.waitErrors(2)
+	st.settle(2)
+}
+
+// TestSourceRunRevert checks that a failure is forgotten once the files are
+// back to the last applied state: the same mistake made again is logged
+// again, not swallowed as "already logged".
+func TestSourceRunRevert(t *testing.T) {
+	st := startSource(t)
+	good := sliceYAML("10.0.1.2", "10.0.2.2")
+
+	replaceFile(t, st.slice, brokenSlice)
+	st.waitErrors(1)
+
+	// Reverted to exactly what is applied: nothing to apply.
+	replaceFile(t, st.slice, good)
+	st.settle(1)
+
+	replaceFile(t, st.slice, brokenSlice)
+	st.waitErrors(2)
+	st.settle(2)
+}
+
+// TestSourceRunFiles checks that adding and removing a file is a change.
+func TestSourceRunFiles(t *testing.T) {
+	st := startSource(t)
+	dir := filepath.Dir(st.slice)
+	second := filepath.Join(dir, "slice2.yaml")
+
+	replaceFile(t, second, strings.ReplaceAll(sliceYAML("10.0.4.2"), "service-test-x7k2p", "service-test-b9m4q"))
+	st.waitApplied("10.0.1.2 10.0.2.2 10.0.4.2")
+
+	if err := os.Remove(second); err != nil {
+		t.Fatal(err)
+	}
+	st.waitApplied("10.0.1.2 10.0.2.2")
+
+	// Hidden files are not manifests: writing one changes nothing.
+	writeFiles(t, dir, map[string]string{".slice.yaml.swp": brokenSlice})
+	st.settle(0)
+}
