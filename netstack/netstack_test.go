@@ -68,7 +68,7 @@ func seedTable(t testing.TB, eps []netip.AddrPort, notReady ...netip.AddrPort) *
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
 		})
 	}
-	snap, problems := resolver.Build([]*corev1.Service{svc}, []*discoveryv1.EndpointSlice{es}, nil)
+	snap, problems := resolver.Build([]*corev1.Service{svc}, []*discoveryv1.EndpointSlice{es}, nil, resolver.Topology{})
 	if len(problems) > 0 {
 		t.Fatalf("Build: %v", problems)
 	}

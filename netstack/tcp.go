@@ -35,7 +35,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	backend, ep, err := s.dial(sp)
+	backend, ep, err := s.dial(sp, src.Addr())
 	if err != nil {
 		s.log.Debug("refused", "service", sp, "src", src, "err", err)
 		r.Complete(true)
@@ -68,8 +68,8 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 // dial connects to an endpoint of sp. If the first pick fails, it tries one
 // other endpoint before giving up: a pod that just died should cost its
 // clients a retry, not an error.
-func (s *Stack) dial(sp *resolver.ServicePort) (*net.TCPConn, resolver.Endpoint, error) {
-	ep, ok := sp.Pick()
+func (s *Stack) dial(sp *resolver.ServicePort, client netip.Addr) (*net.TCPConn, resolver.Endpoint, error) {
+	ep, ok := sp.PickFor(client)
 	if !ok {
 		return nil, ep, errNoEndpoint
 	}
@@ -77,7 +77,7 @@ func (s *Stack) dial(sp *resolver.ServicePort) (*net.TCPConn, resolver.Endpoint,
 	if err == nil {
 		return c, ep, nil
 	}
-	other, ok := sp.PickOther(ep)
+	other, ok := sp.PickOtherFor(client, ep)
 	if !ok {
 		return nil, ep, err
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -27,7 +28,10 @@ func (p Problem) String() string { return p.Object + ": " + p.Reason }
 // over, so frequent rebuilds do not favour the first endpoint.
 //
 // Build never fails: what it cannot use it skips and reports as a Problem.
-func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev *Snapshot) (*Snapshot, []Problem) {
+//
+// topo says where this kubetun runs, for internalTrafficPolicy: Local and
+// topology hints.
+func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev *Snapshot, topo Topology) (*Snapshot, []Problem) {
 	var problems []Problem
 	bySvc := make(map[string][]*discoveryv1.EndpointSlice)
 	for _, es := range slices {
@@ -55,6 +59,8 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 			problems = append(problems, Problem{"Service " + id, fmt.Sprintf("clusterIP %q is not an IP address", svc.Spec.ClusterIP)})
 			continue
 		}
+		local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+		affinity := affinityTimeout(svc)
 		served := false
 		for _, p := range svc.Spec.Ports {
 			proto, ok := protocolOf(p.Protocol)
@@ -76,7 +82,11 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 					ClusterIP: ip,
 					Port:      uint16(p.Port),
 					Endpoints: eps,
-					usable:    usable(eps),
+					usable:    Usable(eps, local, topo),
+				}
+				if affinity > 0 {
+					sp.affinityTimeout = affinity
+					sp.affinity = newAffinityTable()
 				}
 				key := portKey{proto, netip.AddrPortFrom(ip, sp.Port)}
 				if old, ok := snap.ports[key]; ok {
@@ -86,6 +96,9 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 				}
 				if old, ok := prev.Lookup(proto, key.addr); ok {
 					sp.next.Store(old.next.Load())
+					if sp.affinity != nil && old.affinity != nil {
+						sp.affinity = old.affinity // clients stay where they were
+					}
 				}
 				snap.ports[key] = sp
 				snap.ips[ip] = struct{}{}
@@ -124,6 +137,19 @@ func clusterIPs(svc *corev1.Service) (ips []netip.Addr, skip string) {
 		ips = append(ips, ip.Unmap())
 	}
 	return ips, ""
+}
+
+// affinityTimeout returns how long ClientIP session affinity binds a client,
+// or 0 when the Service has none.
+func affinityTimeout(svc *corev1.Service) time.Duration {
+	if svc.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
+		return 0
+	}
+	c := svc.Spec.SessionAffinityConfig
+	if c == nil || c.ClientIP == nil || c.ClientIP.TimeoutSeconds == nil || *c.ClientIP.TimeoutSeconds <= 0 {
+		return DefaultAffinityTimeout
+	}
+	return time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
 }
 
 func protocolOf(p corev1.Protocol) (Protocol, bool) {
@@ -179,7 +205,7 @@ func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto
 				// CVE-2020-8558: a Service must never become a way into the
 				// node's own loopback or link-local services.
 				problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-					fmt.Sprintf("endpoint %s is a %s address; refused", addr, reason)})
+					fmt.Sprintf("endpoint %s is %s address; refused", addr, reason)})
 				continue
 			}
 			ep := Endpoint{
@@ -193,6 +219,14 @@ func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto
 			}
 			if e.Zone != nil {
 				ep.Zone = *e.Zone
+			}
+			if e.Hints != nil {
+				for _, z := range e.Hints.ForZones {
+					ep.ForZones = append(ep.ForZones, z.Name)
+				}
+				for _, n := range e.Hints.ForNodes {
+					ep.ForNodes = append(ep.ForNodes, n.Name)
+				}
 			}
 			eps = append(eps, ep)
 		}
@@ -224,36 +258,17 @@ func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol
 	return 0, false
 }
 
-// usable filters endpoints the way kube-proxy does: the ready ones; if there
-// are none, the serving-and-terminating ones, so that a rolling update with
-// every pod terminating does not drop traffic; never a non-serving one.
-func usable(eps []Endpoint) []Endpoint {
-	var ready, terminating []Endpoint
-	for _, ep := range eps {
-		switch {
-		case ep.Ready:
-			ready = append(ready, ep)
-		case ep.Serving && ep.Terminating:
-			terminating = append(terminating, ep)
-		}
-	}
-	if len(ready) > 0 {
-		return ready
-	}
-	return terminating
-}
-
 // unsafeTarget names the kind of address kubetun never forwards to.
 func unsafeTarget(a netip.Addr) string {
 	switch {
 	case a.IsLoopback():
-		return "loopback"
+		return "a loopback"
 	case a.IsLinkLocalUnicast():
-		return "link-local"
+		return "a link-local"
 	case a.IsUnspecified():
-		return "unspecified"
+		return "an unspecified"
 	case a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
-		return "multicast"
+		return "a multicast"
 	}
 	return ""
 }

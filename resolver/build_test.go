@@ -3,6 +3,7 @@ package resolver_test
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -391,7 +392,7 @@ func TestBuildLookup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, problems := resolver.Build(tt.services, tt.slices, nil)
+			snap, problems := resolver.Build(tt.services, tt.slices, nil, resolver.Topology{})
 			checkProblems(t, problems, tt.problems)
 			if got := snap.Services(); got != tt.nservice {
 				t.Errorf("Services() = %d, want %d", got, tt.nservice)
@@ -533,13 +534,13 @@ func TestBuildConditions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			es := seedSlice()
 			es.Endpoints = tt.endpoints
-			snap, problems := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, nil)
+			snap, problems := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, nil, resolver.Topology{})
 			checkProblems(t, problems, nil)
 			sp, ok := snap.Lookup(resolver.TCP, addrPort(t, "10.3.241.152:80"))
 			if !ok {
 				t.Fatal("Lookup(TCP, 10.3.241.152:80) not found")
 			}
-			if !slices.Equal(sp.Endpoints, tt.want) {
+			if !reflect.DeepEqual(sp.Endpoints, tt.want) {
 				t.Errorf("Endpoints = %+v, want %+v", sp.Endpoints, tt.want)
 			}
 			if got := addrs(sp.Usable()); !slices.Equal(got, tt.usable) {
@@ -552,7 +553,7 @@ func TestBuildConditions(t *testing.T) {
 func TestBuildEndpointDetails(t *testing.T) {
 	es := seedSlice()
 	es.Endpoints[0].Zone = ptr("zone-a")
-	snap, _ := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, nil)
+	snap, _ := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, nil, resolver.Topology{})
 	sp, ok := snap.Lookup(resolver.TCP, addrPort(t, "10.3.241.152:80"))
 	if !ok {
 		t.Fatal("Lookup(TCP, 10.3.241.152:80) not found")
@@ -561,7 +562,7 @@ func TestBuildEndpointDetails(t *testing.T) {
 		{Addr: addrPort(t, "10.0.1.2:8080"), NodeName: "node1", Zone: "zone-a", Ready: true, Serving: true},
 		{Addr: addrPort(t, "10.0.2.2:8080"), NodeName: "node2", Ready: true, Serving: true},
 	}
-	if !slices.Equal(sp.Endpoints, want) {
+	if !reflect.DeepEqual(sp.Endpoints, want) {
 		t.Errorf("Endpoints = %+v, want %+v", sp.Endpoints, want)
 	}
 	if got, want := sp.String(), "default/service-test (TCP 10.3.241.152:80)"; got != want {

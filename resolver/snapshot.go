@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync/atomic"
+	"time"
 )
 
 // Protocol is the transport protocol of a Service port.
@@ -35,6 +36,10 @@ type Endpoint struct {
 	NodeName string
 	Zone     string
 
+	// Topology hints: the zones and nodes this endpoint should serve.
+	ForZones []string
+	ForNodes []string
+
 	// Conditions, with the API's defaults applied: a missing ready or serving
 	// means true, a missing terminating means false.
 	Ready       bool
@@ -59,12 +64,16 @@ type ServicePort struct {
 	// in a stable order.
 	Endpoints []Endpoint
 
-	// usable are the endpoints new connections may go to: the ready ones, or,
-	// when none is ready, the serving and terminating ones (KEP-1669).
+	// usable are the endpoints new connections may go to (see Usable).
 	usable []Endpoint
 
 	// next is the round-robin cursor.
 	next atomic.Uint32
+
+	// affinity binds clients to endpoints for ClientIP session affinity;
+	// nil when the Service has none.
+	affinity        *affinityTable
+	affinityTimeout time.Duration
 }
 
 func (sp *ServicePort) String() string {
@@ -93,6 +102,34 @@ func (sp *ServicePort) Pick() (Endpoint, bool) {
 	}
 	return sp.usable[(sp.next.Add(1)-1)%n], true
 }
+
+// PickFor is Pick for a connection from client: with ClientIP session
+// affinity, a client that connected within the timeout goes to the same
+// endpoint while it is usable, and each connection restarts its timeout.
+func (sp *ServicePort) PickFor(client netip.Addr) (Endpoint, bool) {
+	return sp.pickFor(client, time.Now())
+}
+
+func (sp *ServicePort) pickFor(client netip.Addr, now time.Time) (Endpoint, bool) {
+	if sp.affinity == nil {
+		return sp.Pick()
+	}
+	return sp.affinity.pick(client, sp.usable, sp.affinityTimeout, now, sp.Pick)
+}
+
+// PickOtherFor is PickFor for a retry after the dial to failed did not
+// work: it returns another endpoint and, with session affinity, moves the
+// client to it.
+func (sp *ServicePort) PickOtherFor(client netip.Addr, failed Endpoint) (Endpoint, bool) {
+	ep, ok := sp.PickOther(failed)
+	if ok && sp.affinity != nil {
+		sp.affinity.rebind(client, ep.Addr, time.Now(), sp.affinityTimeout)
+	}
+	return ep, ok
+}
+
+// Affinity returns the ClientIP session affinity timeout, 0 for none.
+func (sp *ServicePort) Affinity() time.Duration { return sp.affinityTimeout }
 
 // PickOther is Pick for a retry: it returns an endpoint other than failed, or
 // false when there is none.

@@ -24,7 +24,7 @@ func seedWith(tb testing.TB, n int, prev *resolver.Snapshot) (*resolver.Snapshot
 	}
 	es := seedSlice()
 	es.Endpoints = endpoints(addrs...)
-	snap, problems := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, prev)
+	snap, problems := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, prev, resolver.Topology{})
 	if len(problems) > 0 {
 		tb.Fatalf("Build: problems %v", problems)
 	}
@@ -190,7 +190,7 @@ func TestPickNoEndpoints(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			snap, _ := resolver.Build([]*corev1.Service{seedService()}, tt.slices, nil)
+			snap, _ := resolver.Build([]*corev1.Service{seedService()}, tt.slices, nil, resolver.Topology{})
 			sp, ok := snap.Lookup(resolver.TCP, seedAddr)
 			if !ok {
 				t.Fatalf("Lookup(TCP, %v) not found; a Service without endpoints still owns its port", seedAddr)
@@ -248,7 +248,7 @@ func TestTable(t *testing.T) {
 		t.Fatalf("Lookup(TCP, %v) after Store(second) = %v, %v; want the seed port with 3 endpoints", seedAddr, sp, ok)
 	}
 
-	empty, _ := resolver.Build(nil, nil, second)
+	empty, _ := resolver.Build(nil, nil, second, resolver.Topology{})
 	table.Store(empty)
 	if sp, ok := table.Lookup(resolver.TCP, seedAddr); ok {
 		t.Errorf("Lookup(TCP, %v) after Store(empty) = %v, want not found", seedAddr, sp)

@@ -29,7 +29,7 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	table := new(resolver.Table)
 	apply := func(objs manifest.Objects) {
-		snap, problems := resolver.Build(objs.Services, objs.Slices, table.Load())
+		snap, problems := resolver.Build(objs.Services, objs.Slices, table.Load(), resolver.Topology{})
 		for _, w := range objs.Warnings {
 			log.Warn(w)
 		}

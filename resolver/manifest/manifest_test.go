@@ -392,7 +392,7 @@ func TestDecodeSeed(t *testing.T) {
 			if got := objs.Services[0].Spec.Ports[0].TargetPort.String(); got != "http" {
 				t.Errorf("targetPort = %q, want http", got)
 			}
-			snap, problems := resolver.Build(objs.Services, objs.Slices, nil)
+			snap, problems := resolver.Build(objs.Services, objs.Slices, nil, resolver.Topology{})
 			if len(problems) > 0 {
 				t.Errorf("Build problems: %v", problems)
 			}
