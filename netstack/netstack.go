@@ -158,6 +158,14 @@ func configure(s *stack.Stack, link stack.LinkEndpoint) error {
 		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDef, Max: tcpBufMax},
 		&tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDef, Max: tcpBufMax},
 		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
+		// No TIME_WAIT. When the pod closes first, gVisor closes first
+		// towards the client and would hold the 4-tuple for 60 s; a new
+		// SYN on it is then passed only to a listening endpoint, never to
+		// the forwarder, and is dropped. Linux clients reuse ephemeral
+		// ports within seconds under load, so such a SYN is common: it
+		// hung connections for a minute (test/e2e TestSourcePortReuse).
+		// The client's kernel keeps its own TIME_WAIT where it closed first.
+		ptr(tcpip.TCPTimeWaitTimeoutOption(0)),
 	}
 	for _, opt := range tcpOpts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {

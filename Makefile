@@ -1,0 +1,58 @@
+# kubetun: build, check and demo. `make test` is what CI (.ci/run) runs.
+#
+#   make build   bin/kubetun
+#   make deps    the system tools the e2e tests and the demo use (installed as root)
+#   make test    deps, go vet, gofmt check, unit tests, e2e tests (root: namespaces, TUN)
+#   make demo    the seed scenario through kubetun, explained step by step (root)
+
+GO      ?= go
+# Debian packages the e2e tests and the demo run: ip, nc, curl, iptables-save,
+# nft, dig, iperf3.
+DEPS    := iproute2 netcat-openbsd curl iptables nftables dnsutils iperf3
+# Every package but the e2e tests, which need root.
+UNIT     = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
+
+.PHONY: build deps vet fmt unit e2e test demo clean
+
+build:
+	$(GO) build -o bin/kubetun ./cmd/kubetun
+
+# Installs what is missing when root (apt-get update once, first); otherwise
+# only reports it.
+deps:
+	@command -v dpkg-query >/dev/null || { echo "deps: no dpkg-query: not Debian; install the equivalents of: $(DEPS)"; exit 0; }; \
+	missing=""; \
+	for p in $(DEPS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+		echo "deps: all present ($(DEPS))"; \
+	elif [ "$$(id -u)" -eq 0 ]; then \
+		echo "deps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "deps: missing$$missing; run 'make deps' as root to install them"; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+# Fails listing the files gofmt would change.
+fmt:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi; echo "gofmt: clean"
+
+unit:
+	$(GO) test $(UNIT)
+
+# Sequential on purpose: the timing checks (refused within 100 ms) should not
+# compete with 10 MiB transfers. Without root the tests skip, unless CI is set.
+e2e:
+	$(GO) test ./test/e2e -count=1 -v -timeout 15m
+
+test: deps vet fmt unit e2e
+
+demo: deps build
+	$(GO) run ./test/demo --kubetun bin/kubetun
+
+clean:
+	rm -rf bin
