@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -16,13 +17,23 @@ import (
 
 // runConfig is the parsed command line of `kubetun run`.
 type runConfig struct {
-	serviceCIDRs []netip.Prefix
-	manifests    string
+	serviceCIDRs []netip.Prefix // empty: follow the cluster's ServiceCIDRs
+	manifests    string         // the static source; "" means the Kubernetes API
+	kubeconfig   string         // "" means kubectl's discovery order
+	nodeName     string
 	tun          string
 	mtu          int
 	dialTimeout  time.Duration
+	healthAddr   string // "" disables
+	metricsAddr  string // "" disables
 	logLevel     slog.Level
 }
+
+// Defaults that are kube-proxy's, so existing probes and scrapers find them.
+const (
+	defaultHealthAddr  = "127.0.0.1:10256"
+	defaultMetricsAddr = "127.0.0.1:10249"
+)
 
 func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	var (
@@ -33,15 +44,19 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	fs := flag.NewFlagSet("kubetun run", flag.ContinueOnError)
 	// Errors are reported by the caller in one line; only -h prints usage.
 	fs.SetOutput(io.Discard)
-	fs.Var(&cidrs, "service-cidr", "service `CIDR` to route into kubetun (repeatable, or comma-separated), e.g. 10.3.240.0/20")
-	fs.StringVar(&cfg.manifests, "manifests", "", "`PATH` of a YAML/JSON file, or a directory of them, holding v1 Services and discovery.k8s.io/v1 EndpointSlices; watched for changes")
+	fs.Var(&cidrs, "service-cidr", "service `CIDR` to route into kubetun (repeatable, or comma-separated), e.g. 10.3.240.0/20; with the API and without this flag, the cluster's ServiceCIDRs are followed")
+	fs.StringVar(&cfg.manifests, "manifests", "", "static source: `PATH` of a YAML/JSON file, or a directory of them, holding v1 Services and discovery.k8s.io/v1 EndpointSlices; watched for changes. Without it, kubetun watches the Kubernetes API")
+	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `PATH` for the Kubernetes API; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
+	fs.StringVar(&cfg.nodeName, "node-name", defaultNodeName(), "this node's `NAME`, for internalTrafficPolicy: Local and topology hints")
+	fs.StringVar(&cfg.healthAddr, "health-addr", defaultHealthAddr, "`ADDR` serving /healthz, /livez and /readyz (\"\" to disable)")
+	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, "`ADDR` serving Prometheus /metrics (\"\" to disable)")
 	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")
 	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
 	fs.StringVar(&level, "log-level", level, "log `LEVEL`: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "Usage: kubetun run --service-cidr CIDR --manifests PATH [flags]")
+			fmt.Fprintln(stderr, "Usage: kubetun run [--kubeconfig PATH | --service-cidr CIDR --manifests PATH] [flags]")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
 			return cfg, err
@@ -51,12 +66,15 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	if fs.NArg() > 0 {
 		return cfg, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 	}
-	if len(cidrs) == 0 {
-		return cfg, usageError{errors.New("--service-cidr is required, e.g. --service-cidr 10.3.240.0/20")}
-	}
 	cfg.serviceCIDRs = cidrs
-	if cfg.manifests == "" {
-		return cfg, usageError{errors.New("--manifests is required: a file or directory of Services and EndpointSlices")}
+	if cfg.manifests != "" && cfg.kubeconfig != "" {
+		return cfg, usageError{errors.New("--manifests and --kubeconfig are two sources of Services; give one")}
+	}
+	if cfg.manifests != "" && len(cidrs) == 0 {
+		return cfg, usageError{errors.New("--service-cidr is required with --manifests, e.g. --service-cidr 10.3.240.0/20")}
+	}
+	if cfg.nodeName == "" {
+		return cfg, usageError{errors.New("--node-name is empty and the hostname is unknown; give --node-name")}
 	}
 	if cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n") {
 		return cfg, usageError{fmt.Errorf("--tun %q: an interface name is 1 to 15 characters, without '/' or spaces", cfg.tun)}
@@ -71,6 +89,15 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 		return cfg, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
 	}
 	return cfg, nil
+}
+
+// defaultNodeName is the hostname, lowercased as kube-proxy does.
+func defaultNodeName() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSpace(h))
 }
 
 // prefixList is a repeatable, comma-separated list of CIDRs.

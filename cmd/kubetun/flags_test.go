@@ -36,6 +36,9 @@ func TestParseRunFlags(t *testing.T) {
 		mtu:          tunnel.DefaultMTU,
 		dialTimeout:  netstack.DefaultDialTimeout,
 		logLevel:     slog.LevelInfo,
+		nodeName:     defaultNodeName(),
+		healthAddr:   defaultHealthAddr,
+		metricsAddr:  defaultMetricsAddr,
 	}
 	// withCfg returns defaults changed by f.
 	withCfg := func(f func(*runConfig)) runConfig {
@@ -54,7 +57,8 @@ func TestParseRunFlags(t *testing.T) {
 		{
 			name: "every flag",
 			args: []string{"--service-cidr=10.3.240.0/20", "-manifests", "services.yaml", "--tun", "kt1",
-				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug"},
+				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug",
+				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999"},
 			want: runConfig{
 				serviceCIDRs: prefixes("10.3.240.0/20"),
 				manifests:    "services.yaml",
@@ -62,6 +66,9 @@ func TestParseRunFlags(t *testing.T) {
 				mtu:          1500,
 				dialTimeout:  500 * time.Millisecond,
 				logLevel:     slog.LevelDebug,
+				nodeName:     "node-1",
+				healthAddr:   "",
+				metricsAddr:  "127.0.0.1:9999",
 			},
 		},
 		{
@@ -87,9 +94,15 @@ func TestParseRunFlags(t *testing.T) {
 		{name: "IPv4 /0", args: []string{"--service-cidr", "0.0.0.0/0", "--manifests", "m"}, err: "0.0.0.0/0 would send every address into kubetun"},
 		{name: "IPv6 /0", args: []string{"--service-cidr", "::/0", "--manifests", "m"}, err: "::/0 would send every address into kubetun"},
 		{name: "IPv4-mapped IPv6", args: []string{"--service-cidr", "::ffff:10.3.240.0/116", "--manifests", "m"}, err: "use the IPv4 form"},
-		{name: "no --service-cidr", args: []string{"--manifests", "m"}, err: "--service-cidr is required"},
+		{name: "no --service-cidr with --manifests", args: []string{"--manifests", "m"}, err: "--service-cidr is required with --manifests"},
 		{name: "an empty --service-cidr", args: []string{"--service-cidr", "", "--manifests", "m"}, err: "--service-cidr is required"},
-		{name: "no --manifests", args: []string{"--service-cidr", "10.3.240.0/20"}, err: "--manifests is required"},
+		{
+			name: "the API, with --kubeconfig and no --service-cidr",
+			args: []string{"--kubeconfig", "/root/.kube/config"},
+			want: withCfg(func(c *runConfig) { c.manifests, c.kubeconfig, c.serviceCIDRs = "", "/root/.kube/config", nil }),
+		},
+		{name: "--manifests and --kubeconfig", args: with("--kubeconfig", "k"), err: "--manifests and --kubeconfig are two sources"},
+		{name: "an empty --node-name", args: with("--node-name", ""), err: "--node-name is empty"},
 		{name: "--tun too long", args: with("--tun", "kubetun-01234567"), err: `--tun "kubetun-01234567"`},
 		{name: "--tun empty", args: with("--tun", ""), err: `--tun ""`},
 		{name: "--tun with a slash", args: with("--tun", "kt/0"), err: `--tun "kt/0"`},
@@ -144,7 +157,7 @@ func TestParseRunFlagsHelp(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("parseRunFlags(-h) error %v, want flag.ErrHelp", err)
 	}
-	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-tun", "-mtu", "-dial-timeout", "-log-level"} {
+	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-mtu", "-dial-timeout", "-log-level"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("parseRunFlags(-h) printed %q, want it to contain %q", stderr.String(), want)
 		}
@@ -153,6 +166,10 @@ func TestParseRunFlagsHelp(t *testing.T) {
 
 func TestRunMain(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
+	// No API configuration to be found: run without a source must say so.
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv("KUBECONFIG", "")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	tests := []struct {
 		name   string
 		args   []string
@@ -166,7 +183,8 @@ func TestRunMain(t *testing.T) {
 		{name: "--version", args: []string{"--version"}, code: 0, stdout: "kubetun "},
 		{name: "help", args: []string{"help"}, code: 0, stdout: "Usage:"},
 		{name: "run with a bad flag", args: []string{"run", "--mtu", "9"}, code: 2, stderr: "kubetun run: "},
-		{name: "run without flags", args: []string{"run"}, code: 2, stderr: "kubetun run: --service-cidr is required"},
+		{name: "run without flags or API config", args: []string{"run"}, code: 1, stderr: "kubetun: no service source: not running in a cluster, $KUBECONFIG is unset"},
+		{name: "run with a missing kubeconfig", args: []string{"run", "--kubeconfig", missing}, code: 1, stderr: "kubetun: loading Kubernetes client config (" + missing + ")"},
 		{name: "run -h", args: []string{"run", "-h"}, code: 0, stderr: "Usage: kubetun run"},
 		// Fails reading the manifests, before it touches routes or a TUN:
 		// no root needed.

@@ -2,17 +2,28 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/resolver/health"
+	"github.com/kubetun/kubetun/resolver/kube"
 	"github.com/kubetun/kubetun/resolver/manifest"
 	"github.com/kubetun/kubetun/tunnel"
 )
+
+// healthTimeout is how long a change may wait to be applied before /healthz
+// fails: twice kube-proxy's default sync period, as kube-proxy does.
+const healthTimeout = 2 * 30 * time.Second
 
 // runCommand is `kubetun run`: it serves until ctx is cancelled, then removes
 // its routes and TUN device.
@@ -22,76 +33,271 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	r := &runner{cfg: cfg, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout)}
+	if cfg.manifests != "" {
+		return r.serveManifests(ctx)
+	}
+	return r.serveAPI(ctx)
+}
 
-	src, objs, err := manifest.NewSource(cfg.manifests, log)
+// runner wires a source, the service table, the netstack and the TUN.
+type runner struct {
+	cfg     runConfig
+	log     *slog.Logger
+	table   *resolver.Table
+	tracker *health.Tracker
+	topo    resolver.Topology
+
+	dev *tunnel.Device
+	ns  *netstack.Stack
+
+	mu    sync.Mutex     // guards cidrs
+	cidrs []netip.Prefix // routed into the TUN now
+}
+
+// serveManifests serves the static manifest source.
+func (r *runner) serveManifests(ctx context.Context) error {
+	src, objs, err := manifest.NewSource(r.cfg.manifests, r.log)
 	if err != nil {
 		return err
 	}
-	table := new(resolver.Table)
-	apply := func(objs manifest.Objects) {
-		snap, problems := resolver.Build(objs.Services, objs.Slices, table.Load(), resolver.Topology{})
-		for _, w := range objs.Warnings {
-			log.Warn(w)
-		}
-		for _, p := range problems {
-			log.Warn(p.String())
-		}
-		warnOutside(log, snap, cfg.serviceCIDRs)
-		table.Store(snap)
-		log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints())
+	r.topo = resolver.Topology{NodeName: r.cfg.nodeName}
+	for _, w := range objs.Warnings {
+		r.log.Warn(w)
 	}
-	apply(objs)
-
 	// Refuse an overlapping CIDR before creating anything.
-	if err := tunnel.CheckOverlap(cfg.serviceCIDRs, 0); err != nil {
+	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
 		return err
 	}
-	dev, err := tunnel.Open(cfg.tun, cfg.mtu, log)
+	r.cidrs = r.cfg.serviceCIDRs
+	r.apply(objs.Services, objs.Slices)
+
+	stop, err := r.start()
 	if err != nil {
 		return err
+	}
+	defer stop()
+	if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
+		return err
+	}
+	r.logReady()
+
+	src.Run(ctx, func(objs manifest.Objects) {
+		for _, w := range objs.Warnings {
+			r.log.Warn(w)
+		}
+		r.apply(objs.Services, objs.Slices)
+	})
+	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	return nil
+}
+
+// serveAPI serves what the Kubernetes API says.
+func (r *runner) serveAPI(ctx context.Context) error {
+	client, from, err := kubeClient(r.cfg.kubeconfig)
+	if err != nil {
+		return err
+	}
+	routeLog(r.log)
+	r.log.Info("using the Kubernetes API", "config", from, "node", r.cfg.nodeName)
+	followCIDRs := len(r.cfg.serviceCIDRs) == 0
+	if followCIDRs {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := kube.CheckServiceCIDRAPI(cctx, client)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
+		}
+	} else if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
+		return err
+	}
+	r.topo = nodeTopology(ctx, client, r.cfg.nodeName, r.log)
+
+	stop, err := r.start()
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued}, r.log)
+	readyOnce := sync.OnceFunc(r.logReady)
+	if !followCIDRs {
+		if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
+			return err
+		}
+	}
+	err = src.Run(ctx, func(st kube.State) {
+		r.apply(st.Services, st.Slices)
+		if !followCIDRs {
+			readyOnce()
+		}
+	}, func(cidrs []netip.Prefix) {
+		r.followCIDRs(cidrs)
+		readyOnce()
+	})
+	if err != nil && ctx.Err() == nil {
+		return err
+	}
+	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	return nil
+}
+
+// start opens the TUN, the netstack and the health and metrics servers. The
+// returned func closes them all, in the reverse order.
+func (r *runner) start() (stop func(), err error) {
+	var closers []func()
+	stop = func() {
+		for _, c := range slices.Backward(closers) {
+			c()
+		}
 	}
 	defer func() {
-		if err := dev.Close(); err != nil {
-			log.Error("removing TUN device", "tun", dev.Name(), "err", err)
+		if err != nil {
+			stop()
 		}
 	}()
-	ns, err := netstack.New(netstack.Config{
-		Link:        dev.Link(),
-		Services:    table,
-		DialTimeout: cfg.dialTimeout,
-		Logger:      log,
+	for _, srv := range []struct {
+		flag, addr string
+		h          http.Handler
+	}{
+		{"--health-addr", r.cfg.healthAddr, r.tracker.Handler()},
+		{"--metrics-addr", r.cfg.metricsAddr, metricsMux(r.tracker.MetricsHandler())},
+	} {
+		if srv.addr == "" {
+			continue
+		}
+		closeSrv, err := serveHTTP(srv.flag, srv.addr, srv.h, r.log)
+		if err != nil {
+			return stop, err
+		}
+		closers = append(closers, closeSrv)
+	}
+
+	r.dev, err = tunnel.Open(r.cfg.tun, r.cfg.mtu, r.log)
+	if err != nil {
+		return stop, err
+	}
+	closers = append(closers, func() {
+		if err := r.dev.Close(); err != nil {
+			r.log.Error("removing TUN device", "tun", r.dev.Name(), "err", err)
+		}
+	})
+	r.ns, err = netstack.New(netstack.Config{
+		Link:        r.dev.Link(),
+		Services:    r.table,
+		DialTimeout: r.cfg.dialTimeout,
+		Logger:      r.log,
 	})
 	if err != nil {
+		return stop, err
+	}
+	closers = append(closers, r.ns.Close)
+	return stop, nil
+}
+
+// apply builds and publishes a new service table.
+func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice) {
+	start := time.Now()
+	snap, problems := resolver.Build(services, slices, r.table.Load(), r.topo)
+	for _, p := range problems {
+		r.log.Warn(p.String())
+	}
+	r.mu.Lock()
+	cidrs := r.cidrs
+	r.mu.Unlock()
+	warnOutside(r.log, snap, cidrs)
+	r.table.Store(snap)
+	r.tracker.Synced(start, snap.Services(), snap.Endpoints(), slices)
+	r.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
+		"took", time.Since(start).Round(time.Microsecond))
+}
+
+// setRoutes routes cidrs into the TUN.
+func (r *runner) setRoutes(cidrs []netip.Prefix) error {
+	if err := r.dev.SetRoutes(cidrs); err != nil {
 		return err
 	}
-	defer ns.Close()
-	// Routes last: the moment they exist, the stack is there to answer.
-	if err := dev.SetRoutes(cfg.serviceCIDRs); err != nil {
-		return err
-	}
-
-	var wg sync.WaitGroup
-	wg.Go(func() { src.Run(ctx, apply) })
-	defer wg.Wait()
-
-	snap := table.Load()
-	log.Info("ready", "tun", dev.Name(), "mtu", cfg.mtu, "service-cidrs", fmt.Sprint(cfg.serviceCIDRs),
-		"services", snap.Services(), "endpoints", snap.Endpoints())
-	<-ctx.Done()
-	log.Info("shutting down: closing connections, removing routes and the TUN device")
+	r.mu.Lock()
+	r.cidrs = cidrs
+	r.mu.Unlock()
 	return nil
+}
+
+// followCIDRs routes the cluster's ServiceCIDRs, leaving out (with an
+// error) any that overlaps a route the host already has.
+func (r *runner) followCIDRs(cidrs []netip.Prefix) {
+	var ok []netip.Prefix
+	for _, c := range cidrs {
+		if err := tunnel.CheckOverlap([]netip.Prefix{c}, r.dev.Index()); err != nil {
+			r.log.Error("ServiceCIDR not routed", "err", err)
+			continue
+		}
+		ok = append(ok, c)
+	}
+	r.mu.Lock()
+	same := slices.Equal(ok, r.cidrs)
+	r.mu.Unlock()
+	if same {
+		return
+	}
+	if err := r.setRoutes(ok); err != nil {
+		r.log.Error("routing ServiceCIDRs", "cidrs", fmt.Sprint(ok), "err", err)
+		return
+	}
+	r.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
+}
+
+func (r *runner) logReady() {
+	snap := r.table.Load()
+	r.mu.Lock()
+	cidrs := r.cidrs
+	r.mu.Unlock()
+	r.log.Info("ready", "tun", r.dev.Name(), "mtu", r.cfg.mtu, "service-cidrs", fmt.Sprint(cidrs),
+		"services", snap.Services(), "endpoints", snap.Endpoints())
+}
+
+// serveHTTP listens on addr at once (so a taken port fails the start) and
+// serves h until the returned func is called.
+func serveHTTP(flag, addr string, h http.Handler, log *slog.Logger) (func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server", "flag", flag, "addr", addr, "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}, nil
+}
+
+func metricsMux(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	return mux
 }
 
 // warnOutside warns about ClusterIPs no service CIDR covers: the host never
 // routes them into the TUN, so kubetun cannot serve them.
 func warnOutside(log *slog.Logger, snap *resolver.Snapshot, cidrs []netip.Prefix) {
+	if len(cidrs) == 0 {
+		return // not routed yet
+	}
 	warned := make(map[netip.Addr]bool)
 	for _, sp := range snap.Ports() {
 		if warned[sp.ClusterIP] || covered(sp.ClusterIP, cidrs) {
 			continue
 		}
 		warned[sp.ClusterIP] = true
-		log.Warn("clusterIP is outside every --service-cidr; it is not routed to kubetun",
+		log.Warn("clusterIP is outside every service CIDR; it is not routed to kubetun",
 			"service", sp.Service, "clusterIP", sp.ClusterIP)
 	}
 }

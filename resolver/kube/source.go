@@ -1,0 +1,291 @@
+// Package kube is kubetun's service source backed by the Kubernetes API:
+// shared informers for Services, EndpointSlices and (optionally)
+// ServiceCIDRs, filtered the way kube-proxy filters them.
+//
+// Like kube-proxy, its event handlers only note that something changed; one
+// loop reads the informer caches and hands the whole state on, so bursts of
+// events coalesce and relists or duplicate events change nothing.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Labels kube-proxy honours when choosing what to watch.
+const (
+	// LabelServiceProxyName marks a Service handled by another proxy.
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	// LabelHeadless marks the EndpointSlices of a headless Service.
+	LabelHeadless = corev1.IsHeadlessService
+)
+
+// State is the part of the cluster kubetun serves. Its objects belong to
+// the informer caches: read them, never modify them.
+type State struct {
+	Services []*corev1.Service
+	Slices   []*discoveryv1.EndpointSlice
+}
+
+// Options configure a Source.
+type Options struct {
+	// Resync is the informers' resync period; 0 disables resyncs, which
+	// kubetun does not need (it never loses an event it must act on).
+	Resync time.Duration
+	// ServiceCIDRs makes the Source also follow networking.k8s.io/v1
+	// ServiceCIDRs, for a kubetun started without --service-cidr.
+	ServiceCIDRs bool
+	// OnChange, if set, is called from the informers' handlers whenever a
+	// change arrives, before it is applied (for health tracking). It must
+	// not block.
+	OnChange func()
+}
+
+// Source watches the API and reports the state after every change.
+type Source struct {
+	client  kubernetes.Interface
+	log     *slog.Logger
+	opts    Options
+	factory informers.SharedInformerFactory
+
+	services  cache.SharedIndexInformer
+	slices    cache.SharedIndexInformer
+	cidrs     cache.SharedIndexInformer // nil unless opts.ServiceCIDRs
+	changed   chan struct{}             // a change is pending; capacity 1
+	cidrsDiff chan struct{}             // a ServiceCIDR change is pending; capacity 1
+
+	mu          sync.Mutex // guards unreachable
+	unreachable bool       // the last list/watch failed and no probe has succeeded since
+}
+
+// New returns a Source reading through client. Nothing is watched until Run.
+func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
+	// kube-proxy's selection: not Services another proxy owns, not the
+	// slices of headless Services.
+	noProxyName, _ := labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
+	noHeadless, _ := labels.NewRequirement(LabelHeadless, selection.DoesNotExist, nil)
+	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
+	factory := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+
+	s := &Source{
+		client:    client,
+		log:       log,
+		opts:      opts,
+		factory:   factory,
+		services:  factory.Core().V1().Services().Informer(),
+		slices:    factory.Discovery().V1().EndpointSlices().Informer(),
+		changed:   make(chan struct{}, 1),
+		cidrsDiff: make(chan struct{}, 1),
+	}
+	if opts.ServiceCIDRs {
+		// ServiceCIDRs carry none of those labels, but the factory's
+		// selector would still apply: give them an informer of their own.
+		s.cidrs = informers.NewSharedInformerFactory(client, opts.Resync).Networking().V1().ServiceCIDRs().Informer()
+	}
+	return s
+}
+
+// Run watches until ctx is done. After the caches have synced it calls
+// apply with the whole state, and again after every change; with
+// Options.ServiceCIDRs it also calls applyCIDRs with every ServiceCIDR
+// range. The callbacks run on one goroutine, never concurrently. Run
+// returns an error only if ctx ends before the caches synced.
+func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]netip.Prefix)) error {
+	informersList := []cache.SharedIndexInformer{s.services, s.slices}
+	if s.cidrs != nil {
+		informersList = append(informersList, s.cidrs)
+	}
+	for _, inf := range informersList {
+		ch := s.changed
+		if inf == s.cidrs {
+			ch = s.cidrsDiff
+		}
+		if _, err := inf.AddEventHandler(notifier(ch, s.opts.OnChange)); err != nil {
+			return fmt.Errorf("adding event handler: %w", err)
+		}
+		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
+			return fmt.Errorf("setting watch error handler: %w", err)
+		}
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, inf := range informersList {
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
+	wg.Go(func() { s.probeWhileUnreachable(ctx) })
+
+	synced := make([]cache.InformerSynced, len(informersList))
+	for i, inf := range informersList {
+		synced[i] = inf.HasSynced
+	}
+	start := time.Now()
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("waiting for the informer caches: %w", context.Cause(ctx))
+	}
+	s.log.Info("informer caches synced", "after", time.Since(start).Round(time.Millisecond))
+
+	// The first state goes out at once, whatever the channels say.
+	apply(s.state())
+	if s.cidrs != nil {
+		applyCIDRs(s.serviceCIDRs())
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.changed:
+			apply(s.state())
+		case <-s.cidrsDiff:
+			applyCIDRs(s.serviceCIDRs())
+		}
+	}
+}
+
+// notifier returns event handlers that only record that a change is pending.
+// An update that does not change the object's resourceVersion (a resync, a
+// relist) is not a change.
+func notifier(ch chan struct{}, onChange func()) cache.ResourceEventHandlerFuncs {
+	poke := func() {
+		if onChange != nil {
+			onChange()
+		}
+		select {
+		case ch <- struct{}{}:
+		default: // one pending notice covers any number of changes
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { poke() },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(metav1.Object)
+			n, ok2 := newObj.(metav1.Object)
+			if ok1 && ok2 && o.GetResourceVersion() == n.GetResourceVersion() {
+				return
+			}
+			poke()
+		},
+		DeleteFunc: func(any) { poke() },
+	}
+}
+
+// state copies the caches' object pointers into a State.
+func (s *Source) state() State {
+	var st State
+	for _, o := range s.services.GetStore().List() {
+		if svc, ok := o.(*corev1.Service); ok {
+			st.Services = append(st.Services, svc)
+		}
+	}
+	for _, o := range s.slices.GetStore().List() {
+		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
+			st.Slices = append(st.Slices, es)
+		}
+	}
+	return st
+}
+
+// serviceCIDRs returns every range of every ServiceCIDR, sorted, without
+// duplicates. A ServiceCIDR being deleted still counts: its addresses stay
+// allocated to Services until the last of them is gone.
+func (s *Source) serviceCIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, o := range s.cidrs.GetStore().List() {
+		sc, ok := o.(*networkingv1.ServiceCIDR)
+		if !ok {
+			continue
+		}
+		for _, c := range sc.Spec.CIDRs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				s.log.Warn("ServiceCIDR has a bad range; ignored", "servicecidr", sc.Name, "cidr", c)
+				continue
+			}
+			out = append(out, p.Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
+}
+
+// watchFailed is the informers' watch error handler. The reflector retries
+// with backoff by itself; this only tells the user, once per outage rather
+// than once per retry, that kubetun now serves its last known state.
+func (s *Source) watchFailed(_ context.Context, r *cache.Reflector, err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+		return // a watch closed normally or expired: the reflector relists
+	}
+	s.mu.Lock()
+	first := !s.unreachable
+	s.unreachable = true
+	s.mu.Unlock()
+	if first {
+		s.log.Warn("Kubernetes API unreachable; serving the last known state and retrying with backoff", "err", err)
+	}
+}
+
+// probeWhileUnreachable notices when the API is back after an outage, to
+// say so once.
+func (s *Source) probeWhileUnreachable(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		down := s.unreachable
+		s.mu.Unlock()
+		if !down {
+			continue
+		}
+		if _, err := s.client.Discovery().ServerVersion(); err == nil {
+			s.mu.Lock()
+			s.unreachable = false
+			s.mu.Unlock()
+			s.log.Info("Kubernetes API reachable again")
+		}
+	}
+}
+
+// Reachable reports whether the last contact with the API succeeded.
+func (s *Source) Reachable() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.unreachable
+}
+
+// CheckServiceCIDRAPI returns nil if the cluster serves the ServiceCIDR API.
+func CheckServiceCIDRAPI(ctx context.Context, client kubernetes.Interface) error {
+	_, err := client.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{Limit: 1})
+	return err
+}
