@@ -46,12 +46,21 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 	}
 
 	snap := &Snapshot{
-		ports: make(map[portKey]*ServicePort),
-		ips:   make(map[netip.Addr]struct{}),
+		ports:      make(map[portKey]*ServicePort),
+		ips:        make(map[netip.Addr]bool),
+		names:      make(map[nameKey]*ServiceRecord),
+		byIP:       make(map[netip.Addr]*ServiceRecord),
+		namespaces: make(map[string]struct{}),
 	}
 	for _, svc := range services {
 		id := svc.Namespace + "/" + svc.Name
 		ips, skip := clusterIPs(svc)
+		rec := serviceRecord(svc, ips, bySvc[id])
+		snap.names[nameKey{svc.Namespace, svc.Name}] = rec
+		snap.namespaces[svc.Namespace] = struct{}{}
+		for _, ip := range rec.ClusterIPs {
+			snap.byIP[ip] = rec
+		}
 		if skip != "" {
 			continue // headless or ExternalName: nothing to proxy
 		}
@@ -101,7 +110,7 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 					}
 				}
 				snap.ports[key] = sp
-				snap.ips[ip] = struct{}{}
+				snap.ips[ip] = snap.ips[ip] || len(sp.usable) > 0
 				snap.endpoints += len(eps)
 				served = true
 			}

@@ -155,10 +155,17 @@ type portKey struct {
 
 // Snapshot is the immutable service table at one point in time.
 type Snapshot struct {
-	ports     map[portKey]*ServicePort
-	ips       map[netip.Addr]struct{}
+	ports map[portKey]*ServicePort
+	// ips maps each ClusterIP to whether any of its ports has a usable
+	// endpoint.
+	ips       map[netip.Addr]bool
 	services  int
 	endpoints int
+
+	// For DNS.
+	names      map[nameKey]*ServiceRecord
+	byIP       map[netip.Addr]*ServiceRecord
+	namespaces map[string]struct{}
 }
 
 // Lookup returns the Service port owning proto/addr, if any.
@@ -177,6 +184,15 @@ func (s *Snapshot) HasIP(ip netip.Addr) bool {
 	}
 	_, ok := s.ips[ip]
 	return ok
+}
+
+// Answers reports whether ip is a ClusterIP with at least one usable
+// endpoint on some port: such an address answers ping.
+func (s *Snapshot) Answers(ip netip.Addr) bool {
+	if s == nil {
+		return false
+	}
+	return s.ips[ip]
 }
 
 // Ports returns every Service port in the snapshot, in no particular order.

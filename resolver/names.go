@@ -1,0 +1,137 @@
+package resolver
+
+import (
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// ServiceRecord is what cluster DNS knows of one Service.
+type ServiceRecord struct {
+	Namespace string
+	Name      string
+
+	// ClusterIPs are the Service's addresses, primary family first; empty
+	// for headless and ExternalName Services.
+	ClusterIPs []netip.Addr
+	// ExternalName is the CNAME target of an ExternalName Service.
+	ExternalName string
+	// Headless is true for clusterIP: None.
+	Headless bool
+	// Ports are the Service's ports.
+	Ports []PortRecord
+	// Endpoints are, for a headless Service, its ready endpoints (all of
+	// them with publishNotReadyAddresses), sorted by address.
+	Endpoints []EndpointRecord
+}
+
+// PortRecord is one port of a Service (for SRV records).
+type PortRecord struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+}
+
+// EndpointRecord is one endpoint of a headless Service.
+type EndpointRecord struct {
+	Addr     netip.Addr
+	Hostname string       // the endpoint's hostname, if the slice gives one
+	Ports    []PortRecord // the slice's ports (name, protocol, target port)
+}
+
+// nameKey identifies a Service by namespace and name.
+type nameKey struct{ namespace, name string }
+
+// Service returns the DNS record of namespace/name.
+func (s *Snapshot) Service(namespace, name string) (*ServiceRecord, bool) {
+	if s == nil {
+		return nil, false
+	}
+	r, ok := s.names[nameKey{namespace, name}]
+	return r, ok
+}
+
+// ServiceByIP returns the Service whose ClusterIP is ip (for PTR records).
+func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
+	if s == nil {
+		return nil, false
+	}
+	r, ok := s.byIP[ip]
+	return r, ok
+}
+
+// HasNamespace reports whether any Service lives in namespace.
+func (s *Snapshot) HasNamespace(namespace string) bool {
+	if s == nil {
+		return false
+	}
+	_, ok := s.namespaces[namespace]
+	return ok
+}
+
+// serviceRecord makes the DNS record of svc; ips are its parsed ClusterIPs.
+func serviceRecord(svc *corev1.Service, ips []netip.Addr, slices []*discoveryv1.EndpointSlice) *ServiceRecord {
+	r := &ServiceRecord{Namespace: svc.Namespace, Name: svc.Name}
+	switch {
+	case svc.Spec.Type == corev1.ServiceTypeExternalName:
+		r.ExternalName = svc.Spec.ExternalName
+	case svc.Spec.ClusterIP == corev1.ClusterIPNone:
+		r.Headless = true
+		r.Endpoints = headlessEndpoints(slices, svc.Spec.PublishNotReadyAddresses)
+	default:
+		r.ClusterIPs = ips
+	}
+	for _, p := range svc.Spec.Ports {
+		if proto, ok := protocolOf(p.Protocol); ok {
+			r.Ports = append(r.Ports, PortRecord{Name: p.Name, Protocol: proto, Port: uint16(p.Port)})
+		}
+	}
+	return r
+}
+
+// headlessEndpoints lists the endpoints DNS answers for a headless Service.
+func headlessEndpoints(svcSlices []*discoveryv1.EndpointSlice, notReadyToo bool) []EndpointRecord {
+	var out []EndpointRecord
+	for _, es := range svcSlices {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		var ports []PortRecord
+		for _, p := range es.Ports {
+			if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
+				continue
+			}
+			pr := PortRecord{Protocol: TCP, Port: uint16(*p.Port)}
+			if p.Name != nil {
+				pr.Name = *p.Name
+			}
+			if p.Protocol != nil {
+				if proto, ok := protocolOf(*p.Protocol); ok {
+					pr.Protocol = proto
+				}
+			}
+			ports = append(ports, pr)
+		}
+		for _, e := range es.Endpoints {
+			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+			if !ready && !notReadyToo {
+				continue
+			}
+			for _, a := range e.Addresses {
+				addr, err := netip.ParseAddr(a)
+				if err != nil {
+					continue
+				}
+				rec := EndpointRecord{Addr: addr.Unmap(), Ports: ports}
+				if e.Hostname != nil {
+					rec.Hostname = *e.Hostname
+				}
+				out = append(out, rec)
+			}
+		}
+	}
+	slices.SortStableFunc(out, func(a, b EndpointRecord) int { return a.Addr.Compare(b.Addr) })
+	return slices.CompactFunc(out, func(a, b EndpointRecord) bool { return a.Addr == b.Addr })
+}
