@@ -7,12 +7,12 @@
 
 GO      ?= go
 # Debian packages the e2e tests and the demo run: ip, nc, curl, iptables-save,
-# nft, dig, iperf3.
-DEPS    := iproute2 netcat-openbsd curl iptables nftables dnsutils iperf3
+# nft, ping, dig, iperf3.
+DEPS    := iproute2 iputils-ping netcat-openbsd curl iptables nftables dnsutils iperf3
 # Every package but the e2e tests, which need root.
 UNIT     = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
 
-.PHONY: build deps vet fmt unit e2e test demo clean
+.PHONY: build deps vet fmt unit e2e test demo clean controlplane
 
 build:
 	$(GO) build -o bin/kubetun ./cmd/kubetun
@@ -46,10 +46,16 @@ unit:
 
 # Sequential on purpose: the timing checks (refused within 100 ms) should not
 # compete with 10 MiB transfers. Without root the tests skip, unless CI is set.
-e2e:
+# The real control plane the e2e tests run (etcd, kube-apiserver,
+# kube-controller-manager, kubectl), built once from the Go module proxy and
+# cached in $$KUBETUN_CACHE or ~/.cache/kubetun (minutes on a cold cache).
+controlplane:
+	$(GO) run ./test/controlplane/cmd/build-controlplane
+
+e2e: controlplane
 	$(GO) test ./test/e2e -count=1 -v -timeout 15m
 
-test: deps vet fmt unit e2e
+test: deps controlplane vet fmt unit e2e
 
 demo: deps build
 	$(GO) run ./test/demo --kubetun bin/kubetun
