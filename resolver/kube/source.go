@@ -115,11 +115,14 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 		informersList = append(informersList, s.cidrs)
 	}
 	for _, inf := range informersList {
-		ch := s.changed
+		ch, onChange := s.changed, s.opts.OnChange
 		if inf == s.cidrs {
-			ch = s.cidrsDiff
+			// A ServiceCIDR change goes to applyCIDRs, not apply: it does
+			// not wait for the service table, so OnChange must not hear of
+			// it (a health tracker would wait for a sync that never comes).
+			ch, onChange = s.cidrsDiff, nil
 		}
-		if _, err := inf.AddEventHandler(notifier(ch, s.opts.OnChange)); err != nil {
+		if _, err := inf.AddEventHandler(notifier(ch, onChange)); err != nil {
 			return fmt.Errorf("adding event handler: %w", err)
 		}
 		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
@@ -146,7 +149,11 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	}
 	s.log.Info("informer caches synced", "after", time.Since(start).Round(time.Millisecond))
 
-	// The first state goes out at once, whatever the channels say.
+	// The first state goes out at once and covers every event so far, the
+	// initial listing's included: drop their notices, or the same state
+	// would be applied again at once.
+	drain(s.changed)
+	drain(s.cidrsDiff)
 	apply(s.state())
 	if s.cidrs != nil {
 		applyCIDRs(s.serviceCIDRs())
@@ -187,6 +194,14 @@ func notifier(ch chan struct{}, onChange func()) cache.ResourceEventHandlerFuncs
 			poke()
 		},
 		DeleteFunc: func(any) { poke() },
+	}
+}
+
+// drain drops a pending notice, if any.
+func drain(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
 	}
 }
 
