@@ -60,6 +60,7 @@ const (
 // owns a destination, read from an immutable snapshot without locking.
 type Services interface {
 	Lookup(proto resolver.Protocol, dst netip.AddrPort) (*resolver.ServicePort, bool)
+	Answerer
 }
 
 var _ Services = (*resolver.Table)(nil)
@@ -93,10 +94,13 @@ type Stack struct {
 	ctx    context.Context // cancelled by Close; bounds dials
 	cancel context.CancelFunc
 
-	mu     sync.Mutex // guards closed and flows; held per connection, never per packet
-	closed bool
-	flows  map[*flow]struct{}
-	wg     sync.WaitGroup // the handler and splice goroutines
+	mu           sync.Mutex // guards the fields below; held per connection or session, never per packet
+	closed       bool
+	flows        map[*flow]struct{}
+	sessions     map[*udpSession]struct{}
+	udpTotal     int
+	udpPerSource map[netip.Addr]int
+	wg           sync.WaitGroup // the TCP handler and splice goroutines, the UDP sessions
 }
 
 // New creates the stack on cfg.Link and starts forwarding.
@@ -123,7 +127,7 @@ func New(cfg Config) (*Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
-	if err := configure(s, cfg.Link); err != nil {
+	if err := configure(s, newPingFilter(cfg.Link, cfg.Services)); err != nil {
 		s.Close()
 		s.Wait()
 		return nil, err
@@ -131,17 +135,20 @@ func New(cfg Config) (*Stack, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	ns := &Stack{
-		stack:       s,
-		services:    cfg.Services,
-		dialer:      dialer,
-		dialTimeout: timeout,
-		log:         log,
-		ctx:         ctx,
-		cancel:      cancel,
-		flows:       make(map[*flow]struct{}),
+		stack:        s,
+		services:     cfg.Services,
+		dialer:       dialer,
+		dialTimeout:  timeout,
+		log:          log,
+		ctx:          ctx,
+		cancel:       cancel,
+		flows:        make(map[*flow]struct{}),
+		sessions:     make(map[*udpSession]struct{}),
+		udpPerSource: make(map[netip.Addr]int),
 	}
 	fwd := tcp.NewForwarder(s, 0, maxInFlight, ns.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(s, ns.handleUDP).HandlePacket)
 	return ns, nil
 }
 
@@ -205,6 +212,9 @@ func (s *Stack) Close() {
 	s.cancel()
 	for f := range s.flows {
 		f.close()
+	}
+	for sess := range s.sessions {
+		sess.close()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()

@@ -458,8 +458,3 @@ func TestCloseEndsFlows(t *testing.T) {
 		t.Fatalf("read after Close = %v, want the connection ended", err)
 	}
 }
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
