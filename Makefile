@@ -44,14 +44,14 @@ fmt:
 unit:
 	$(GO) test $(UNIT)
 
-# Sequential on purpose: the timing checks (refused within 100 ms) should not
-# compete with 10 MiB transfers. Without root the tests skip, unless CI is set.
 # The real control plane the e2e tests run (etcd, kube-apiserver,
 # kube-controller-manager, kubectl), built once from the Go module proxy and
 # cached in $$KUBETUN_CACHE or ~/.cache/kubetun (minutes on a cold cache).
 controlplane:
 	$(GO) run ./test/controlplane/cmd/build-controlplane
 
+# Sequential on purpose: the timing checks (refused within 100 ms) should not
+# compete with 10 MiB transfers. Without root the tests skip, unless CI is set.
 e2e: controlplane
 	$(GO) test ./test/e2e -count=1 -v -timeout 15m
 

@@ -235,6 +235,9 @@ func (t *Table) Load() *Snapshot { return t.cur.Load() }
 // Store makes s the current snapshot.
 func (t *Table) Store(s *Snapshot) { t.cur.Store(s) }
 
+// Answers reports whether ip answers ping in the current snapshot.
+func (t *Table) Answers(ip netip.Addr) bool { return t.cur.Load().Answers(ip) }
+
 // Lookup looks addr up in the current snapshot.
 func (t *Table) Lookup(proto Protocol, addr netip.AddrPort) (*ServicePort, bool) {
 	return t.cur.Load().Lookup(proto, addr)
