@@ -53,6 +53,8 @@ type runner struct {
 
 	mu    sync.Mutex     // guards cidrs
 	cidrs []netip.Prefix // routed into the TUN now
+
+	problems map[string]bool // reported by the last Build; owned by the apply goroutine
 }
 
 // serveManifests serves the static manifest source.
@@ -62,15 +64,12 @@ func (r *runner) serveManifests(ctx context.Context) error {
 		return err
 	}
 	r.topo = resolver.Topology{NodeName: r.cfg.nodeName}
-	for _, w := range objs.Warnings {
-		r.log.Warn(w)
-	}
 	// Refuse an overlapping CIDR before creating anything.
 	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
 		return err
 	}
 	r.cidrs = r.cfg.serviceCIDRs
-	r.apply(objs.Services, objs.Slices)
+	r.apply(objs.Services, objs.Slices, objs.Warnings)
 
 	stop, err := r.start()
 	if err != nil {
@@ -83,10 +82,7 @@ func (r *runner) serveManifests(ctx context.Context) error {
 	r.logReady()
 
 	src.Run(ctx, func(objs manifest.Objects) {
-		for _, w := range objs.Warnings {
-			r.log.Warn(w)
-		}
-		r.apply(objs.Services, objs.Slices)
+		r.apply(objs.Services, objs.Slices, objs.Warnings)
 	})
 	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
 	return nil
@@ -127,7 +123,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 		}
 	}
 	err = src.Run(ctx, func(st kube.State) {
-		r.apply(st.Services, st.Slices)
+		r.apply(st.Services, st.Slices, nil)
 		if !followCIDRs {
 			readyOnce()
 		}
@@ -195,13 +191,15 @@ func (r *runner) start() (stop func(), err error) {
 	return stop, nil
 }
 
-// apply builds and publishes a new service table.
-func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice) {
+// apply builds and publishes a new service table. warnings are the
+// source's own, reported with Build's problems.
+func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice, warnings []string) {
 	start := time.Now()
 	snap, problems := resolver.Build(services, slices, r.table.Load(), r.topo)
-	for _, p := range problems {
-		r.log.Warn(p.String())
+	for _, w := range warnings {
+		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
+	r.reportProblems(problems)
 	r.mu.Lock()
 	cidrs := r.cidrs
 	r.mu.Unlock()
@@ -210,6 +208,20 @@ func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice) {
 	r.tracker.Synced(start, snap.Services(), snap.Endpoints(), slices)
 	r.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
 		"took", time.Since(start).Round(time.Microsecond))
+}
+
+// reportProblems logs each problem once: when it first appears, not again
+// on every rebuild while it lasts.
+func (r *runner) reportProblems(problems []resolver.Problem) {
+	now := make(map[string]bool, len(problems))
+	for _, p := range problems {
+		msg := p.String()
+		if !now[msg] && !r.problems[msg] {
+			r.log.Warn(msg)
+		}
+		now[msg] = true
+	}
+	r.problems = now
 }
 
 // setRoutes routes cidrs into the TUN.

@@ -25,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -283,7 +284,10 @@ func (s *Source) probeWhileUnreachable(ctx context.Context) {
 		if !down {
 			continue
 		}
-		if _, err := s.client.Discovery().ServerVersion(); err == nil {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := discovery.ToDiscoveryInterfaceWithContext(s.client.Discovery()).ServerVersionWithContext(pctx)
+		cancel()
+		if err == nil {
 			s.mu.Lock()
 			s.unreachable = false
 			s.mu.Unlock()
