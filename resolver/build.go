@@ -193,6 +193,9 @@ func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto
 		if es.AddressType != family {
 			continue
 		}
+		if _, headless := es.Labels[corev1.IsHeadlessService]; headless {
+			continue // kube-proxy never proxies to a headless Service's slices
+		}
 		port, ok := slicePort(es, portName, proto)
 		if !ok {
 			continue

@@ -572,3 +572,19 @@ func TestBuildEndpointDetails(t *testing.T) {
 		t.Errorf("Protocol(9).String() = %q, want %q", got, want)
 	}
 }
+
+// TestBuildSkipsHeadlessSlices: a slice labelled service.kubernetes.io/headless
+// is never proxied to (kube-proxy's rule), even when it names a ClusterIP
+// Service; it still feeds DNS for headless Services.
+func TestBuildSkipsHeadlessSlices(t *testing.T) {
+	es := seedSlice()
+	es.Labels[corev1.IsHeadlessService] = ""
+	snap, _ := resolver.Build([]*corev1.Service{seedService()}, []*discoveryv1.EndpointSlice{es}, nil, resolver.Topology{})
+	sp, ok := snap.Lookup(resolver.TCP, addrPort(t, "10.3.241.152:80"))
+	if !ok {
+		t.Fatal("Lookup(TCP, 10.3.241.152:80) not found")
+	}
+	if len(sp.Endpoints) != 0 {
+		t.Errorf("Endpoints = %v, want none from a slice labelled %s", sp.Endpoints, corev1.IsHeadlessService)
+	}
+}

@@ -80,12 +80,17 @@ type Source struct {
 // New returns a Source reading through client. Nothing is watched until Run.
 func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 	// kube-proxy's selection: not Services another proxy owns, not the
-	// slices of headless Services.
+	// slices of headless Services. kubetun watches the latter all the same,
+	// because its DNS answers headless names with them; resolver.Build
+	// leaves them out of the proxy's table, as kube-proxy does.
 	noProxyName, _ := labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
 	noHeadless, _ := labels.NewRequirement(LabelHeadless, selection.DoesNotExist, nil)
-	selector := labels.NewSelector().Add(*noProxyName, *noHeadless).String()
-	factory := informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector }))
+	withSelector := func(sel labels.Selector) informers.SharedInformerFactory {
+		return informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel.String() }))
+	}
+	factory := withSelector(labels.NewSelector().Add(*noProxyName, *noHeadless))
+	sliceFactory := withSelector(labels.NewSelector().Add(*noProxyName))
 
 	s := &Source{
 		client:    client,
@@ -93,7 +98,7 @@ func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 		opts:      opts,
 		factory:   factory,
 		services:  factory.Core().V1().Services().Informer(),
-		slices:    factory.Discovery().V1().EndpointSlices().Informer(),
+		slices:    sliceFactory.Discovery().V1().EndpointSlices().Informer(),
 		changed:   make(chan struct{}, 1),
 		cidrsDiff: make(chan struct{}, 1),
 	}
