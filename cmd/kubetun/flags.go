@@ -27,6 +27,11 @@ type runConfig struct {
 	healthAddr   string // "" disables
 	metricsAddr  string // "" disables
 	logLevel     slog.Level
+
+	dnsIP         netip.Addr // invalid: the 10th address of the first service CIDR
+	dnsOff        bool
+	clusterDomain string
+	dnsUpstreams  []string // nil: the host's resolv.conf servers
 }
 
 // Defaults that are kube-proxy's, so existing probes and scrapers find them.
@@ -54,6 +59,9 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
 	fs.StringVar(&level, "log-level", level, "log `LEVEL`: debug, info, warn or error")
+	dnsIP := fs.String("dns-ip", "", "`IP` kubetun's cluster DNS answers on (UDP and TCP 53); default: the 10th address of the first service CIDR, as kube-dns (10.3.240.10 for 10.3.240.0/20); \"off\" disables DNS")
+	fs.StringVar(&cfg.clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS `DOMAIN`")
+	upstreams := fs.String("dns-upstream", "", "comma-separated `SERVERS` (ip or ip:port) for names outside the cluster domain; default: the host's resolv.conf")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "Usage: kubetun run [--kubeconfig PATH | --service-cidr CIDR --manifests PATH] [flags]")
@@ -84,6 +92,31 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	}
 	if cfg.dialTimeout <= 0 {
 		return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}
+	}
+	switch *dnsIP {
+	case "":
+	case "off":
+		cfg.dnsOff = true
+	default:
+		ip, err := netip.ParseAddr(*dnsIP)
+		if err != nil {
+			return cfg, usageError{fmt.Errorf("--dns-ip %q: want an IP address, or off", *dnsIP)}
+		}
+		cfg.dnsIP = ip.Unmap()
+	}
+	if d := strings.Trim(cfg.clusterDomain, "."); d == "" || strings.ContainsAny(d, " /\t") {
+		return cfg, usageError{fmt.Errorf("--cluster-domain %q: want a domain such as cluster.local", cfg.clusterDomain)}
+	}
+	for _, u := range strings.Split(*upstreams, ",") {
+		if u = strings.TrimSpace(u); u == "" {
+			continue
+		}
+		if _, err := netip.ParseAddr(u); err != nil {
+			if _, err := netip.ParseAddrPort(u); err != nil {
+				return cfg, usageError{fmt.Errorf("--dns-upstream %q: want ip or ip:port", u)}
+			}
+		}
+		cfg.dnsUpstreams = append(cfg.dnsUpstreams, u)
 	}
 	if err := cfg.logLevel.UnmarshalText([]byte(level)); err != nil {
 		return cfg, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/resolver/dns"
 	"github.com/kubetun/kubetun/resolver/health"
 	"github.com/kubetun/kubetun/resolver/kube"
 	"github.com/kubetun/kubetun/resolver/manifest"
@@ -48,8 +49,11 @@ type runner struct {
 	tracker *health.Tracker
 	topo    resolver.Topology
 
-	dev *tunnel.Device
-	ns  *netstack.Stack
+	dev     *tunnel.Device
+	ns      *netstack.Stack
+	dns     *dns.Server // nil until started, or with --dns-ip=off
+	dnsIP   netip.Addr  // where dns answers
+	closers []func()    // what start and startDNS opened, closed in reverse by stop
 
 	mu    sync.Mutex     // guards cidrs
 	cidrs []netip.Prefix // routed into the TUN now
@@ -76,6 +80,9 @@ func (r *runner) serveManifests(ctx context.Context) error {
 		return err
 	}
 	defer stop()
+	if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {
+		return err
+	}
 	if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
 		return err
 	}
@@ -118,6 +125,9 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued}, r.log)
 	readyOnce := sync.OnceFunc(r.logReady)
 	if !followCIDRs {
+		if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {
+			return err
+		}
 		if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
 			return err
 		}
@@ -128,7 +138,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 			readyOnce()
 		}
 	}, func(cidrs []netip.Prefix) {
-		r.followCIDRs(cidrs)
+		r.followCIDRs(ctx, cidrs)
 		readyOnce()
 	})
 	if err != nil && ctx.Err() == nil {
@@ -138,14 +148,15 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	return nil
 }
 
-// start opens the TUN, the netstack and the health and metrics servers. The
-// returned func closes them all, in the reverse order.
+// start opens the TUN, the netstack and the health and metrics servers.
+// The returned func closes them, and whatever was opened after them, in the
+// reverse order.
 func (r *runner) start() (stop func(), err error) {
-	var closers []func()
 	stop = func() {
-		for _, c := range slices.Backward(closers) {
+		for _, c := range slices.Backward(r.closers) {
 			c()
 		}
+		r.closers = nil
 	}
 	defer func() {
 		if err != nil {
@@ -166,14 +177,14 @@ func (r *runner) start() (stop func(), err error) {
 		if err != nil {
 			return stop, err
 		}
-		closers = append(closers, closeSrv)
+		r.closers = append(r.closers, closeSrv)
 	}
 
 	r.dev, err = tunnel.Open(r.cfg.tun, r.cfg.mtu, r.log)
 	if err != nil {
 		return stop, err
 	}
-	closers = append(closers, func() {
+	r.closers = append(r.closers, func() {
 		if err := r.dev.Close(); err != nil {
 			r.log.Error("removing TUN device", "tun", r.dev.Name(), "err", err)
 		}
@@ -187,7 +198,7 @@ func (r *runner) start() (stop func(), err error) {
 	if err != nil {
 		return stop, err
 	}
-	closers = append(closers, r.ns.Close)
+	r.closers = append(r.closers, r.ns.Close)
 	return stop, nil
 }
 
@@ -224,10 +235,18 @@ func (r *runner) reportProblems(problems []resolver.Problem) {
 	r.problems = now
 }
 
-// setRoutes routes cidrs into the TUN.
+// setRoutes routes cidrs, and the DNS address if they do not cover it,
+// into the TUN.
 func (r *runner) setRoutes(cidrs []netip.Prefix) error {
-	if err := r.dev.SetRoutes(cidrs); err != nil {
+	routes := cidrs
+	if r.dnsIP.IsValid() && !covered(r.dnsIP, cidrs) {
+		routes = append(slices.Clone(cidrs), netip.PrefixFrom(r.dnsIP, r.dnsIP.BitLen()))
+	}
+	if err := r.dev.SetRoutes(routes); err != nil {
 		return err
+	}
+	if r.dns != nil {
+		r.dns.SetServiceCIDRs(cidrs)
 	}
 	r.mu.Lock()
 	r.cidrs = cidrs
@@ -237,7 +256,7 @@ func (r *runner) setRoutes(cidrs []netip.Prefix) error {
 
 // followCIDRs routes the cluster's ServiceCIDRs, leaving out (with an
 // error) any that overlaps a route the host already has.
-func (r *runner) followCIDRs(cidrs []netip.Prefix) {
+func (r *runner) followCIDRs(ctx context.Context, cidrs []netip.Prefix) {
 	var ok []netip.Prefix
 	for _, c := range cidrs {
 		if err := tunnel.CheckOverlap([]netip.Prefix{c}, r.dev.Index()); err != nil {
@@ -252,6 +271,11 @@ func (r *runner) followCIDRs(cidrs []netip.Prefix) {
 	if same {
 		return
 	}
+	if r.dns == nil && len(ok) > 0 {
+		if err := r.startDNS(ctx, ok); err != nil {
+			r.log.Error("cluster DNS not started", "err", err)
+		}
+	}
 	if err := r.setRoutes(ok); err != nil {
 		r.log.Error("routing ServiceCIDRs", "cidrs", fmt.Sprint(ok), "err", err)
 		return
@@ -264,8 +288,12 @@ func (r *runner) logReady() {
 	r.mu.Lock()
 	cidrs := r.cidrs
 	r.mu.Unlock()
+	dnsAddr := "off"
+	if r.dns != nil {
+		dnsAddr = r.dnsIP.String()
+	}
 	r.log.Info("ready", "tun", r.dev.Name(), "mtu", r.cfg.mtu, "service-cidrs", fmt.Sprint(cidrs),
-		"services", snap.Services(), "endpoints", snap.Endpoints())
+		"dns", dnsAddr, "services", snap.Services(), "endpoints", snap.Endpoints())
 }
 
 // serveHTTP listens on addr at once (so a taken port fails the start) and

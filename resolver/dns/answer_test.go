@@ -1,0 +1,434 @@
+package dns_test
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	miekg "github.com/miekg/dns"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/resolver/dns"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+// clusterIPService returns a ClusterIP Service on ips, primary family first.
+func clusterIPService(ns, name string, ips []string, ports ...corev1.ServicePort) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.ServiceSpec{
+			Type:       corev1.ServiceTypeClusterIP,
+			ClusterIP:  ips[0],
+			ClusterIPs: ips,
+			Ports:      ports,
+		},
+	}
+}
+
+// headlessService returns a Service with clusterIP: None.
+func headlessService(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
+	return clusterIPService(ns, name, []string{corev1.ClusterIPNone}, ports...)
+}
+
+func externalNameService(ns, name, target string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: target},
+	}
+}
+
+func servicePort(name string, proto corev1.Protocol, port, target int32) corev1.ServicePort {
+	return corev1.ServicePort{Name: name, Protocol: proto, Port: port, TargetPort: intstr.FromInt32(target)}
+}
+
+// endpointSlice returns an EndpointSlice of Service ns/svc.
+func endpointSlice(ns, name, svc string, family discoveryv1.AddressType, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: ns, Name: name,
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc},
+		},
+		AddressType: family,
+		Ports:       ports,
+		Endpoints:   eps,
+	}
+}
+
+func slicePort(name string, proto corev1.Protocol, port int32) discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: ptr(name), Protocol: ptr(proto), Port: ptr(port)}
+}
+
+// endpoint returns an endpoint with hostname ("" for none); ready nil
+// leaves the condition unset, which the API reads as ready.
+func endpoint(addr, hostname string, ready *bool) discoveryv1.Endpoint {
+	ep := discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ready}}
+	if hostname != "" {
+		ep.Hostname = ptr(hostname)
+	}
+	return ep
+}
+
+// build makes a snapshot the way kubetun does.
+func build(tb testing.TB, services []*corev1.Service, slices []*discoveryv1.EndpointSlice) *resolver.Snapshot {
+	tb.Helper()
+	snap, problems := resolver.Build(services, slices, nil, resolver.Topology{})
+	for _, p := range problems {
+		tb.Logf("Build: %s", p)
+	}
+	return snap
+}
+
+// testSnapshot is the cluster the answer tests ask about.
+func testSnapshot(tb testing.TB) *resolver.Snapshot {
+	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
+	v4, v6 := discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6
+	pg := []discoveryv1.EndpointPort{slicePort("pg", tcp, 15432)}
+	return build(tb,
+		[]*corev1.Service{
+			clusterIPService("default", "web", []string{"10.3.240.20"},
+				servicePort("http", tcp, 80, 8080), servicePort("dns", udp, 53, 1053)),
+			clusterIPService("default", "plain", []string{"10.3.240.21"}, servicePort("", tcp, 8080, 8080)),
+			clusterIPService("default", "dual", []string{"10.3.240.30", "fd00:10:96::30"}, servicePort("https", tcp, 443, 8443)),
+			clusterIPService("default", "six", []string{"fd00:10:96::40"}, servicePort("http", tcp, 80, 8080)),
+			headlessService("default", "db", servicePort("pg", tcp, 5432, 15432)),
+			headlessService("default", "lonely", servicePort("pg", tcp, 5432, 15432)),
+			externalNameService("default", "ext", "www.example.com"),
+			externalNameService("default", "extip", "192.0.2.1"),
+			clusterIPService("kube-system", "kube-dns", []string{"10.3.240.10"},
+				servicePort("dns", udp, 53, 53), servicePort("dns-tcp", tcp, 53, 53)),
+		},
+		[]*discoveryv1.EndpointSlice{
+			endpointSlice("default", "db-v4", "db", v4, pg,
+				endpoint("10.0.1.5", "db-0", ptr(true)),
+				endpoint("10.0.1.6", "db-1", ptr(true)),
+				endpoint("10.0.1.7", "", nil),
+				endpoint("10.0.1.8", "db-3", ptr(false)),
+			),
+			endpointSlice("default", "db-v6", "db", v6, pg,
+				endpoint("fd00:1::5", "db-0", ptr(true)),
+			),
+			// Endpoints of a ClusterIP Service have no names of their own.
+			endpointSlice("default", "web-1", "web", v4,
+				[]discoveryv1.EndpointPort{slicePort("http", tcp, 8080)},
+				endpoint("10.0.2.2", "web-0", nil)),
+		})
+}
+
+var testZone = dns.Zone{
+	Domain:       "cluster.local",
+	ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.3.240.0/20"), netip.MustParsePrefix("fd00:10:96::/112")},
+	NameServer:   netip.MustParseAddr("10.3.240.10"),
+}
+
+// rev returns the reverse (PTR) name of ip.
+func rev(ip string) string {
+	name, err := miekg.ReverseAddr(ip)
+	if err != nil {
+		panic(err)
+	}
+	return name
+}
+
+// rrString formats rr as "owner TYPE data", without TTL and class.
+func rrString(rr miekg.RR) string {
+	h := rr.Header()
+	data := strings.TrimPrefix(rr.String(), h.String())
+	return h.Name + " " + miekg.TypeToString[h.Rrtype] + " " + data
+}
+
+func rrStrings(rrs []miekg.RR) []string {
+	out := make([]string, len(rrs))
+	for i, rr := range rrs {
+		out[i] = rrString(rr)
+	}
+	slices.Sort(out)
+	return out
+}
+
+const (
+	noerror  = miekg.RcodeSuccess
+	nxdomain = miekg.RcodeNameError
+)
+
+func TestAnswer(t *testing.T) {
+	A, AAAA, SRV, PTR, CNAME := miekg.TypeA, miekg.TypeAAAA, miekg.TypeSRV, miekg.TypePTR, miekg.TypeCNAME
+	tests := []struct {
+		name    string
+		qtype   uint16
+		forward bool
+		rcode   int
+		answer  []string // any order; none means NODATA for NOERROR
+		extra   []string // any order
+	}{
+		// ClusterIP Services.
+		{name: "web.default.svc.cluster.local.", qtype: A, answer: []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "web.default.svc.cluster.local", qtype: A, answer: []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "WEB.Default.SVC.Cluster.LOCAL.", qtype: A, answer: []string{"WEB.Default.SVC.Cluster.LOCAL. A 10.3.240.20"}},
+		{name: "web.default.svc.cluster.local.", qtype: AAAA},
+		{name: "web.default.svc.cluster.local.", qtype: miekg.TypeMX},
+		{name: "web.default.svc.cluster.local.", qtype: miekg.TypeANY, answer: []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "dual.default.svc.cluster.local.", qtype: A, answer: []string{"dual.default.svc.cluster.local. A 10.3.240.30"}},
+		{name: "dual.default.svc.cluster.local.", qtype: AAAA, answer: []string{"dual.default.svc.cluster.local. AAAA fd00:10:96::30"}},
+		{name: "six.default.svc.cluster.local.", qtype: A},
+		{name: "six.default.svc.cluster.local.", qtype: AAAA, answer: []string{"six.default.svc.cluster.local. AAAA fd00:10:96::40"}},
+		{name: "kube-dns.kube-system.svc.cluster.local.", qtype: A, answer: []string{"kube-dns.kube-system.svc.cluster.local. A 10.3.240.10"}},
+		{name: "nosuch.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "web.nosuch.svc.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "web-0.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain},    // not headless
+		{name: "10-0-2-2.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // not headless
+		{name: "a.b.c.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
+
+		// SRV of a ClusterIP Service.
+		{name: "_http._tcp.web.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{"_http._tcp.web.default.svc.cluster.local. SRV 0 100 80 web.default.svc.cluster.local."},
+			extra:  []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "_HTTP._TCP.web.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{"_HTTP._TCP.web.default.svc.cluster.local. SRV 0 100 80 web.default.svc.cluster.local."},
+			extra:  []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "_dns._udp.web.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{"_dns._udp.web.default.svc.cluster.local. SRV 0 100 53 web.default.svc.cluster.local."},
+			extra:  []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "_dns._tcp.web.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_http._udp.web.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_http._sctp.web.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_http._quic.web.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_nope._tcp.web.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "http.tcp.web.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_http._tcp.web.default.svc.cluster.local.", qtype: A}, // the name exists
+		{name: "_tcp.web.default.svc.cluster.local.", qtype: SRV},     // above an SRV name
+		{name: "_udp.web.default.svc.cluster.local.", qtype: A},       // above an SRV name
+		{name: "_sctp.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "_tcp.plain.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // unnamed port: no SRV
+		{name: "_dns-tcp._tcp.kube-dns.kube-system.svc.cluster.local.", qtype: SRV,
+			answer: []string{"_dns-tcp._tcp.kube-dns.kube-system.svc.cluster.local. SRV 0 100 53 kube-dns.kube-system.svc.cluster.local."},
+			extra:  []string{"kube-dns.kube-system.svc.cluster.local. A 10.3.240.10"}},
+		{name: "_https._tcp.dual.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{"_https._tcp.dual.default.svc.cluster.local. SRV 0 100 443 dual.default.svc.cluster.local."},
+			extra: []string{"dual.default.svc.cluster.local. A 10.3.240.30",
+				"dual.default.svc.cluster.local. AAAA fd00:10:96::30"}},
+
+		// Headless Services: the ready endpoints.
+		{name: "db.default.svc.cluster.local.", qtype: A, answer: []string{
+			"db.default.svc.cluster.local. A 10.0.1.5",
+			"db.default.svc.cluster.local. A 10.0.1.6",
+			"db.default.svc.cluster.local. A 10.0.1.7",
+		}},
+		{name: "db.default.svc.cluster.local.", qtype: AAAA, answer: []string{"db.default.svc.cluster.local. AAAA fd00:1::5"}},
+		{name: "db.default.svc.cluster.local.", qtype: miekg.TypeTXT},
+		{name: "lonely.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "db-0.db.default.svc.cluster.local.", qtype: A, answer: []string{"db-0.db.default.svc.cluster.local. A 10.0.1.5"}},
+		{name: "DB-0.db.default.svc.cluster.local.", qtype: AAAA, answer: []string{"DB-0.db.default.svc.cluster.local. AAAA fd00:1::5"}},
+		{name: "db-1.db.default.svc.cluster.local.", qtype: AAAA},
+		{name: "10-0-1-7.db.default.svc.cluster.local.", qtype: A, answer: []string{"10-0-1-7.db.default.svc.cluster.local. A 10.0.1.7"}},
+		{name: "10-0-1-5.db.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // named db-0
+		{name: "db-3.db.default.svc.cluster.local.", qtype: A, rcode: nxdomain},     // not ready
+		{name: "10-0-1-8.db.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // not ready
+		{name: "db-9.db.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "_pg._tcp.db.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{
+				"_pg._tcp.db.default.svc.cluster.local. SRV 0 100 15432 10-0-1-7.db.default.svc.cluster.local.",
+				"_pg._tcp.db.default.svc.cluster.local. SRV 0 100 15432 db-0.db.default.svc.cluster.local.",
+				"_pg._tcp.db.default.svc.cluster.local. SRV 0 100 15432 db-1.db.default.svc.cluster.local.",
+			},
+			extra: []string{
+				"10-0-1-7.db.default.svc.cluster.local. A 10.0.1.7",
+				"db-0.db.default.svc.cluster.local. A 10.0.1.5",
+				"db-0.db.default.svc.cluster.local. AAAA fd00:1::5",
+				"db-1.db.default.svc.cluster.local. A 10.0.1.6",
+			}},
+		{name: "_pg._udp.db.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_pg._tcp.lonely.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "_tcp.db.default.svc.cluster.local.", qtype: A},
+
+		// ExternalName: a CNAME for every type, not chased.
+		{name: "ext.default.svc.cluster.local.", qtype: A, answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
+		{name: "ext.default.svc.cluster.local.", qtype: AAAA, answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
+		{name: "ext.default.svc.cluster.local.", qtype: CNAME, answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
+		{name: "_http._tcp.ext.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
+		{name: "extip.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
+
+		// The structure above Services.
+		{name: "cluster.local.", qtype: A},
+		{name: "Cluster.Local.", qtype: miekg.TypeSOA, answer: []string{
+			"Cluster.Local. SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5"}},
+		{name: "cluster.local.", qtype: miekg.TypeNS,
+			answer: []string{"cluster.local. NS ns.dns.cluster.local."},
+			extra:  []string{"ns.dns.cluster.local. A 10.3.240.10"}},
+		{name: "ns.dns.cluster.local.", qtype: A, answer: []string{"ns.dns.cluster.local. A 10.3.240.10"}},
+		{name: "dns.cluster.local.", qtype: A},
+		{name: "dns-version.cluster.local.", qtype: miekg.TypeTXT, answer: []string{`dns-version.cluster.local. TXT "1.1.0"`}},
+		{name: "dns-version.cluster.local.", qtype: A},
+		{name: "svc.cluster.local.", qtype: A},
+		{name: "default.svc.cluster.local.", qtype: A},
+		{name: "kube-system.svc.cluster.local.", qtype: SRV},
+		{name: "nosuch.svc.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "foo.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "web.default.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "x.dns-version.cluster.local.", qtype: A, rcode: nxdomain},
+
+		// The spec's deprecated pod records.
+		{name: "10-0-1-5.default.pod.cluster.local.", qtype: A, answer: []string{"10-0-1-5.default.pod.cluster.local. A 10.0.1.5"}},
+		{name: "10-0-1-5.default.pod.cluster.local.", qtype: AAAA},
+		{name: "fd00-1--5.default.pod.cluster.local.", qtype: AAAA, answer: []string{"fd00-1--5.default.pod.cluster.local. AAAA fd00:1::5"}},
+		{name: "10-0-1-5.nosuch.pod.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "10-0-1.default.pod.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "web.default.pod.cluster.local.", qtype: A, rcode: nxdomain},
+		{name: "default.pod.cluster.local.", qtype: A},
+		{name: "pod.cluster.local.", qtype: A},
+
+		// Reverse names.
+		{name: rev("10.3.240.20"), qtype: PTR, answer: []string{rev("10.3.240.20") + " PTR web.default.svc.cluster.local."}},
+		{name: rev("10.3.240.10"), qtype: PTR, answer: []string{rev("10.3.240.10") + " PTR kube-dns.kube-system.svc.cluster.local."}},
+		{name: strings.ToUpper(rev("fd00:10:96::30")), qtype: PTR, answer: []string{strings.ToUpper(rev("fd00:10:96::30")) + " PTR dual.default.svc.cluster.local."}},
+		{name: rev("10.3.240.30"), qtype: PTR, answer: []string{rev("10.3.240.30") + " PTR dual.default.svc.cluster.local."}},
+		{name: rev("10.3.240.20"), qtype: A},
+		{name: rev("10.3.240.99"), qtype: PTR, rcode: nxdomain},    // in the service range
+		{name: rev("fd00:10:96::99"), qtype: PTR, rcode: nxdomain}, // in the service range
+		{name: rev("10.0.1.5"), qtype: PTR, forward: true},         // a pod
+		{name: rev("8.8.8.8"), qtype: PTR, forward: true},
+		{name: rev("2001:db8::1"), qtype: PTR, forward: true},
+		{name: "240.3.10.in-addr.arpa.", qtype: PTR, forward: true}, // a network, not an address
+		{name: "020.240.3.10.in-addr.arpa.", qtype: PTR, forward: true},
+
+		// Everything else goes upstream.
+		{name: "example.com.", qtype: A, forward: true},
+		{name: "cluster.local.example.com.", qtype: A, forward: true},
+		{name: "xcluster.local.", qtype: A, forward: true},
+		{name: "local.", qtype: A, forward: true},
+		{name: ".", qtype: miekg.TypeNS, forward: true},
+	}
+
+	snap := testSnapshot(t)
+	for _, tt := range tests {
+		t.Run(miekg.TypeToString[tt.qtype]+" "+tt.name, func(t *testing.T) {
+			res := testZone.Answer(snap, tt.name, tt.qtype)
+			call := fmt.Sprintf("Answer(%q, %s)", tt.name, miekg.TypeToString[tt.qtype])
+			if res.Forward != tt.forward {
+				t.Fatalf("%s.Forward = %v, want %v", call, res.Forward, tt.forward)
+			}
+			if tt.forward {
+				if res.Rcode != 0 || len(res.Answer)+len(res.Ns)+len(res.Extra) > 0 {
+					t.Errorf("%s = %+v, want nothing but Forward", call, res)
+				}
+				return
+			}
+			if res.Rcode != tt.rcode {
+				t.Errorf("%s.Rcode = %s, want %s", call, miekg.RcodeToString[res.Rcode], miekg.RcodeToString[tt.rcode])
+			}
+			if !res.Authoritative {
+				t.Errorf("%s.Authoritative = false, want true", call)
+			}
+			if got := rrStrings(res.Answer); !slices.Equal(got, sorted(tt.answer)) {
+				t.Errorf("%s.Answer:\n\t%s\nwant:\n\t%s", call, strings.Join(got, "\n\t"), strings.Join(sorted(tt.answer), "\n\t"))
+			}
+			if got := rrStrings(res.Extra); !slices.Equal(got, sorted(tt.extra)) {
+				t.Errorf("%s.Extra:\n\t%s\nwant:\n\t%s", call, strings.Join(got, "\n\t"), strings.Join(sorted(tt.extra), "\n\t"))
+			}
+			checkAuthority(t, call, tt.name, res)
+			for _, rr := range slices.Concat(res.Answer, res.Ns, res.Extra) {
+				if rr.Header().Ttl != dns.TTL || rr.Header().Class != miekg.ClassINET {
+					t.Errorf("%s: %s: want class IN, TTL %d", call, rr, dns.TTL)
+				}
+			}
+		})
+	}
+}
+
+// checkAuthority checks that a negative answer (NXDOMAIN, or NOERROR with no
+// answer) carries the SOA of the zone the name is in, and a positive one
+// none.
+func checkAuthority(t *testing.T, call, name string, res dns.Result) {
+	t.Helper()
+	negative := res.Rcode == nxdomain || len(res.Answer) == 0
+	if !negative {
+		if len(res.Ns) > 0 {
+			t.Errorf("%s.Ns = %v, want none", call, res.Ns)
+		}
+		return
+	}
+	origin := "cluster.local."
+	for _, zone := range []string{"in-addr.arpa.", "ip6.arpa."} {
+		if strings.HasSuffix(strings.ToLower(name), zone) {
+			origin = zone
+		}
+	}
+	if len(res.Ns) != 1 || res.Ns[0].Header().Rrtype != miekg.TypeSOA || res.Ns[0].Header().Name != origin {
+		t.Errorf("%s.Ns = %v, want the SOA of %s", call, res.Ns, origin)
+		return
+	}
+	if soa := res.Ns[0].(*miekg.SOA); soa.Minttl != dns.TTL {
+		t.Errorf("%s: SOA minimum %d, want %d (negative answers are cached that long)", call, soa.Minttl, dns.TTL)
+	}
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// TestAnswerNoSnapshot: before the first snapshot nothing in the zone is
+// known, and saying NXDOMAIN would be cached as the truth.
+func TestAnswerNoSnapshot(t *testing.T) {
+	tests := []struct {
+		name    string
+		qtype   uint16
+		rcode   int
+		forward bool
+	}{
+		{name: "web.default.svc.cluster.local.", qtype: miekg.TypeA, rcode: miekg.RcodeServerFailure},
+		{name: rev("10.3.240.20"), qtype: miekg.TypePTR, rcode: miekg.RcodeServerFailure},
+		{name: rev("8.8.8.8"), qtype: miekg.TypePTR, forward: true},
+		{name: "example.com.", qtype: miekg.TypeA, forward: true},
+	}
+	for _, tt := range tests {
+		res := testZone.Answer(nil, tt.name, tt.qtype)
+		if res.Forward != tt.forward || res.Rcode != tt.rcode || res.Authoritative || len(res.Answer) > 0 {
+			t.Errorf("Answer(nil, %q, %s) = %+v, want rcode %s, forward %v, not authoritative",
+				tt.name, miekg.TypeToString[tt.qtype], res, miekg.RcodeToString[tt.rcode], tt.forward)
+		}
+	}
+}
+
+// TestAnswerZone: the domain is any domain, in any spelling; without
+// service ranges every reverse name that is no ClusterIP goes upstream; a
+// zone transfer is refused.
+func TestAnswerZone(t *testing.T) {
+	snap := testSnapshot(t)
+	tests := []struct {
+		zone    dns.Zone
+		name    string
+		qtype   uint16
+		rcode   int
+		forward bool
+		answer  []string
+	}{
+		{zone: dns.Zone{Domain: "Corp.Example."}, name: "web.default.svc.corp.example.", qtype: miekg.TypeA,
+			answer: []string{"web.default.svc.corp.example. A 10.3.240.20"}},
+		{zone: dns.Zone{Domain: "Corp.Example."}, name: "web.default.svc.cluster.local.", qtype: miekg.TypeA, forward: true},
+		{zone: dns.Zone{Domain: "corp.example"}, name: rev("10.3.240.20"), qtype: miekg.TypePTR,
+			answer: []string{rev("10.3.240.20") + " PTR web.default.svc.corp.example."}},
+		{zone: dns.Zone{Domain: "corp.example"}, name: rev("10.3.240.99"), qtype: miekg.TypePTR, forward: true},
+		{zone: dns.Zone{Domain: "corp.example"}, name: "corp.example.", qtype: miekg.TypeNS}, // no NameServer: NODATA
+		{zone: dns.Zone{Domain: "corp.example"}, name: "ns.dns.corp.example.", qtype: miekg.TypeA, rcode: nxdomain},
+		{zone: testZone, name: "cluster.local.", qtype: miekg.TypeAXFR, rcode: miekg.RcodeRefused},
+	}
+	for _, tt := range tests {
+		res := tt.zone.Answer(snap, tt.name, tt.qtype)
+		call := fmt.Sprintf("Zone{%q}.Answer(%q, %s)", tt.zone.Domain, tt.name, miekg.TypeToString[tt.qtype])
+		if res.Forward != tt.forward || res.Rcode != tt.rcode {
+			t.Errorf("%s = forward %v, rcode %s; want forward %v, rcode %s", call,
+				res.Forward, miekg.RcodeToString[res.Rcode], tt.forward, miekg.RcodeToString[tt.rcode])
+		}
+		if got := rrStrings(res.Answer); !slices.Equal(got, sorted(tt.answer)) {
+			t.Errorf("%s.Answer = %q, want %q", call, got, tt.answer)
+		}
+	}
+}
