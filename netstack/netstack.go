@@ -72,7 +72,8 @@ type Dialer interface {
 
 // Config is what New needs.
 type Config struct {
-	// Link is the gVisor link endpoint packets arrive on and leave by.
+	// Link is the gVisor link endpoint packets arrive on and leave by. Its
+	// owner closes it, after Close.
 	Link stack.LinkEndpoint
 	// Services resolves destinations to Service ports.
 	Services Services
@@ -94,6 +95,8 @@ type Stack struct {
 	ctx    context.Context // cancelled by Close; bounds dials
 	cancel context.CancelFunc
 
+	udp udpTimers // UDP session timings: the package's constants, shortened by tests
+
 	mu           sync.Mutex // guards the fields below; held per connection or session, never per packet
 	closed       bool
 	flows        map[*flow]struct{}
@@ -105,6 +108,12 @@ type Stack struct {
 
 // New creates the stack on cfg.Link and starts forwarding.
 func New(cfg Config) (*Stack, error) {
+	return newStack(cfg, udpTimers{idle: UDPIdleTimeout, dnsIdle: DNSIdleTimeout, tick: udpTick})
+}
+
+// newStack is New with the UDP session timings given, so that tests can see
+// a session expire in milliseconds.
+func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 	if cfg.Link == nil || cfg.Services == nil {
 		return nil, errors.New("netstack.New: Link and Services are required")
 	}
@@ -142,6 +151,7 @@ func New(cfg Config) (*Stack, error) {
 		log:          log,
 		ctx:          ctx,
 		cancel:       cancel,
+		udp:          udpt,
 		flows:        make(map[*flow]struct{}),
 		sessions:     make(map[*udpSession]struct{}),
 		udpPerSource: make(map[netip.Addr]int),
@@ -217,8 +227,12 @@ func (s *Stack) Close() {
 		sess.close()
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
+	// Close the gVisor stack before waiting: it aborts the endpoints of
+	// handshakes in progress, on which handleTCP blocks in CreateEndpoint
+	// for up to two minutes of SYN-ACK retransmissions when the client is
+	// gone (TestCloseDuringHandshake).
 	s.stack.Close()
+	s.wg.Wait()
 	s.stack.Wait()
 }
 

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,8 +24,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,6 +42,12 @@ var (
 	pod1      = netip.MustParseAddrPort("10.0.1.2:8080")
 	pod2      = netip.MustParseAddrPort("10.0.2.2:8080")
 	client    = netip.MustParseAddrPort("10.0.3.2:40000")
+
+	// IPv6: a Service, two pods and the client.
+	clusterIP6 = netip.MustParseAddr("fd00:10:96::a:98")
+	pod1v6     = netip.MustParseAddrPort("[fd00:10:1::2]:8080")
+	pod2v6     = netip.MustParseAddrPort("[fd00:10:2::2]:8080")
+	client6    = netip.MustParseAddrPort("[fd00:10:3::2]:40000")
 )
 
 // seedTable returns the seed's Service (ClusterIP 10.3.241.152, port 80 →
@@ -77,18 +88,88 @@ func seedTable(t testing.TB, eps []netip.AddrPort, notReady ...netip.AddrPort) *
 	return tab
 }
 
-// fakeDialer sends a dial for a pod address to the loopback listener that
-// stands in for that pod, and refuses pods it has no listener for.
+// testService is a Service for buildTable: ports on ip, served by eps
+// (ready unless listed in notReady) through an EndpointSlice of ip's family.
+type testService struct {
+	name     string
+	ip       netip.Addr
+	ports    []testPort
+	eps      []netip.Addr
+	notReady []netip.Addr
+}
+
+// testPort is a Service port and the port its endpoints serve it on.
+type testPort struct {
+	proto  corev1.Protocol
+	port   uint16
+	target uint16
+}
+
+// snapshotOf builds a snapshot of svcs, or fails.
+func snapshotOf(t testing.TB, svcs ...testService) *resolver.Snapshot {
+	t.Helper()
+	var (
+		services  []*corev1.Service
+		sliceList []*discoveryv1.EndpointSlice
+	)
+	for _, ts := range svcs {
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: ts.name, Namespace: "default"},
+			Spec:       corev1.ServiceSpec{ClusterIP: ts.ip.String()},
+		}
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: ts.name + "-abcde", Namespace: "default", Labels: map[string]string{discoveryv1.LabelServiceName: ts.name}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+		}
+		if ts.ip.Is6() {
+			es.AddressType = discoveryv1.AddressTypeIPv6
+		}
+		for _, p := range ts.ports {
+			name := fmt.Sprintf("%s-%d", strings.ToLower(string(p.proto)), p.port)
+			svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: name, Port: int32(p.port), Protocol: p.proto, TargetPort: intstr.FromInt32(int32(p.target))})
+			es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: ptr(name), Port: ptr(int32(p.target)), Protocol: ptr(p.proto)})
+		}
+		for _, ep := range ts.eps {
+			ready := !slices.Contains(ts.notReady, ep)
+			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+				Addresses:  []string{ep.String()},
+				Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &ready},
+			})
+		}
+		services = append(services, svc)
+		sliceList = append(sliceList, es)
+	}
+	snap, problems := resolver.Build(services, sliceList, nil, resolver.Topology{})
+	if len(problems) > 0 {
+		t.Fatalf("Build: %v", problems)
+	}
+	return snap
+}
+
+// buildTable returns a table holding a snapshot of svcs.
+func buildTable(t testing.TB, svcs ...testService) *resolver.Table {
+	t.Helper()
+	tab := new(resolver.Table)
+	tab.Store(snapshotOf(t, svcs...))
+	return tab
+}
+
+// fakeDialer sends a dial for a pod address to the loopback listener or
+// UDP socket that stands in for that pod, and refuses pods it has none for.
 type fakeDialer struct {
-	mu     sync.Mutex
-	pods   map[string]string // pod address -> listener address
-	dialed []string
+	mu      sync.Mutex
+	pods    map[string]string // TCP pod address -> listener address
+	udpPods map[string]string // UDP pod address -> socket address
+	dialed  []string
 }
 
 func (d *fakeDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d.mu.Lock()
 	d.dialed = append(d.dialed, addr)
 	target, ok := d.pods[addr]
+	if strings.HasPrefix(network, "udp") {
+		target, ok = d.udpPods[addr]
+	}
 	d.mu.Unlock()
 	if !ok {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
@@ -130,6 +211,53 @@ func startPod(t testing.TB, d *fakeDialer, pod netip.AddrPort, serve func(net.Co
 	})
 }
 
+// udpPod is a loopback UDP socket standing in for a pod: it answers each
+// datagram with its name, a space, and the datagram, and reports what it got.
+type udpPod struct {
+	name string
+	got  chan datagram
+}
+
+// datagram is what a udpPod received, and from which host socket.
+type datagram struct {
+	from string
+	data string
+}
+
+// startUDPPod runs a udpPod on loopback and registers it with d as pod.
+func startUDPPod(t testing.TB, d *fakeDialer, pod netip.AddrPort, name string) *udpPod {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &udpPod{name: name, got: make(chan datagram, 64)}
+	done := make(chan struct{})
+	t.Cleanup(func() { pc.Close(); <-done })
+	d.mu.Lock()
+	if d.udpPods == nil {
+		d.udpPods = make(map[string]string)
+	}
+	d.udpPods[pod.String()] = pc.LocalAddr().String()
+	d.mu.Unlock()
+	go func() {
+		defer close(done)
+		buf := make([]byte, maxDatagram)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case p.got <- datagram{from.String(), string(buf[:n])}:
+			default:
+			}
+			pc.WriteTo(append([]byte(name+" "), buf[:n]...), from)
+		}
+	}()
+	return p
+}
+
 // echo copies everything back, then half-closes: the test's stand-in for a
 // server that answers once the client has finished sending.
 func echo(c net.Conn) {
@@ -139,9 +267,25 @@ func echo(c net.Conn) {
 
 func newTestStack(t testing.TB, tab *resolver.Table, d *fakeDialer) (*Stack, *channel.Endpoint) {
 	t.Helper()
+	return newTestStackTimers(t, tab, d, nil)
+}
+
+// newTestStackTimers is newTestStack with UDP session timings of its own;
+// nil means New's.
+func newTestStackTimers(t testing.TB, tab *resolver.Table, d *fakeDialer, udpt *udpTimers) (*Stack, *channel.Endpoint) {
+	t.Helper()
 	link := channel.New(256, 1500, "")
-	ns, err := New(Config{Link: link, Services: tab, Dialer: d, DialTimeout: time.Second,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	cfg := Config{Link: link, Services: tab, Dialer: d, DialTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	var (
+		ns  *Stack
+		err error
+	)
+	if udpt == nil {
+		ns, err = New(cfg)
+	} else {
+		ns, err = newStack(cfg, *udpt)
+	}
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -167,7 +311,8 @@ func checkNoLeaks(t testing.TB) {
 	for range 50 {
 		buf := make([]byte, 1<<20)
 		stacks = string(buf[:runtime.Stack(buf, true)])
-		if !strings.Contains(stacks, "kubetun/netstack.(*Stack)") && !strings.Contains(stacks, "kubetun/netstack.(*flow)") {
+		if !strings.Contains(stacks, "kubetun/netstack.(*Stack)") && !strings.Contains(stacks, "kubetun/netstack.(*flow)") &&
+			!strings.Contains(stacks, "kubetun/netstack.(*udpSession)") {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -175,20 +320,12 @@ func checkNoLeaks(t testing.TB) {
 	t.Errorf("goroutines left after Close:\n%s", stacks)
 }
 
-// tcpPacket builds an IPv4 TCP segment with valid checksums.
+// tcpPacket builds an IPv4 or IPv6 TCP segment, by src's family, with valid
+// checksums.
 func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, payload []byte) []byte {
-	b := make([]byte, header.IPv4MinimumSize+header.TCPMinimumSize+len(payload))
-	srcA, dstA := tcpip.AddrFrom4(src.Addr().As4()), tcpip.AddrFrom4(dst.Addr().As4())
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(len(b)),
-		TTL:         64,
-		Protocol:    uint8(header.TCPProtocolNumber),
-		SrcAddr:     srcA,
-		DstAddr:     dstA,
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	seg := header.TCP(b[header.IPv4MinimumSize:])
+	b, p := ipPacket(src.Addr(), dst.Addr(), header.TCPProtocolNumber, header.TCPMinimumSize+len(payload))
+	srcA, dstA := gvAddr(src.Addr()), gvAddr(dst.Addr())
+	seg := header.TCP(p)
 	seg.Encode(&header.TCPFields{
 		SrcPort:    src.Port(),
 		DstPort:    dst.Port(),
@@ -205,14 +342,60 @@ func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags header.TCPFlags, 
 	return b
 }
 
+// ipPacket returns an IPv4 or IPv6 packet, by src's family, with room for a
+// transport payload of n bytes, and that payload. The IPv4 header checksum
+// is set.
+func ipPacket(src, dst netip.Addr, proto tcpip.TransportProtocolNumber, n int) (pkt, payload []byte) {
+	if src.Is6() {
+		b := make([]byte, header.IPv6MinimumSize+n)
+		header.IPv6(b).Encode(&header.IPv6Fields{
+			PayloadLength:     uint16(n),
+			TransportProtocol: proto,
+			HopLimit:          64,
+			SrcAddr:           gvAddr(src),
+			DstAddr:           gvAddr(dst),
+		})
+		return b, b[header.IPv6MinimumSize:]
+	}
+	b := make([]byte, header.IPv4MinimumSize+n)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)),
+		TTL:         64,
+		Protocol:    uint8(proto),
+		SrcAddr:     gvAddr(src),
+		DstAddr:     gvAddr(dst),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	return b, b[header.IPv4MinimumSize:]
+}
+
+func gvAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.AsSlice()) }
+
+func fullAddr(a netip.AddrPort) tcpip.FullAddress {
+	return tcpip.FullAddress{NIC: 1, Addr: gvAddr(a.Addr()), Port: a.Port()}
+}
+
+func netProto(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is6() {
+		return ipv6.ProtocolNumber
+	}
+	return ipv4.ProtocolNumber
+}
+
+// inject delivers an IPv4 or IPv6 packet to the stack behind link.
 func inject(link *channel.Endpoint, pkt []byte) {
+	proto := header.IPv4ProtocolNumber
+	if header.IPVersion(pkt) == header.IPv6Version {
+		proto = header.IPv6ProtocolNumber
+	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-	link.InjectInbound(header.IPv4ProtocolNumber, pb)
+	link.InjectInbound(proto, pb)
 	pb.DecRef()
 }
 
-// readSegment returns the next TCP segment the stack sends, or fails.
-func readSegment(t testing.TB, link *channel.Endpoint) (header.IPv4, header.TCP) {
+// readPacket returns the next packet the stack sends, or fails.
+func readPacket(t testing.TB, link *channel.Endpoint) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -221,7 +404,24 @@ func readSegment(t testing.TB, link *channel.Endpoint) (header.IPv4, header.TCP)
 		t.Fatal("no packet from the stack within 5s")
 	}
 	defer pb.DecRef()
-	b := pb.ToView().AsSlice()
+	return bytes.Clone(pb.ToView().AsSlice())
+}
+
+// expectSilence fails if the stack sends any packet within d.
+func expectSilence(t testing.TB, link *channel.Endpoint, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if pb := link.ReadContext(ctx); pb != nil {
+		defer pb.DecRef()
+		t.Fatalf("stack sent % x, want nothing", pb.ToView().AsSlice())
+	}
+}
+
+// readSegment returns the next TCP segment the stack sends, or fails.
+func readSegment(t testing.TB, link *channel.Endpoint) (header.IPv4, header.TCP) {
+	t.Helper()
+	b := readPacket(t, link)
 	ip := header.IPv4(b)
 	if !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
 		t.Fatalf("stack sent a non-TCP/IPv4 packet: % x", b)
@@ -322,26 +522,29 @@ func TestRefused(t *testing.T) {
 	}
 }
 
-// clientStack is a second gVisor stack playing the client pod, wired to the
-// stack under test by two channel endpoints and a pair of pumps.
+// clientStack is a second gVisor stack playing the client pod (client and
+// client6), wired to the stack under test by two channel endpoints and a
+// pair of pumps.
 func clientStack(t testing.TB, server *channel.Endpoint) *stack.Stack {
 	t.Helper()
 	link := channel.New(256, 1500, "")
 	cs := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
 	if err := cs.CreateNIC(1, link); err != nil {
 		t.Fatalf("CreateNIC: %v", err)
 	}
-	addr := tcpip.ProtocolAddress{
-		Protocol:          ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddrFrom4(client.Addr().As4()).WithPrefix(),
+	for _, a := range []netip.Addr{client.Addr(), client6.Addr()} {
+		addr := tcpip.ProtocolAddress{Protocol: netProto(a), AddressWithPrefix: gvAddr(a).WithPrefix()}
+		if err := cs.AddProtocolAddress(1, addr, stack.AddressProperties{}); err != nil {
+			t.Fatalf("AddProtocolAddress(1, %v): %v", addr, err)
+		}
 	}
-	if err := cs.AddProtocolAddress(1, addr, stack.AddressProperties{}); err != nil {
-		t.Fatalf("AddProtocolAddress: %v", err)
-	}
-	cs.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	cs.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: 1},
+		{Destination: header.IPv6EmptySubnet, NIC: 1},
+	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -457,4 +660,97 @@ func TestCloseEndsFlows(t *testing.T) {
 	if _, err := c.Read(buf); err == nil || errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
 		t.Fatalf("read after Close = %v, want the connection ended", err)
 	}
+}
+
+// TestCloseDuringHandshake: a client that sent a SYN and vanished (the
+// SYN-ACK is never answered) must not hold up Close; gVisor would retransmit
+// the SYN-ACK for about two minutes.
+func TestCloseDuringHandshake(t *testing.T) {
+	d := new(fakeDialer)
+	startPod(t, d, pod1, echo)
+	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
+	inject(link, tcpPacket(client, netip.AddrPortFrom(clusterIP, 80), 1000, 0, header.TCPFlagSyn, nil))
+	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+		t.Fatalf("reply to SYN: flags %v, want SYN|ACK", seg.Flags())
+	}
+	done := make(chan struct{})
+	go func() { ns.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return within 5s of a half-open handshake")
+	}
+}
+
+// TestHandshakeAfterDialIPv6 is TestHandshakeAfterDial over IPv6: an IPv6
+// SYN to an IPv6 ClusterIP is answered from it once the IPv6 pod answered
+// the dial, and bytes flow both ways.
+func TestHandshakeAfterDialIPv6(t *testing.T) {
+	d := new(fakeDialer)
+	got := make(chan string, 1)
+	startPod(t, d, pod1v6, func(c net.Conn) {
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			got <- "read: " + err.Error()
+			return
+		}
+		got <- string(buf)
+		c.Write([]byte("world"))
+	})
+	svc := netip.AddrPortFrom(clusterIP6, 80)
+	_, link := newTestStack(t, buildTable(t, testService{name: "service-test", ip: clusterIP6,
+		ports: []testPort{{corev1.ProtocolTCP, 80, 8080}}, eps: []netip.Addr{pod1v6.Addr()}}), d)
+
+	const iss = 1000
+	inject(link, tcpPacket(client6, svc, iss, 0, header.TCPFlagSyn, nil))
+	src, dst, synack := readTCP(t, link)
+	if calls := d.calls(); len(calls) != 1 || calls[0] != pod1v6.String() {
+		t.Fatalf("SYN-ACK sent after dials %v, want one dial to %v first", calls, pod1v6)
+	}
+	if want := header.TCPFlagSyn | header.TCPFlagAck; synack.Flags() != want {
+		t.Fatalf("reply flags = %v, want %v", synack.Flags(), want)
+	}
+	if src != svc || dst != client6 {
+		t.Fatalf("SYN-ACK %v → %v, want %v → %v", src, dst, svc, client6)
+	}
+	if synack.AckNumber() != iss+1 {
+		t.Fatalf("SYN-ACK ack = %d, want %d", synack.AckNumber(), iss+1)
+	}
+	srvSeq := synack.SequenceNumber() + 1
+
+	inject(link, tcpPacket(client6, svc, iss+1, srvSeq, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
+	select {
+	case s := <-got:
+		if s != "hello" {
+			t.Fatalf("pod got %q, want %q", s, "hello")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pod got nothing within 5s")
+	}
+	for range 10 {
+		_, _, seg := readTCP(t, link)
+		if len(seg.Payload()) == 0 {
+			continue // a bare ACK of our data
+		}
+		if string(seg.Payload()) != "world" || seg.SequenceNumber() != srvSeq {
+			t.Fatalf("segment seq %d payload %q, want seq %d payload %q", seg.SequenceNumber(), seg.Payload(), srvSeq, "world")
+		}
+		return
+	}
+	t.Fatal("no data segment from the stack")
+}
+
+// readTCP returns the next packet from the stack, IPv4 or IPv6, which must
+// be a TCP segment with a valid checksum.
+func readTCP(t testing.TB, link *channel.Endpoint) (src, dst netip.AddrPort, seg header.TCP) {
+	t.Helper()
+	s, d, proto, p := parseIP(t, readPacket(t, link))
+	if proto != uint8(header.TCPProtocolNumber) {
+		t.Fatalf("stack sent protocol %d from %v to %v, want TCP", proto, s, d)
+	}
+	seg = header.TCP(p)
+	if !seg.IsChecksumValid(gvAddr(s), gvAddr(d), checksum.Checksum(seg.Payload(), 0), uint16(len(seg.Payload()))) {
+		t.Fatalf("TCP checksum of the segment from %v to %v is wrong", s, d)
+	}
+	return netip.AddrPortFrom(s, seg.SourcePort()), netip.AddrPortFrom(d, seg.DestinationPort()), seg
 }

@@ -37,6 +37,13 @@ func newPingFilter(link stack.LinkEndpoint, services Answerer) *pingFilter {
 	return f
 }
 
+// Close implements stack.LinkEndpoint. It leaves the link open: the link
+// belongs to whoever passed it in Config, and closing it here, as gVisor
+// does when the stack is torn down, would drop the packets Close has just
+// queued, the FINs and RSTs that tell clients their connections ended.
+// Detached from the stack, the link delivers nothing to it any more.
+func (f *pingFilter) Close() {}
+
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (f *pingFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	dst, ok := echoRequestTo(proto, pkt)

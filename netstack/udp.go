@@ -43,6 +43,13 @@ const (
 	maxDatagram = 65535
 )
 
+// udpTimers are a Stack's UDP session timings (see the constants above).
+type udpTimers struct {
+	idle    time.Duration // UDPIdleTimeout
+	dnsIdle time.Duration // DNSIdleTimeout
+	tick    time.Duration // udpTick
+}
+
 // udpSession is one client address talking to one Service IP:port, bound
 // to one endpoint at a time.
 type udpSession struct {
@@ -83,9 +90,9 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.log.Debug("creating UDP endpoint", "src", src, "dst", dst, "err", err)
 		return true
 	}
-	sess := &udpSession{s: s, src: src, dst: dst, client: gonet.NewUDPConn(&wq, ep), idle: UDPIdleTimeout}
+	sess := &udpSession{s: s, src: src, dst: dst, client: gonet.NewUDPConn(&wq, ep), idle: s.udp.idle}
 	if dst.Port() == 53 {
-		sess.idle = DNSIdleTimeout
+		sess.idle = s.udp.dnsIdle
 	}
 	sess.last.Store(time.Now().UnixNano())
 	if !s.addSession(sess) {
@@ -149,7 +156,7 @@ func (sess *udpSession) run() {
 	buf := make([]byte, maxDatagram)
 	var sp *resolver.ServicePort // the port the current endpoint was picked from
 	for {
-		sess.client.SetReadDeadline(time.Now().Add(udpTick))
+		sess.client.SetReadDeadline(time.Now().Add(s.udp.tick))
 		n, err := sess.client.Read(buf)
 		if err != nil {
 			if !isTimeout(err) {
@@ -230,6 +237,12 @@ func (sess *udpSession) copyReplies(pod net.Conn) {
 		}
 		sess.last.Store(time.Now().UnixNano())
 		if _, err := sess.client.Write(buf[:n]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// The session is closing, or the client's host refused an
+			// earlier datagram (its socket closed; gVisor reports that on
+			// this write). A session that cannot relay answers must not
+			// go on forwarding the client's datagrams: end it, and the
+			// client's next datagram starts a new one.
+			sess.client.Close()
 			return
 		}
 	}
