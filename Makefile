@@ -4,6 +4,7 @@
 #   make deps    the system tools the e2e tests and the demo use (installed as root)
 #   make test    deps, go vet, gofmt check, unit tests, e2e tests (root: namespaces, TUN)
 #   make demo    the seed scenario through kubetun, explained step by step (root)
+#   make bench   throughput and rates through kubetun vs. direct, same run (root)
 
 GO      ?= go
 # Debian packages the e2e tests and the demo run: ip, nc, curl, iptables-save,
@@ -12,7 +13,7 @@ DEPS    := iproute2 iputils-ping netcat-openbsd curl iptables nftables dnsutils 
 # Every package but the e2e tests, which need root.
 UNIT     = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
 
-.PHONY: build deps vet fmt unit e2e test demo clean controlplane
+.PHONY: build deps vet fmt unit e2e test demo bench clean controlplane
 
 build:
 	$(GO) build -o bin/kubetun ./cmd/kubetun
@@ -59,6 +60,12 @@ test: deps controlplane vet fmt unit e2e
 
 demo: deps build
 	$(GO) run ./test/demo --kubetun bin/kubetun
+
+# Throughput, connection rate and UDP packet rate through kubetun against the
+# direct path, measured in the same run (root: namespaces, TUN). Not part of
+# 'make test': numbers are shown, never asserted.
+bench: deps build
+	$(GO) run ./test/bench --kubetun bin/kubetun
 
 clean:
 	rm -rf bin

@@ -44,7 +44,15 @@ func run(m *testing.M) int {
 	// A kubetun that does not build fails every test that needs it, with the
 	// compiler's message, rather than the whole run.
 	kubetunBin, buildErr = testbed.Build(context.Background(), dir, "./cmd/kubetun")
-	return m.Run()
+	code := m.Run()
+	// The TestCluster tests share one control plane, which outlives each of them.
+	if err := closeSharedCluster(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: shared control plane:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
 }
 
 // needRoot skips t when not root, unless CI is set: then it fails t.

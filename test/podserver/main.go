@@ -1,6 +1,8 @@
 // Command podserver is the seed's pod: the tiny HTTP server that answers
 // "<p>Hello from NAME</p>", plus an echo port and a bytes port that the
-// end-to-end tests use to check half-close and byte identity through kubetun.
+// end-to-end tests use to check half-close and byte identity through kubetun,
+// and a UDP echo port whose answers name the pod, so a test can tell which
+// pod a datagram reached.
 //
 // The HTTP responder is raw TCP on purpose. The seed's client sends
 // "GET / HTTP/1.1\r\n\r\n" without a Host header; net/http would answer that
@@ -8,7 +10,7 @@
 //
 // Usage:
 //
-//	podserver --name pod1 [--addr :8080] [--echo-addr :9000] [--bytes-addr :9001]
+//	podserver --name pod1 [--addr :8080] [--echo-addr :9000] [--bytes-addr :9001] [--udp-echo-addr :9002]
 //
 // Once every port is bound it prints "podserver NAME: ready: ..." to
 // stderr; the test bed waits for it.
@@ -50,6 +52,7 @@ func main() {
 	addr := flag.String("addr", ":8080", "HTTP listen address")
 	echoAddr := flag.String("echo-addr", ":9000", "echo listen address")
 	bytesAddr := flag.String("bytes-addr", ":9001", "pattern-bytes listen address")
+	udpEchoAddr := flag.String("udp-echo-addr", ":9002", "UDP echo listen address: each datagram is answered with \"NAME: \" and the datagram")
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("podserver " + *name + ": ")
@@ -76,7 +79,14 @@ func main() {
 			log.Fatal(acceptLoop(ln.(*net.TCPListener), s.handle))
 		}()
 	}
-	log.Printf("ready: http on %s, echo on %s, bytes on %s", *addr, *echoAddr, *bytesAddr)
+	pc, err := net.ListenPacket("udp", *udpEchoAddr)
+	if err != nil {
+		log.Fatalf("listen udp %s: %v", *udpEchoAddr, err)
+	}
+	go func() {
+		log.Fatal(serveUDPEcho(pc, *name))
+	}()
+	log.Printf("ready: http on %s, echo on %s, bytes on %s, udp echo on %s", *addr, *echoAddr, *bytesAddr, *udpEchoAddr)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -184,6 +194,23 @@ func lingeringClose(c *net.TCPConn) {
 	}
 	c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.Copy(io.Discard, c)
+}
+
+// serveUDPEcho answers every datagram on pc with "NAME: " followed by the
+// datagram, to its sender, until reading fails; it returns that error.
+func serveUDPEcho(pc net.PacketConn, name string) error {
+	prefix := []byte(name + ": ")
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return fmt.Errorf("udp echo on %s: %w", pc.LocalAddr(), err)
+		}
+		answer := append(append([]byte(nil), prefix...), buf[:n]...)
+		if _, err := pc.WriteTo(answer, from); err != nil {
+			log.Printf("udp echo %s: %v", from, err)
+		}
+	}
 }
 
 // deadlineReader extends the read deadline before each read, so an echo stream

@@ -87,3 +87,28 @@ func TestBytes(t *testing.T) {
 		t.Errorf("bytes for \"lots\\n\" = %d bytes, want none", len(got))
 	}
 }
+
+func TestUDPEcho(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("ListenPacket: %v", err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go serveUDPEcho(pc, "pod1")
+	c, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatalf("Dial(%s): %v", pc.LocalAddr(), err)
+	}
+	defer c.Close()
+	for _, msg := range []string{"hello", "", "second datagram"} {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatalf("Write(%q): %v", msg, err)
+		}
+		buf := make([]byte, 1024)
+		n, err := c.Read(buf)
+		if want := "pod1: " + msg; err != nil || string(buf[:n]) != want {
+			t.Errorf("answer to %q = %q, %v; want %q", msg, buf[:n], err, want)
+		}
+	}
+}

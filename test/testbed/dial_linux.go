@@ -38,6 +38,26 @@ func DialIn(ns, network, addr string, timeout time.Duration) (net.Conn, error) {
 	return r.conn, r.err
 }
 
+// InNamespace runs fn inside namespace ns and returns its error, for a
+// client loop that makes many connections (DialIn would spend a thread and a
+// setns(2) on each). As with DialIn, fn runs on a goroutine locked to its own
+// OS thread that joined ns first, and the thread is discarded afterwards. Only
+// sockets fn creates on that goroutine belong to ns: a goroutine fn starts runs
+// on another thread, in the process's own namespace.
+func InNamespace(ns string, fn func() error) error {
+	ch := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: see DialIn.
+		if err := joinNetns(ns); err != nil {
+			ch <- err
+			return
+		}
+		ch <- fn()
+	}()
+	return <-ch
+}
+
 // joinNetns moves the calling thread into the named namespace.
 func joinNetns(ns string) error {
 	if sysSetns == 0 {

@@ -21,10 +21,17 @@ func KubetunArgs(manifests string, extra ...string) []string {
 // On failure the error carries kubetun's output; the process, if still running,
 // is stopped by Close.
 func (tb *Testbed) StartKubetun(manifests string, extra ...string) (*Process, error) {
+	return tb.StartKubetunArgs(KubetunArgs(manifests, extra...)...)
+}
+
+// StartKubetunArgs is StartKubetun with the whole command line after the
+// binary, for a source other than --manifests, e.g. `run --kubeconfig PATH
+// --node-name node --tun kubetun0`.
+func (tb *Testbed) StartKubetunArgs(args ...string) (*Process, error) {
 	if tb.opts.Kubetun == "" {
 		return nil, errors.New("testbed: StartKubetun: Options.Kubetun is empty")
 	}
-	argv := append([]string{tb.opts.Kubetun}, KubetunArgs(manifests, extra...)...)
+	argv := append([]string{tb.opts.Kubetun}, args...)
 	p, err := tb.Start(tb.Node, "kubetun", argv...)
 	if err != nil {
 		return nil, err

@@ -23,6 +23,9 @@ type ServicePort struct {
 	// EndpointPort is the number the controller puts in the EndpointSlice
 	// (a named TargetPort resolved through the pod's container ports).
 	EndpointPort int
+	// Protocol is "TCP" or "UDP" (or "SCTP"), in the Service and the
+	// EndpointSlice alike; empty means TCP, as in the API.
+	Protocol string
 }
 
 // SeedPorts is the seed Service's one port, unnamed: port 80, targetPort http,
@@ -134,7 +137,7 @@ spec:
 {{- range .Ports}}
   - {{if .Name}}name: {{.Name}}
     {{end}}port: {{.Port}}
-    protocol: TCP
+    protocol: {{or .Protocol "TCP"}}
     targetPort: {{.TargetPort}}
 {{- end}}
 ---
@@ -167,6 +170,6 @@ ports:
 {{- range .Ports}}
 - name: "{{.Name}}"
   port: {{.EndpointPort}}
-  protocol: TCP
+  protocol: {{or .Protocol "TCP"}}
 {{- end}}
 `))

@@ -135,3 +135,23 @@ func TestWriteFileAtomic(t *testing.T) {
 		t.Errorf("WriteFileAtomic into a missing directory succeeded")
 	}
 }
+
+func TestManifestProtocol(t *testing.T) {
+	ports := []ServicePort{
+		{Name: "iperf", Port: 5201, TargetPort: "5201", EndpointPort: 5201},
+		{Name: "iperf-udp", Port: 5201, TargetPort: "5201", EndpointPort: 5201, Protocol: "UDP"},
+	}
+	data, err := Manifest{Ports: ports}.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, slice := decode(t, data)
+	for i, want := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP} {
+		if got := svc.Spec.Ports[i].Protocol; got != want {
+			t.Errorf("Service port %d protocol = %s, want %s", i, got, want)
+		}
+		if got := slice.Ports[i].Protocol; got == nil || *got != want {
+			t.Errorf("slice port %d protocol = %v, want %s", i, got, want)
+		}
+	}
+}

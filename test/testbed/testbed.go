@@ -250,16 +250,17 @@ func (tb *Testbed) AddSeed() (Seed, error) {
 	return s, err
 }
 
-// StartServer starts podserver --name h.Name in h's namespace and waits until
-// its ports are bound.
-func (tb *Testbed) StartServer(h *Host) error {
+// StartServer starts podserver --name h.Name in h's namespace, with extra
+// flags such as "--addr", ":8081", and waits until its ports are bound.
+func (tb *Testbed) StartServer(h *Host, extra ...string) error {
 	if tb.opts.Podserver == "" {
 		return errors.New("testbed: StartServer: Options.Podserver is empty")
 	}
 	if h.Server != nil && !h.Server.Exited() {
 		return fmt.Errorf("testbed: StartServer %s: already running (pid %d)", h.Name, h.Server.Pid())
 	}
-	p, err := tb.Start(h.Namespace, "podserver-"+h.Name, tb.opts.Podserver, "--name", h.Name)
+	argv := append([]string{tb.opts.Podserver, "--name", h.Name}, extra...)
+	p, err := tb.Start(h.Namespace, "podserver-"+h.Name, argv...)
 	if err != nil {
 		return err
 	}

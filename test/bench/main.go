@@ -1,0 +1,528 @@
+// Command bench measures kubetun's data path against the direct path, in the
+// same run, on the seed's test bed (package testbed): kubetun in the node
+// namespace with the static manifest source, one pod (pod1) behind the
+// Service, and the client pod.
+//
+// Each case runs twice back to back, first straight to pod1's address (the
+// baseline: the kernel's forwarding only), then through the ClusterIP, and
+// the table shows both and their ratio:
+//
+//   - TCP, one iperf3 stream: client pod → pod (upload), pod → client
+//     (iperf3 -R, download), and an iperf3 client in the node namespace;
+//   - TCP connection rate: short connections, each one HTTP request and its
+//     answer from podserver, made by this program inside the client's
+//     namespace, one at a time and several in parallel;
+//   - UDP packets/s: iperf3 -u with small datagrams at an unlimited rate;
+//     received packets/s and loss.
+//
+// Then, unless --also-mtu 0, kubetun is restarted with that MTU and the TCP
+// stream cases run again. While kubetun carries each case, its CPU time is
+// read from /proc/PID/stat: CPU seconds per GB moved, per connection or per
+// packet.
+//
+// Traffic stays between the namespaces the bench creates; every iperf3 run
+// and connection loop is bounded in count and time; everything is removed at
+// the end, also on failure and on Ctrl-C. It needs root. `make bench` runs it.
+//
+// Usage:
+//
+//	bench [--kubetun bin/kubetun] [--time 5s] [--conns 2000] [--parallel 8]
+//	      [--udp-len 64] [--also-mtu 1500] [--gctrace] [-v]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kubetun/kubetun/test/testbed"
+)
+
+// iperfPort is where iperf3 listens in pod1 and on the ClusterIP, TCP and UDP.
+const iperfPort = 5201
+
+// benchPorts is the Service the bench runs against: the seed's HTTP port for
+// the connection rate, and iperf3's port in both protocols (iperf3's UDP test
+// keeps its control connection on TCP).
+var benchPorts = []testbed.ServicePort{
+	{Name: "http", Port: 80, TargetPort: "http", EndpointPort: 8080},
+	{Name: "iperf", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort},
+	{Name: "iperf-udp", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort, Protocol: "UDP"},
+}
+
+// config is the command line.
+type config struct {
+	kubetun   string
+	duration  time.Duration // of each iperf3 run
+	conns     int           // connections per connection-rate run
+	connTime  time.Duration // bounds each connection-rate run
+	parallel  int
+	udpLen    int
+	alsoMTU   int // 0: skip the MTU variant
+	gctrace   bool
+	verbose   bool
+	keepFiles bool
+}
+
+func main() {
+	var cfg config
+	flag.StringVar(&cfg.kubetun, "kubetun", "", "kubetun binary to run (default: build ./cmd/kubetun)")
+	flag.DurationVar(&cfg.duration, "time", 5*time.Second, "length of each iperf3 run (1s to 60s)")
+	flag.IntVar(&cfg.conns, "conns", 2000, "connections per connection-rate run (1 to 100000)")
+	flag.DurationVar(&cfg.connTime, "conn-time", 20*time.Second, "time limit of each connection-rate run")
+	flag.IntVar(&cfg.parallel, "parallel", 8, "connections in flight at once in the parallel connection-rate case (1 to 64)")
+	flag.IntVar(&cfg.udpLen, "udp-len", 64, "UDP datagram payload in bytes (iperf3 needs 16 at least)")
+	flag.IntVar(&cfg.alsoMTU, "also-mtu", 1500, "also run the TCP stream cases with kubetun --mtu `N` (0: skip)")
+	flag.BoolVar(&cfg.gctrace, "gctrace", false, "run kubetun with GODEBUG=gctrace=1 and count its GC cycles per case")
+	flag.BoolVar(&cfg.keepFiles, "keep", false, "keep the logs and manifest (printed at the end) instead of removing them")
+	flag.BoolVar(&cfg.verbose, "v", false, "print every ip command that builds and removes the namespaces")
+	flag.Parse()
+	if err := cfg.check(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: needs root (it creates network namespaces and a TUN device); run: sudo make bench")
+		os.Exit(1)
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: iperf3 not found; 'make deps' installs it")
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done() // only a signal ends ctx
+		fmt.Fprintln(os.Stderr, "\nbench: interrupted: cleaning up (press Ctrl-C again to abandon the cleanup)")
+		stop() // a second signal kills at once
+	}()
+
+	b := &bench{cfg: cfg}
+	err := b.run(ctx)
+	if err != nil && b.kt != nil && b.kt.Exited() {
+		fmt.Fprintf(os.Stderr, "bench: kubetun exited; its output:\n%s\n", b.kt.Output())
+	}
+	cerr := b.cleanup()
+	if cerr != nil {
+		fmt.Fprintln(os.Stderr, "bench: cleanup:", cerr)
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintln(os.Stderr, "bench: interrupted")
+		os.Exit(130)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "bench failed:", err)
+		os.Exit(1)
+	case cerr != nil:
+		os.Exit(1)
+	}
+}
+
+func (c *config) check() error {
+	switch {
+	case c.duration < time.Second || c.duration > time.Minute:
+		return fmt.Errorf("--time %v: want 1s to 1m", c.duration)
+	case c.conns < 1 || c.conns > 100000:
+		return fmt.Errorf("--conns %d: want 1 to 100000", c.conns)
+	case c.connTime <= 0 || c.connTime > 2*time.Minute:
+		return fmt.Errorf("--conn-time %v: want up to 2m", c.connTime)
+	case c.parallel < 1 || c.parallel > 64:
+		return fmt.Errorf("--parallel %d: want 1 to 64", c.parallel)
+	case c.udpLen < 16 || c.udpLen > 1472:
+		return fmt.Errorf("--udp-len %d: want 16 to 1472 (one datagram per packet on a 1500-byte link)", c.udpLen)
+	case c.alsoMTU != 0 && (c.alsoMTU < 1280 || c.alsoMTU > 65535):
+		return fmt.Errorf("--also-mtu %d: want 0 or 1280 to 65535", c.alsoMTU)
+	}
+	return nil
+}
+
+// bench is one run: its settings, what it created, and what it measured.
+type bench struct {
+	cfg config
+
+	tmp          string           // binaries, manifest and logs
+	podserver    string           // built binary
+	tb           *testbed.Testbed // nil until created
+	seed         testbed.Seed
+	manifestPath string
+	kt           *testbed.Process // the running kubetun
+	ktMTU        string           // kubetun0's MTU as the kernel reports it
+	ktVersion    string           // `kubetun version` and the work tree's commit
+	defaultMTU   string           // kubetun0's MTU without --mtu
+
+	rows []row
+}
+
+func (b *bench) run(ctx context.Context) error {
+	var err error
+	if b.tmp, err = os.MkdirTemp("", "kubetun-bench-"); err != nil {
+		return fmt.Errorf("MkdirTemp: %w", err)
+	}
+	header := b.header() // load average before anything of ours runs
+	steps := []func(context.Context) error{b.build, b.bed, b.startDefault, b.measure}
+	if b.cfg.alsoMTU != 0 {
+		steps = append(steps, b.measureMTU)
+	}
+	for _, step := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := step(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // the step failed because of the interruption
+			}
+			return err
+		}
+	}
+	fmt.Println()
+	fmt.Print(header)
+	fmt.Printf("kubetun: %s\n", b.ktVersion)
+	fmt.Printf("bed:     veth MTU %s, %s MTU %s (N in rows marked --mtu N); only endpoint pod1 %s; direct = the same client to pod1\n",
+		b.vethMTU(ctx), testbed.TUN, b.defaultMTU, b.seed.Pod1.IP)
+	fmt.Printf("runs:    iperf3 %s, 1 stream, %v each; %d connections per rate case (at most %v)\n",
+		iperfVersion(ctx), b.cfg.duration, b.cfg.conns, b.cfg.connTime)
+	fmt.Printf("load:    %s at the end\n\n", loadAverage())
+	printTable(os.Stdout, b.rows)
+	return nil
+}
+
+// header describes the machine and how busy it is, before the bench adds to it.
+func (b *bench) header() string {
+	var s strings.Builder
+	fmt.Fprintf(&s, "kubetun bench, %s, %s\n", time.Now().Format("2006-01-02 15:04:05 MST"), runtime.Version())
+	fmt.Fprintf(&s, "machine: nproc %d, load average %s at the start, CPU %s busy in the second before\n",
+		runtime.NumCPU(), loadAverage(), busyNow())
+	return s.String()
+}
+
+// build builds podserver, and kubetun unless given.
+func (b *bench) build(ctx context.Context) error {
+	if b.cfg.kubetun == "" {
+		progress("building podserver and kubetun")
+	} else {
+		progress("building podserver")
+	}
+	var err error
+	if b.podserver, err = testbed.Build(ctx, b.tmp, "./test/podserver"); err != nil {
+		return err
+	}
+	if b.cfg.kubetun == "" {
+		if b.cfg.kubetun, err = testbed.Build(ctx, b.tmp, "./cmd/kubetun"); err != nil {
+			return err
+		}
+	} else if b.cfg.kubetun, err = filepath.Abs(b.cfg.kubetun); err != nil {
+		return err
+	}
+	return nil
+}
+
+// version is `kubetun version`, plus the work tree's commit when the binary
+// carries none (a build with -buildvcs=false, or from go run).
+func (b *bench) version(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, b.cfg.kubetun, "version").Output()
+	v := strings.TrimSpace(string(out))
+	if err != nil {
+		v = fmt.Sprintf("(kubetun version: %v)", err)
+	}
+	if root, err := testbed.ModuleRoot(); err == nil {
+		if desc, err := exec.CommandContext(ctx, "git", "-C", root, "describe", "--always", "--dirty").Output(); err == nil {
+			v += ", work tree " + strings.TrimSpace(string(desc))
+		}
+	}
+	return v
+}
+
+// bed creates the namespaces, pod1's iperf3 server and the manifest.
+func (b *bench) bed(ctx context.Context) error {
+	progress("creating the test bed")
+	opts := testbed.Options{Podserver: b.podserver, Kubetun: b.cfg.kubetun, Dir: b.tmp}
+	if b.cfg.verbose {
+		opts.Trace = func(cmdline string) { fmt.Fprintln(os.Stderr, "   $", cmdline) }
+	}
+	tb, err := testbed.Create(opts)
+	if err != nil {
+		return err
+	}
+	b.tb = tb
+	if b.seed, err = tb.AddSeed(); err != nil {
+		return err
+	}
+	// --forceflush: iperf3 buffers its output in a pipe otherwise, and the
+	// "listening" line would never be seen.
+	srv, err := tb.Start(b.seed.Pod1.Namespace, "iperf3-pod1", "iperf3", "-s", "-p", strconv.Itoa(iperfPort), "--forceflush")
+	if err != nil {
+		return err
+	}
+	if err := srv.WaitOutput("Server listening", 5*time.Second); err != nil {
+		return err
+	}
+	// Only pod1: iperf3's control connection and its data (a second TCP
+	// connection, or UDP) must reach the same server.
+	m := testbed.Manifest{Ports: benchPorts, Endpoints: []testbed.Endpoint{testbed.EndpointOf(b.seed.Pod1)}}
+	b.manifestPath = filepath.Join(b.tmp, "service-test.yaml")
+	return m.Write(b.manifestPath)
+}
+
+func (b *bench) startDefault(ctx context.Context) error {
+	b.ktVersion = b.version(ctx)
+	progress("kubetun: %s", b.ktVersion)
+	if err := b.startKubetun(ctx); err != nil {
+		return err
+	}
+	b.defaultMTU = b.ktMTU
+	return nil
+}
+
+// startKubetun (re)starts kubetun with extra flags and waits until it is ready.
+func (b *bench) startKubetun(ctx context.Context, extra ...string) error {
+	if b.kt != nil {
+		if err := b.kt.Stop(5 * time.Second); err != nil {
+			return fmt.Errorf("stopping kubetun: %w", err)
+		}
+		b.kt = nil
+	}
+	var err error
+	if b.cfg.gctrace {
+		// env execs kubetun, so the pid stays kubetun's, as with StartKubetun.
+		argv := append([]string{"env", "GODEBUG=gctrace=1", b.cfg.kubetun}, testbed.KubetunArgs(b.manifestPath, extra...)...)
+		if b.kt, err = b.tb.Start(b.tb.Node, "kubetun", argv...); err == nil {
+			err = b.kt.WaitOutput("msg=ready", testbed.ReadyTimeout)
+		}
+	} else {
+		b.kt, err = b.tb.StartKubetun(b.manifestPath, extra...)
+	}
+	if err != nil {
+		return err
+	}
+	b.ktMTU = b.linkMTU(ctx, b.tb.Node, testbed.TUN)
+	progress("kubetun running (pid %d, %s MTU %s): %s", b.kt.Pid(), testbed.TUN, b.ktMTU, b.kt.CommandLine())
+	return nil
+}
+
+// measure runs every case against the default kubetun.
+func (b *bench) measure(ctx context.Context) error {
+	client, node := b.seed.Client.Namespace, b.tb.Node
+	pod := b.seed.Pod1.IP.String()
+	streams := []struct {
+		name string
+		ns   string
+		args []string
+	}{
+		{"TCP upload, client pod → pod", client, nil},
+		{"TCP download, pod → client pod (-R)", client, []string{"-R"}},
+		{"TCP upload, node-local client → pod", node, nil},
+		{"TCP download, pod → node-local client (-R)", node, []string{"-R"}},
+	}
+	for _, s := range streams {
+		if err := b.tcpStream(ctx, s.name, s.ns, pod, s.args...); err != nil {
+			return err
+		}
+	}
+	direct := fmt.Sprintf("%s:8080", pod)
+	through := fmt.Sprintf("%s:80", testbed.ClusterIP)
+	for _, parallel := range []int{1, b.cfg.parallel} {
+		name := "TCP connections/s, 1 at a time"
+		if parallel > 1 {
+			name = fmt.Sprintf("TCP connections/s, %d in parallel", parallel)
+		} else if b.cfg.parallel == 1 {
+			continue // the same case twice
+		}
+		if err := b.connRate(ctx, name, client, direct, through, parallel); err != nil {
+			return err
+		}
+	}
+	return b.udpRate(ctx, fmt.Sprintf("UDP %d-byte datagrams, client pod → pod", b.cfg.udpLen), client, pod)
+}
+
+// measureMTU restarts kubetun with --mtu alsoMTU and runs the stream cases again.
+func (b *bench) measureMTU(ctx context.Context) error {
+	mtu := strconv.Itoa(b.cfg.alsoMTU)
+	if err := b.startKubetun(ctx, "--mtu", mtu); err != nil {
+		return err
+	}
+	client, node := b.seed.Client.Namespace, b.tb.Node
+	pod := b.seed.Pod1.IP.String()
+	for _, s := range []struct {
+		name string
+		ns   string
+		args []string
+	}{
+		{"TCP upload, client pod → pod, --mtu " + mtu, client, nil},
+		{"TCP download, pod → client pod, --mtu " + mtu, client, []string{"-R"}},
+		{"TCP upload, node-local → pod, --mtu " + mtu, node, nil},
+	} {
+		if err := b.tcpStream(ctx, s.name, s.ns, pod, s.args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tcpStream measures one iperf3 TCP case, direct to pod and through the ClusterIP.
+func (b *bench) tcpStream(ctx context.Context, name, ns, pod string, args ...string) error {
+	r := row{name: name}
+	for i, target := range []string{pod, testbed.ClusterIP} {
+		progress("%s: %s", name, []string{"direct", "through kubetun"}[i])
+		res, use, dropped, err := b.iperfWatched(ctx, ns, target, args...)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		r.results[i] = result{
+			value: res.received.BitsPerSecond / 1e9, unit: "Gbit/s",
+			detail: fmt.Sprintf("retr %d, iperf3 CPU sender %.0f%% receiver %.0f%%%s", res.sent.Retransmits, res.senderCPU, res.receiverCPU, dropped),
+		}
+		if i == 1 {
+			r.cpu = use.per(float64(res.received.Bytes)/1e9, "s/GB", 1)
+			r.results[i].detail += use.gcNote()
+		}
+	}
+	b.add(r)
+	return nil
+}
+
+// iperfWatched is iperf with kubetun's CPU use during the run and the drops
+// around it.
+func (b *bench) iperfWatched(ctx context.Context, ns, target string, args ...string) (iperfResult, cpuUse, drops, error) {
+	dropsBefore := b.drops(ctx)
+	before := b.sample()
+	res, err := b.iperf(ctx, ns, target, args...)
+	if err != nil {
+		return res, cpuUse{}, drops{}, err
+	}
+	use := b.sample().since(before)
+	return res, use, b.drops(ctx).since(dropsBefore), nil
+}
+
+// udpRate measures received datagrams/s, direct to pod and through the ClusterIP.
+func (b *bench) udpRate(ctx context.Context, name, ns, pod string) error {
+	r := row{name: name}
+	args := []string{"-u", "-b", "0", "-l", strconv.Itoa(b.cfg.udpLen)}
+	for i, target := range []string{pod, testbed.ClusterIP} {
+		progress("%s: %s", name, []string{"direct", "through kubetun"}[i])
+		res, use, dropped, err := b.iperfWatched(ctx, ns, target, args...)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		got := res.received.Packets - res.received.LostPackets
+		secs := res.received.Seconds
+		if secs <= 0 {
+			return fmt.Errorf("%s: iperf3 reported %v seconds", name, secs)
+		}
+		// What kubetun forwarded: some of it the pod's socket could not take.
+		forwarded := got + max(dropped.podUDP, 0)
+		r.results[i] = result{
+			value: float64(got) / secs / 1e3, unit: "kpps",
+			note:   fmt.Sprintf("loss %.0f%%", res.received.LostPercent),
+			detail: fmt.Sprintf("sent %.0f kpps, iperf3 CPU sender %.0f%% receiver %.0f%%%s", float64(res.sent.Packets)/secs/1e3, res.senderCPU, res.receiverCPU, dropped),
+		}
+		if i == 1 {
+			r.cpu = use.per(float64(forwarded), "µs/pkt", 1e6)
+			r.results[i].detail += fmt.Sprintf(", kubetun forwarded %.0f kpps (CPU is per forwarded packet)", float64(forwarded)/secs/1e3)
+			r.results[i].detail += use.gcNote()
+		}
+	}
+	b.add(r)
+	return nil
+}
+
+// connRate measures connections/s, direct and through the ClusterIP.
+func (b *bench) connRate(ctx context.Context, name, ns, direct, through string, parallel int) error {
+	r := row{name: name}
+	for i, addr := range []string{direct, through} {
+		progress("%s: %s (%d connections, at most %v)", name, []string{"direct", "through kubetun"}[i], b.cfg.conns, b.cfg.connTime)
+		before := b.sample()
+		res, err := connRate(ctx, ns, addr, b.cfg.conns, parallel, b.cfg.connTime)
+		if err != nil {
+			return fmt.Errorf("%s to %s: %w", name, addr, err)
+		}
+		use := b.sample().since(before)
+		r.results[i] = result{value: res.rate(), unit: "conn/s", detail: res.String()}
+		if res.failed > 0 {
+			r.results[i].note = fmt.Sprintf("%d failed", res.failed)
+		}
+		if i == 1 {
+			r.cpu = use.per(float64(res.done), "µs/conn", 1e6)
+			r.results[i].detail += use.gcNote()
+		}
+	}
+	b.add(r)
+	return nil
+}
+
+func (b *bench) add(r row) {
+	b.rows = append(b.rows, r)
+	progress("  %s", r.summary())
+}
+
+// sample reads kubetun's CPU time and GC count now.
+func (b *bench) sample() cpuSample {
+	s, err := readCPU(b.kt.Pid())
+	if err != nil {
+		progress("reading kubetun's CPU time: %v", err)
+		s.err = err
+	}
+	if b.cfg.gctrace {
+		s.gcs, s.counted = strings.Count(b.kt.Output(), "\ngc "), true
+	}
+	return s
+}
+
+// linkMTU is the MTU of link in namespace ns, or "?".
+func (b *bench) linkMTU(ctx context.Context, ns, link string) string {
+	out, err := b.tb.Run(ctx, ns, "cat", "/sys/class/net/"+link+"/mtu")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(out)
+}
+
+func (b *bench) vethMTU(ctx context.Context) string {
+	return b.linkMTU(ctx, b.seed.Client.Namespace, "eth0")
+}
+
+// cleanup stops everything and removes the namespaces and files.
+func (b *bench) cleanup() error {
+	var errs []error
+	if b.tb != nil {
+		if err := b.tb.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if b.tmp != "" {
+		if b.cfg.keepFiles {
+			fmt.Fprintf(os.Stderr, "bench: logs and manifest kept in %s\n", b.tmp)
+		} else if err := os.RemoveAll(b.tmp); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// progress reports a step on stderr; the results go to stdout.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+// loadAverage is the first three fields of /proc/loadavg.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
