@@ -111,7 +111,7 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 				}
 				snap.ports[key] = sp
 				snap.ips[ip] = snap.ips[ip] || len(sp.usable) > 0
-				snap.endpoints += len(eps)
+				snap.endpoints += len(sp.usable)
 				served = true
 			}
 		}

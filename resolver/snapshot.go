@@ -215,7 +215,8 @@ func (s *Snapshot) Services() int {
 	return s.services
 }
 
-// Endpoints returns the number of (service port, endpoint) pairs.
+// Endpoints returns the number of (service port, usable endpoint) pairs:
+// what new connections can be sent to.
 func (s *Snapshot) Endpoints() int {
 	if s == nil {
 		return 0

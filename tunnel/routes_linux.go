@@ -124,7 +124,10 @@ func setRoutes(link netlink.Link, want []netip.Prefix) error {
 		if slices.Contains(want, p) {
 			continue
 		}
-		err := netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNetOf(p)})
+		// The scope must match the route's: netlink would send scope
+		// universe, the kernel would find no such route (ESRCH), and the
+		// route would silently stay.
+		err := netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNetOf(p), Scope: netlink.SCOPE_LINK})
 		if err != nil && err != unix.ESRCH {
 			return fmt.Errorf("deleting route %s dev %s: %w", p, link.Attrs().Name, err)
 		}

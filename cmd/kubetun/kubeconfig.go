@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/resolver/kube"
 )
 
 type (
@@ -27,8 +28,8 @@ type (
 
 // kubeClient builds a client from path, or when path is empty from the first
 // of: the in-cluster config, $KUBECONFIG, ~/.kube/config. It also says which
-// it used.
-func kubeClient(path string) (kubernetes.Interface, string, error) {
+// it used. reach observes every request the client makes.
+func kubeClient(path string, reach *kube.Reachability) (kubernetes.Interface, string, error) {
 	var (
 		cfg  *rest.Config
 		from string
@@ -59,6 +60,7 @@ func kubeClient(path string) (kubernetes.Interface, string, error) {
 		return nil, "", fmt.Errorf("loading Kubernetes client config (%s): %w", from, err)
 	}
 	cfg.UserAgent = "kubetun"
+	cfg.Wrap(reach.WrapTransport)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, "", fmt.Errorf("creating Kubernetes client (%s): %w", from, err)

@@ -97,7 +97,8 @@ func (r *runner) serveManifests(ctx context.Context) error {
 
 // serveAPI serves what the Kubernetes API says.
 func (r *runner) serveAPI(ctx context.Context) error {
-	client, from, err := kubeClient(r.cfg.kubeconfig)
+	reach := kube.NewReachability(r.log)
+	client, from, err := kubeClient(r.cfg.kubeconfig, reach)
 	if err != nil {
 		return err
 	}
@@ -122,7 +123,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	}
 	defer stop()
 
-	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued}, r.log)
+	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued, Reachability: reach}, r.log)
 	readyOnce := sync.OnceFunc(r.logReady)
 	if !followCIDRs {
 		if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {

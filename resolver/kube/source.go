@@ -54,6 +54,10 @@ type Options struct {
 	// ServiceCIDRs makes the Source also follow networking.k8s.io/v1
 	// ServiceCIDRs, for a kubetun started without --service-cidr.
 	ServiceCIDRs bool
+	// Reachability, if set, is told of failed watches and of probes; give
+	// the same one to the client's transport (WrapTransport). Nil: the
+	// Source makes its own, which hears of watch errors only.
+	Reachability *Reachability
 	// OnChange, if set, is called from the informers' handlers whenever a
 	// change arrives, before it is applied (for health tracking). It must
 	// not block.
@@ -73,8 +77,7 @@ type Source struct {
 	changed   chan struct{}             // a change is pending; capacity 1
 	cidrsDiff chan struct{}             // a ServiceCIDR change is pending; capacity 1
 
-	mu          sync.Mutex // guards unreachable
-	unreachable bool       // the last list/watch failed and no probe has succeeded since
+	reach *Reachability
 }
 
 // New returns a Source reading through client. Nothing is watched until Run.
@@ -101,6 +104,10 @@ func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 		slices:    sliceFactory.Discovery().V1().EndpointSlices().Informer(),
 		changed:   make(chan struct{}, 1),
 		cidrsDiff: make(chan struct{}, 1),
+		reach:     opts.Reachability,
+	}
+	if s.reach == nil {
+		s.reach = NewReachability(log)
 	}
 	if opts.ServiceCIDRs {
 		// ServiceCIDRs carry none of those labels, but the factory's
@@ -263,13 +270,7 @@ func (s *Source) watchFailed(_ context.Context, r *cache.Reflector, err error) {
 		apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 		return // a watch closed normally or expired: the reflector relists
 	}
-	s.mu.Lock()
-	first := !s.unreachable
-	s.unreachable = true
-	s.mu.Unlock()
-	if first {
-		s.log.Warn("Kubernetes API unreachable; serving the last known state and retrying with backoff", "err", err)
-	}
+	s.reach.Failed(err)
 }
 
 // probeWhileUnreachable notices when the API is back after an outage, to
@@ -283,30 +284,20 @@ func (s *Source) probeWhileUnreachable(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		down := s.unreachable
-		s.mu.Unlock()
-		if !down {
+		if s.reach.Reachable() {
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := discovery.ToDiscoveryInterfaceWithContext(s.client.Discovery()).ServerVersionWithContext(pctx)
 		cancel()
 		if err == nil {
-			s.mu.Lock()
-			s.unreachable = false
-			s.mu.Unlock()
-			s.log.Info("Kubernetes API reachable again")
+			s.reach.Succeeded()
 		}
 	}
 }
 
 // Reachable reports whether the last contact with the API succeeded.
-func (s *Source) Reachable() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return !s.unreachable
-}
+func (s *Source) Reachable() bool { return s.reach.Reachable() }
 
 // CheckServiceCIDRAPI returns nil if the cluster serves the ServiceCIDR API.
 func CheckServiceCIDRAPI(ctx context.Context, client kubernetes.Interface) error {
