@@ -51,7 +51,7 @@ func (f *pingFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt
 		f.Endpoint.DeliverNetworkPacket(proto, pkt)
 		return
 	}
-	if !f.services.Answers(dst) {
+	if !f.services.Answers(dst) || isFragment(proto, pkt) {
 		return
 	}
 	reply := echoReply(proto, pkt.ToView().AsSlice())
@@ -64,6 +64,15 @@ func (f *pingFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt
 	list.PushBack(pb)
 	f.Child().WritePackets(list)
 	list.DecRef()
+}
+
+// isFragment reports whether an IPv4 packet is one fragment of several.
+func isFragment(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+	if proto != header.IPv4ProtocolNumber {
+		return false
+	}
+	b, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
+	return ok && (header.IPv4(b).Flags()&header.IPv4FlagMoreFragments != 0 || header.IPv4(b).FragmentOffset() != 0)
 }
 
 // echoReply turns a copy of an echo request into its reply: addresses
@@ -134,6 +143,13 @@ func echoRequestTo(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) (
 		hlen := int(ip.HeaderLength())
 		if ip.Protocol() != uint8(header.ICMPv4ProtocolNumber) || ip.FragmentOffset() != 0 || hlen < header.IPv4MinimumSize {
 			return netip.Addr{}, false
+		}
+		if ip.Flags()&header.IPv4FlagMoreFragments != 0 {
+			// The first fragment of a large echo request. Answering it
+			// alone would send a reply whose checksum covers one fragment:
+			// drop it, and the request goes unanswered (the rest of its
+			// fragments expire in gVisor's reassembly).
+			return netip.AddrFrom4([4]byte(ip.DestinationAddressSlice())), true
 		}
 		b, ok = pkt.Data().PullUp(hlen + 1)
 		if !ok || header.ICMPv4Type(b[hlen]) != header.ICMPv4Echo {

@@ -205,3 +205,17 @@ func TestPingPassesOtherPackets(t *testing.T) {
 		t.Errorf("reply to a SYN to port 81: flags %v ack %d, want RST|ACK ack %d", seg.Flags(), seg.AckNumber(), iss+1)
 	}
 }
+
+// TestPingFragmentNotAnswered: the first fragment of a large echo request
+// gets no reply (a reply to it alone would carry a checksum over one
+// fragment, which the client could never verify).
+func TestPingFragmentNotAnswered(t *testing.T) {
+	_, link := newTestStack(t, buildTable(t, pingService("served", clusterIP, pod1.Addr())), new(fakeDialer))
+	b := echoRequest(client.Addr(), clusterIP, 3, 1, make([]byte, 1000))
+	ip := header.IPv4(b)
+	ip.SetFlagsFragmentOffset(header.IPv4FlagMoreFragments, 0)
+	ip.SetChecksum(0)
+	ip.SetChecksum(^ip.CalculateChecksum())
+	inject(link, b)
+	expectSilence(t, link, 200*time.Millisecond)
+}

@@ -70,6 +70,9 @@ func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 		if err == nil {
 			var objs Objects
 			objs, err = decodeAll(files, contents)
+			if err == nil && !s.settled(sum) {
+				continue // still being written: look again at the next tick
+			}
 			if err == nil {
 				s.applied, s.failure = sum, ""
 				s.log.Info("manifests changed", "path", s.path, "services", len(objs.Services), "endpointslices", len(objs.Slices))
@@ -82,6 +85,18 @@ func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 			s.failure = err.Error()
 		}
 	}
+}
+
+// settleTime is how long a change must stay the same before it is applied.
+// A file written in place (a shell's >, a copy) can be read half-written;
+// half a file often parses, as a shorter list of endpoints.
+const settleTime = 50 * time.Millisecond
+
+// settled reports whether the files still have digest sum after settleTime.
+func (s *Source) settled(sum [sha256.Size]byte) bool {
+	time.Sleep(settleTime)
+	again, _, _, err := s.read()
+	return err == nil && again == sum
 }
 
 // read returns the files at s.path, their contents, and a digest of both.
