@@ -429,61 +429,75 @@ func readSegment(t testing.TB, link *channel.Endpoint) (header.IPv4, header.TCP)
 	return ip, header.TCP(ip.Payload())
 }
 
-// TestHandshakeAfterDial drives a real handshake with hand-built segments:
-// the SYN-ACK comes only after the pod was dialled, and bytes then flow both
-// ways between the client's segments and the pod.
+// TestHandshakeAfterDial drives a real handshake with hand-built segments,
+// over IPv4 and IPv6: the SYN-ACK comes from the ClusterIP only after the
+// pod was dialled, and bytes then flow both ways between the client's
+// segments and the pod.
 func TestHandshakeAfterDial(t *testing.T) {
-	d := new(fakeDialer)
-	got := make(chan string, 1)
-	startPod(t, d, pod1, func(c net.Conn) {
-		buf := make([]byte, 5)
-		if _, err := io.ReadFull(c, buf); err != nil {
-			got <- "read: " + err.Error()
-			return
-		}
-		got <- string(buf)
-		c.Write([]byte("world"))
-	})
-	_, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
-	svc := netip.AddrPortFrom(clusterIP, 80)
+	for _, fam := range []struct {
+		name      string
+		clusterIP netip.Addr
+		client    netip.AddrPort
+		pod       netip.AddrPort
+	}{
+		{"IPv4", clusterIP, client, pod1},
+		{"IPv6", clusterIP6, client6, pod1v6},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			d := new(fakeDialer)
+			got := make(chan string, 1)
+			startPod(t, d, fam.pod, func(c net.Conn) {
+				buf := make([]byte, 5)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					got <- "read: " + err.Error()
+					return
+				}
+				got <- string(buf)
+				c.Write([]byte("world"))
+			})
+			svc := netip.AddrPortFrom(fam.clusterIP, 80)
+			_, link := newTestStack(t, buildTable(t, testService{name: "service-test", ip: fam.clusterIP,
+				ports: []testPort{{corev1.ProtocolTCP, 80, 8080}}, eps: []netip.Addr{fam.pod.Addr()}}), d)
 
-	const iss = 1000
-	inject(link, tcpPacket(client, svc, iss, 0, header.TCPFlagSyn, nil))
-	ip, synack := readSegment(t, link)
-	if calls := d.calls(); len(calls) != 1 || calls[0] != pod1.String() {
-		t.Fatalf("SYN-ACK sent after dials %v, want one dial to %v first", calls, pod1)
-	}
-	if want := header.TCPFlagSyn | header.TCPFlagAck; synack.Flags() != want {
-		t.Fatalf("reply flags = %v, want %v", synack.Flags(), want)
-	}
-	if src := ip.SourceAddress(); src != tcpip.AddrFrom4(clusterIP.As4()) || synack.SourcePort() != 80 {
-		t.Fatalf("SYN-ACK from %v:%d, want %v (the ClusterIP)", src, synack.SourcePort(), svc)
-	}
-	if synack.AckNumber() != iss+1 {
-		t.Fatalf("SYN-ACK ack = %d, want %d", synack.AckNumber(), iss+1)
-	}
-	srvSeq := synack.SequenceNumber() + 1
+			const iss = 1000
+			inject(link, tcpPacket(fam.client, svc, iss, 0, header.TCPFlagSyn, nil))
+			src, dst, synack := readTCP(t, link)
+			if calls := d.calls(); len(calls) != 1 || calls[0] != fam.pod.String() {
+				t.Fatalf("SYN-ACK sent after dials %v, want one dial to %v first", calls, fam.pod)
+			}
+			if want := header.TCPFlagSyn | header.TCPFlagAck; synack.Flags() != want {
+				t.Fatalf("reply flags = %v, want %v", synack.Flags(), want)
+			}
+			if src != svc || dst != fam.client {
+				t.Fatalf("SYN-ACK %v → %v, want %v → %v (from the ClusterIP)", src, dst, svc, fam.client)
+			}
+			if synack.AckNumber() != iss+1 {
+				t.Fatalf("SYN-ACK ack = %d, want %d", synack.AckNumber(), iss+1)
+			}
+			srvSeq := synack.SequenceNumber() + 1
 
-	inject(link, tcpPacket(client, svc, iss+1, srvSeq, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
-	select {
-	case s := <-got:
-		if s != "hello" {
-			t.Fatalf("pod got %q, want %q", s, "hello")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("pod got nothing within 5s")
+			inject(link, tcpPacket(fam.client, svc, iss+1, srvSeq, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
+			select {
+			case s := <-got:
+				if s != "hello" {
+					t.Fatalf("pod got %q, want %q", s, "hello")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("pod got nothing within 5s")
+			}
+			for range 10 {
+				_, _, seg := readTCP(t, link)
+				if len(seg.Payload()) == 0 {
+					continue // a bare ACK of our data
+				}
+				if string(seg.Payload()) != "world" || seg.SequenceNumber() != srvSeq {
+					t.Fatalf("segment seq %d payload %q, want seq %d payload %q", seg.SequenceNumber(), seg.Payload(), srvSeq, "world")
+				}
+				return
+			}
+			t.Fatal("no data segment from the stack")
+		})
 	}
-	for range 10 {
-		_, seg := readSegment(t, link)
-		if len(seg.Payload()) == 0 {
-			continue // a bare ACK of our data
-		}
-		if string(seg.Payload()) != "world" || seg.SequenceNumber() != srvSeq {
-			t.Fatalf("segment seq %d payload %q, want seq %d payload %q", seg.SequenceNumber(), seg.Payload(), srvSeq, "world")
-		}
-		return
-	}
-	t.Fatal("no data segment from the stack")
 }
 
 // TestRefused checks the RST for every flow kubetun must not accept.
@@ -680,64 +694,6 @@ func TestCloseDuringHandshake(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close did not return within 5s of a half-open handshake")
 	}
-}
-
-// TestHandshakeAfterDialIPv6 is TestHandshakeAfterDial over IPv6: an IPv6
-// SYN to an IPv6 ClusterIP is answered from it once the IPv6 pod answered
-// the dial, and bytes flow both ways.
-func TestHandshakeAfterDialIPv6(t *testing.T) {
-	d := new(fakeDialer)
-	got := make(chan string, 1)
-	startPod(t, d, pod1v6, func(c net.Conn) {
-		buf := make([]byte, 5)
-		if _, err := io.ReadFull(c, buf); err != nil {
-			got <- "read: " + err.Error()
-			return
-		}
-		got <- string(buf)
-		c.Write([]byte("world"))
-	})
-	svc := netip.AddrPortFrom(clusterIP6, 80)
-	_, link := newTestStack(t, buildTable(t, testService{name: "service-test", ip: clusterIP6,
-		ports: []testPort{{corev1.ProtocolTCP, 80, 8080}}, eps: []netip.Addr{pod1v6.Addr()}}), d)
-
-	const iss = 1000
-	inject(link, tcpPacket(client6, svc, iss, 0, header.TCPFlagSyn, nil))
-	src, dst, synack := readTCP(t, link)
-	if calls := d.calls(); len(calls) != 1 || calls[0] != pod1v6.String() {
-		t.Fatalf("SYN-ACK sent after dials %v, want one dial to %v first", calls, pod1v6)
-	}
-	if want := header.TCPFlagSyn | header.TCPFlagAck; synack.Flags() != want {
-		t.Fatalf("reply flags = %v, want %v", synack.Flags(), want)
-	}
-	if src != svc || dst != client6 {
-		t.Fatalf("SYN-ACK %v → %v, want %v → %v", src, dst, svc, client6)
-	}
-	if synack.AckNumber() != iss+1 {
-		t.Fatalf("SYN-ACK ack = %d, want %d", synack.AckNumber(), iss+1)
-	}
-	srvSeq := synack.SequenceNumber() + 1
-
-	inject(link, tcpPacket(client6, svc, iss+1, srvSeq, header.TCPFlagAck|header.TCPFlagPsh, []byte("hello")))
-	select {
-	case s := <-got:
-		if s != "hello" {
-			t.Fatalf("pod got %q, want %q", s, "hello")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("pod got nothing within 5s")
-	}
-	for range 10 {
-		_, _, seg := readTCP(t, link)
-		if len(seg.Payload()) == 0 {
-			continue // a bare ACK of our data
-		}
-		if string(seg.Payload()) != "world" || seg.SequenceNumber() != srvSeq {
-			t.Fatalf("segment seq %d payload %q, want seq %d payload %q", seg.SequenceNumber(), seg.Payload(), srvSeq, "world")
-		}
-		return
-	}
-	t.Fatal("no data segment from the stack")
 }
 
 // readTCP returns the next packet from the stack, IPv4 or IPv6, which must
