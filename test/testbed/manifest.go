@@ -1,12 +1,10 @@
 package testbed
 
 import (
-	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"text/template"
 )
 
 // ServicePort is one port of the test Service and what the EndpointSlice
@@ -68,15 +66,13 @@ type Manifest struct {
 // YAML renders the manifest as two YAML documents, the way
 // `kubectl get -o yaml` prints these objects.
 func (m Manifest) YAML() ([]byte, error) {
-	var b bytes.Buffer
-	data := struct {
-		Manifest
-		ClusterIP string
-	}{m, ClusterIP}
-	if err := manifestTemplate.Execute(&b, data); err != nil {
-		return nil, fmt.Errorf("testbed: render manifest: %w", err)
-	}
-	return b.Bytes(), nil
+	return ServicesYAML(Service{
+		Name:       "service-test",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr(ClusterIP)},
+		Selector:   "service_test_pod",
+		Ports:      m.Ports,
+		Endpoints:  m.Endpoints,
+	})
 }
 
 // Write renders the manifest into path atomically.
@@ -113,63 +109,3 @@ func WriteFileAtomic(path string, data []byte) error {
 	}
 	return nil
 }
-
-// manifestTemplate holds the two objects. The slice's name carries a random-looking
-// suffix as the controller's generateName gives it; its ports carry the Service
-// port names ("" for the seed's unnamed port) and the resolved numbers.
-var manifestTemplate = template.Must(template.New("manifest").Parse(`apiVersion: v1
-kind: Service
-metadata:
-  name: service-test
-  namespace: default
-spec:
-  type: ClusterIP
-  clusterIP: {{.ClusterIP}}
-  clusterIPs:
-  - {{.ClusterIP}}
-  ipFamilies:
-  - IPv4
-  ipFamilyPolicy: SingleStack
-  sessionAffinity: None
-  selector:
-    app: service_test_pod
-  ports:
-{{- range .Ports}}
-  - {{if .Name}}name: {{.Name}}
-    {{end}}port: {{.Port}}
-    protocol: {{or .Protocol "TCP"}}
-    targetPort: {{.TargetPort}}
-{{- end}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: service-test-7xk2p
-  generateName: service-test-
-  namespace: default
-  labels:
-    kubernetes.io/service-name: service-test
-    endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io
-addressType: IPv4
-endpoints:
-{{- range .Endpoints}}
-- addresses:
-  - {{.IP}}
-  conditions:
-    ready: {{not .NotReady}}
-    serving: {{not .NotReady}}
-    terminating: false
-  nodeName: {{.Node}}
-  targetRef:
-    kind: Pod
-    name: {{.Pod}}
-    namespace: default
-{{- else}} []
-{{- end}}
-ports:
-{{- range .Ports}}
-- name: "{{.Name}}"
-  port: {{.EndpointPort}}
-  protocol: {{or .Protocol "TCP"}}
-{{- end}}
-`))

@@ -22,6 +22,9 @@ type Service struct {
 	// ClusterIPs are the Service's addresses, the primary family first:
 	// one address (single-stack) or one of each family (dual-stack).
 	ClusterIPs []netip.Addr
+	// Selector is the value of the Service's app= selector; empty means
+	// Name.
+	Selector string
 	// Ports are the Service's ports, as in Manifest.
 	Ports []ServicePort
 	// Endpoints are the pods behind the Service, of either family; each
@@ -80,6 +83,9 @@ func ServicesYAML(svcs ...Service) ([]byte, error) {
 		if s.Namespace == "" {
 			s.Namespace = "default"
 		}
+		if s.Selector == "" {
+			s.Selector = s.Name
+		}
 		if i > 0 {
 			b.WriteString("---\n")
 		}
@@ -107,8 +113,10 @@ func WriteServices(path string, svcs ...Service) error {
 	return WriteFileAtomic(path, data)
 }
 
-// servicesTemplate renders one Service and its slices. The selector is
-// app=<name>; slices carry the controller's labels and the resolved ports.
+// servicesTemplate renders one Service and its slices. The slices' names
+// carry a random-looking suffix as the controller's generateName gives it,
+// the controller's labels, and the resolved ports under the Service ports'
+// names ("" for a single unnamed port).
 var servicesTemplate = template.Must(template.New("services").Parse(`apiVersion: v1
 kind: Service
 metadata:
@@ -128,7 +136,7 @@ spec:
   ipFamilyPolicy: {{.Policy}}
   sessionAffinity: None
   selector:
-    app: {{.Name}}
+    app: {{.Selector}}
   ports:
 {{- range .Ports}}
   - {{if .Name}}name: {{.Name}}
