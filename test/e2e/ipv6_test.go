@@ -164,9 +164,18 @@ func dualServices(eps ...testbed.Endpoint) []testbed.Service {
 func checkUDPEcho(t *testing.T, ns, ip string) {
 	t.Helper()
 	addr := net.JoinHostPort(ip, fmt.Sprint(echoPort))
+	counts, err := udpSpread(ns, addr, 10)
+	if err != nil || len(counts) != 2 {
+		t.Errorf("UDP echo through %s from 10 sockets: answers %v, %v; want both pods", addr, counts, err)
+	}
+}
+
+// udpSpread asks addr once from each of n new UDP sockets in namespace ns
+// and counts the answers by pod.
+func udpSpread(ns, addr string, n int) (map[string]int, error) {
 	counts := map[string]int{}
 	err := testbed.InNamespace(ns, func() error {
-		for i := range 10 {
+		for i := range n {
 			c, err := net.DialTimeout("udp", addr, time.Second)
 			if err != nil {
 				return err
@@ -180,9 +189,7 @@ func checkUDPEcho(t *testing.T, ns, ip string) {
 		}
 		return nil
 	})
-	if err != nil || len(counts) != 2 {
-		t.Errorf("UDP echo through %s from 10 sockets: answers %v, %v; want both pods", addr, counts, err)
-	}
+	return counts, err
 }
 
 // digCase is one dig question (the arguments after @server) and the rcode

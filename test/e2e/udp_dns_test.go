@@ -181,22 +181,7 @@ func TestUDPEcho(t *testing.T) {
 	})
 
 	t.Run("sockets_spread", func(t *testing.T) {
-		counts := map[string]int{}
-		err := testbed.InNamespace(b.Client.Namespace, func() error {
-			for i := range 20 {
-				c, err := net.DialTimeout("udp", target, time.Second)
-				if err != nil {
-					return err
-				}
-				pod, err := udpAsk(c, fmt.Sprintf("socket %d", i), time.Second)
-				c.Close()
-				if err != nil {
-					return fmt.Errorf("socket %d: %w", i, err)
-				}
-				counts[pod]++
-			}
-			return nil
-		})
+		counts, err := udpSpread(b.Client.Namespace, target, 20)
 		if err != nil || len(counts) != 2 || counts["pod1"]+counts["pod2"] != 20 {
 			t.Errorf("20 sockets to %s: answers %v, %v; want both pods", target, counts, err)
 		}
