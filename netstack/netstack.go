@@ -37,6 +37,10 @@ const (
 	// received, handshake not completed). Further SYNs are dropped, and the
 	// client retransmits them, as a kernel does when its accept queue is full.
 	maxInFlight = 1024
+	// maxInFlightPerSource bounds the connections being dialled for one
+	// client address; past it the client gets a RST, so that one client
+	// cannot hold every slot of maxInFlight while its pods are slow.
+	maxInFlightPerSource = 256
 
 	// TCP buffer ranges. gVisor's defaults (1 MiB max) cap a single stream
 	// well below what a TUN can carry; Tailscale measured the same and sets
@@ -103,7 +107,8 @@ type Stack struct {
 	sessions     map[*udpSession]struct{}
 	udpTotal     int
 	udpPerSource map[netip.Addr]int
-	wg           sync.WaitGroup // the TCP handler and splice goroutines, the UDP sessions
+	dialing      map[netip.Addr]int // TCP dials under way per client address
+	wg           sync.WaitGroup     // the TCP handler and splice goroutines, the UDP sessions
 }
 
 // New creates the stack on cfg.Link and starts forwarding.
@@ -155,6 +160,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		flows:        make(map[*flow]struct{}),
 		sessions:     make(map[*udpSession]struct{}),
 		udpPerSource: make(map[netip.Addr]int),
+		dialing:      make(map[netip.Addr]int),
 	}
 	fwd := tcp.NewForwarder(s, 0, maxInFlight, ns.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)

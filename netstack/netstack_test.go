@@ -710,3 +710,38 @@ func readTCP(t testing.TB, link *channel.Endpoint) (src, dst netip.AddrPort, seg
 	}
 	return netip.AddrPortFrom(s, seg.SourcePort()), netip.AddrPortFrom(d, seg.DestinationPort()), seg
 }
+
+// TestDialsPerSource: a client with maxInFlightPerSource connections being
+// dialled gets a RST for the next SYN, without a dial; another client does
+// not; a finished dial frees a slot.
+func TestDialsPerSource(t *testing.T) {
+	d := new(fakeDialer)
+	startPod(t, d, pod1, echo)
+	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
+	for range maxInFlightPerSource {
+		if !ns.reserveDial(client.Addr()) {
+			t.Fatalf("reserveDial(%v) = false before the limit", client.Addr())
+		}
+	}
+	svc := netip.AddrPortFrom(clusterIP, 80)
+	const iss = 7000
+	inject(link, tcpPacket(client, svc, iss, 0, header.TCPFlagSyn, nil))
+	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagRst|header.TCPFlagAck {
+		t.Errorf("SYN over the per-source limit: flags %v, want RST|ACK", seg.Flags())
+	}
+	if calls := d.calls(); len(calls) != 0 {
+		t.Errorf("dials %v over the limit, want none", calls)
+	}
+
+	other := netip.MustParseAddrPort("10.0.4.2:40000")
+	inject(link, tcpPacket(other, svc, iss, 0, header.TCPFlagSyn, nil))
+	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+		t.Errorf("SYN from another client: flags %v, want SYN|ACK", seg.Flags())
+	}
+
+	ns.releaseDial(client.Addr())
+	inject(link, tcpPacket(netip.AddrPortFrom(client.Addr(), 40001), svc, iss, 0, header.TCPFlagSyn, nil))
+	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
+		t.Errorf("SYN after a slot was freed: flags %v, want SYN|ACK", seg.Flags())
+	}
+}

@@ -35,7 +35,13 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
+	if !s.reserveDial(src.Addr()) {
+		s.log.Debug("refused: too many connections being set up from this source", "src", src, "dst", dst)
+		r.Complete(true)
+		return
+	}
 	backend, ep, err := s.dial(sp, src.Addr())
+	s.releaseDial(src.Addr())
 	if err != nil {
 		s.log.Debug("refused", "service", sp, "src", src, "err", err)
 		r.Complete(true)
@@ -90,6 +96,27 @@ func (s *Stack) dial(sp *resolver.ServicePort, client netip.Addr) (*net.TCPConn,
 }
 
 var errNoEndpoint = errors.New("no usable endpoint")
+
+// reserveDial counts a dial from src, or reports that src already has
+// maxInFlightPerSource of them under way. The forwarder bounds the SYNs in
+// flight overall; this keeps one client from taking all of them.
+func (s *Stack) reserveDial(src netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dialing[src] >= maxInFlightPerSource {
+		return false
+	}
+	s.dialing[src]++
+	return true
+}
+
+func (s *Stack) releaseDial(src netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dialing[src]--; s.dialing[src] <= 0 {
+		delete(s.dialing, src)
+	}
+}
 
 func (s *Stack) dialOne(ep resolver.Endpoint) (*net.TCPConn, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.dialTimeout)
