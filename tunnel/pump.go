@@ -6,8 +6,11 @@ import (
 	"os"
 
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
 // headroom is the space left before each packet in a read or write buffer:
@@ -18,6 +21,15 @@ const headroom = 16
 const maxPacket = 65535
 
 // inbound moves packets from the TUN into gVisor until the TUN is closed.
+//
+// Each batch read goes through gVisor's GRO, which coalesces consecutive
+// segments of a TCP flow into one packet of up to 64 KiB before the stack
+// sees them: a pod client's MSS is 1448, and gVisor's cost is per packet, not
+// per byte. GRO rewrites the IP length of a coalesced packet but neither
+// checksum, so the link advertises RX checksum offload (newLink) and
+// checksums are checked here instead, per packet read, before GRO: without
+// the offload gVisor re-checks them and drops every coalesced packet as
+// malformed.
 func (d *Device) inbound() {
 	defer d.wg.Done()
 	batch := d.tun.BatchSize()
@@ -26,11 +38,17 @@ func (d *Device) inbound() {
 		bufs[i] = make([]byte, headroom+maxPacket)
 	}
 	sizes := make([]int, batch)
+	var g gro.GRO
+	g.Init(true)
+	g.Dispatcher = injector{d.link}
 	for {
 		n, err := d.tun.Read(bufs, sizes, headroom)
 		for i := range n {
-			d.deliver(bufs[i][headroom : headroom+sizes[i]])
+			enqueue(&g, bufs[i][headroom:headroom+sizes[i]])
 		}
+		// Hand what GRO still holds to gVisor before blocking on the
+		// next read.
+		g.Flush()
 		if err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				return
@@ -42,9 +60,11 @@ func (d *Device) inbound() {
 	}
 }
 
-// deliver hands one IP packet to gVisor. The bytes are copied, so the read
-// buffer can be reused at once.
-func (d *Device) deliver(pkt []byte) {
+// enqueue hands one IP packet to g, which passes it on to gVisor at once
+// or holds it to coalesce with the next segments of its flow. The bytes are
+// copied, so the read buffer can be reused at once. A packet with a wrong
+// checksum is dropped here, as gVisor would have dropped it.
+func enqueue(g *gro.GRO, pkt []byte) {
 	if len(pkt) == 0 {
 		return
 	}
@@ -56,10 +76,27 @@ func (d *Device) deliver(pkt []byte) {
 	default:
 		return
 	}
+	if !checksumsValid(pkt) {
+		return
+	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-	d.link.InjectInbound(proto, pb)
+	pb.NetworkProtocolNumber = proto
+	pb.RXChecksumValidated = true // so GRO does not check them again
+	g.Enqueue(pb)
 	pb.DecRef()
 }
+
+// injector is GRO's dispatcher: it injects what GRO passes on into the
+// link endpoint, whose dispatcher is the stack's NIC.
+type injector struct{ link *channel.Endpoint }
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher.
+func (i injector) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	i.link.InjectInbound(proto, pkt)
+}
+
+// DeliverLinkPacket implements stack.NetworkDispatcher. GRO never calls it.
+func (injector) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
 
 // outbound moves packets from gVisor to the TUN until ctx is done. It
 // writes in batches so wireguard's tun can coalesce TCP segments (GRO)
