@@ -76,6 +76,8 @@ type demo struct {
 	tb   *testbed.Testbed // nil until created
 	seed testbed.Seed
 	kt   *testbed.Process // kubetun, once started
+
+	removeResolvConf func() error // undoes byName's resolv.conf; nil if none
 }
 
 func (d *demo) run(ctx context.Context) error {
@@ -83,7 +85,7 @@ func (d *demo) run(ctx context.Context) error {
 	if d.tmp, err = os.MkdirTemp("", "kubetun-demo-"); err != nil {
 		return fmt.Errorf("MkdirTemp: %w", err)
 	}
-	for _, step := range []func(context.Context) error{d.build, d.namespaces, d.start, d.ask, d.netfilter} {
+	for _, step := range []func(context.Context) error{d.build, d.namespaces, d.start, d.ask, d.byName, d.netfilter} {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -230,6 +232,41 @@ func (d *demo) ask(ctx context.Context) error {
 	return nil
 }
 
+// byName repeats the seed's second client: the same request to the
+// Service's name, resolved by kubetun's own DNS on 10.3.240.10.
+func (d *demo) byName(ctx context.Context) error {
+	heading("5b. The same by name: the seed's `nc service-test 80`, through kubetun's DNS")
+	const resolv = "nameserver 10.3.240.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+	remove, err := d.tb.WriteResolvConf(d.seed.Client, resolv)
+	if err != nil {
+		return err
+	}
+	d.removeResolvConf = remove
+	fmt.Printf("   the client's resolv.conf (/etc/netns/%s/resolv.conf), as kubelet writes it for a pod:\n%s",
+		d.seed.Client.Namespace, indent(strings.TrimRight(resolv, "\n"), "     | ")+"\n")
+	fmt.Printf("\n   $ dig +short service-test.default.svc.cluster.local   (in %s)\n", d.seed.Client.Namespace)
+	out, err := d.tb.Run(ctx, d.seed.Client.Namespace, "dig", "+short", "+tries=2", "+timeout=2", "service-test.default.svc.cluster.local")
+	if err != nil {
+		return fmt.Errorf("dig: %w", err)
+	}
+	fmt.Print(indent(strings.TrimSpace(out), "     ") + "\n")
+	cmd := fmt.Sprintf(seedCommand, "service-test")
+	fmt.Printf("\n   $ ip netns exec %s sh -c \"%s\"   (4 times)\n", d.seed.Client.Namespace, cmd)
+	hello := regexp.MustCompile(`<p>Hello from ([^<]+)</p>`)
+	for i := 1; i <= 4; i++ {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		out, err := d.tb.Run(rctx, d.seed.Client.Namespace, "sh", "-c", cmd)
+		cancel()
+		m := hello.FindStringSubmatch(out)
+		if err != nil || m == nil {
+			return fmt.Errorf("request %d by name: got %q, error %v", i, out, err)
+		}
+		fmt.Printf("   answer %d  %s\n", i, m[0])
+	}
+	fmt.Println("   kubetun answered the name from the same table it routes with: no cluster DNS needed.")
+	return nil
+}
+
 // netfilter shows that the node namespace holds no netfilter rule.
 func (d *demo) netfilter(ctx context.Context) error {
 	heading("6. Netfilter in the node namespace (where kube-proxy would have written its rules)")
@@ -264,6 +301,11 @@ func (d *demo) netfilter(ctx context.Context) error {
 func (d *demo) cleanup() error {
 	heading("7. Teardown")
 	var errs []error
+	if d.removeResolvConf != nil {
+		if err := d.removeResolvConf(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if d.kt != nil && d.kt.Exited() {
 		err := d.kt.Wait(0)
 		errs = append(errs, fmt.Errorf("kubetun exited early (%v)", err))
