@@ -37,12 +37,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kubetun/kubetun/test/testbed"
@@ -99,32 +97,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: iperf3 not found; 'make deps' installs it")
 		os.Exit(1)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done() // only a signal ends ctx
-		fmt.Fprintln(os.Stderr, "\nbench: interrupted: cleaning up (press Ctrl-C again to abandon the cleanup)")
-		stop() // a second signal kills at once
-	}()
-
+	ctx := testbed.SignalContext("bench")
 	b := &bench{cfg: cfg}
 	err := b.run(ctx)
 	if err != nil && b.kt != nil && b.kt.Exited() {
 		fmt.Fprintf(os.Stderr, "bench: kubetun exited; its output:\n%s\n", b.kt.Output())
 	}
-	cerr := b.cleanup()
-	if cerr != nil {
-		fmt.Fprintln(os.Stderr, "bench: cleanup:", cerr)
-	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "bench: interrupted")
-		os.Exit(130)
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "bench failed:", err)
-		os.Exit(1)
-	case cerr != nil:
-		os.Exit(1)
-	}
+	testbed.Exit("bench", err, b.cleanup())
 }
 
 func (c *config) check() error {

@@ -17,12 +17,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/kubetun/kubetun/test/testbed"
@@ -42,28 +40,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "demo: needs root (it creates network namespaces and a TUN device); run: sudo make demo")
 		os.Exit(1)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done() // only a signal ends ctx
-		fmt.Println("\ninterrupted: cleaning up (press Ctrl-C again to abandon the cleanup)")
-		stop() // a second signal kills at once
-	}()
+	ctx := testbed.SignalContext("demo")
 	d := &demo{kubetun: *kubetun, requests: *requests, verbose: *verbose}
 	err := d.run(ctx)
-	cerr := d.cleanup()
-	if cerr != nil {
-		fmt.Fprintln(os.Stderr, "\ndemo: cleanup failed:", cerr)
-	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		fmt.Fprintln(os.Stderr, "\ndemo: interrupted")
-		os.Exit(130)
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "\ndemo failed:", err)
-		os.Exit(1)
-	case cerr != nil:
-		os.Exit(1)
-	}
+	testbed.Exit("demo", err, d.cleanup())
 }
 
 // demo is one run: its settings and what it created.
