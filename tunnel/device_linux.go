@@ -34,7 +34,7 @@ type Device struct {
 	tun   tun.Device
 	name  string
 	index int
-	link  *channel.Endpoint
+	link  *gsoLink
 	log   *slog.Logger
 
 	cancel context.CancelFunc
@@ -89,11 +89,13 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 // newLink returns the gVisor link endpoint the pump feeds. It advertises RX
 // checksum offload, which makes gVisor trust the checksums of every packet
 // injected: the pump checks them itself (checksumsValid) before GRO, whose
-// coalesced packets carry stale ones.
-func newLink(mtu int) *channel.Endpoint {
+// coalesced packets carry stale ones. It advertises host GSO too (gsoLink):
+// gVisor's TCP sends segments of up to 64 KiB the kernel splits.
+func newLink(mtu int) *gsoLink {
 	l := channel.New(queueLen, uint32(mtu), "")
 	l.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
-	return l
+	l.SupportedGSOKind = stack.HostGSOSupported
+	return &gsoLink{l}
 }
 
 // Name returns the device's name.

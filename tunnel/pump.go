@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -40,7 +41,7 @@ func (d *Device) inbound() {
 	sizes := make([]int, batch)
 	var g gro.GRO
 	g.Init(true)
-	g.Dispatcher = injector{d.link}
+	g.Dispatcher = injector{d.link.Endpoint}
 	for {
 		n, err := d.tun.Read(bufs, sizes, headroom)
 		for i := range n {
@@ -100,7 +101,10 @@ func (injector) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuff
 
 // outbound moves packets from gVisor to the TUN until ctx is done. It
 // writes in batches so wireguard's tun can coalesce TCP segments (GRO)
-// into fewer, larger writes.
+// into fewer, larger writes. TCP segments with GSO options (gsoLink) are
+// written one by one with their own virtio-net header (writeGSO); plain
+// packets queued before one are written first, so the order gVisor queued
+// them in is kept.
 func (d *Device) outbound(ctx context.Context) {
 	defer d.wg.Done()
 	batch := d.tun.BatchSize()
@@ -109,27 +113,61 @@ func (d *Device) outbound(ctx context.Context) {
 		bufs[i] = make([]byte, headroom+maxPacket)
 	}
 	out := make([][]byte, 0, batch)
+	tunFile := d.tun.File()
 	for {
 		pkt := d.link.ReadContext(ctx)
 		if pkt == nil {
 			return // ctx done
 		}
 		out = out[:0]
-		for pkt != nil {
-			out = append(out, serialize(bufs[len(out)], pkt))
-			pkt.DecRef()
-			if len(out) == batch {
+		for n := 0; pkt != nil; {
+			if isGSO(pkt) {
+				if !d.writePlain(out) {
+					pkt.DecRef()
+					return
+				}
+				out = out[:0]
+				err := writeGSO(tunFile, bufs[n], pkt)
+				pkt.DecRef()
+				if err != nil {
+					if closedErr(err) {
+						return
+					}
+					d.log.Debug("TUN write", "tun", d.name, "err", err)
+				}
+			} else {
+				out = append(out, serialize(bufs[n], pkt))
+				pkt.DecRef()
+			}
+			if n++; n == batch {
 				break
 			}
 			pkt = d.link.Read() // nil when nothing more is queued
 		}
-		if _, err := d.tun.Write(out, headroom); err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return
-			}
-			d.log.Debug("TUN write", "tun", d.name, "err", err)
+		if !d.writePlain(out) {
+			return
 		}
 	}
+}
+
+// writePlain writes out, packets after headroom, with wireguard's
+// tun.Write. It reports false once the TUN is closed.
+func (d *Device) writePlain(out [][]byte) bool {
+	if len(out) == 0 {
+		return true
+	}
+	if _, err := d.tun.Write(out, headroom); err != nil {
+		if closedErr(err) {
+			return false
+		}
+		d.log.Debug("TUN write", "tun", d.name, "err", err)
+	}
+	return true
+}
+
+// closedErr reports whether err from a TUN write means it is closed.
+func closedErr(err error) bool {
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD)
 }
 
 // serialize copies pkt into buf after the headroom and returns the slice

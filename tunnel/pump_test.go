@@ -153,7 +153,7 @@ func TestGROIntoStack(t *testing.T) {
 
 	var g gro.GRO
 	g.Init(true)
-	g.Dispatcher = injector{link}
+	g.Dispatcher = injector{link.Endpoint}
 	send := func(pkts ...[]byte) {
 		for _, p := range pkts {
 			enqueue(&g, p)
