@@ -50,6 +50,7 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		ips:        make(map[netip.Addr]bool),
 		names:      make(map[nameKey]*ServiceRecord),
 		byIP:       make(map[netip.Addr]*ServiceRecord),
+		byEndpoint: make(map[netip.Addr]endpointRef),
 		namespaces: make(map[string]struct{}),
 	}
 	for _, svc := range services {
@@ -60,6 +61,11 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		snap.namespaces[svc.Namespace] = struct{}{}
 		for _, ip := range rec.ClusterIPs {
 			snap.byIP[ip] = rec
+		}
+		for _, ep := range rec.Endpoints {
+			if _, taken := snap.byEndpoint[ep.Addr]; !taken {
+				snap.byEndpoint[ep.Addr] = endpointRef{rec, ep}
+			}
 		}
 		if skip != "" {
 			continue // headless or ExternalName: nothing to proxy

@@ -62,6 +62,23 @@ func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
 	return r, ok
 }
 
+// EndpointByIP returns the headless Service that has ip as an endpoint, and
+// that endpoint (for PTR records of headless endpoints). If several do, the
+// first in the order Build saw them.
+func (s *Snapshot) EndpointByIP(ip netip.Addr) (*ServiceRecord, EndpointRecord, bool) {
+	if s == nil {
+		return nil, EndpointRecord{}, false
+	}
+	ref, ok := s.byEndpoint[ip]
+	return ref.rec, ref.ep, ok
+}
+
+// endpointRef is one headless endpoint and its Service.
+type endpointRef struct {
+	rec *ServiceRecord
+	ep  EndpointRecord
+}
+
 // HasNamespace reports whether any Service lives in namespace.
 func (s *Snapshot) HasNamespace(namespace string) bool {
 	if s == nil {

@@ -165,6 +165,7 @@ type Snapshot struct {
 	// For DNS.
 	names      map[nameKey]*ServiceRecord
 	byIP       map[netip.Addr]*ServiceRecord
+	byEndpoint map[netip.Addr]endpointRef // headless Services' endpoints
 	namespaces map[string]struct{}
 }
 

@@ -373,6 +373,15 @@ func (q *query) pods(labels []string) Result {
 // reverse answers the PTR name of ip.
 func (q *query) reverse(ip netip.Addr) Result {
 	rec, isService := q.snap.ServiceByIP(ip)
+	if hrec, ep, ok := q.snap.EndpointByIP(ip); !isService && ok {
+		// A headless Service's endpoint (DNS specification 2.4.3): its
+		// name as the A/AAAA records give it.
+		if !q.wants(miekg.TypePTR) {
+			return q.nodata()
+		}
+		target := endpointName(ep) + "." + hrec.Name + "." + hrec.Namespace + ".svc." + q.domain
+		return q.answer([]miekg.RR{&miekg.PTR{Hdr: q.hdr(q.qname, miekg.TypePTR), Ptr: target}}, nil)
+	}
 	if !isService && !q.inServiceCIDRs(ip) {
 		// A pod's, a node's or a public address: upstream may know it.
 		// (A ClusterIP outside the ranges, while they are not yet known,

@@ -291,7 +291,9 @@ func TestAnswer(t *testing.T) {
 		{name: rev("10.3.240.20"), qtype: A},
 		{name: rev("10.3.240.99"), qtype: PTR, rcode: nxdomain},    // in the service range
 		{name: rev("fd00:10:96::99"), qtype: PTR, rcode: nxdomain}, // in the service range
-		{name: rev("10.0.1.5"), qtype: PTR, forward: true},         // a pod
+		// A headless Service's endpoint (specification 2.4.3): named as its A record names it.
+		{name: rev("10.0.1.5"), qtype: PTR, answer: []string{rev("10.0.1.5") + " PTR db-0.db.default.svc.cluster.local."}},
+		{name: rev("10.0.1.77"), qtype: PTR, forward: true}, // a pod behind no headless Service
 		{name: rev("8.8.8.8"), qtype: PTR, forward: true},
 		{name: rev("2001:db8::1"), qtype: PTR, forward: true},
 		{name: "240.3.10.in-addr.arpa.", qtype: PTR, forward: true}, // a network, not an address
