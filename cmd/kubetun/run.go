@@ -211,11 +211,11 @@ func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice, wa
 	for _, w := range warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
-	r.reportProblems(problems)
 	r.mu.Lock()
 	cidrs := r.cidrs
 	r.mu.Unlock()
-	warnOutside(r.log, snap, cidrs)
+	problems = append(problems, outside(snap, cidrs)...)
+	r.reportProblems(problems)
 	r.table.Store(snap)
 	r.tracker.Synced(start, snap.Services(), snap.Endpoints(), slices)
 	r.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
@@ -326,21 +326,24 @@ func metricsMux(h http.Handler) http.Handler {
 	return mux
 }
 
-// warnOutside warns about ClusterIPs no service CIDR covers: the host never
-// routes them into the TUN, so kubetun cannot serve them.
-func warnOutside(log *slog.Logger, snap *resolver.Snapshot, cidrs []netip.Prefix) {
+// outside reports the ClusterIPs no service CIDR covers: the host never
+// routes them into the TUN, so kubetun cannot serve them. Like every
+// problem, each is logged once while it lasts (reportProblems).
+func outside(snap *resolver.Snapshot, cidrs []netip.Prefix) []resolver.Problem {
 	if len(cidrs) == 0 {
-		return // not routed yet
+		return nil // not routed yet
 	}
-	warned := make(map[netip.Addr]bool)
+	var problems []resolver.Problem
+	seen := make(map[netip.Addr]bool)
 	for _, sp := range snap.Ports() {
-		if warned[sp.ClusterIP] || covered(sp.ClusterIP, cidrs) {
+		if seen[sp.ClusterIP] || covered(sp.ClusterIP, cidrs) {
 			continue
 		}
-		warned[sp.ClusterIP] = true
-		log.Warn("clusterIP is outside every service CIDR; it is not routed to kubetun",
-			"service", sp.Service, "clusterIP", sp.ClusterIP)
+		seen[sp.ClusterIP] = true
+		problems = append(problems, resolver.Problem{Object: "Service " + sp.Service,
+			Reason: fmt.Sprintf("clusterIP %s is outside every service CIDR; it is not routed to kubetun", sp.ClusterIP)})
 	}
+	return problems
 }
 
 func covered(ip netip.Addr, cidrs []netip.Prefix) bool {
