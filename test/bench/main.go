@@ -151,16 +151,8 @@ func (b *bench) run(ctx context.Context) error {
 	if b.cfg.alsoMTU != 0 {
 		steps = append(steps, b.measureMTU)
 	}
-	for _, step := range steps {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := step(ctx); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err() // the step failed because of the interruption
-			}
-			return err
-		}
+	if err := testbed.RunSteps(ctx, steps...); err != nil {
+		return err
 	}
 	fmt.Println()
 	fmt.Print(header)

@@ -65,18 +65,7 @@ func (d *demo) run(ctx context.Context) error {
 	if d.tmp, err = os.MkdirTemp("", "kubetun-demo-"); err != nil {
 		return fmt.Errorf("MkdirTemp: %w", err)
 	}
-	for _, step := range []func(context.Context) error{d.build, d.namespaces, d.start, d.ask, d.byName, d.netfilter} {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := step(ctx); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err() // the step failed because of the interruption
-			}
-			return err
-		}
-	}
-	return nil
+	return testbed.RunSteps(ctx, d.build, d.namespaces, d.start, d.ask, d.byName, d.netfilter)
 }
 
 // build builds podserver, and kubetun unless given.

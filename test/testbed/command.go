@@ -22,6 +22,24 @@ func SignalContext(name string) context.Context {
 	return ctx
 }
 
+// RunSteps runs steps in order until one fails or ctx ends. A step that
+// fails because ctx ended (an interruption) returns ctx's error, so Exit
+// reports an interruption, not the step's error.
+func RunSteps(ctx context.Context, steps ...func(context.Context) error) error {
+	for _, step := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := step(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+	}
+	return nil
+}
+
 // Exit ends such a program after its run (err) and its cleanup
 // (cleanupErr): 130 if it was interrupted, 1 if either failed, else 0.
 func Exit(name string, err, cleanupErr error) {
