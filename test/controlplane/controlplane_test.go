@@ -138,8 +138,8 @@ func TestSeedEndpointSlices(t *testing.T) {
 		t.Fatalf("Kubectl: %v", err)
 	}
 	t.Logf("kubectl describe svc service-test:\n%s", out)
-	if !strings.Contains(out, "10.0.1.2:8080,10.0.2.2:8080") {
-		t.Errorf("kubectl describe svc service-test: no line with 10.0.1.2:8080,10.0.2.2:8080")
+	if got := strings.Join(DescribedEndpoints(out), ","); got != "10.0.1.2:8080,10.0.2.2:8080" {
+		t.Errorf("kubectl describe svc service-test: endpoints %q, want 10.0.1.2:8080 and 10.0.2.2:8080 in any order", got)
 	}
 	if out, err := cp.Kubectl(ctx, "get", "pods,nodes,servicecidrs", "-o", "wide"); err != nil {
 		t.Errorf("Kubectl: %v", err)

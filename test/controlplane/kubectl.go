@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -51,6 +52,26 @@ func (cp *ControlPlane) kubectl(ctx context.Context, stdin io.Reader, args []str
 		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return stdout.String(), nil
+}
+
+// DescribedEndpoints returns the addresses on the "Endpoints:" line of
+// `kubectl describe svc` output, sorted: kubectl prints them in the
+// EndpointSlice's order, which the controller does not keep stable.
+func DescribedEndpoints(describe string) []string {
+	for _, line := range strings.Split(describe, "\n") {
+		rest, ok := strings.CutPrefix(line, "Endpoints:")
+		if !ok {
+			continue
+		}
+		rest = strings.TrimSpace(rest)
+		if rest == "" || rest == "<none>" {
+			return nil
+		}
+		eps := strings.Split(rest, ",")
+		sort.Strings(eps)
+		return eps
+	}
+	return nil
 }
 
 // Do sends one request to kube-apiserver's REST API as the admin and

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubetun/kubetun/test/controlplane"
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
@@ -45,7 +46,7 @@ func TestClusterSeed(t *testing.T) {
 	var describe string
 	took := eventually(t, 10*time.Second, 50*time.Millisecond, "kubectl describe svc service-test lists both pods", func() (bool, string) {
 		describe = ct.kubectl("describe", "svc", "service-test")
-		return strings.Contains(describe, "10.0.1.2:8080,10.0.2.2:8080"), describe
+		return strings.Join(controlplane.DescribedEndpoints(describe), ",") == "10.0.1.2:8080,10.0.2.2:8080", describe
 	})
 	t.Logf("kubectl describe svc service-test (endpoints listed %v after the pods' status):\n%s", took.Round(time.Millisecond), describe)
 
