@@ -26,6 +26,7 @@ type runConfig struct {
 	dialTimeout  time.Duration
 	healthAddr   string // "" disables
 	metricsAddr  string // "" disables
+	profiling    bool   // /debug/pprof/ on metricsAddr
 	logLevel     slog.Level
 
 	dnsIP         netip.Addr // invalid: the 10th address of the first service CIDR
@@ -55,6 +56,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&cfg.nodeName, "node-name", defaultNodeName(), "this node's `NAME`, for internalTrafficPolicy: Local and topology hints")
 	fs.StringVar(&cfg.healthAddr, "health-addr", defaultHealthAddr, "`ADDR` serving /healthz, /livez and /readyz (\"\" to disable)")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, "`ADDR` serving Prometheus /metrics (\"\" to disable)")
+	fs.BoolVar(&cfg.profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on --metrics-addr, as kube-proxy's --profiling does")
 	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")
 	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
@@ -89,6 +91,9 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	}
 	if cfg.mtu < 1280 || cfg.mtu > 65535 {
 		return cfg, usageError{fmt.Errorf("--mtu %d: want 1280 to 65535", cfg.mtu)}
+	}
+	if cfg.profiling && cfg.metricsAddr == "" {
+		return cfg, usageError{errors.New("--profiling serves on --metrics-addr, which is disabled; give --metrics-addr too")}
 	}
 	if cfg.dialTimeout <= 0 {
 		return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}

@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -84,6 +87,7 @@ func TestParseRunFlags(t *testing.T) {
 		{name: "--mtu at its minimum", args: with("--mtu", "1280"), want: withCfg(func(c *runConfig) { c.mtu = 1280 })},
 		{name: "--mtu at its maximum", args: with("--mtu", "65535"), want: withCfg(func(c *runConfig) { c.mtu = 65535 })},
 		{name: "--log-level in capitals", args: with("--log-level", "WARN"), want: withCfg(func(c *runConfig) { c.logLevel = slog.LevelWarn })},
+		{name: "--profiling", args: with("--profiling"), want: withCfg(func(c *runConfig) { c.profiling = true })},
 		{name: "--tun of 15 characters", args: with("--tun", "kubetun-0123456"), want: withCfg(func(c *runConfig) { c.tun = "kubetun-0123456" })},
 
 		{name: "a host address, not a network", args: []string{"--service-cidr", "10.3.241.152/20", "--manifests", "m"}, err: "did you mean 10.3.240.0/20"},
@@ -113,6 +117,7 @@ func TestParseRunFlags(t *testing.T) {
 		{name: "--dial-timeout negative", args: with("--dial-timeout", "-1s"), err: "--dial-timeout -1s: want a positive duration"},
 		{name: "--dial-timeout without a unit", args: with("--dial-timeout", "3"), err: "-dial-timeout"},
 		{name: "a bad --log-level", args: with("--log-level", "loud"), err: `--log-level "loud": want debug, info, warn or error`},
+		{name: "--profiling without --metrics-addr", args: with("--profiling", "--metrics-addr", ""), err: "--profiling serves on --metrics-addr, which is disabled"},
 		{name: "an unknown flag", args: with("--verbose"), err: "flag provided but not defined: -verbose"},
 		{name: "an extra argument", args: with("extra"), err: `unexpected argument "extra"`},
 		{name: "an extra argument before flags", args: []string{"extra", "--service-cidr", "10.3.240.0/20", "--manifests", "m"}, err: `unexpected argument "extra"`},
@@ -144,7 +149,7 @@ func TestParseRunFlags(t *testing.T) {
 			}
 			if !slices.Equal(got.serviceCIDRs, tt.want.serviceCIDRs) || got.manifests != tt.want.manifests ||
 				got.tun != tt.want.tun || got.mtu != tt.want.mtu || got.dialTimeout != tt.want.dialTimeout ||
-				got.logLevel != tt.want.logLevel {
+				got.logLevel != tt.want.logLevel || got.profiling != tt.want.profiling {
 				t.Errorf("parseRunFlags(%q) = %+v, want %+v", tt.args, got, tt.want)
 			}
 		})
@@ -215,5 +220,25 @@ func checkOutput(tb testing.TB, name, got, want string) {
 		tb.Errorf("%s = %q, want nothing", name, got)
 	case !strings.Contains(got, want):
 		tb.Errorf("%s = %q, want it to contain %q", name, got, want)
+	}
+}
+
+// TestMetricsMuxProfiling checks that /debug/pprof/ is served only with
+// --profiling, and /metrics always.
+func TestMetricsMuxProfiling(t *testing.T) {
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "kubetun_services 1\n") })
+	for _, profiling := range []bool{false, true} {
+		mux := metricsMux(metrics, profiling)
+		for path, want := range map[string]int{
+			"/metrics":                       http.StatusOK,
+			"/debug/pprof/":                  map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[profiling],
+			"/debug/pprof/goroutine?debug=1": map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[profiling],
+		} {
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			if rec.Code != want {
+				t.Errorf("profiling=%v: GET %s = %d, want %d", profiling, path, rec.Code, want)
+			}
+		}
 	}
 }

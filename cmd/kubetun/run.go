@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"slices"
 	"sync"
@@ -169,7 +170,7 @@ func (r *runner) start() (stop func(), err error) {
 		h          http.Handler
 	}{
 		{"--health-addr", r.cfg.healthAddr, r.tracker.Handler()},
-		{"--metrics-addr", r.cfg.metricsAddr, metricsMux(r.tracker.MetricsHandler())},
+		{"--metrics-addr", r.cfg.metricsAddr, metricsMux(r.tracker.MetricsHandler(), r.cfg.profiling)},
 	} {
 		if srv.addr == "" {
 			continue
@@ -320,9 +321,18 @@ func serveHTTP(flag, addr string, h http.Handler, log *slog.Logger) (func(), err
 	}, nil
 }
 
-func metricsMux(h http.Handler) http.Handler {
+// metricsMux serves the metrics at /metrics and, with profiling, Go's
+// profiler at /debug/pprof/ (kube-proxy serves both on its metrics address).
+func metricsMux(h http.Handler, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
