@@ -27,7 +27,8 @@
 // Usage:
 //
 //	bench [--kubetun bin/kubetun] [--time 5s] [--conns 2000] [--parallel 8]
-//	      [--udp-len 64] [--also-mtu 1500] [--gctrace] [-v]
+//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp]
+//	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 package main
 
 import (
@@ -39,6 +40,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,7 +68,9 @@ type config struct {
 	connTime  time.Duration // bounds each connection-rate run
 	parallel  int
 	udpLen    int
-	alsoMTU   int // 0: skip the MTU variant
+	alsoMTU   int             // 0: skip the MTU variant
+	cases     map[string]bool // of caseNames
+	ktFlags   []string        // added to every kubetun command line
 	gctrace   bool
 	verbose   bool
 	keepFiles bool
@@ -81,11 +85,18 @@ func main() {
 	flag.IntVar(&cfg.parallel, "parallel", 8, "connections in flight at once in the parallel connection-rate case (1 to 64)")
 	flag.IntVar(&cfg.udpLen, "udp-len", 64, "UDP datagram payload in bytes (iperf3 needs 16 at least)")
 	flag.IntVar(&cfg.alsoMTU, "also-mtu", 1500, "also run the TCP stream cases with kubetun --mtu `N` (0: skip)")
+	cases := flag.String("cases", strings.Join(caseNames, ","), "comma-separated `CASES` to run: "+strings.Join(caseNames, ", "))
+	ktFlags := flag.String("kubetun-flags", "", "space-separated `FLAGS` added to kubetun's command line, e.g. \"--profiling\"")
 	flag.BoolVar(&cfg.gctrace, "gctrace", false, "run kubetun with GODEBUG=gctrace=1 and count its GC cycles per case")
 	flag.BoolVar(&cfg.keepFiles, "keep", false, "keep the logs and manifest (printed at the end) instead of removing them")
 	flag.BoolVar(&cfg.verbose, "v", false, "print every ip command that builds and removes the namespaces")
 	flag.Parse()
-	if err := cfg.check(); err != nil {
+	cfg.ktFlags = strings.Fields(*ktFlags)
+	err := cfg.parseCases(*cases)
+	if err == nil {
+		err = cfg.check()
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
@@ -99,11 +110,32 @@ func main() {
 	}
 	ctx := testbed.SignalContext("bench")
 	b := &bench{cfg: cfg}
-	err := b.run(ctx)
+	err = b.run(ctx)
 	if err != nil && b.kt != nil && b.kt.Exited() {
 		fmt.Fprintf(os.Stderr, "bench: kubetun exited; its output:\n%s\n", b.kt.Output())
 	}
 	testbed.Exit("bench", err, b.cleanup())
+}
+
+// caseNames are the groups of cases --cases selects.
+var caseNames = []string{"stream", "conn", "udp"}
+
+func (c *config) parseCases(list string) error {
+	c.cases = map[string]bool{}
+	for name := range strings.SplitSeq(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if !slices.Contains(caseNames, name) {
+			return fmt.Errorf("--cases: unknown case %q; want some of %s", name, strings.Join(caseNames, ", "))
+		}
+		c.cases[name] = true
+	}
+	if len(c.cases) == 0 {
+		return fmt.Errorf("--cases %q: name at least one of %s", list, strings.Join(caseNames, ", "))
+	}
+	return nil
 }
 
 func (c *config) check() error {
@@ -148,7 +180,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	header := b.header() // load average before anything of ours runs
 	steps := []func(context.Context) error{b.build, b.bed, b.startDefault, b.measure}
-	if b.cfg.alsoMTU != 0 {
+	if b.cfg.alsoMTU != 0 && b.cfg.cases["stream"] {
 		steps = append(steps, b.measureMTU)
 	}
 	if err := testbed.RunSteps(ctx, steps...); err != nil {
@@ -263,6 +295,7 @@ func (b *bench) startKubetun(ctx context.Context, extra ...string) error {
 		}
 		b.kt = nil
 	}
+	extra = append(slices.Clone(b.cfg.ktFlags), extra...)
 	var err error
 	if b.cfg.gctrace {
 		// env execs kubetun, so the pid stays kubetun's, as with StartKubetun.
@@ -296,6 +329,9 @@ func (b *bench) measure(ctx context.Context) error {
 		{"TCP download, pod → node-local client (-R)", node, []string{"-R"}},
 	}
 	for _, s := range streams {
+		if !b.cfg.cases["stream"] {
+			break
+		}
 		if err := b.tcpStream(ctx, s.name, s.ns, pod, s.args...); err != nil {
 			return err
 		}
@@ -309,9 +345,15 @@ func (b *bench) measure(ctx context.Context) error {
 		} else if b.cfg.parallel == 1 {
 			continue // the same case twice
 		}
+		if !b.cfg.cases["conn"] {
+			break
+		}
 		if err := b.connRate(ctx, name, client, direct, through, parallel); err != nil {
 			return err
 		}
+	}
+	if !b.cfg.cases["udp"] {
+		return nil
 	}
 	return b.udpRate(ctx, fmt.Sprintf("UDP %d-byte datagrams, client pod → pod", b.cfg.udpLen), client, pod)
 }
