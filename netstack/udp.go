@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/net/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -41,7 +43,20 @@ const (
 	udpTick = 2 * time.Second
 
 	maxDatagram = 65535
+
+	// udpBatch is the most client datagrams a session reads from gVisor
+	// and writes to its pod with one sendmmsg: under a flood the syscall,
+	// not the copy, is the cost per datagram.
+	udpBatch = 64
+	// udpBatchBuf is the buffer a batch is read into, taken from a pool
+	// only while datagrams are waiting: an idle session holds none. A
+	// datagram is read only while a whole maximal one still fits.
+	udpBatchBuf = 2 * maxDatagram
 )
+
+// batchBufs holds the *[]byte buffers of udpBatchBuf bytes that sessions
+// read client datagrams into.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, udpBatchBuf); return &b }}
 
 // udpTimers are a Stack's UDP session timings (see the constants above).
 type udpTimers struct {
@@ -56,7 +71,9 @@ type udpSession struct {
 	s      *Stack
 	src    netip.AddrPort // the client
 	dst    netip.AddrPort // the Service
-	client *gonet.UDPConn // gVisor's side, connected to the client
+	cep    tcpip.Endpoint // gVisor's side, connected to the client; run reads it
+	wq     *waiter.Queue  // cep's
+	client *gonet.UDPConn // cep as a net.Conn; copyReplies writes it
 	idle   time.Duration
 	last   atomic.Int64 // UnixNano of the last datagram either way
 
@@ -90,7 +107,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.log.Debug("creating UDP endpoint", "src", src, "dst", dst, "err", err)
 		return true
 	}
-	sess := &udpSession{s: s, src: src, dst: dst, client: gonet.NewUDPConn(&wq, ep), idle: s.udp.idle}
+	sess := &udpSession{s: s, src: src, dst: dst, cep: ep, wq: &wq, client: gonet.NewUDPConn(&wq, ep), idle: s.udp.idle}
 	if dst.Port() == 53 {
 		sess.idle = s.udp.dnsIdle
 	}
@@ -140,7 +157,9 @@ func (s *Stack) addSession(sess *udpSession) bool {
 }
 
 // run copies client datagrams to the pod until the session ends: idle too
-// long, its Service gone, or the Stack closing.
+// long, its Service gone, or the Stack closing. It reads every datagram
+// waiting in gVisor (up to udpBatch) before it writes them to the pod with
+// one sendmmsg.
 func (sess *udpSession) run() {
 	s := sess.s
 	defer s.wg.Done()
@@ -153,43 +172,115 @@ func (sess *udpSession) run() {
 		s.releaseUDP(sess.src.Addr())
 	}()
 
-	buf := make([]byte, maxDatagram)
-	var sp *resolver.ServicePort // the port the current endpoint was picked from
+	// Registered before the first read, so no wake-up is lost between a
+	// read that finds nothing and the wait.
+	entry, readable := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	sess.wq.EventRegister(&entry)
+	defer sess.wq.EventUnregister(&entry)
+	tick := time.NewTicker(s.udp.tick)
+	defer tick.Stop()
+
+	var (
+		sp    *resolver.ServicePort // the port the current endpoint was picked from
+		batch = make([][]byte, 0, udpBatch)
+		msgs  = make([]ipv4.Message, udpBatch) // sendmmsg's; ipv6.Message is the same type
+	)
 	for {
-		sess.client.SetReadDeadline(time.Now().Add(s.udp.tick))
-		n, err := sess.client.Read(buf)
-		if err != nil {
-			if !isTimeout(err) {
-				return // closed
+		bp := batchBufs.Get().(*[]byte)
+		batch, err := sess.readBatch(batch[:0], *bp)
+		if len(batch) == 0 {
+			batchBufs.Put(bp)
+			if err != nil {
+				return // closed, or the client's host refused our replies
 			}
-			if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
-				s.log.Debug("UDP session idle; ended", "src", sess.src, "dst", sess.dst)
-				return
-			}
-			if _, ok := s.services.Lookup(resolver.UDP, sess.dst); !ok {
-				s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
-				return
+			select {
+			case <-readable:
+			case <-tick.C:
+				if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
+					s.log.Debug("UDP session idle; ended", "src", sess.src, "dst", sess.dst)
+					return
+				}
+				if _, ok := s.services.Lookup(resolver.UDP, sess.dst); !ok {
+					s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
+					return
+				}
 			}
 			continue
 		}
 		sess.last.Store(time.Now().UnixNano())
 
-		// The snapshot decides, datagram by datagram: a session never
-		// outlives its Service, and never sticks to an endpoint that left.
+		// The snapshot decides, batch by batch (a batch is what arrived
+		// since the last one): a session never outlives its Service, and
+		// never sticks to an endpoint that left.
 		cur, ok := s.services.Lookup(resolver.UDP, sess.dst)
 		if !ok {
+			batchBufs.Put(bp)
 			s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
 			return
 		}
 		if cur != sp || sess.pod == nil {
 			if !sess.route(cur) {
-				continue // no endpoint now: the datagram is lost, as on a network
+				batchBufs.Put(bp)
+				continue // no endpoint now: the datagrams are lost, as on a network
 			}
 			sp = cur
 		}
-		if _, err := sess.pod.Write(buf[:n]); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
-			s.log.Debug("UDP write to endpoint", "endpoint", sess.ep, "err", err)
+		sess.writeBatch(batch, msgs)
+		batchBufs.Put(bp)
+	}
+}
+
+// readBatch appends to batch the client datagrams waiting in gVisor, each
+// read into buf after the one before, until none is waiting, udpBatch are
+// read, or a maximal datagram might no longer fit. The error is nil when
+// nothing more is waiting, and non-nil once the endpoint is closed or has
+// failed.
+func (sess *udpSession) readBatch(batch [][]byte, buf []byte) ([][]byte, error) {
+	off := 0
+	for len(batch) < udpBatch && len(buf)-off >= maxDatagram {
+		w := tcpip.SliceWriter(buf[off:])
+		res, err := sess.cep.Read(&w, tcpip.ReadOptions{})
+		if err != nil {
+			if _, ok := err.(*tcpip.ErrWouldBlock); ok {
+				return batch, nil
+			}
+			return batch, errors.New(err.String())
 		}
+		batch = append(batch, buf[off:off+res.Count])
+		off += res.Count
+	}
+	return batch, nil
+}
+
+// writeBatch writes batch to the pod, with sendmmsg when the pod socket is
+// a *net.UDPConn. A datagram the pod's host refused (an ICMP error for an
+// earlier one, reported on this send) is lost, as on a network.
+func (sess *udpSession) writeBatch(batch [][]byte, msgs []ipv4.Message) {
+	pc, ok := sess.pod.(*net.UDPConn)
+	if !ok {
+		for _, b := range batch {
+			if _, err := sess.pod.Write(b); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				sess.s.log.Debug("UDP write to endpoint", "endpoint", sess.ep, "err", err)
+			}
+		}
+		return
+	}
+	msgs = msgs[:len(batch)]
+	for i, b := range batch {
+		msgs[i].Buffers = [][]byte{b}
+	}
+	// ipv4.PacketConn's WriteBatch is a plain sendmmsg on a connected
+	// socket of either family: no address, no control message.
+	c := ipv4.NewPacketConn(pc)
+	for len(msgs) > 0 {
+		n, err := c.WriteBatch(msgs, 0)
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				sess.s.log.Debug("UDP write to endpoint", "endpoint", sess.ep, "err", err)
+			}
+			n = max(n, 1) // that datagram is lost; go on with the next
+		}
+		msgs = msgs[n:]
 	}
 }
 

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -210,6 +211,36 @@ func TestUDPForward(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUDPBatch sends datagrams faster than the session forwards them, large
+// ones among small ones, so that the session reads several at once (and a
+// batch ends where a maximal datagram might no longer fit): each reaches the
+// pod whole, once, and in order.
+func TestUDPBatch(t *testing.T) {
+	d := new(fakeDialer)
+	pod := startUDPPod(t, d, pod1, "pod1")
+	_, link := newTestStack(t, buildTable(t, udpService(clusterIP, pod1)), d)
+	svc := netip.AddrPortFrom(clusterIP, 80)
+
+	var sent []string
+	for i := range 3 {
+		big := strings.Repeat(string(rune('a'+i)), 40000)
+		sent = append(sent, big)
+		for j := range 10 {
+			sent = append(sent, fmt.Sprintf("small %d.%d", i, j))
+		}
+	}
+	for _, msg := range sent {
+		inject(link, udpPacket(client, svc, []byte(msg)))
+	}
+	for i, want := range sent {
+		got := received(t, pod)
+		if got.data != want {
+			t.Fatalf("datagram %d at the pod: %d bytes starting %.12q, want %d bytes starting %.12q", i, len(got.data), got.data, len(want), want)
+		}
+	}
+	nothingReceived(t, pod, 100*time.Millisecond)
 }
 
 // TestUDPAnswerFromClusterIP checks the answer on the wire: a UDP datagram
