@@ -141,7 +141,8 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
-	if err := configure(s, newPingFilter(cfg.Link, cfg.Services)); err != nil {
+	pf := newPingFilter(cfg.Link, cfg.Services)
+	if err := configure(s, pf); err != nil {
 		s.Close()
 		s.Wait()
 		return nil, err
@@ -165,6 +166,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 	fwd := tcp.NewForwarder(s, 0, maxInFlight, ns.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(s, ns.handleUDP).HandlePacket)
+	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, pf.handleEcho4)
 	return ns, nil
 }
 

@@ -274,7 +274,13 @@ func newTestStack(t testing.TB, tab *resolver.Table, d *fakeDialer) (*Stack, *ch
 // nil means New's.
 func newTestStackTimers(t testing.TB, tab *resolver.Table, d *fakeDialer, udpt *udpTimers) (*Stack, *channel.Endpoint) {
 	t.Helper()
-	link := channel.New(256, 1500, "")
+	return newTestStackLink(t, tab, d, udpt, 1500)
+}
+
+// newTestStackLink is newTestStackTimers on a link with the MTU given.
+func newTestStackLink(t testing.TB, tab *resolver.Table, d *fakeDialer, udpt *udpTimers, mtu uint32) (*Stack, *channel.Endpoint) {
+	t.Helper()
+	link := channel.New(256, mtu, "")
 	cfg := Config{Link: link, Services: tab, Dialer: d, DialTimeout: time.Second,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	var (

@@ -1,7 +1,11 @@
 package netstack
 
 import (
+	"encoding/binary"
+	"math"
 	"net/netip"
+	"slices"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -27,6 +31,7 @@ type Answerer interface {
 type pingFilter struct {
 	nested.Endpoint
 	services Answerer
+	ipID     atomic.Uint32 // identification of the IPv4 replies and IPv6 fragments it makes
 }
 
 var _ stack.NetworkDispatcher = (*pingFilter)(nil)
@@ -46,19 +51,32 @@ func (f *pingFilter) Close() {}
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (f *pingFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	dst, ok := echoRequestTo(proto, pkt)
-	if !ok {
-		f.Endpoint.DeliverNetworkPacket(proto, pkt)
+	dst, kind := classifyICMP(proto, pkt)
+	switch kind {
+	case kindEcho:
+		if f.services.Answers(dst) {
+			if reply := echoReply(proto, pkt.ToView().AsSlice()); reply != nil {
+				f.send(proto, reply)
+			}
+		}
 		return
+	case kindFragment:
+		// One fragment of a larger ICMP message, such as `ping -s 3000`
+		// from a pod whose link has an MTU of 1500. gVisor reassembles
+		// it; the echo request that makes is answered by handleEcho4
+		// (IPv4) or by gVisor itself, fragmented by WritePackets (IPv6).
+		// Either way only for an address that answers: the fragments of
+		// any other stop here.
+		if !f.services.Answers(dst) {
+			return
+		}
 	}
-	if !f.services.Answers(dst) || isFragment(proto, pkt) {
-		return
-	}
-	reply := echoReply(proto, pkt.ToView().AsSlice())
-	if reply == nil {
-		return
-	}
-	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(reply)})
+	f.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// send writes one packet straight out of the link.
+func (f *pingFilter) send(proto tcpip.NetworkProtocolNumber, b []byte) {
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
 	pb.NetworkProtocolNumber = proto
 	var list stack.PacketBufferList
 	list.PushBack(pb)
@@ -66,13 +84,139 @@ func (f *pingFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt
 	list.DecRef()
 }
 
-// isFragment reports whether an IPv4 packet is one fragment of several.
-func isFragment(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
-	if proto != header.IPv4ProtocolNumber {
+// handleEcho4 is the stack's handler for ICMPv4 messages no endpoint takes.
+// The only echo requests that reach it are those gVisor reassembled from
+// fragments (the filter answers whole ones before the stack sees them);
+// gVisor does not answer them itself, as the address is not its own. The
+// reply leaves whole, without DF: the host fragments it for the client's
+// link as it forwards it.
+func (f *pingFilter) handleEcho4(_ stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	h := header.ICMPv4(pkt.TransportHeader().Slice())
+	if len(h) < header.ICMPv4MinimumSize || h.Type() != header.ICMPv4Echo {
 		return false
 	}
-	b, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
-	return ok && (header.IPv4(b).Flags()&header.IPv4FlagMoreFragments != 0 || header.IPv4(b).FragmentOffset() != 0)
+	// gVisor passes on echo requests with a bad checksum too.
+	if h.Code() != 0 || checksum.Checksum(h, pkt.Data().Checksum()) != 0xffff {
+		return true
+	}
+	req := header.IPv4(pkt.NetworkHeader().Slice())
+	if !f.services.Answers(netip.AddrFrom4(req.DestinationAddress().As4())) {
+		return true
+	}
+	data := pkt.Data().AsRange().ToSlice()
+	n := header.IPv4MinimumSize + header.ICMPv4MinimumSize + len(data)
+	if n > math.MaxUint16 {
+		return true
+	}
+	b := make([]byte, n)
+	tos, _ := req.TOS()
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TOS:         tos,
+		TotalLength: uint16(n),
+		ID:          uint16(f.ipID.Add(1)),
+		TTL:         64,
+		Protocol:    uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr:     req.DestinationAddress(),
+		DstAddr:     req.SourceAddress(),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	icmp := header.ICMPv4(ip.Payload())
+	copy(icmp, h[:header.ICMPv4MinimumSize])
+	copy(icmp[header.ICMPv4MinimumSize:], data)
+	icmp.SetType(header.ICMPv4EchoReply)
+	icmp.SetChecksum(0)
+	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
+	f.send(header.IPv4ProtocolNumber, b)
+	return true
+}
+
+// fragment6Size is the most an IPv6 fragment of an echo reply carries after
+// its headers: the IPv6 minimum MTU (1280), which every link carries, less
+// the IPv6 and fragment headers, a multiple of 8 as RFC 8200 requires.
+const fragment6Size = (header.IPv6MinimumMTU - header.IPv6MinimumSize - header.IPv6FragmentHeaderSize) &^ 7
+
+// WritePackets implements stack.LinkEndpoint. gVisor answers an echo
+// request it reassembled from IPv6 fragments itself, in one packet as large
+// as the request; no router may fragment it on the way (IPv6), and the
+// client's link is most likely smaller than the TUN's MTU. So such a reply
+// leaves in fragments of the IPv6 minimum MTU. Everything else passes
+// unchanged.
+func (f *pingFilter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if !slices.ContainsFunc(pkts.AsSlice(), isLargeEchoReply6) {
+		return f.Endpoint.WritePackets(pkts)
+	}
+	var out stack.PacketBufferList
+	defer out.DecRef()
+	for _, pkt := range pkts.AsSlice() {
+		if !isLargeEchoReply6(pkt) {
+			pkt.IncRef()
+			out.PushBack(pkt)
+			continue
+		}
+		v := stack.PayloadSince(pkt.NetworkHeader())
+		frags := fragment6(v.AsSlice(), f.ipID.Add(1))
+		v.Release()
+		if frags == nil { // already a fragment (--mtu below its size)
+			pkt.IncRef()
+			out.PushBack(pkt)
+			continue
+		}
+		for _, frag := range frags {
+			pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frag)})
+			pb.NetworkProtocolNumber = header.IPv6ProtocolNumber
+			out.PushBack(pb)
+		}
+	}
+	if _, err := f.Endpoint.WritePackets(out); err != nil {
+		return 0, err
+	}
+	return pkts.Len(), nil
+}
+
+// isLargeEchoReply6 reports whether pkt, leaving the stack, is an ICMPv6
+// echo reply larger than the IPv6 minimum MTU.
+func isLargeEchoReply6(pkt *stack.PacketBuffer) bool {
+	if pkt.NetworkProtocolNumber != header.IPv6ProtocolNumber || pkt.TransportProtocolNumber != header.ICMPv6ProtocolNumber ||
+		pkt.Size() <= header.IPv6MinimumMTU {
+		return false
+	}
+	h := pkt.TransportHeader().Slice()
+	return len(h) > 0 && header.ICMPv6(h).Type() == header.ICMPv6EchoReply
+}
+
+// fragment6 splits an IPv6 packet without extension headers into fragments
+// of fragment6Size bytes of its payload, each behind a copy of its header
+// and a fragment header with id (RFC 8200 section 4.5). nil if b is not
+// such a packet.
+func fragment6(b []byte, id uint32) [][]byte {
+	ip := header.IPv6(b)
+	if !ip.IsValid(len(b)) || ip.NextHeader() == header.IPv6FragmentHeader {
+		return nil
+	}
+	payload := b[header.IPv6MinimumSize : header.IPv6MinimumSize+int(ip.PayloadLength())]
+	var frags [][]byte
+	for off := 0; off < len(payload); off += fragment6Size {
+		chunk := payload[off:min(off+fragment6Size, len(payload))]
+		f := make([]byte, header.IPv6MinimumSize+header.IPv6FragmentHeaderSize+len(chunk))
+		copy(f, b[:header.IPv6MinimumSize])
+		fip := header.IPv6(f)
+		fip.SetNextHeader(header.IPv6FragmentHeader)
+		fip.SetPayloadLength(uint16(header.IPv6FragmentHeaderSize + len(chunk)))
+		fh := f[header.IPv6MinimumSize:]
+		fh[0] = ip.NextHeader()
+		// The offset in 8-byte units sits above 3 flag bits: off, a
+		// multiple of 8, is already in place. The lowest bit is M.
+		offMore := uint16(off)
+		if off+len(chunk) < len(payload) {
+			offMore |= 1
+		}
+		binary.BigEndian.PutUint16(fh[2:], offMore)
+		binary.BigEndian.PutUint32(fh[4:], id)
+		copy(fh[header.IPv6FragmentHeaderSize:], chunk)
+		frags = append(frags, f)
+	}
+	return frags
 }
 
 // echoReply turns a copy of an echo request into its reply: addresses
@@ -130,44 +274,58 @@ func echoReply(proto tcpip.NetworkProtocolNumber, req []byte) []byte {
 	return nil
 }
 
-// echoRequestTo returns the destination of an ICMP or ICMPv6 echo request;
-// false for any other packet. It reads only the headers.
-func echoRequestTo(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) (netip.Addr, bool) {
+// icmpKind is what the filter makes of an incoming packet.
+type icmpKind int
+
+const (
+	kindOther    icmpKind = iota
+	kindEcho              // a whole ICMP or ICMPv6 echo request
+	kindFragment          // a fragment of an ICMP or ICMPv6 message
+)
+
+// classifyICMP tells echo requests and fragments of ICMP messages from
+// everything else, and returns their destination. It reads only the
+// headers. An ICMPv6 message behind extension headers other than a fragment
+// header counts as another packet: no client sends one.
+func classifyICMP(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) (netip.Addr, icmpKind) {
 	switch proto {
 	case header.IPv4ProtocolNumber:
 		b, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
 		if !ok {
-			return netip.Addr{}, false
+			return netip.Addr{}, kindOther
 		}
 		ip := header.IPv4(b)
 		hlen := int(ip.HeaderLength())
-		if ip.Protocol() != uint8(header.ICMPv4ProtocolNumber) || ip.FragmentOffset() != 0 || hlen < header.IPv4MinimumSize {
-			return netip.Addr{}, false
+		if ip.Protocol() != uint8(header.ICMPv4ProtocolNumber) || hlen < header.IPv4MinimumSize {
+			return netip.Addr{}, kindOther
 		}
-		if ip.Flags()&header.IPv4FlagMoreFragments != 0 {
-			// The first fragment of a large echo request. Answering it
-			// alone would send a reply whose checksum covers one fragment:
-			// drop it, and the request goes unanswered (the rest of its
-			// fragments expire in gVisor's reassembly).
-			return netip.AddrFrom4([4]byte(ip.DestinationAddressSlice())), true
+		dst := netip.AddrFrom4([4]byte(ip.DestinationAddressSlice()))
+		if ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
+			return dst, kindFragment
 		}
 		b, ok = pkt.Data().PullUp(hlen + 1)
 		if !ok || header.ICMPv4Type(b[hlen]) != header.ICMPv4Echo {
-			return netip.Addr{}, false
+			return netip.Addr{}, kindOther
 		}
-		return netip.AddrFrom4([4]byte(header.IPv4(b).DestinationAddressSlice())), true
+		return dst, kindEcho
 	case header.IPv6ProtocolNumber:
 		b, ok := pkt.Data().PullUp(header.IPv6MinimumSize + 1)
 		if !ok {
-			return netip.Addr{}, false
+			return netip.Addr{}, kindOther
 		}
-		ip := header.IPv6(b)
-		// An echo request behind extension headers passes unfiltered: no
-		// client sends one.
-		if ip.NextHeader() != uint8(header.ICMPv6ProtocolNumber) || header.ICMPv6Type(b[header.IPv6MinimumSize]) != header.ICMPv6EchoRequest {
-			return netip.Addr{}, false
+		dst := netip.AddrFrom16([16]byte(header.IPv6(b).DestinationAddressSlice()))
+		switch header.IPv6(b).NextHeader() {
+		case uint8(header.ICMPv6ProtocolNumber):
+			if header.ICMPv6Type(b[header.IPv6MinimumSize]) == header.ICMPv6EchoRequest {
+				return dst, kindEcho
+			}
+		case header.IPv6FragmentHeader:
+			// Every fragment's header names the protocol of the whole.
+			b, ok = pkt.Data().PullUp(header.IPv6MinimumSize + header.IPv6FragmentHeaderSize)
+			if ok && header.IPv6Fragment(b[header.IPv6MinimumSize:]).NextHeader() == uint8(header.ICMPv6ProtocolNumber) {
+				return dst, kindFragment
+			}
 		}
-		return netip.AddrFrom16([16]byte(ip.DestinationAddressSlice())), true
 	}
-	return netip.Addr{}, false
+	return netip.Addr{}, kindOther
 }

@@ -2,12 +2,14 @@ package netstack
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -207,15 +209,143 @@ func TestPingPassesOtherPackets(t *testing.T) {
 }
 
 // TestPingFragmentNotAnswered: the first fragment of a large echo request
-// gets no reply (a reply to it alone would carry a checksum over one
-// fragment, which the client could never verify).
+// alone gets no reply (gVisor holds it until the rest arrives, or drops it).
 func TestPingFragmentNotAnswered(t *testing.T) {
 	_, link := newTestStack(t, buildTable(t, pingService("served", clusterIP, pod1.Addr())), new(fakeDialer))
-	b := echoRequest(client.Addr(), clusterIP, 3, 1, make([]byte, 1000))
-	ip := header.IPv4(b)
-	ip.SetFlagsFragmentOffset(header.IPv4FlagMoreFragments, 0)
-	ip.SetChecksum(0)
-	ip.SetChecksum(^ip.CalculateChecksum())
-	inject(link, b)
+	frags := fragmentIP(t, echoRequest(client.Addr(), clusterIP, 3, 1, make([]byte, 1000)), 512, 1)
+	inject(link, frags[0])
 	expectSilence(t, link, 200*time.Millisecond)
+}
+
+// TestPingFragmented: an echo request larger than the client's link, sent
+// in fragments, is answered in full for a ClusterIP with a usable endpoint,
+// and not at all otherwise. The IPv4 reply leaves whole (the host fragments
+// it as it forwards it); the IPv6 reply in fragments that fit the IPv6
+// minimum MTU, since no router fragments IPv6. The link has kubetun's
+// default MTU, as large as gVisor's replies.
+func TestPingFragmented(t *testing.T) {
+	svcs := []testService{
+		pingService("served", clusterIP, pod1.Addr()),
+		pingService("empty", netip.MustParseAddr("10.3.241.160"), nil...),
+		pingService("served6", clusterIP6, pod1v6.Addr()),
+		pingService("empty6", netip.MustParseAddr("fd00:10:96::a:1"), nil...),
+	}
+	payload := make([]byte, 3000)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	for _, tt := range []struct {
+		name           string
+		client, target netip.Addr
+		answer         bool
+	}{
+		{"usable endpoint", client.Addr(), clusterIP, true},
+		{"no endpoint", client.Addr(), netip.MustParseAddr("10.3.241.160"), false},
+		{"unknown IP", client.Addr(), netip.MustParseAddr("10.3.241.153"), false},
+		{"IPv6 usable endpoint", client6.Addr(), clusterIP6, true},
+		{"IPv6 no endpoint", client6.Addr(), netip.MustParseAddr("fd00:10:96::a:1"), false},
+		{"IPv6 unknown IP", client6.Addr(), netip.MustParseAddr("fd00:10:96::a:99"), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, link := newTestStackLink(t, buildTable(t, svcs...), new(fakeDialer), nil, 65520)
+			for _, f := range fragmentIP(t, echoRequest(tt.client, tt.target, 0x4321, 9, payload), 1400, 77) {
+				inject(link, f)
+			}
+			if !tt.answer {
+				expectSilence(t, link, 200*time.Millisecond)
+				return
+			}
+			reply := readPacket(t, link)
+			if tt.client.Is6() {
+				reply = reassemble6(t, link, reply)
+			}
+			checkEchoReply(t, reply, tt.client, tt.target, 0x4321, 9, payload)
+		})
+	}
+}
+
+// fragmentIP splits an IPv4 or IPv6 packet without options or extension
+// headers into fragments carrying at most size bytes (a multiple of 8) of
+// its payload each, with identification id.
+func fragmentIP(t testing.TB, b []byte, size int, id uint32) [][]byte {
+	t.Helper()
+	var frags [][]byte
+	if header.IPVersion(b) == header.IPv4Version {
+		ip := header.IPv4(b)
+		hdr, payload := b[:ip.HeaderLength()], ip.Payload()
+		for off := 0; off < len(payload); off += size {
+			chunk := payload[off:min(off+size, len(payload))]
+			f := append(append([]byte(nil), hdr...), chunk...)
+			fip := header.IPv4(f)
+			fip.SetTotalLength(uint16(len(f)))
+			fip.SetID(uint16(id))
+			var flags uint8
+			if off+len(chunk) < len(payload) {
+				flags = header.IPv4FlagMoreFragments
+			}
+			fip.SetFlagsFragmentOffset(flags, uint16(off))
+			fip.SetChecksum(0)
+			fip.SetChecksum(^fip.CalculateChecksum())
+			frags = append(frags, f)
+		}
+		return frags
+	}
+	ip := header.IPv6(b)
+	payload := ip.Payload()
+	for off := 0; off < len(payload); off += size {
+		chunk := payload[off:min(off+size, len(payload))]
+		f := make([]byte, header.IPv6MinimumSize+header.IPv6FragmentHeaderSize+len(chunk))
+		copy(f, b[:header.IPv6MinimumSize])
+		header.IPv6(f).SetNextHeader(header.IPv6FragmentHeader)
+		header.IPv6(f).SetPayloadLength(uint16(header.IPv6FragmentHeaderSize + len(chunk)))
+		fh := f[header.IPv6MinimumSize:]
+		fh[0] = ip.NextHeader()
+		offMore := uint16(off/8) << 3
+		if off+len(chunk) < len(payload) {
+			offMore |= 1
+		}
+		binary.BigEndian.PutUint16(fh[2:], offMore)
+		binary.BigEndian.PutUint32(fh[4:], id)
+		copy(f[header.IPv6MinimumSize+header.IPv6FragmentHeaderSize:], chunk)
+		frags = append(frags, f)
+	}
+	return frags
+}
+
+// reassemble6 reads the IPv6 fragments that follow first from link until
+// the last one, checks that each fits the IPv6 minimum MTU and that they
+// share one identification, and returns the packet they make.
+func reassemble6(t testing.TB, link *channel.Endpoint, first []byte) []byte {
+	t.Helper()
+	var (
+		payload []byte
+		id      uint32
+		hdr     = append([]byte(nil), first[:header.IPv6MinimumSize]...)
+		next    uint8
+	)
+	for i, f := 0, first; ; i, f = i+1, readPacket(t, link) {
+		ip := header.IPv6(f)
+		if len(f) > header.IPv6MinimumMTU {
+			t.Errorf("fragment %d is %d bytes, more than the IPv6 minimum MTU %d", i, len(f), header.IPv6MinimumMTU)
+		}
+		if ip.NextHeader() != header.IPv6FragmentHeader {
+			t.Fatalf("packet %d of the reply: next header %d, want a fragment header", i, ip.NextHeader())
+		}
+		fh := header.IPv6Fragment(ip.Payload())
+		if i == 0 {
+			id, next = fh.ID(), fh.NextHeader()
+		} else if fh.ID() != id {
+			t.Fatalf("fragment %d has id %d, the first %d", i, fh.ID(), id)
+		}
+		if int(fh.FragmentOffset())*8 != len(payload) {
+			t.Fatalf("fragment %d at offset %d, want %d (in order, no gap)", i, int(fh.FragmentOffset())*8, len(payload))
+		}
+		payload = append(payload, fh.Payload()...)
+		if !fh.More() {
+			break
+		}
+	}
+	header.IPv6(hdr).SetNextHeader(next)
+	header.IPv6(hdr).SetPayloadLength(uint16(len(payload)))
+	return append(hdr, payload...)
 }

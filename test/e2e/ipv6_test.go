@@ -78,9 +78,14 @@ func TestIPv6(t *testing.T) {
 		for _, tc := range []struct {
 			ip       string
 			answered bool
-		}{{testbed.ClusterIP6, true}, {emptyIP6, false}, {strayIP6, false}} {
-			if got := pingAnswered(t, b.Testbed, client, tc.ip); got != tc.answered {
-				t.Errorf("ping -6 -c1 -W1 %s answered = %v, want %v", tc.ip, got, tc.answered)
+			extra    []string
+		}{
+			{testbed.ClusterIP6, true, nil}, {emptyIP6, false, nil}, {strayIP6, false, nil},
+			// Sent in fragments: the client's link has an MTU of 1500.
+			{testbed.ClusterIP6, true, []string{"-s", "3000"}}, {emptyIP6, false, []string{"-s", "3000"}}, {strayIP6, false, []string{"-s", "3000"}},
+		} {
+			if got := pingAnswered(t, b.Testbed, client, tc.ip, tc.extra...); got != tc.answered {
+				t.Errorf("ping -6 -c1 -W1 %s %s answered = %v, want %v", strings.Join(tc.extra, " "), tc.ip, got, tc.answered)
 			}
 		}
 	})

@@ -459,14 +459,20 @@ func TestPingClusterIP(t *testing.T) {
 	for _, tc := range []struct {
 		name, ip string
 		answered bool
+		extra    []string
 	}{
-		{"service_with_endpoints", testbed.ClusterIP, true},
-		{"service_without_endpoints", emptyIP, false},
-		{"no_service", strayIP, false},
+		{"service_with_endpoints", testbed.ClusterIP, true, nil},
+		{"service_without_endpoints", emptyIP, false, nil},
+		{"no_service", strayIP, false, nil},
+		// 3000 bytes: the client's kernel sends the request in fragments
+		// (its link's MTU is 1500), and the reply needs them too.
+		{"fragmented_with_endpoints", testbed.ClusterIP, true, []string{"-s", "3000"}},
+		{"fragmented_without_endpoints", emptyIP, false, []string{"-s", "3000"}},
+		{"fragmented_no_service", strayIP, false, []string{"-s", "3000"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := pingAnswered(t, b.Testbed, b.Client.Namespace, tc.ip); got != tc.answered {
-				t.Errorf("ping -c1 -W1 %s answered = %v, want %v", tc.ip, got, tc.answered)
+			if got := pingAnswered(t, b.Testbed, b.Client.Namespace, tc.ip, tc.extra...); got != tc.answered {
+				t.Errorf("ping -c1 -W1 %s %s answered = %v, want %v", strings.Join(tc.extra, " "), tc.ip, got, tc.answered)
 			}
 		})
 	}
@@ -570,9 +576,10 @@ func dig(ctx context.Context, tb *testbed.Testbed, ns, server string, args ...st
 	return r, nil
 }
 
-// pingAnswered runs `ping -c1 -W1 ip` in ns (-6 for an IPv6 address) and
-// reports whether the echo was answered; a failure to run ping fails t.
-func pingAnswered(t *testing.T, tb *testbed.Testbed, ns, ip string) bool {
+// pingAnswered runs `ping -c1 -W1 ip` in ns (-6 for an IPv6 address), with
+// extra arguments such as "-s", "3000", and reports whether the echo was
+// answered; a failure to run ping fails t.
+func pingAnswered(t *testing.T, tb *testbed.Testbed, ns, ip string, extra ...string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
@@ -580,14 +587,15 @@ func pingAnswered(t *testing.T, tb *testbed.Testbed, ns, ip string) bool {
 	if strings.Contains(ip, ":") {
 		family = "-6"
 	}
-	out, err := tb.Run(ctx, ns, "ping", family, "-c1", "-W1", ip)
+	argv := append([]string{"ping", family, "-c1", "-W1"}, extra...)
+	out, err := tb.Run(ctx, ns, append(argv, ip)...)
 	switch testbed.ExitCode(err) {
 	case 0:
 		return true
 	case 1: // iputils: no reply
 		return false
 	}
-	t.Fatalf("ping %s -c1 -W1 %s: %v\n%s", family, ip, err, out)
+	t.Fatalf("%s %s: %v\n%s", strings.Join(argv, " "), ip, err, out)
 	return false
 }
 
