@@ -156,6 +156,27 @@ func (s *Stack) addSession(sess *udpSession) bool {
 	return true
 }
 
+// EndStaleSessions ends the UDP sessions whose Service port has left the
+// table or has no usable endpoint now, so that the client's next datagram
+// is treated as a new session's would be: refused with ICMP port
+// unreachable, as kube-proxy's REJECT rule does. Without it, a session
+// notices on its next datagram or tick and that datagram is lost silently.
+// Call it after each table update; it never blocks on the packet path.
+func (s *Stack) EndStaleSessions() {
+	var stale []*udpSession
+	s.mu.Lock()
+	for sess := range s.sessions {
+		if sp, ok := s.services.Lookup(resolver.UDP, sess.dst); !ok || len(sp.Usable()) == 0 {
+			stale = append(stale, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range stale {
+		s.log.Debug("UDP session's service is gone or has no endpoint; ended", "src", sess.src, "dst", sess.dst)
+		sess.close()
+	}
+}
+
 // run copies client datagrams to the pod until the session ends: idle too
 // long, its Service gone, or the Stack closing. It reads every datagram
 // waiting in gVisor (up to udpBatch) before it writes them to the pod with
@@ -220,8 +241,11 @@ func (sess *udpSession) run() {
 		}
 		if cur != sp || sess.pod == nil {
 			if !sess.route(cur) {
+				// No endpoint now: end the session, so that the next
+				// datagram is refused as a new session's would be.
 				batchBufs.Put(bp)
-				continue // no endpoint now: the datagrams are lost, as on a network
+				s.log.Debug("UDP session's service has no endpoint; ended", "src", sess.src, "dst", sess.dst)
+				return
 			}
 			sp = cur
 		}

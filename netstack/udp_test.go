@@ -481,6 +481,46 @@ func TestUDPServiceDeletedDatagram(t *testing.T) {
 	nothingReceived(t, pod, 50*time.Millisecond)
 }
 
+// TestUDPEndStaleSessions: after a table update, EndStaleSessions ends at
+// once the sessions of a deleted Service and of one left without a usable
+// endpoint (the tick is an hour: nothing else would), and the client's next
+// datagram to each is refused with ICMP port unreachable, not lost. A
+// session whose Service still serves stays.
+func TestUDPEndStaleSessions(t *testing.T) {
+	d := new(fakeDialer)
+	pod := startUDPPod(t, d, pod1, "pod1")
+	deleted, emptied, kept := clusterIP, netip.MustParseAddr("10.3.241.153"), netip.MustParseAddr("10.3.241.154")
+	svc := func(name string, ip netip.Addr, eps ...netip.AddrPort) testService {
+		ts := udpService(ip, eps...)
+		ts.name = name
+		return ts
+	}
+	tab := buildTable(t, svc("deleted", deleted, pod1), svc("emptied", emptied, pod1), svc("kept", kept, pod1))
+	ns, link := newTestStackTimers(t, tab, d, &udpTimers{idle: time.Hour, dnsIdle: time.Hour, tick: time.Hour})
+	for _, ip := range []netip.Addr{deleted, emptied, kept} {
+		inject(link, udpPacket(client, netip.AddrPortFrom(ip, 80), []byte("a")))
+		received(t, pod)
+		readUDP(t, link)
+	}
+	waitSessions(t, ns, 3)
+
+	tab.Store(snapshotOf(t, svc("emptied", emptied), svc("kept", kept, pod1)))
+	ns.EndStaleSessions()
+	waitSessions(t, ns, 1)
+	for _, ip := range []netip.Addr{deleted, emptied} {
+		inject(link, udpPacket(client, netip.AddrPortFrom(ip, 80), []byte("b")))
+		_, _, proto, p := parseIP(t, readPacket(t, link))
+		if icmp := header.ICMPv4(p); proto != uint8(header.ICMPv4ProtocolNumber) || icmp.Type() != header.ICMPv4DstUnreachable || icmp.Code() != header.ICMPv4PortUnreachable {
+			t.Fatalf("datagram to %v after the update: stack sent protocol %d % x; want ICMP port unreachable", ip, proto, p)
+		}
+	}
+	nothingReceived(t, pod, 50*time.Millisecond)
+	inject(link, udpPacket(client, netip.AddrPortFrom(kept, 80), []byte("c")))
+	if dg := received(t, pod); dg.data != "c" {
+		t.Fatalf("the kept Service's pod got %q, want %q", dg.data, "c")
+	}
+}
+
 // TestUDPIdleTimeout: a session lives while datagrams flow, ends once none
 // has flowed either way for the idle timeout, and the next datagram starts
 // a new one.

@@ -218,6 +218,9 @@ func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice, wa
 	problems = append(problems, outside(snap, cidrs)...)
 	r.reportProblems(problems)
 	r.table.Store(snap)
+	if r.ns != nil {
+		r.ns.EndStaleSessions()
+	}
 	r.tracker.Synced(start, snap.Services(), snap.Endpoints(), slices)
 	r.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
 		"took", time.Since(start).Round(time.Microsecond))

@@ -263,6 +263,36 @@ func TestUDPEndpointReplaced(t *testing.T) {
 	}
 }
 
+// TestUDPEndpointsLeave: a client keeps one connected socket to a UDP
+// Service whose endpoints all leave. Its next datagram is refused (ICMP port
+// unreachable, read as ECONNREFUSED), as kube-proxy's REJECT rule would
+// refuse it, and none is lost in silence on the way.
+func TestUDPEndpointsLeave(t *testing.T) {
+	b := startSeedServices(t)
+	target := net.JoinHostPort(testbed.ClusterIP, fmt.Sprint(echoPort))
+	c := dialUDP(t, b.Client.Namespace, target)
+	if pod, err := udpAsk(c, "before", time.Second); err != nil {
+		t.Fatalf("datagram to %s before the change: %q, %v", target, pod, err)
+	}
+	changed := time.Now()
+	b.write(t, seedServices()...)
+	var trail []string
+	for i := 0; time.Since(changed) < 3*time.Second && i < 100; i++ {
+		pod, err := udpAsk(c, fmt.Sprintf("after %d", i), 500*time.Millisecond)
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			t.Logf("refused %v after the manifest change (answers before: %v)", time.Since(changed).Round(time.Millisecond), trail)
+			return
+		case err != nil:
+			t.Fatalf("datagram %d to %s, %v after the endpoints left: %v; want an answer until the change applies, then ECONNREFUSED (answers before: %v)",
+				i, target, time.Since(changed).Round(time.Millisecond), err, trail)
+		}
+		trail = append(trail, pod)
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("datagrams to %s still answered 3s after its endpoints left: %v", target, trail)
+}
+
 // TestUDPNoEndpoint: a datagram nobody can serve is refused with ICMP port
 // unreachable at once, which a connected socket reads as ECONNREFUSED:
 // to a Service without endpoints, to a port the ClusterIP lacks, to an
