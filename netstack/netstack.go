@@ -101,6 +101,9 @@ type Stack struct {
 
 	udp udpTimers // UDP session timings: the package's constants, shortened by tests
 
+	link  *pingFilter // between gVisor and cfg.Link
+	count counters
+
 	mu           sync.Mutex // guards the fields below; held per connection or session, never per packet
 	closed       bool
 	flows        map[*flow]struct{}
@@ -158,6 +161,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		ctx:          ctx,
 		cancel:       cancel,
 		udp:          udpt,
+		link:         pf,
 		flows:        make(map[*flow]struct{}),
 		sessions:     make(map[*udpSession]struct{}),
 		udpPerSource: make(map[netip.Addr]int),

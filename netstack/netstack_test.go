@@ -528,7 +528,7 @@ func TestRefused(t *testing.T) {
 			for _, p := range tt.listening {
 				startPod(t, d, p, echo)
 			}
-			_, link := newTestStack(t, seedTable(t, tt.eps, tt.notReady...), d)
+			ns, link := newTestStack(t, seedTable(t, tt.eps, tt.notReady...), d)
 			const iss = 5000
 			inject(link, tcpPacket(client, tt.dst, iss, 0, header.TCPFlagSyn, nil))
 			_, seg := readSegment(t, link)
@@ -537,6 +537,13 @@ func TestRefused(t *testing.T) {
 			}
 			if n := len(d.calls()); n != tt.wantDials {
 				t.Errorf("dials = %v, want %d", d.calls(), tt.wantDials)
+			}
+			want := Stats{TCPRefused: 1}
+			if tt.wantDials > 0 {
+				want = Stats{TCPUnreachable: 1, DialFailures: uint64(tt.wantDials)}
+			}
+			if got := ns.Stats(); got != want {
+				t.Errorf("Stats() = %+v, want %+v", got, want)
 			}
 		})
 	}
@@ -637,7 +644,7 @@ func TestHalfClose(t *testing.T) {
 func TestRetryOtherEndpoint(t *testing.T) {
 	d := new(fakeDialer)
 	startPod(t, d, pod2, echo) // pod1 has no listener: refused
-	_, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1, pod2}), d)
+	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1, pod2}), d)
 	cs := clientStack(t, link)
 	for i := range 4 {
 		c, err := dialService(t, cs, netip.AddrPortFrom(clusterIP, 80))
@@ -652,8 +659,12 @@ func TestRetryOtherEndpoint(t *testing.T) {
 			t.Fatalf("connection %d: got %q, %v; want %q", i, got, err, "ping")
 		}
 	}
-	if n := strings.Count(strings.Join(d.calls(), " "), pod1.String()); n == 0 {
+	n := strings.Count(strings.Join(d.calls(), " "), pod1.String())
+	if n == 0 {
 		t.Errorf("dials %v: pod1 never tried, the test proves nothing", d.calls())
+	}
+	if st := ns.Stats(); st.TCPForwarded != 4 || st.DialFailures != uint64(n) || st.TCPRefused+st.TCPUnreachable != 0 {
+		t.Errorf("Stats() = %+v, want 4 forwarded, %d dial failures, none refused", st, n)
 	}
 }
 

@@ -32,6 +32,8 @@ type pingFilter struct {
 	nested.Endpoint
 	services Answerer
 	ipID     atomic.Uint32 // identification of the IPv4 replies and IPv6 fragments it makes
+	replies  atomic.Uint64 // echo requests answered
+	drops    atomic.Uint64 // packets the link's queue had no room for
 }
 
 var _ stack.NetworkDispatcher = (*pingFilter)(nil)
@@ -57,6 +59,7 @@ func (f *pingFilter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt
 		if f.services.Answers(dst) {
 			if reply := echoReply(proto, pkt.ToView().AsSlice()); reply != nil {
 				f.send(proto, reply)
+				f.replies.Add(1)
 			}
 		}
 		return
@@ -80,7 +83,8 @@ func (f *pingFilter) send(proto tcpip.NetworkProtocolNumber, b []byte) {
 	pb.NetworkProtocolNumber = proto
 	var list stack.PacketBufferList
 	list.PushBack(pb)
-	f.Child().WritePackets(list)
+	n, err := f.Child().WritePackets(list)
+	f.countDrops(1, n, err)
 	list.DecRef()
 }
 
@@ -128,6 +132,7 @@ func (f *pingFilter) handleEcho4(_ stack.TransportEndpointID, pkt *stack.PacketB
 	icmp.SetChecksum(0)
 	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
 	f.send(header.IPv4ProtocolNumber, b)
+	f.replies.Add(1)
 	return true
 }
 
@@ -144,7 +149,9 @@ const fragment6Size = (header.IPv6MinimumMTU - header.IPv6MinimumSize - header.I
 // unchanged.
 func (f *pingFilter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	if !slices.ContainsFunc(pkts.AsSlice(), isLargeEchoReply6) {
-		return f.Endpoint.WritePackets(pkts)
+		n, err := f.Endpoint.WritePackets(pkts)
+		f.countDrops(pkts.Len(), n, err)
+		return n, err
 	}
 	var out stack.PacketBufferList
 	defer out.DecRef()
@@ -162,16 +169,28 @@ func (f *pingFilter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 			out.PushBack(pkt)
 			continue
 		}
+		f.replies.Add(1)
 		for _, frag := range frags {
 			pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frag)})
 			pb.NetworkProtocolNumber = header.IPv6ProtocolNumber
 			out.PushBack(pb)
 		}
 	}
-	if _, err := f.Endpoint.WritePackets(out); err != nil {
+	n, err := f.Endpoint.WritePackets(out)
+	f.countDrops(out.Len(), n, err)
+	if err != nil {
 		return 0, err
 	}
 	return pkts.Len(), nil
+}
+
+// countDrops counts the packets of a batch of sent that the link did not
+// take: its queue was full (gVisor's channel endpoint then reports fewer
+// written, without an error, and the packets are gone).
+func (f *pingFilter) countDrops(sent, written int, err tcpip.Error) {
+	if err == nil && written < sent {
+		f.drops.Add(uint64(sent - written))
+	}
 }
 
 // isLargeEchoReply6 reports whether pkt, leaving the stack, is an ICMPv6

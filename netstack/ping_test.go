@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -145,6 +147,9 @@ func TestPing(t *testing.T) {
 				return
 			}
 			checkEchoReply(t, readPacket(t, link), tt.client, tt.target, 0x1234, 7, payload)
+			if n := ns.Stats().PingReplies; n != 1 {
+				t.Errorf("Stats().PingReplies = %d, want 1", n)
+			}
 			// Answered by the filter, not seen by the stack.
 			stats := ns.stack.Stats().ICMP
 			if n := stats.V4.PacketsReceived.EchoRequest.Value() + stats.V6.PacketsReceived.EchoRequest.Value(); n != 0 {
@@ -348,4 +353,25 @@ func reassemble6(t testing.TB, link *channel.Endpoint, first []byte) []byte {
 	header.IPv6(hdr).SetNextHeader(next)
 	header.IPv6(hdr).SetPayloadLength(uint16(len(payload)))
 	return append(hdr, payload...)
+}
+
+// TestLinkDropsCounted: packets the link's queue has no room for are
+// counted (gVisor's channel endpoint drops them without an error).
+func TestLinkDropsCounted(t *testing.T) {
+	link := channel.New(2, 1500, "")
+	defer link.Close()
+	f := newPingFilter(link, buildTable(t))
+	var pkts stack.PacketBufferList
+	for range 5 {
+		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(udpPacket(client, pod1, []byte("x")))})
+		pb.NetworkProtocolNumber = header.IPv4ProtocolNumber
+		pkts.PushBack(pb)
+	}
+	defer pkts.DecRef()
+	if n, err := f.WritePackets(pkts); n != 2 || err != nil {
+		t.Errorf("WritePackets of 5 on a queue of 2 = %d, %v; want 2, nil", n, err)
+	}
+	if got := f.drops.Load(); got != 3 {
+		t.Errorf("drops = %d, want 3", got)
+	}
 }

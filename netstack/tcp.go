@@ -32,11 +32,13 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	sp, ok := s.services.Lookup(resolver.TCP, dst)
 	if !ok {
 		s.log.Debug("refused: no service", "proto", "TCP", "src", src, "dst", dst)
+		s.count.tcpRefused.Add(1)
 		r.Complete(true)
 		return
 	}
 	if !s.reserveDial(src.Addr()) {
 		s.log.Debug("refused: too many connections being set up from this source", "src", src, "dst", dst)
+		s.count.tcpLimited.Add(1)
 		r.Complete(true)
 		return
 	}
@@ -44,6 +46,11 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	s.releaseDial(src.Addr())
 	if err != nil {
 		s.log.Debug("refused", "service", sp, "src", src, "err", err)
+		if errors.Is(err, errNoEndpoint) {
+			s.count.tcpRefused.Add(1)
+		} else {
+			s.count.tcpUnreachable.Add(1)
+		}
 		r.Complete(true)
 		return
 	}
@@ -54,11 +61,13 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		// The client went away during the dial, or never finished the
 		// handshake.
 		s.log.Debug("handshake failed", "service", sp, "src", src, "err", tcpErr)
+		s.count.tcpAborted.Add(1)
 		r.Complete(true)
 		backend.Close()
 		return
 	}
 	r.Complete(false)
+	s.count.tcpForwarded.Add(1)
 	setKeepalive(cep)
 
 	f := &flow{client: gonet.NewTCPConn(&wq, cep), backend: backend}
@@ -123,6 +132,7 @@ func (s *Stack) dialOne(ep resolver.Endpoint) (*net.TCPConn, error) {
 	defer cancel()
 	c, err := s.dialer.DialContext(ctx, "tcp", ep.Addr.String())
 	if err != nil {
+		s.count.dialFailures.Add(1)
 		return nil, err
 	}
 	tc, ok := c.(*net.TCPConn)

@@ -94,10 +94,12 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	sp, ok := s.services.Lookup(resolver.UDP, dst)
 	if !ok || len(sp.Usable()) == 0 {
 		s.log.Debug("refused: no service or no endpoint", "proto", "UDP", "src", src, "dst", dst)
+		s.count.udpRefused.Add(1)
 		return false
 	}
 	if !s.reserveUDP(src.Addr()) {
 		s.log.Debug("UDP session limit reached; datagram dropped", "src", src, "dst", dst)
+		s.count.udpLimited.Add(1)
 		return true
 	}
 	var wq waiter.Queue
@@ -117,6 +119,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.releaseUDP(src.Addr())
 		return true
 	}
+	s.count.udpSessions.Add(1)
 	go sess.run()
 	return true
 }
@@ -324,6 +327,7 @@ func (sess *udpSession) route(sp *resolver.ServicePort) bool {
 	pod, err := sess.s.dialer.DialContext(ctx, "udp", ep.Addr.String())
 	cancel()
 	if err != nil {
+		sess.s.count.dialFailures.Add(1)
 		sess.s.log.Debug("UDP dial", "endpoint", ep, "err", err)
 		return false
 	}

@@ -515,6 +515,9 @@ func TestUDPEndStaleSessions(t *testing.T) {
 		}
 	}
 	nothingReceived(t, pod, 50*time.Millisecond)
+	if st := ns.Stats(); st.UDPSessions != 3 || st.UDPRefused != 2 || st.UDPActive != 1 {
+		t.Errorf("Stats() = %+v, want 3 UDP sessions started, 2 datagrams refused, 1 session active", st)
+	}
 	inject(link, udpPacket(client, netip.AddrPortFrom(kept, 80), []byte("c")))
 	if dg := received(t, pod); dg.data != "c" {
 		t.Fatalf("the kept Service's pod got %q, want %q", dg.data, "c")

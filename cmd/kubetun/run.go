@@ -201,6 +201,9 @@ func (r *runner) start() (stop func(), err error) {
 		return stop, err
 	}
 	r.closers = append(r.closers, r.ns.Close)
+	if err := r.tracker.Register(netstackCollector{r.ns.Stats}); err != nil {
+		return stop, fmt.Errorf("registering the data path's metrics: %w", err)
+	}
 	return stop, nil
 }
 

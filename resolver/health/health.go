@@ -180,6 +180,12 @@ func (t *Tracker) Handler() http.Handler {
 	return mux
 }
 
+// Register adds c's metrics to those MetricsHandler serves, e.g. the data
+// path's counters.
+func (t *Tracker) Register(c prometheus.Collector) error {
+	return t.registry.Register(c)
+}
+
 // MetricsHandler serves the Prometheus metrics.
 func (t *Tracker) MetricsHandler() http.Handler {
 	return promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{})

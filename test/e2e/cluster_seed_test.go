@@ -64,6 +64,10 @@ func TestClusterSeed(t *testing.T) {
 	counts := countAnswers(t, ct.tb, ct.Client.Namespace, n, 90*time.Second)
 	t.Logf("%d requests (the seed's nc) from the client in %v: %v", n, time.Since(began).Round(time.Millisecond), counts)
 	checkSplit(t, counts, n, 0.30, 0.70, "pod1", "pod2")
+	// The data path's counters see them too.
+	if got := ct.scrape(`kubetun_tcp_connections_total{result="forwarded"}`); got < n {
+		t.Errorf(`kubetun_tcp_connections_total{result="forwarded"} = %v after %d requests, want at least %d`, got, n, n)
+	}
 }
 
 // TestClusterScaleUp adds a third Pod: it gets traffic within 1 s of

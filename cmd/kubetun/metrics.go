@@ -1,0 +1,64 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubetun/kubetun/netstack"
+)
+
+// The data path's metrics, read from netstack.Stats at each scrape: the
+// packet path only adds to atomic counters.
+var (
+	tcpConnectionsDesc = prometheus.NewDesc("kubetun_tcp_connections_total",
+		"TCP connections to ClusterIPs by how they ended their setup: forwarded (spliced to a pod), "+
+			"refused (no Service port or no usable endpoint: RST at once), unreachable (no pod answered the dial), "+
+			"limited (too many connections being set up from the client), aborted (the client left during the dial).",
+		[]string{"result"}, nil)
+	dialFailuresDesc = prometheus.NewDesc("kubetun_pod_dial_failures_total",
+		"Dials to pods that failed, TCP and UDP; each endpoint tried counts once.", nil, nil)
+	activeDesc = prometheus.NewDesc("kubetun_active_flows",
+		"TCP connections being spliced and UDP sessions open now.", []string{"protocol"}, nil)
+	udpSessionsDesc = prometheus.NewDesc("kubetun_udp_sessions_total",
+		"UDP sessions (client address to Service IP and port) started.", nil, nil)
+	udpDatagramsDesc = prometheus.NewDesc("kubetun_udp_datagrams_not_forwarded_total",
+		"Datagrams that started no session: refused (no Service port or no usable endpoint: ICMP port unreachable) "+
+			"or limited (a session limit reached: dropped).",
+		[]string{"result"}, nil)
+	pingRepliesDesc = prometheus.NewDesc("kubetun_ping_replies_total",
+		"Echo requests to ClusterIPs answered.", nil, nil)
+	linkDropsDesc = prometheus.NewDesc("kubetun_link_dropped_packets_total",
+		"Packets from the userspace stack to the TUN dropped because the queue between them was full.", nil, nil)
+)
+
+// netstackCollector is a prometheus.Collector of a netstack.Stack's Stats.
+type netstackCollector struct {
+	stats func() netstack.Stats
+}
+
+// Describe implements prometheus.Collector.
+func (netstackCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{tcpConnectionsDesc, dialFailuresDesc, activeDesc, udpSessionsDesc, udpDatagramsDesc, pingRepliesDesc, linkDropsDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c netstackCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(tcpConnectionsDesc, st.TCPForwarded, "forwarded")
+	counter(tcpConnectionsDesc, st.TCPRefused, "refused")
+	counter(tcpConnectionsDesc, st.TCPUnreachable, "unreachable")
+	counter(tcpConnectionsDesc, st.TCPLimited, "limited")
+	counter(tcpConnectionsDesc, st.TCPAborted, "aborted")
+	counter(dialFailuresDesc, st.DialFailures)
+	ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(st.TCPActive), "tcp")
+	ch <- prometheus.MustNewConstMetric(activeDesc, prometheus.GaugeValue, float64(st.UDPActive), "udp")
+	counter(udpSessionsDesc, st.UDPSessions)
+	counter(udpDatagramsDesc, st.UDPRefused, "refused")
+	counter(udpDatagramsDesc, st.UDPLimited, "limited")
+	counter(pingRepliesDesc, st.PingReplies)
+	counter(linkDropsDesc, st.LinkDrops)
+}

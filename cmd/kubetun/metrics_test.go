@@ -1,0 +1,59 @@
+package main
+
+import (
+	"maps"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kubetun/kubetun/netstack"
+)
+
+func TestNetstackCollector(t *testing.T) {
+	c := netstackCollector{func() netstack.Stats {
+		return netstack.Stats{
+			TCPForwarded: 10, TCPRefused: 2, TCPUnreachable: 1, TCPLimited: 3, TCPAborted: 4, DialFailures: 5, TCPActive: 6,
+			UDPSessions: 7, UDPRefused: 8, UDPLimited: 9, UDPActive: 11, PingReplies: 12, LinkDrops: 13,
+		}
+	}}
+	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+		t.Errorf("CollectAndLint: %v, %v", problems, err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatalf("Register: %v", err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	got := map[string]float64{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			got[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	want := map[string]float64{
+		"kubetun_tcp_connections_total{result=forwarded}":           10,
+		"kubetun_tcp_connections_total{result=refused}":             2,
+		"kubetun_tcp_connections_total{result=unreachable}":         1,
+		"kubetun_tcp_connections_total{result=limited}":             3,
+		"kubetun_tcp_connections_total{result=aborted}":             4,
+		"kubetun_pod_dial_failures_total":                           5,
+		"kubetun_active_flows{protocol=tcp}":                        6,
+		"kubetun_active_flows{protocol=udp}":                        11,
+		"kubetun_udp_sessions_total":                                7,
+		"kubetun_udp_datagrams_not_forwarded_total{result=refused}": 8,
+		"kubetun_udp_datagrams_not_forwarded_total{result=limited}": 9,
+		"kubetun_ping_replies_total":                                12,
+		"kubetun_link_dropped_packets_total":                        13,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("gathered %v\nwant %v", got, want)
+	}
+}

@@ -1,0 +1,52 @@
+package netstack
+
+import "sync/atomic"
+
+// Stats counts what a Stack has done since it started: what operators need
+// to tell a Service without endpoints, a pod that does not answer and an
+// overloaded kubetun apart. Every field only grows, except the Active ones.
+type Stats struct {
+	TCPForwarded   uint64 // connections completed and spliced to a pod
+	TCPRefused     uint64 // SYNs reset at once: no Service owns the address and port, or it has no usable endpoint
+	TCPUnreachable uint64 // SYNs reset because no pod answered the dial (a second endpoint tried too)
+	TCPLimited     uint64 // SYNs reset because their client had too many connections being set up
+	TCPAborted     uint64 // clients gone before their handshake completed
+	DialFailures   uint64 // dials to pods that failed, each endpoint tried counting once
+	TCPActive      int    // connections being spliced now
+
+	UDPSessions uint64 // UDP sessions started
+	UDPRefused  uint64 // datagrams refused with ICMP port unreachable
+	UDPLimited  uint64 // datagrams dropped because a session limit was reached
+	UDPActive   int    // sessions now
+
+	PingReplies uint64 // echo requests answered
+	LinkDrops   uint64 // packets the stack sent that the link's queue had no room for
+}
+
+// counters are the Stats a Stack counts on the packet path, lock-free.
+type counters struct {
+	tcpForwarded, tcpRefused, tcpUnreachable, tcpLimited, tcpAborted, dialFailures atomic.Uint64
+	udpSessions, udpRefused, udpLimited                                            atomic.Uint64
+}
+
+// Stats returns the Stack's counters now. It takes the Stack's lock for the
+// Active counts only: cheap enough for a metrics scrape.
+func (s *Stack) Stats() Stats {
+	st := Stats{
+		TCPForwarded:   s.count.tcpForwarded.Load(),
+		TCPRefused:     s.count.tcpRefused.Load(),
+		TCPUnreachable: s.count.tcpUnreachable.Load(),
+		TCPLimited:     s.count.tcpLimited.Load(),
+		TCPAborted:     s.count.tcpAborted.Load(),
+		DialFailures:   s.count.dialFailures.Load(),
+		UDPSessions:    s.count.udpSessions.Load(),
+		UDPRefused:     s.count.udpRefused.Load(),
+		UDPLimited:     s.count.udpLimited.Load(),
+		PingReplies:    s.link.replies.Load(),
+		LinkDrops:      s.link.drops.Load(),
+	}
+	s.mu.Lock()
+	st.TCPActive, st.UDPActive = len(s.flows), len(s.sessions)
+	s.mu.Unlock()
+	return st
+}
