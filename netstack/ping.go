@@ -28,6 +28,9 @@ type Answerer interface {
 // 47156); kubetun answers exactly for the Services that could serve a
 // connection. (gVisor would not answer either: in promiscuous mode it leaves
 // echo requests to addresses it does not own to the embedder.)
+//
+// As every packet the stack sends passes through it too, it also counts the
+// ones the link drops (WritePackets).
 type pingFilter struct {
 	nested.Endpoint
 	services Answerer
