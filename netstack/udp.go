@@ -207,11 +207,12 @@ func (sess *udpSession) run() {
 	var (
 		sp    *resolver.ServicePort // the port the current endpoint was picked from
 		batch = make([][]byte, 0, udpBatch)
-		msgs  = make([]ipv4.Message, udpBatch) // sendmmsg's; ipv6.Message is the same type
+		w     = newBatchWriter()
+		err   error
 	)
 	for {
 		bp := batchBufs.Get().(*[]byte)
-		batch, err := sess.readBatch(batch[:0], *bp)
+		batch, err = sess.readBatch(batch[:0], *bp)
 		if len(batch) == 0 {
 			batchBufs.Put(bp)
 			if err != nil {
@@ -252,7 +253,7 @@ func (sess *udpSession) run() {
 			}
 			sp = cur
 		}
-		sess.writeBatch(batch, msgs)
+		w.write(sess, batch)
 		batchBufs.Put(bp)
 	}
 }
@@ -279,10 +280,25 @@ func (sess *udpSession) readBatch(batch [][]byte, buf []byte) ([][]byte, error) 
 	return batch, nil
 }
 
-// writeBatch writes batch to the pod, with sendmmsg when the pod socket is
-// a *net.UDPConn. A datagram the pod's host refused (an ICMP error for an
-// earlier one, reported on this send) is lost, as on a network.
-func (sess *udpSession) writeBatch(batch [][]byte, msgs []ipv4.Message) {
+// batchWriter is a session's sendmmsg state, reused from batch to batch.
+type batchWriter struct {
+	msgs []ipv4.Message // ipv6.Message is the same type
+	bufs [][]byte       // msgs[i].Buffers is bufs[i:i+1]
+}
+
+func newBatchWriter() *batchWriter {
+	w := &batchWriter{msgs: make([]ipv4.Message, udpBatch), bufs: make([][]byte, udpBatch)}
+	for i := range w.msgs {
+		w.msgs[i].Buffers = w.bufs[i : i+1]
+	}
+	return w
+}
+
+// write sends batch to the session's pod, with sendmmsg when the pod socket
+// is a *net.UDPConn. An ICMP error the pod's host sent for an earlier
+// datagram is reported on a send, which then sent nothing: that datagram is
+// tried once more. One that fails otherwise is lost, as on a network.
+func (w *batchWriter) write(sess *udpSession, batch [][]byte) {
 	pc, ok := sess.pod.(*net.UDPConn)
 	if !ok {
 		for _, b := range batch {
@@ -292,16 +308,19 @@ func (sess *udpSession) writeBatch(batch [][]byte, msgs []ipv4.Message) {
 		}
 		return
 	}
-	msgs = msgs[:len(batch)]
-	for i, b := range batch {
-		msgs[i].Buffers = [][]byte{b}
-	}
+	copy(w.bufs, batch)
+	msgs := w.msgs[:len(batch)]
 	// ipv4.PacketConn's WriteBatch is a plain sendmmsg on a connected
 	// socket of either family: no address, no control message.
 	c := ipv4.NewPacketConn(pc)
+	retried := false
 	for len(msgs) > 0 {
 		n, err := c.WriteBatch(msgs, 0)
 		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) && !retried {
+				retried = true
+				continue
+			}
 			if !errors.Is(err, syscall.ECONNREFUSED) {
 				sess.s.log.Debug("UDP write to endpoint", "endpoint", sess.ep, "err", err)
 			}
@@ -309,6 +328,7 @@ func (sess *udpSession) writeBatch(batch [][]byte, msgs []ipv4.Message) {
 		}
 		msgs = msgs[n:]
 	}
+	clear(w.bufs[:len(batch)]) // the batch's buffer goes back to the pool
 }
 
 // route makes sure the session's endpoint is one of sp's usable endpoints,
