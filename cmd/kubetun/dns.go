@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/resolver/dns"
 )
 
@@ -68,7 +69,40 @@ func (r *runner) startDNS(ctx context.Context, cidrs []netip.Prefix) error {
 	r.closers = append(r.closers, func() { cancel(); <-done })
 	r.dns, r.dnsIP = srv, ip
 	r.log.Info("cluster DNS serving", "addr", ip, "domain", r.cfg.clusterDomain, "upstreams", fmt.Sprint(upstreams))
+	r.warnDNSShadow(nil, r.table.Load())
 	return nil
+}
+
+// warnDNSShadow warns when a Service's port 53 comes to sit on kubetun's
+// DNS address, as kube-dns's does on a node where kubetun replaces
+// kube-proxy: kubetun's DNS answers there, so that Service's pods (CoreDNS,
+// with whatever its Corefile adds) get no DNS traffic through this host.
+// It says so once each time it starts. Called on the apply goroutine, or
+// before it runs.
+func (r *runner) warnDNSShadow(before, now *resolver.Snapshot) {
+	if !r.dnsIP.IsValid() {
+		return
+	}
+	svc := dnsService(now, r.dnsIP)
+	if svc == "" || svc == dnsService(before, r.dnsIP) {
+		return
+	}
+	r.log.Warn("a Service's DNS port is kubetun's DNS address: kubetun answers there itself and the Service's pods get no DNS traffic from this host; give --dns-ip=off to proxy it to them instead",
+		"service", svc, "addr", netip.AddrPortFrom(r.dnsIP, 53))
+}
+
+// dnsService returns the Service ("namespace/name") with port 53, UDP or
+// TCP, on ip in snap, or "".
+func dnsService(snap *resolver.Snapshot, ip netip.Addr) string {
+	if snap == nil {
+		return ""
+	}
+	for _, proto := range []resolver.Protocol{resolver.UDP, resolver.TCP} {
+		if sp, ok := snap.Lookup(proto, netip.AddrPortFrom(ip, 53)); ok {
+			return sp.Service
+		}
+	}
+	return ""
 }
 
 // tenth returns the 10th address of p (10.3.240.10 for 10.3.240.0/20).

@@ -220,7 +220,9 @@ func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice, wa
 	r.mu.Unlock()
 	problems = append(problems, outside(snap, cidrs)...)
 	r.reportProblems(problems)
+	before := r.table.Load()
 	r.table.Store(snap)
+	r.warnDNSShadow(before, snap)
 	if r.ns != nil {
 		r.ns.EndStaleSessions()
 	}
