@@ -337,6 +337,13 @@ func (cp *ControlPlane) LogPath(component string) string {
 // writeKubeconfig writes the admin's kubeconfig to Dir/kubeconfig.
 func (cp *ControlPlane) writeKubeconfig() error {
 	cp.Kubeconfig = filepath.Join(cp.Dir, "kubeconfig")
+	return cp.WriteKubeconfig(cp.Kubeconfig, cp.Token)
+}
+
+// WriteKubeconfig writes to path a kubeconfig for the control plane that
+// authenticates with token, e.g. a ServiceAccount's from `kubectl create
+// token`.
+func (cp *ControlPlane) WriteKubeconfig(path, token string) error {
 	data := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -354,8 +361,8 @@ contexts:
     cluster: kubetun-test
     user: admin
 current-context: kubetun-test
-`, cp.Server, base64.StdEncoding.EncodeToString(cp.CACert), cp.Token)
-	if err := os.WriteFile(cp.Kubeconfig, []byte(data), 0o600); err != nil {
+`, cp.Server, base64.StdEncoding.EncodeToString(cp.CACert), token)
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 		return fmt.Errorf("controlplane: write kubeconfig: %w", err)
 	}
 	return nil

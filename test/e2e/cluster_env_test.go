@@ -308,9 +308,16 @@ func (ct *clusterTest) setReady(name string, ready bool) {
 // stops it when t ends, and shows its log if t failed.
 func (ct *clusterTest) startKubetun() *testbed.Process {
 	ct.t.Helper()
+	return ct.startKubetunAs(ct.cp.Kubeconfig)
+}
+
+// startKubetunAs is startKubetun with the kubeconfig given, e.g. one for
+// kubetun's own ServiceAccount.
+func (ct *clusterTest) startKubetunAs(kubeconfig string) *testbed.Process {
+	ct.t.Helper()
 	ct.KubetunStarted = time.Now()
 	p, err := ct.tb.StartKubetunArgs("run",
-		"--kubeconfig", ct.cp.Kubeconfig,
+		"--kubeconfig", kubeconfig,
 		"--node-name", testbed.NodeName,
 		"--tun", testbed.TUN,
 		"--health-addr", healthAddr,
