@@ -62,6 +62,10 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 		}
 		return nil, fmt.Errorf("creating TUN %s: %w", name, err)
 	}
+	if err := tcpOffloadsOnly(dev.File()); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("setting up TUN %s: %w", name, err)
+	}
 	d := &Device{tun: dev, name: name, log: log}
 	if real, err := dev.Name(); err == nil {
 		d.name = real
@@ -84,6 +88,38 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 	go d.inbound()
 	go d.outbound(ctx)
 	return d, nil
+}
+
+// tcpOffloadsOnly checks that the TUN frames its packets with virtio-net
+// headers, which the pump reads and writes, and lets the kernel hand it
+// unsegmented TCP (TSO) but not UDP (USO, which wireguard's tun enables
+// where the kernel has it): the inbound pump passes large TCP segments to
+// gVisor whole, and gVisor has no use for a UDP super-datagram. Writes are
+// not affected: the kernel takes any GSO type from userspace.
+func tcpOffloadsOnly(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ioErr error
+	err = rc.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		if ifr, ioErr = unix.NewIfreq(""); ioErr != nil {
+			return
+		}
+		if ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ioErr != nil {
+			ioErr = fmt.Errorf("TUNGETIFF: %w", ioErr)
+			return
+		}
+		if ifr.Uint16()&unix.IFF_VNET_HDR == 0 {
+			ioErr = errors.New("the device has no virtio-net headers (IFF_VNET_HDR)")
+			return
+		}
+		if ioErr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6); ioErr != nil {
+			ioErr = fmt.Errorf("TUNSETOFFLOAD: %w", ioErr)
+		}
+	})
+	return errors.Join(err, ioErr)
 }
 
 // newLink returns the gVisor link endpoint the pump feeds. It advertises RX

@@ -14,70 +14,138 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
-// headroom is the space left before each packet in a read or write buffer:
-// wireguard's tun writes its virtio-net header (10 bytes) there.
+// headroom is the space left before each packet in a write buffer:
+// wireguard's tun writes its virtio-net header (10 bytes) there, and so does
+// writeGSO.
 const headroom = 16
 
-// maxPacket is the largest packet a read may return.
+// maxPacket is the largest packet a TUN frame may carry.
 const maxPacket = 65535
+
+// readBatch is the most frames the inbound pump reads from the TUN before
+// it hands what GRO holds to gVisor.
+const readBatch = 64
 
 // inbound moves packets from the TUN into gVisor until the TUN is closed.
 //
-// Each batch read goes through gVisor's GRO, which coalesces consecutive
-// segments of a TCP flow into one packet of up to 64 KiB before the stack
-// sees them: a pod client's MSS is 1448, and gVisor's cost is per packet, not
-// per byte. GRO rewrites the IP length of a coalesced packet but neither
-// checksum, so the link advertises RX checksum offload (newLink) and
-// checksums are checked here instead, per packet read, before GRO: without
-// the offload gVisor re-checks them and drops every coalesced packet as
-// malformed.
+// It reads the TUN's frames itself, each behind its virtio-net header,
+// every one waiting up to readBatch, rather than through wireguard's
+// tun.Read. That splits a TCP segment the kernel left unsegmented (GSO: up
+// to 64 KiB from a node-local client, or from a pod when the host's GRO
+// coalesced its packets) into MSS-sized copies, which gVisor's GRO then
+// coalesced again: the frame now goes to gVisor whole (receive).
+//
+// Other packets go through gVisor's GRO, which coalesces consecutive
+// segments of a TCP flow into one packet before the stack sees them:
+// gVisor's cost is per packet, not per byte. GRO rewrites the IP length of a
+// coalesced packet but neither checksum, so the link advertises RX checksum
+// offload (newLink) and checksums are checked here instead, per packet,
+// before GRO, unless the kernel vouches for them: without the offload gVisor
+// re-checks them and drops every coalesced packet as malformed.
 func (d *Device) inbound() {
 	defer d.wg.Done()
-	batch := d.tun.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, headroom+maxPacket)
+	rc, err := d.tun.File().SyscallConn()
+	if err != nil {
+		d.log.Error("TUN: no access to its file descriptor; nothing will be read", "tun", d.name, "err", err)
+		return
 	}
-	sizes := make([]int, batch)
+	buf := make([]byte, virtioNetHdrLen+maxPacket)
 	var g gro.GRO
 	g.Init(true)
 	g.Dispatcher = injector{d.link.Endpoint}
-	for {
-		n, err := d.tun.Read(bufs, sizes, headroom)
-		for i := range n {
-			enqueue(&g, bufs[i][headroom:headroom+sizes[i]])
+	var readErr error
+	// readFrames reads and hands on the frames waiting, and reports
+	// whether it read any: false makes rc.Read wait until there are.
+	readFrames := func(fd uintptr) bool {
+		for n := 0; n < readBatch; {
+			m, err := unix.Read(int(fd), buf)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return n > 0
+			case err != nil:
+				readErr = err
+				return true
+			}
+			n++
+			d.receive(&g, buf[:m])
 		}
-		// Hand what GRO still holds to gVisor before blocking on the
-		// next read.
+		return true
+	}
+	for {
+		err := rc.Read(readFrames)
+		// Hand what GRO still holds to gVisor before waiting for more.
 		g.Flush()
 		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
+			return // the TUN is closed
+		}
+		if readErr != nil {
+			if errors.Is(readErr, unix.EBADF) || errors.Is(readErr, unix.EBADFD) {
 				return
 			}
-			// A malformed packet or a GSO type wireguard's tun cannot
-			// split: that packet is lost, the device is fine.
-			d.log.Debug("TUN read", "tun", d.name, "err", err)
+			d.log.Debug("TUN read", "tun", d.name, "err", readErr)
+			readErr = nil
 		}
 	}
+}
+
+// receive hands one frame read from the TUN to gVisor. A TCP segment the
+// kernel left for the receiver to segment (GSO) goes in as it is, one large
+// segment like those GRO makes; anything else goes through GRO. The kernel
+// vouches for the checksums of both when its header says so (a checksum
+// left partial is the receiver's to complete, and gVisor, which terminates
+// every packet, need not).
+func (d *Device) receive(g *gro.GRO, frame []byte) {
+	if len(frame) <= virtioNetHdrLen {
+		return
+	}
+	flags, gsoType := frame[0], frame[1]&^unix.VIRTIO_NET_HDR_GSO_ECN
+	pkt := frame[virtioNetHdrLen:]
+	trusted := flags&(unix.VIRTIO_NET_HDR_F_NEEDS_CSUM|unix.VIRTIO_NET_HDR_F_DATA_VALID) != 0
+	switch gsoType {
+	case unix.VIRTIO_NET_HDR_GSO_NONE:
+		enqueue(g, pkt, trusted)
+	case unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6:
+		g.Flush() // what GRO holds of the same flow goes first
+		if proto, ok := fixGSOLength(pkt, gsoType); ok {
+			inject(d.link.Endpoint, proto, pkt)
+		}
+	default:
+		// Only TCP offloads are enabled on the TUN (Open).
+		d.log.Debug("TUN read: GSO type not handled; frame dropped", "tun", d.name, "gso_type", gsoType)
+	}
+}
+
+// fixGSOLength makes the IP length of a GSO frame's packet its real length
+// (a kernel GSO packet need not carry it), and returns its network
+// protocol; false if the packet is not of the family gsoType says.
+func fixGSOLength(pkt []byte, gsoType uint8) (tcpip.NetworkProtocolNumber, bool) {
+	switch {
+	case gsoType == unix.VIRTIO_NET_HDR_GSO_TCPV4 && len(pkt) >= header.IPv4MinimumSize && header.IPVersion(pkt) == header.IPv4Version:
+		ip := header.IPv4(pkt)
+		if int(ip.HeaderLength()) < header.IPv4MinimumSize || int(ip.HeaderLength()) > len(pkt) {
+			return 0, false
+		}
+		ip.SetTotalLength(uint16(len(pkt)))
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+		return header.IPv4ProtocolNumber, true
+	case gsoType == unix.VIRTIO_NET_HDR_GSO_TCPV6 && len(pkt) >= header.IPv6MinimumSize && header.IPVersion(pkt) == header.IPv6Version:
+		header.IPv6(pkt).SetPayloadLength(uint16(len(pkt) - header.IPv6MinimumSize))
+		return header.IPv6ProtocolNumber, true
+	}
+	return 0, false
 }
 
 // enqueue hands one IP packet to g, which passes it on to gVisor at once
 // or holds it to coalesce with the next segments of its flow. The bytes are
 // copied, so the read buffer can be reused at once. A packet with a wrong
-// checksum is dropped here, as gVisor would have dropped it.
-func enqueue(g *gro.GRO, pkt []byte) {
-	if len(pkt) == 0 {
-		return
-	}
-	var proto = header.IPv4ProtocolNumber
-	switch header.IPVersion(pkt) {
-	case header.IPv4Version:
-	case header.IPv6Version:
-		proto = header.IPv6ProtocolNumber
-	default:
-		return
-	}
-	if !checksumsValid(pkt) {
+// checksum is dropped here, as gVisor would have dropped it, unless trusted
+// (the kernel vouches for it).
+func enqueue(g *gro.GRO, pkt []byte, trusted bool) {
+	proto, ok := networkProtocol(pkt)
+	if !ok || (!trusted && !checksumsValid(pkt)) {
 		return
 	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
@@ -85,6 +153,29 @@ func enqueue(g *gro.GRO, pkt []byte) {
 	pb.RXChecksumValidated = true // so GRO does not check them again
 	g.Enqueue(pb)
 	pb.DecRef()
+}
+
+// inject hands pkt, a copy of it, to gVisor without GRO.
+func inject(link *channel.Endpoint, proto tcpip.NetworkProtocolNumber, pkt []byte) {
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+	pb.NetworkProtocolNumber = proto
+	pb.RXChecksumValidated = true
+	link.InjectInbound(proto, pb)
+	pb.DecRef()
+}
+
+// networkProtocol returns pkt's network protocol by its IP version.
+func networkProtocol(pkt []byte) (tcpip.NetworkProtocolNumber, bool) {
+	if len(pkt) == 0 {
+		return 0, false
+	}
+	switch header.IPVersion(pkt) {
+	case header.IPv4Version:
+		return header.IPv4ProtocolNumber, true
+	case header.IPv6Version:
+		return header.IPv6ProtocolNumber, true
+	}
+	return 0, false
 }
 
 // injector is GRO's dispatcher: it injects what GRO passes on into the

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -156,7 +158,7 @@ func TestGROIntoStack(t *testing.T) {
 	g.Dispatcher = injector{link.Endpoint}
 	send := func(pkts ...[]byte) {
 		for _, p := range pkts {
-			enqueue(&g, p)
+			enqueue(&g, p, false)
 		}
 		g.Flush()
 	}
@@ -222,5 +224,83 @@ func TestGROIntoStack(t *testing.T) {
 	send(bad)
 	if n := s.Stats().NICs.Rx.Packets.Value(); n != rx {
 		t.Errorf("a segment with a wrong checksum reached the NIC")
+	}
+
+	// Frames as the TUN hands them to receive, behind a virtio-net header.
+	d := &Device{link: link, log: slog.New(slog.DiscardHandler)}
+	frame := func(flags, gsoType uint8, pkt []byte) []byte {
+		h := make([]byte, virtioNetHdrLen)
+		h[0], h[1] = flags, gsoType
+		return append(h, pkt...)
+	}
+	readN := func(what string, want []byte) {
+		t.Helper()
+		got := make([]byte, len(want))
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(conn, got); err != nil {
+			t.Fatalf("reading %s: %v", what, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s arrived altered", what)
+		}
+	}
+
+	// A GSO frame: one 30000-byte segment with its checksum left partial and
+	// no IP length, as the kernel hands a TSO or GRO'd packet to a TUN
+	// reader. It reaches TCP as one segment.
+	seq := uint32(iss + 1 + nseg*mss)
+	large := bytes.Repeat([]byte("kubetun "), 30000/8)
+	pkt := seg(seq, ack, header.TCPFlagAck|header.TCPFlagPsh, large)
+	header.TCP(pkt[header.IPv4MinimumSize:]).SetChecksum(0x1234)
+	header.IPv4(pkt).SetTotalLength(0)
+	before = s.Stats().TCP.ValidSegmentsReceived.Value()
+	d.receive(&g, frame(unix.VIRTIO_NET_HDR_F_NEEDS_CSUM, unix.VIRTIO_NET_HDR_GSO_TCPV4, pkt))
+	g.Flush()
+	readN("the GSO frame", large)
+	if n := s.Stats().TCP.ValidSegmentsReceived.Value() - before; n != 1 {
+		t.Errorf("the GSO frame reached TCP as %d segments, want 1", n)
+	}
+	seq += uint32(len(large))
+
+	// A plain frame whose checksum the kernel left partial is trusted; the
+	// same without the flag is checked, and dropped.
+	partial := seg(seq, ack, header.TCPFlagAck, []byte("partial"))
+	header.TCP(partial[header.IPv4MinimumSize:]).SetChecksum(0x1234)
+	rx = s.Stats().NICs.Rx.Packets.Value()
+	d.receive(&g, frame(0, unix.VIRTIO_NET_HDR_GSO_NONE, partial))
+	g.Flush()
+	if n := s.Stats().NICs.Rx.Packets.Value(); n != rx {
+		t.Errorf("a frame with a wrong checksum and no NEEDS_CSUM reached the NIC")
+	}
+	d.receive(&g, frame(unix.VIRTIO_NET_HDR_F_NEEDS_CSUM, unix.VIRTIO_NET_HDR_GSO_NONE, partial))
+	g.Flush()
+	readN("the NEEDS_CSUM frame", []byte("partial"))
+}
+
+// TestFixGSOLength: the IP length of a GSO frame's packet becomes its real
+// length (with a valid IPv4 header checksum); a packet of the other family
+// than the GSO type says is refused.
+func TestFixGSOLength(t *testing.T) {
+	v4 := ipv4Packet(header.TCPProtocolNumber, cli4, srv4, tcpSegment(1, 1, header.TCPFlagAck, make([]byte, 3000)))
+	header.IPv4(v4).SetTotalLength(0)
+	if proto, ok := fixGSOLength(v4, unix.VIRTIO_NET_HDR_GSO_TCPV4); !ok || proto != header.IPv4ProtocolNumber {
+		t.Fatalf("IPv4: %v, %v", proto, ok)
+	}
+	if ip := header.IPv4(v4); int(ip.TotalLength()) != len(v4) || !ip.IsChecksumValid() {
+		t.Errorf("IPv4 total length %d (want %d), header checksum valid %v", ip.TotalLength(), len(v4), ip.IsChecksumValid())
+	}
+	v6 := ipv6Packet(header.TCPProtocolNumber, cli6, srv6, nil, tcpSegment(1, 1, header.TCPFlagAck, make([]byte, 3000)))
+	header.IPv6(v6).SetPayloadLength(0)
+	if proto, ok := fixGSOLength(v6, unix.VIRTIO_NET_HDR_GSO_TCPV6); !ok || proto != header.IPv6ProtocolNumber {
+		t.Fatalf("IPv6: %v, %v", proto, ok)
+	}
+	if n := header.IPv6(v6).PayloadLength(); int(n) != len(v6)-header.IPv6MinimumSize {
+		t.Errorf("IPv6 payload length %d, want %d", n, len(v6)-header.IPv6MinimumSize)
+	}
+	if _, ok := fixGSOLength(v6, unix.VIRTIO_NET_HDR_GSO_TCPV4); ok {
+		t.Error("an IPv6 packet in a TCPV4 GSO frame was accepted")
+	}
+	if _, ok := fixGSOLength(v4[:10], unix.VIRTIO_NET_HDR_GSO_TCPV4); ok {
+		t.Error("a truncated packet was accepted")
 	}
 }
