@@ -2,7 +2,8 @@ package tunnel
 
 import (
 	"encoding/binary"
-	"io"
+	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
@@ -84,17 +85,44 @@ func putVirtioNetHdr(b []byte, pkt *stack.PacketBuffer) {
 	binary.NativeEndian.PutUint16(b[8:], csumOffset)
 }
 
-// writeGSO writes pkt, a TCP segment with host GSO options, to w (the
-// TUN's file) as one frame: its virtio-net header, then the packet. buf is
-// a pump buffer with headroom before the packet, which the header takes.
+// frameWriter writes one TUN frame given in parts.
+type frameWriter interface {
+	writeFrame(parts [][]byte) error
+}
+
+// fileWriter writes frames to the TUN's file with writev(2): the parts go
+// to the kernel as they are, without being copied into one buffer first.
+type fileWriter struct{ rc syscall.RawConn }
+
+func newFileWriter(f *os.File) (fileWriter, error) {
+	rc, err := f.SyscallConn()
+	return fileWriter{rc}, err
+}
+
+func (w fileWriter) writeFrame(parts [][]byte) error {
+	var werr error
+	if err := w.rc.Write(func(fd uintptr) bool {
+		for {
+			_, werr = unix.Writev(int(fd), parts)
+			if werr != unix.EINTR {
+				return werr != unix.EAGAIN
+			}
+		}
+	}); err != nil {
+		return os.ErrClosed // the only way RawConn.Write fails once it worked
+	}
+	return werr
+}
+
+// writeGSO writes pkt, a TCP segment with host GSO options, to w as one
+// frame: its virtio-net header, put in hdr, then the packet as gVisor
+// holds it (a 64 KiB segment is not copied).
 //
 // Writing the TUN's file directly is safe next to wireguard's tun.Write,
-// which writes the same *os.File: os.File serializes writes, and one
-// write(2) to a TUN is one whole frame. Only the outbound pump writes,
-// anyway, and it keeps the order of the packets gVisor queued.
-func writeGSO(w io.Writer, buf []byte, pkt *stack.PacketBuffer) error {
-	frame := serialize(buf, pkt)[headroom-virtioNetHdrLen:]
-	putVirtioNetHdr(frame, pkt)
-	_, err := w.Write(frame)
-	return err
+// which writes the same *os.File: one write(2) or writev(2) to a TUN is one
+// whole frame, and only the outbound pump writes, in the order of the
+// packets gVisor queued.
+func writeGSO(w frameWriter, hdr []byte, pkt *stack.PacketBuffer) error {
+	putVirtioNetHdr(hdr, pkt)
+	return w.writeFrame(append([][]byte{hdr[:virtioNetHdrLen]}, pkt.AsSlices()...))
 }

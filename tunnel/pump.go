@@ -204,7 +204,12 @@ func (d *Device) outbound(ctx context.Context) {
 		bufs[i] = make([]byte, headroom+maxPacket)
 	}
 	out := make([][]byte, 0, batch)
-	tunFile := d.tun.File()
+	frames, err := newFileWriter(d.tun.File())
+	if err != nil {
+		d.log.Error("TUN: no access to its file descriptor; nothing will be written", "tun", d.name, "err", err)
+		return
+	}
+	var hdr [virtioNetHdrLen]byte
 	for {
 		pkt := d.link.ReadContext(ctx)
 		if pkt == nil {
@@ -218,7 +223,7 @@ func (d *Device) outbound(ctx context.Context) {
 					return
 				}
 				out = out[:0]
-				err := writeGSO(tunFile, bufs[n], pkt)
+				err := writeGSO(frames, hdr[:], pkt)
 				pkt.DecRef()
 				if err != nil {
 					if closedErr(err) {
