@@ -239,7 +239,7 @@ func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool) {
 }
 
 // waitBackend waits until the backend socket has bytes, EOF or an error to
-// read: a one-byte MSG_PEEK, and Go's poller when there is nothing yet.
+// read.
 func (f *flow) waitBackend() error {
 	if f.backendRC == nil {
 		rc, err := f.backend.SyscallConn()
@@ -248,10 +248,27 @@ func (f *flow) waitBackend() error {
 		}
 		f.backendRC = rc
 	}
+	return waitReadable(f.backendRC)
+}
+
+// waitReadable waits until a host socket has something to read (bytes, a
+// datagram, EOF or an error) without reading it: a one-byte MSG_PEEK, and
+// Go's poller while there is nothing yet. ECONNREFUSED, a UDP socket's ICMP
+// error for an earlier datagram, is reported before any datagram queued
+// behind it; the peek takes it, and looks again.
+func waitReadable(rc syscall.RawConn) error {
 	var b [1]byte
-	return f.backendRC.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return err != unix.EAGAIN && err != unix.EINTR
+	return rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch err {
+			case unix.EINTR, unix.ECONNREFUSED:
+				continue
+			case unix.EAGAIN:
+				return false
+			}
+			return true
+		}
 	})
 }
 

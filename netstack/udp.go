@@ -55,8 +55,12 @@ const (
 )
 
 // batchBufs holds the *[]byte buffers of udpBatchBuf bytes that sessions
-// read client datagrams into.
-var batchBufs = sync.Pool{New: func() any { b := make([]byte, udpBatchBuf); return &b }}
+// read client datagrams into; replyBufs those of maxDatagram bytes they read
+// the pods' answers into.
+var (
+	batchBufs = sync.Pool{New: func() any { b := make([]byte, udpBatchBuf); return &b }}
+	replyBufs = sync.Pool{New: func() any { b := make([]byte, maxDatagram); return &b }}
+)
 
 // udpTimers are a Stack's UDP session timings (see the constants above).
 type udpTimers struct {
@@ -362,20 +366,34 @@ func (sess *udpSession) route(sp *resolver.ServicePort) bool {
 }
 
 // copyReplies relays the pod's datagrams to the client until pod is closed.
-// They leave gVisor from the Service's address, as the client expects.
+// They leave gVisor from the Service's address, as the client expects. It
+// holds a buffer only while a datagram is there to relay: an idle session
+// holds none.
 func (sess *udpSession) copyReplies(pod net.Conn) {
 	defer sess.readers.Done()
-	buf := make([]byte, maxDatagram)
+	var rc syscall.RawConn
+	if sc, ok := pod.(syscall.Conn); ok {
+		rc, _ = sc.SyscallConn()
+	}
 	for {
-		n, err := pod.Read(buf)
+		if rc != nil {
+			if err := waitReadable(rc); err != nil {
+				return // closed
+			}
+		}
+		bp := replyBufs.Get().(*[]byte)
+		n, err := pod.Read(*bp)
 		if err != nil {
+			replyBufs.Put(bp)
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				continue // an ICMP error for an earlier datagram
 			}
 			return
 		}
 		sess.last.Store(time.Now().UnixNano())
-		if _, err := sess.client.Write(buf[:n]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		_, err = sess.client.Write((*bp)[:n])
+		replyBufs.Put(bp)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			// The session is closing, or the client's host refused an
 			// earlier datagram (its socket closed; gVisor reports that on
 			// this write). A session that cannot relay answers must not

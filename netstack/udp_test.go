@@ -815,3 +815,47 @@ func icmpPortUnreachable4(from, to netip.Addr, pkt []byte) []byte {
 	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
 	return b
 }
+
+// TestUDPReplyAfterPodRefused: the pod's host refuses one datagram (its
+// socket was gone for a moment: an ICMP error, ECONNREFUSED on the session's
+// socket) and then answers from the same port: the answer queued behind the
+// error still reaches the client.
+func TestUDPReplyAfterPodRefused(t *testing.T) {
+	d := new(fakeDialer)
+	pod, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	podAddr := pod.LocalAddr().String()
+	d.udpPods = map[string]string{pod1.String(): podAddr}
+	_, link := newTestStackTimers(t, buildTable(t, udpService(clusterIP, pod1)), d, &udpTimers{idle: time.Hour, dnsIdle: time.Hour, tick: time.Hour})
+	svc := netip.AddrPortFrom(clusterIP, 80)
+
+	inject(link, udpPacket(client, svc, []byte("query")))
+	pod.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	_, host, err := pod.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("pod: %v", err)
+	}
+	pod.Close()
+
+	// Sent while the pod's socket is gone: refused by its host.
+	inject(link, udpPacket(client, svc, []byte("refused")))
+	time.Sleep(100 * time.Millisecond)
+
+	pod, err = net.ListenPacket("udp", podAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pod.Close()
+	if _, err := pod.WriteTo([]byte("answer after the refusal"), host); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, _, payload := readUDP(t, link)
+		if string(payload) == "answer after the refusal" {
+			return
+		}
+	}
+}
