@@ -103,6 +103,7 @@ type Stack struct {
 
 	link  *pingFilter // between gVisor and cfg.Link
 	count counters
+	fast  sync.Map // flowKey -> *udpSession: the sessions DeliverUDP feeds
 
 	mu           sync.Mutex // guards the fields below; held per connection or session, never per packet
 	closed       bool

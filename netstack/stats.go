@@ -16,7 +16,7 @@ type Stats struct {
 
 	UDPSessions uint64 // UDP sessions started
 	UDPRefused  uint64 // datagrams refused with ICMP port unreachable
-	UDPLimited  uint64 // datagrams dropped because a session limit was reached
+	UDPLimited  uint64 // datagrams dropped: a session limit reached, or a session's queue full
 	UDPActive   int    // sessions now
 
 	PingReplies uint64 // echo requests answered

@@ -86,6 +86,10 @@ type udpSession struct {
 	pod net.Conn // the host socket connected to ep; nil before the first dial
 
 	readers sync.WaitGroup // the pod-to-client copier(s)
+
+	// fastQ holds the datagrams DeliverUDP took for this session, past
+	// gVisor; run reads them after what gVisor's endpoint holds.
+	fastQ chan []byte
 }
 
 // handleUDP is the UDP forwarder's handler, run on the packet path for the
@@ -113,7 +117,8 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.log.Debug("creating UDP endpoint", "src", src, "dst", dst, "err", err)
 		return true
 	}
-	sess := &udpSession{s: s, src: src, dst: dst, cep: ep, wq: &wq, client: gonet.NewUDPConn(&wq, ep), idle: s.udp.idle}
+	sess := &udpSession{s: s, src: src, dst: dst, cep: ep, wq: &wq, client: gonet.NewUDPConn(&wq, ep), idle: s.udp.idle,
+		fastQ: make(chan []byte, udpQueueLen)}
 	if dst.Port() == 53 {
 		sess.idle = s.udp.dnsIdle
 	}
@@ -124,6 +129,10 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		return true
 	}
 	s.count.udpSessions.Add(1)
+	// From the next datagram on, the pump hands this flow's datagrams to
+	// the session directly (DeliverUDP). This runs on the packet path, so
+	// no later datagram can pass the first, which gVisor holds.
+	s.fast.Store(flowKey{src, dst}, sess)
 	go sess.run()
 	return true
 }
@@ -217,13 +226,19 @@ func (sess *udpSession) run() {
 	for {
 		bp := batchBufs.Get().(*[]byte)
 		batch, err = sess.readBatch(batch[:0], *bp)
+		if err != nil && len(batch) == 0 {
+			batchBufs.Put(bp)
+			return // closed, or the client's host refused our replies
+		}
+		batch = sess.drainFast(batch)
 		if len(batch) == 0 {
 			batchBufs.Put(bp)
-			if err != nil {
-				return // closed, or the client's host refused our replies
-			}
+			bp = nil
 			select {
 			case <-readable:
+				continue
+			case d := <-sess.fastQ:
+				batch = sess.drainFast(append(batch, d))
 			case <-tick.C:
 				if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
 					s.log.Debug("UDP session idle; ended", "src", sess.src, "dst", sess.dst)
@@ -233,33 +248,57 @@ func (sess *udpSession) run() {
 					s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
 					return
 				}
+				continue
 			}
-			continue
 		}
-		sess.last.Store(time.Now().UnixNano())
-
-		// The snapshot decides, batch by batch (a batch is what arrived
-		// since the last one): a session never outlives its Service, and
-		// never sticks to an endpoint that left.
-		cur, ok := s.services.Lookup(resolver.UDP, sess.dst)
-		if !ok {
+		ok := sess.forward(batch, &sp, w)
+		if bp != nil {
 			batchBufs.Put(bp)
-			s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
+		}
+		if !ok {
 			return
 		}
-		if cur != sp || sess.pod == nil {
-			if !sess.route(cur) {
-				// No endpoint now: end the session, so that the next
-				// datagram is refused as a new session's would be.
-				batchBufs.Put(bp)
-				s.log.Debug("UDP session's service has no endpoint; ended", "src", sess.src, "dst", sess.dst)
-				return
-			}
-			sp = cur
-		}
-		w.write(sess, batch)
-		batchBufs.Put(bp)
 	}
+}
+
+// drainFast appends to batch the datagrams DeliverUDP queued, until none
+// is left or the batch is full.
+func (sess *udpSession) drainFast(batch [][]byte) [][]byte {
+	for len(batch) < udpBatch {
+		select {
+		case d := <-sess.fastQ:
+			batch = append(batch, d)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// forward sends batch to the session's endpoint, picking one first if the
+// Service port changed. The snapshot decides, batch by batch (a batch is
+// what arrived since the last one): a session never outlives its Service,
+// and never sticks to an endpoint that left. It reports false when the
+// session must end: its Service is gone or has no endpoint now, so that the
+// client's next datagram is refused as a new session's would be. *sp is the
+// port the current endpoint was picked from.
+func (sess *udpSession) forward(batch [][]byte, sp **resolver.ServicePort, w *batchWriter) bool {
+	s := sess.s
+	sess.last.Store(time.Now().UnixNano())
+	cur, ok := s.services.Lookup(resolver.UDP, sess.dst)
+	if !ok {
+		s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
+		return false
+	}
+	if cur != *sp || sess.pod == nil {
+		if !sess.route(cur) {
+			s.log.Debug("UDP session's service has no endpoint; ended", "src", sess.src, "dst", sess.dst)
+			return false
+		}
+		*sp = cur
+	}
+	w.write(sess, batch)
+	return true
 }
 
 // readBatch appends to batch the client datagrams waiting in gVisor, each
@@ -405,8 +444,11 @@ func (sess *udpSession) copyReplies(pod net.Conn) {
 	}
 }
 
-// close ends the session's sockets; run's deferred cleanup does the rest.
+// close ends the session's sockets, and takes it out of the fast path, so
+// that the client's next datagram starts a new session (or is refused);
+// run's deferred cleanup does the rest.
 func (sess *udpSession) close() {
+	sess.s.fast.CompareAndDelete(flowKey{sess.src, sess.dst}, sess)
 	sess.client.Close()
 	sess.mu.Lock()
 	if sess.pod != nil {

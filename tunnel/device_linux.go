@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -36,6 +37,7 @@ type Device struct {
 	index int
 	link  *gsoLink
 	log   *slog.Logger
+	udp   atomic.Pointer[func([]byte) bool] // SetUDPHandler's
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the pump goroutines and the event drain

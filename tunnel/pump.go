@@ -105,7 +105,15 @@ func (d *Device) receive(g *gro.GRO, frame []byte) {
 	trusted := flags&(unix.VIRTIO_NET_HDR_F_NEEDS_CSUM|unix.VIRTIO_NET_HDR_F_DATA_VALID) != 0
 	switch gsoType {
 	case unix.VIRTIO_NET_HDR_GSO_NONE:
-		enqueue(g, pkt, trusted)
+		if !trusted && !checksumsValid(pkt) {
+			return // as gVisor would drop it
+		}
+		if isUDP(pkt) {
+			if h := d.udp.Load(); h != nil && (*h)(pkt) {
+				return
+			}
+		}
+		enqueue(g, pkt, true)
 	case unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6:
 		g.Flush() // what GRO holds of the same flow goes first
 		if proto, ok := fixGSOLength(pkt, gsoType); ok {
@@ -115,6 +123,26 @@ func (d *Device) receive(g *gro.GRO, frame []byte) {
 		// Only TCP offloads are enabled on the TUN (Open).
 		d.log.Debug("TUN read: GSO type not handled; frame dropped", "tun", d.name, "gso_type", gsoType)
 	}
+}
+
+// SetUDPHandler makes the inbound pump offer every UDP datagram it reads to
+// h before gVisor (netstack's DeliverUDP, the UDP fast path). h runs on the
+// pump's goroutine and must not block; a datagram it declines goes on to
+// gVisor.
+func (d *Device) SetUDPHandler(h func(pkt []byte) bool) {
+	d.udp.Store(&h)
+}
+
+// isUDP reports whether pkt is an IPv4 packet carrying UDP, or an IPv6
+// packet whose first next header is UDP.
+func isUDP(pkt []byte) bool {
+	switch header.IPVersion(pkt) {
+	case header.IPv4Version:
+		return len(pkt) >= header.IPv4MinimumSize && pkt[9] == uint8(header.UDPProtocolNumber)
+	case header.IPv6Version:
+		return len(pkt) >= header.IPv6MinimumSize && pkt[6] == uint8(header.UDPProtocolNumber)
+	}
+	return false
 }
 
 // fixGSOLength makes the IP length of a GSO frame's packet its real length

@@ -21,8 +21,8 @@ var (
 	udpSessionsDesc = prometheus.NewDesc("kubetun_udp_sessions_total",
 		"UDP sessions (client address to Service IP and port) started.", nil, nil)
 	udpDatagramsDesc = prometheus.NewDesc("kubetun_udp_datagrams_not_forwarded_total",
-		"Datagrams that started no session: refused (no Service port or no usable endpoint: ICMP port unreachable) "+
-			"or limited (a session limit reached: dropped).",
+		"Datagrams not forwarded: refused (no Service port or no usable endpoint: ICMP port unreachable) "+
+			"or limited (a session limit reached, or the session's queue full: dropped).",
 		[]string{"result"}, nil)
 	pingRepliesDesc = prometheus.NewDesc("kubetun_ping_replies_total",
 		"Echo requests to ClusterIPs answered.", nil, nil)

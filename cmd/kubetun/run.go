@@ -201,6 +201,7 @@ func (r *runner) start() (stop func(), err error) {
 		return stop, err
 	}
 	r.closers = append(r.closers, r.ns.Close)
+	r.dev.SetUDPHandler(r.ns.DeliverUDP)
 	if err := r.tracker.Register(netstackCollector{r.ns.Stats}); err != nil {
 		return stop, fmt.Errorf("registering the data path's metrics: %w", err)
 	}

@@ -1,0 +1,93 @@
+package netstack
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// TestDeliverUDP: once a session exists (its first datagram went through
+// gVisor), DeliverUDP takes the flow's datagrams straight to it, in order;
+// it declines what has no session, and, once the session has ended, the
+// flow's datagrams, which then go to gVisor (and are refused there).
+func TestDeliverUDP(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		clusterIP netip.Addr
+		pod       netip.AddrPort
+		client    netip.AddrPort
+	}{
+		{"IPv4", clusterIP, pod1, client},
+		{"IPv6", clusterIP6, pod1v6, client6},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := new(fakeDialer)
+			pod := startUDPPod(t, d, tt.pod, "pod1")
+			tab := buildTable(t, udpService(tt.clusterIP, tt.pod))
+			ns, link := newTestStack(t, tab, d)
+			svc := netip.AddrPortFrom(tt.clusterIP, 80)
+
+			other := netip.AddrPortFrom(tt.client.Addr(), tt.client.Port()+1)
+			if ns.DeliverUDP(udpPacket(other, svc, []byte("no session"))) {
+				t.Fatal("DeliverUDP took a datagram of a flow without a session")
+			}
+			inject(link, udpPacket(tt.client, svc, []byte("first")))
+			if dg := received(t, pod); dg.data != "first" {
+				t.Fatalf("pod got %q, want %q", dg.data, "first")
+			}
+			readUDP(t, link) // the answer
+			for i := range 20 {
+				msg := fmt.Sprintf("fast %d", i)
+				if !ns.DeliverUDP(udpPacket(tt.client, svc, []byte(msg))) {
+					t.Fatalf("DeliverUDP declined datagram %d of an established session", i)
+				}
+			}
+			for i := range 20 {
+				if dg := received(t, pod); dg.data != fmt.Sprintf("fast %d", i) {
+					t.Fatalf("pod got %q, want %q (in order)", dg.data, fmt.Sprintf("fast %d", i))
+				}
+			}
+
+			tab.Store(snapshotOf(t))
+			ns.EndStaleSessions()
+			waitSessions(t, ns, 0)
+			if ns.DeliverUDP(udpPacket(tt.client, svc, []byte("after"))) {
+				t.Error("DeliverUDP took a datagram of an ended session")
+			}
+		})
+	}
+}
+
+// TestParseUDP: what the fast path reads, and what it leaves to gVisor.
+func TestParseUDP(t *testing.T) {
+	svc := netip.AddrPortFrom(clusterIP, 80)
+	plain := udpPacket(client, svc, []byte("payload"))
+	if key, payload, ok := parseUDP(plain); !ok || key != (flowKey{client, svc}) || string(payload) != "payload" {
+		t.Errorf("IPv4: %v %q %v", key, payload, ok)
+	}
+	svc6 := netip.AddrPortFrom(clusterIP6, 80)
+	if key, payload, ok := parseUDP(udpPacket(client6, svc6, []byte("six"))); !ok || key != (flowKey{client6, svc6}) || string(payload) != "six" {
+		t.Errorf("IPv6: %v %q %v", key, payload, ok)
+	}
+	// Trailing bytes past the IP length (Ethernet padding) are not payload.
+	padded := append(append([]byte(nil), plain...), 0, 0, 0)
+	if _, payload, ok := parseUDP(padded); !ok || string(payload) != "payload" {
+		t.Errorf("padded: %q %v", payload, ok)
+	}
+	frag := append([]byte(nil), plain...)
+	header.IPv4(frag).SetFlagsFragmentOffset(header.IPv4FlagMoreFragments, 0)
+	tcp, _ := ipPacket(client.Addr(), clusterIP, header.TCPProtocolNumber, header.TCPMinimumSize)
+	for name, pkt := range map[string][]byte{
+		"fragment":  frag,
+		"TCP":       tcp,
+		"truncated": plain[:len(plain)-3],
+		"short":     plain[:10],
+		"empty":     nil,
+	} {
+		if _, _, ok := parseUDP(pkt); ok {
+			t.Errorf("%s: parsed as a UDP datagram", name)
+		}
+	}
+}
