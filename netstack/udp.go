@@ -89,7 +89,9 @@ type udpSession struct {
 
 	// fastQ holds the datagrams DeliverUDP took for this session, past
 	// gVisor; run reads them after what gVisor's endpoint holds.
-	fastQ chan []byte
+	// fastBytes counts their bytes.
+	fastQ     chan []byte
+	fastBytes atomic.Int64
 }
 
 // handleUDP is the UDP forwarder's handler, run on the packet path for the
@@ -238,6 +240,7 @@ func (sess *udpSession) run() {
 			case <-readable:
 				continue
 			case d := <-sess.fastQ:
+				sess.fastBytes.Add(-int64(len(d)))
 				batch = sess.drainFast(append(batch, d))
 			case <-tick.C:
 				if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
@@ -267,6 +270,7 @@ func (sess *udpSession) drainFast(batch [][]byte) [][]byte {
 	for len(batch) < udpBatch {
 		select {
 		case d := <-sess.fastQ:
+			sess.fastBytes.Add(-int64(len(d)))
 			batch = append(batch, d)
 		default:
 			return batch

@@ -7,9 +7,13 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// udpQueueLen is how many datagrams DeliverUDP queues for one session
-// before it drops, as a full socket buffer does.
-const udpQueueLen = 512
+// DeliverUDP queues at most udpQueueLen datagrams and udpQueueBytes bytes
+// for one session, and drops past either, as a full socket buffer does
+// (gVisor's endpoint, which it passes, holds about as much).
+const (
+	udpQueueLen   = 512
+	udpQueueBytes = 256 << 10
+)
 
 // flowKey names a UDP session: the client and the Service IP:port.
 type flowKey struct{ src, dst netip.AddrPort }
@@ -32,9 +36,15 @@ func (s *Stack) DeliverUDP(pkt []byte) bool {
 		return false
 	}
 	sess := v.(*udpSession)
+	if sess.fastBytes.Add(int64(len(payload))) > udpQueueBytes {
+		sess.fastBytes.Add(-int64(len(payload)))
+		s.count.udpLimited.Add(1)
+		return true
+	}
 	select {
 	case sess.fastQ <- append([]byte(nil), payload...):
 	default:
+		sess.fastBytes.Add(-int64(len(payload)))
 		s.count.udpLimited.Add(1)
 	}
 	return true

@@ -91,3 +91,28 @@ func TestParseUDP(t *testing.T) {
 		}
 	}
 }
+
+// TestDeliverUDPQueueBound: a session whose queue is full (by bytes here)
+// drops what DeliverUDP takes for it, and counts it; nothing is queued past
+// the bound.
+func TestDeliverUDPQueueBound(t *testing.T) {
+	sess := &udpSession{fastQ: make(chan []byte, udpQueueLen)}
+	s := &Stack{}
+	s.fast.Store(flowKey{client, netip.AddrPortFrom(clusterIP, 80)}, sess)
+	big := make([]byte, 60000)
+	pkt := udpPacket(client, netip.AddrPortFrom(clusterIP, 80), big)
+	for range 10 {
+		if !s.DeliverUDP(pkt) {
+			t.Fatal("DeliverUDP declined a datagram of a session")
+		}
+	}
+	if n, want := len(sess.fastQ), udpQueueBytes/len(big); n != want {
+		t.Errorf("%d datagrams of %d bytes queued, want %d (%d bytes at most)", n, len(big), want, udpQueueBytes)
+	}
+	if got := s.count.udpLimited.Load(); got != uint64(10-len(sess.fastQ)) {
+		t.Errorf("%d counted as limited, want %d", got, 10-len(sess.fastQ))
+	}
+	if got := sess.fastBytes.Load(); got != int64(len(sess.fastQ)*len(big)) {
+		t.Errorf("fastBytes = %d, want %d", got, len(sess.fastQ)*len(big))
+	}
+}
