@@ -44,9 +44,10 @@ const (
 
 	maxDatagram = 65535
 
-	// udpBatch is the most client datagrams a session reads from gVisor
-	// and writes to its pod with one sendmmsg: under a flood the syscall,
-	// not the copy, is the cost per datagram.
+	// udpBatch is the most client datagrams a session takes at once (from
+	// gVisor's endpoint and its fast-path queue) and writes to its pod with
+	// one sendmmsg: under a flood the syscall, not the copy, is the cost
+	// per datagram.
 	udpBatch = 64
 	// udpBatchBuf is the buffer a batch is read into, taken from a pool
 	// only while datagrams are waiting: an idle session holds none. A
