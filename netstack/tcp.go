@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -260,8 +261,11 @@ func waitReadable(rc syscall.RawConn) error {
 	var b [1]byte
 	return rc.Read(func(fd uintptr) bool {
 		for {
-			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			switch err {
+			// recvfrom(2) itself: unix.Recvfrom would also decode the
+			// sender's address, which costs more than the call.
+			_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+				unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+			switch errno {
 			case unix.EINTR, unix.ECONNREFUSED:
 				continue
 			case unix.EAGAIN:

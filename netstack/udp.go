@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -411,42 +412,93 @@ func (sess *udpSession) route(sp *resolver.ServicePort) bool {
 
 // copyReplies relays the pod's datagrams to the client until pod is closed.
 // They leave gVisor from the Service's address, as the client expects. It
-// holds a buffer only while a datagram is there to relay: an idle session
-// holds none.
+// holds a buffer only while datagrams are there to relay, and then relays
+// every one waiting before it waits again: an idle session holds none.
 func (sess *udpSession) copyReplies(pod net.Conn) {
 	defer sess.readers.Done()
-	var rc syscall.RawConn
-	if sc, ok := pod.(syscall.Conn); ok {
-		rc, _ = sc.SyscallConn()
+	sc, ok := pod.(syscall.Conn)
+	if !ok {
+		sess.copyRepliesBlocking(pod)
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
 	}
 	for {
-		if rc != nil {
-			if err := waitReadable(rc); err != nil {
-				return // closed
-			}
+		if err := waitReadable(rc); err != nil {
+			return // closed
 		}
 		bp := replyBufs.Get().(*[]byte)
-		n, err := pod.Read(*bp)
-		if err != nil {
-			replyBufs.Put(bp)
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				continue // an ICMP error for an earlier datagram
-			}
-			return
-		}
-		sess.last.Store(time.Now().UnixNano())
-		_, err = sess.client.Write((*bp)[:n])
+		ok := sess.relayWaiting(rc, *bp)
 		replyBufs.Put(bp)
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			// The session is closing, or the client's host refused an
-			// earlier datagram (its socket closed; gVisor reports that on
-			// this write). A session that cannot relay answers must not
-			// go on forwarding the client's datagrams: end it, and the
-			// client's next datagram starts a new one.
-			sess.client.Close()
+		if !ok {
 			return
 		}
 	}
+}
+
+// relayWaiting reads, without waiting, each datagram the pod's socket holds
+// into buf and relays it. It reports false when the session must stop
+// relaying: the socket is closed, or the client's side refused (relay).
+func (sess *udpSession) relayWaiting(rc syscall.RawConn, buf []byte) bool {
+	for {
+		var (
+			n       int
+			readErr error
+		)
+		if err := rc.Read(func(fd uintptr) bool {
+			n, readErr = unix.Read(int(fd), buf)
+			return true
+		}); err != nil {
+			return false // closed
+		}
+		switch readErr {
+		case nil:
+		case unix.EAGAIN:
+			return true // all relayed
+		case unix.EINTR, unix.ECONNREFUSED:
+			continue // ECONNREFUSED: an ICMP error for an earlier datagram
+		default:
+			return false
+		}
+		if !sess.relay(buf[:n]) {
+			return false
+		}
+	}
+}
+
+// copyRepliesBlocking is copyReplies for a pod connection that is not a
+// socket (tests' stand-ins): a plain blocking read per datagram.
+func (sess *udpSession) copyRepliesBlocking(pod net.Conn) {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, err := pod.Read(buf)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue
+			}
+			return
+		}
+		if !sess.relay(buf[:n]) {
+			return
+		}
+	}
+}
+
+// relay sends one of the pod's datagrams to the client.
+func (sess *udpSession) relay(d []byte) bool {
+	sess.last.Store(time.Now().UnixNano())
+	if _, err := sess.client.Write(d); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		// The session is closing, or the client's host refused an earlier
+		// datagram (its socket closed; gVisor reports that on this write).
+		// A session that cannot relay answers must not go on forwarding
+		// the client's datagrams: end it, and the client's next datagram
+		// starts a new one.
+		sess.client.Close()
+		return false
+	}
+	return true
 }
 
 // close ends the session's sockets, and takes it out of the fast path, so
