@@ -486,9 +486,20 @@ func (sess *udpSession) copyRepliesBlocking(pod net.Conn) {
 	}
 }
 
-// relay sends one of the pod's datagrams to the client.
+// relay sends one of the pod's datagrams to the client, from the Service's
+// address: straight out of the link (sendUDP), or, if it is too large for
+// that, through gVisor.
 func (sess *udpSession) relay(d []byte) bool {
 	sess.last.Store(time.Now().UnixNano())
+	// The client's host refused an earlier answer (an ICMP error, which
+	// gVisor matched to the session's endpoint): stop, as below.
+	if err := sess.cep.LastError(); err != nil {
+		sess.client.Close()
+		return false
+	}
+	if sess.s.sendUDP(sess.dst, sess.src, d) {
+		return true
+	}
 	if _, err := sess.client.Write(d); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		// The session is closing, or the client's host refused an earlier
 		// datagram (its socket closed; gVisor reports that on this write).

@@ -116,3 +116,19 @@ func TestDeliverUDPQueueBound(t *testing.T) {
 		t.Errorf("fastBytes = %d, want %d", got, len(sess.fastQ)*len(big))
 	}
 }
+
+// TestUDPAnswerLargerThanLink: an answer too large for the link's MTU is
+// not built by kubetun but left to gVisor, which fragments it.
+func TestUDPAnswerLargerThanLink(t *testing.T) {
+	d := new(fakeDialer)
+	startUDPPod(t, d, pod1, "pod1")
+	_, link := newTestStack(t, buildTable(t, udpService(clusterIP, pod1)), d) // MTU 1500
+	svc := netip.AddrPortFrom(clusterIP, 80)
+	inject(link, udpPacket(client, svc, make([]byte, 3000))) // the pod echoes it, prefixed
+	b := readPacket(t, link)
+	ip := header.IPv4(b)
+	if len(b) > 1500 || ip.Flags()&header.IPv4FlagMoreFragments == 0 || ip.FragmentOffset() != 0 {
+		t.Fatalf("first packet of a 3005-byte answer on a 1500-byte link: %d bytes, flags %#x, offset %d; want gVisor's first fragment",
+			len(b), ip.Flags(), ip.FragmentOffset())
+	}
+}
