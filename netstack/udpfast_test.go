@@ -13,15 +13,7 @@ import (
 // it declines what has no session, and, once the session has ended, the
 // flow's datagrams, which then go to gVisor (and are refused there).
 func TestDeliverUDP(t *testing.T) {
-	for _, tt := range []struct {
-		name      string
-		clusterIP netip.Addr
-		pod       netip.AddrPort
-		client    netip.AddrPort
-	}{
-		{"IPv4", clusterIP, pod1, client},
-		{"IPv6", clusterIP6, pod1v6, client6},
-	} {
+	for _, tt := range udpFamilies {
 		t.Run(tt.name, func(t *testing.T) {
 			d := new(fakeDialer)
 			pod := startUDPPod(t, d, tt.pod, "pod1")
