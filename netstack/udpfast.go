@@ -23,9 +23,9 @@ type flowKey struct{ src, dst netip.AddrPort }
 // DeliverUDP hands a datagram of an established UDP session straight to the
 // session, without gVisor: pkt is a whole IPv4 or IPv6 packet whose
 // checksums the caller has checked or the kernel vouches for. It reports
-// false for anything else — not UDP, a fragment, IP options it does not
-// read, no session yet — which the caller passes to gVisor, where a new
-// session starts. gVisor's IP and UDP demultiplexing is two fifths of the
+// false for anything else — not UDP, a fragment, IPv6 extension headers,
+// no session yet — which the caller passes to gVisor, where a new session
+// starts (or the session's gVisor endpoint takes it). gVisor's IP and UDP demultiplexing is two fifths of the
 // cost of a forwarded datagram; this is the UDP fast path. It runs on the
 // packet path: no lock, no blocking; a session whose queue is full drops.
 func (s *Stack) DeliverUDP(pkt []byte) bool {
