@@ -435,20 +435,24 @@ func readSegment(t testing.TB, link *channel.Endpoint) (header.IPv4, header.TCP)
 	return ip, header.TCP(ip.Payload())
 }
 
+// families are the addresses the tests that run over IPv4 and IPv6 use:
+// a ClusterIP, the client and the pod.
+var families = []struct {
+	name      string
+	clusterIP netip.Addr
+	client    netip.AddrPort
+	pod       netip.AddrPort
+}{
+	{"IPv4", clusterIP, client, pod1},
+	{"IPv6", clusterIP6, client6, pod1v6},
+}
+
 // TestHandshakeAfterDial drives a real handshake with hand-built segments,
 // over IPv4 and IPv6: the SYN-ACK comes from the ClusterIP only after the
 // pod was dialled, and bytes then flow both ways between the client's
 // segments and the pod.
 func TestHandshakeAfterDial(t *testing.T) {
-	for _, fam := range []struct {
-		name      string
-		clusterIP netip.Addr
-		client    netip.AddrPort
-		pod       netip.AddrPort
-	}{
-		{"IPv4", clusterIP, client, pod1},
-		{"IPv6", clusterIP6, client6, pod1v6},
-	} {
+	for _, fam := range families {
 		t.Run(fam.name, func(t *testing.T) {
 			d := new(fakeDialer)
 			got := make(chan string, 1)

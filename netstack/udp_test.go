@@ -167,22 +167,11 @@ func goroutines(fn string) int {
 	return n
 }
 
-// udpFamilies are the addresses UDP tests run with over IPv4 and IPv6.
-var udpFamilies = []struct {
-	name      string
-	clusterIP netip.Addr
-	pod       netip.AddrPort
-	client    netip.AddrPort
-}{
-	{"IPv4", clusterIP, pod1, client},
-	{"IPv6", clusterIP6, pod1v6, client6},
-}
-
 // TestUDPForward: a client's datagrams reach the pod and the pod's answers
 // come back from the ClusterIP:port the client sent to, over one session
 // and one dial.
 func TestUDPForward(t *testing.T) {
-	for _, tt := range udpFamilies {
+	for _, tt := range families {
 		t.Run(tt.name, func(t *testing.T) {
 			d := new(fakeDialer)
 			pod := startUDPPod(t, d, tt.pod, "pod1")

@@ -13,7 +13,7 @@ import (
 // it declines what has no session, and, once the session has ended, the
 // flow's datagrams, which then go to gVisor (and are refused there).
 func TestDeliverUDP(t *testing.T) {
-	for _, tt := range udpFamilies {
+	for _, tt := range families {
 		t.Run(tt.name, func(t *testing.T) {
 			d := new(fakeDialer)
 			pod := startUDPPod(t, d, tt.pod, "pod1")
