@@ -93,7 +93,9 @@ func Build(ctx context.Context, logf func(format string, args ...any)) (Bins, er
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return Bins{}, fmt.Errorf("controlplane: MkdirAll %s: %w", cache, err)
 	}
+	stopWait := progress(logf, "waiting for another build of the control plane (lock %s)", filepath.Join(cache, ".build.lock"))
 	unlock, err := lockFile(filepath.Join(cache, ".build.lock"))
+	stopWait()
 	if err != nil {
 		return Bins{}, err
 	}
@@ -134,7 +136,10 @@ func buildOnce(ctx context.Context, logf func(string, ...any), dir string, build
 		}
 	}
 	start := time.Now()
-	if err := build(ctx, logf, work, out); err != nil {
+	stop := progress(logf, "building %s", filepath.Base(dir))
+	err = build(ctx, logf, work, out)
+	stop()
+	if err != nil {
 		return err
 	}
 	if err := os.Rename(out, dir); err != nil {
@@ -251,6 +256,36 @@ func goCommand(ctx context.Context, dir string, args ...string) *exec.Cmd {
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
+}
+
+// progressEvery is how often a long step says it is still running, so that
+// nobody watching `make test` on a cold cache wonders whether it hangs.
+const progressEvery = 20 * time.Second
+
+// progress logs "still <what>, <elapsed> so far" every progressEvery until the
+// returned func is called; that func waits for the logging goroutine.
+func progress(logf func(string, ...any), format string, args ...any) (stop func()) {
+	what := fmt.Sprintf(format, args...)
+	start := time.Now()
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				logf("controlplane: still %s, %v so far", what, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+	}
 }
 
 // lockFile takes an exclusive flock on path, waiting for another holder, and
