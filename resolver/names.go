@@ -1,6 +1,7 @@
 package resolver
 
 import (
+	"iter"
 	"net/netip"
 	"slices"
 
@@ -22,8 +23,11 @@ type ServiceRecord struct {
 	Headless bool
 	// Ports are the Service's ports.
 	Ports []PortRecord
-	// Endpoints are, for a headless Service, its ready endpoints (all of
-	// them with publishNotReadyAddresses), sorted by address.
+	// Endpoints are the Service's ready endpoints (all of them with
+	// publishNotReadyAddresses), sorted by address; none for ExternalName.
+	// A headless Service's name resolves to them; every Service's
+	// endpoints have names below its own, and PTR records (as CoreDNS
+	// gives them).
 	Endpoints []EndpointRecord
 }
 
@@ -34,7 +38,7 @@ type PortRecord struct {
 	Port     uint16
 }
 
-// EndpointRecord is one endpoint of a headless Service.
+// EndpointRecord is one endpoint of a Service, as DNS names it.
 type EndpointRecord struct {
 	Addr     netip.Addr
 	Hostname string       // the endpoint's hostname, if the slice gives one
@@ -62,9 +66,9 @@ func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
 	return r, ok
 }
 
-// EndpointByIP returns the headless Service that has ip as an endpoint, and
-// that endpoint (for PTR records of headless endpoints). If several do, the
-// first in the order Build saw them.
+// EndpointByIP returns a Service that has ip as an endpoint, and that
+// endpoint. If several do, the first in the order Build saw them; for a
+// choice that does not depend on that order, see ServiceRecords.
 func (s *Snapshot) EndpointByIP(ip netip.Addr) (*ServiceRecord, EndpointRecord, bool) {
 	if s == nil {
 		return nil, EndpointRecord{}, false
@@ -73,10 +77,26 @@ func (s *Snapshot) EndpointByIP(ip netip.Addr) (*ServiceRecord, EndpointRecord, 
 	return ref.rec, ref.ep, ok
 }
 
-// endpointRef is one headless endpoint and its Service.
+// endpointRef is one endpoint and its Service.
 type endpointRef struct {
 	rec *ServiceRecord
 	ep  EndpointRecord
+}
+
+// ServiceRecords returns the DNS record of every Service, in no particular
+// order (cluster DNS indexes them its own way, e.g. every endpoint address
+// for PTR records). The records must not be modified.
+func (s *Snapshot) ServiceRecords() iter.Seq[*ServiceRecord] {
+	return func(yield func(*ServiceRecord) bool) {
+		if s == nil {
+			return
+		}
+		for _, r := range s.names {
+			if !yield(r) {
+				return
+			}
+		}
+	}
 }
 
 // HasNamespace reports whether any Service lives in namespace.
@@ -96,9 +116,10 @@ func serviceRecord(svc *corev1.Service, ips []netip.Addr, slices []*discoveryv1.
 		r.ExternalName = svc.Spec.ExternalName
 	case svc.Spec.ClusterIP == corev1.ClusterIPNone:
 		r.Headless = true
-		r.Endpoints = headlessEndpoints(slices, svc.Spec.PublishNotReadyAddresses)
+		r.Endpoints = readyEndpoints(slices, svc.Spec.PublishNotReadyAddresses)
 	default:
 		r.ClusterIPs = ips
+		r.Endpoints = readyEndpoints(slices, svc.Spec.PublishNotReadyAddresses)
 	}
 	for _, p := range svc.Spec.Ports {
 		if proto, ok := protocolOf(p.Protocol); ok {
@@ -108,8 +129,8 @@ func serviceRecord(svc *corev1.Service, ips []netip.Addr, slices []*discoveryv1.
 	return r
 }
 
-// headlessEndpoints lists the endpoints DNS answers for a headless Service.
-func headlessEndpoints(svcSlices []*discoveryv1.EndpointSlice, notReadyToo bool) []EndpointRecord {
+// readyEndpoints lists the endpoints DNS names for a Service.
+func readyEndpoints(svcSlices []*discoveryv1.EndpointSlice, notReadyToo bool) []EndpointRecord {
 	var out []EndpointRecord
 	for _, es := range svcSlices {
 		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {

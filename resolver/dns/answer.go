@@ -2,6 +2,7 @@ package dns
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	miekg "github.com/miekg/dns"
@@ -17,6 +18,12 @@ const (
 	// SchemaVersion is the version of the Kubernetes DNS specification
 	// answered, served as the TXT record dns-version.<domain>.
 	SchemaVersion = "1.1.0"
+
+	// maxCNAMEs bounds the CNAME chain of an answer (ExternalName
+	// Services pointing at each other, and upstream's chain after them):
+	// CoreDNS's bound, 8. A longer chain, or a loop, is SERVFAIL here
+	// (RFC 1034 3.6.2: loops are signalled as errors).
+	maxCNAMEs = 8
 
 	// soaSerial is the SOA serial. Nothing transfers this zone, so it
 	// need not change; negative answers are cached by the SOA's TTL.
@@ -36,6 +43,10 @@ type Zone struct {
 	// NameServer is the address this server is reached on, if known: the
 	// zone's NS record points to ns.dns.<domain>, which resolves to it.
 	NameServer netip.Addr
+
+	// endpoints caches the endpoint index of the latest snapshot for
+	// reverse names; nil builds it on each reverse question.
+	endpoints *endpointCache
 }
 
 // Result is the answer to one question.
@@ -56,6 +67,11 @@ type Result struct {
 	Answer []miekg.RR
 	Ns     []miekg.RR
 	Extra  []miekg.RR
+	// Chase, when set, is where the CNAME chain in Answer leaves the zone
+	// (an ExternalName Service's outside target): the server asks
+	// upstream for Chase with the question's type and appends what it
+	// learns. Rcode is then NOERROR, the answer so far.
+	Chase string
 }
 
 // Answer answers the question (name, qtype) from snap, class IN. Names are
@@ -70,21 +86,30 @@ type Result struct {
 //	svc.cluster.local                    exists, no records
 //	<ns>.svc.cluster.local               exists, no records, if a Service lives in <ns>
 //	<svc>.<ns>.svc.cluster.local         A/AAAA ClusterIPs; headless: A/AAAA of the ready
-//	                                     endpoints (NXDOMAIN when none); ExternalName: CNAME
-//	<host>.<svc>.<ns>.svc.cluster.local  A/AAAA of a headless Service's endpoint, by its
+//	                                     endpoints (NXDOMAIN when none); SRV: one per port
+//	                                     (headless: per endpoint and port); ExternalName:
+//	                                     CNAME and the target's records (see Result.Chase)
+//	<host>.<svc>.<ns>.svc.cluster.local  A/AAAA of a Service's ready endpoint, by its
 //	                                     hostname, or its dashed address when it has none
 //	_<port>._<proto>.<svc>.<ns>.svc...   SRV for a named port
 //	<a-b-c-d>.<ns>.pod.cluster.local     A a.b.c.d (the spec's deprecated pod records)
 //	<reversed ClusterIP>.in-addr.arpa    PTR <svc>.<ns>.svc.cluster.local (ip6.arpa too)
+//	<reversed endpoint>.in-addr.arpa     PTR <host>.<svc>.<ns>.svc.cluster.local
 //
-// Every other name under the domain is NXDOMAIN. Not answered: the PTR
-// records of headless endpoints (spec 2.4.3); the snapshot has no index of
-// endpoint addresses, so their reverse names go upstream.
+// Every other name under the domain is NXDOMAIN. The endpoint names and
+// their PTR records are CoreDNS's: the specification has them for headless
+// Services only (2.4.1, 2.4.3), CoreDNS for every Service.
 func (z Zone) Answer(snap *resolver.Snapshot, name string, qtype uint16) Result {
+	return z.answer(snap, name, qtype, nil)
+}
+
+// answer is Answer for a name reached through the CNAMEs whose owners are
+// chain (canonical), to detect loops.
+func (z Zone) answer(snap *resolver.Snapshot, name string, qtype uint16, chain []string) Result {
 	qname := miekg.Fqdn(name)
 	lower := miekg.CanonicalName(qname)
 	domain := miekg.CanonicalName(z.Domain)
-	q := &query{snap: snap, zone: z, domain: domain, qname: qname, qtype: qtype}
+	q := &query{snap: snap, zone: z, domain: domain, qname: qname, qtype: qtype, chain: chain}
 
 	if rel, ok := under(lower, domain); ok {
 		q.origin = domain
@@ -124,6 +149,7 @@ type query struct {
 	origin string // the zone the name is in, owner of the SOA
 	qname  string // the name as asked, fully qualified
 	qtype  uint16
+	chain  []string // owners of the CNAMEs that led here, canonical
 }
 
 // cluster answers a name under the cluster domain; labels are the name's
@@ -213,40 +239,69 @@ func (q *query) services(labels []string) Result {
 func (q *query) service(rec *resolver.ServiceRecord) Result {
 	switch {
 	case rec.ExternalName != "":
-		target, ok := cnameTarget(rec.ExternalName)
-		if !ok {
-			return q.nxdomain()
-		}
-		// A CNAME answers every type; the client follows it. It is not
-		// chased here: the target is outside the zone.
-		return q.answer([]miekg.RR{&miekg.CNAME{Hdr: q.hdr(q.qname, miekg.TypeCNAME), Target: target}}, nil)
+		return q.externalName(rec)
 	case rec.Headless:
 		if len(rec.Endpoints) == 0 {
 			return q.nxdomain() // the spec: no ready endpoints, no name
+		}
+		if q.qtype == miekg.TypeSRV {
+			return q.srvAnswer(rec, srvRecords(rec, anyPort))
 		}
 		addrs := make([]netip.Addr, len(rec.Endpoints))
 		for i, ep := range rec.Endpoints {
 			addrs[i] = ep.Addr
 		}
 		return q.answer(q.addrs(q.qname, addrs), nil)
+	case q.qtype == miekg.TypeSRV:
+		return q.srvAnswer(rec, srvRecords(rec, anyPort))
 	default:
 		return q.answer(q.addrs(q.qname, rec.ClusterIPs), nil)
 	}
 }
 
-// endpoint answers <label>.<svc>.<ns>.svc.<domain>: a headless Service's
-// endpoint, or the _<proto> name above its SRV records.
+// externalName answers an ExternalName Service's name: its CNAME and, as
+// CoreDNS does, the target's records of the type asked, so that a stub
+// resolver that does not follow CNAMEs itself (glibc's) gets addresses. A
+// target in the zone is answered from the same snapshot; for any other the
+// answer ends with Chase, and the server asks upstream.
+func (q *query) externalName(rec *resolver.ServiceRecord) Result {
+	target, ok := cnameTarget(rec.ExternalName)
+	if !ok {
+		return q.nxdomain()
+	}
+	cname := &miekg.CNAME{Hdr: q.hdr(q.qname, miekg.TypeCNAME), Target: target}
+	if q.qtype == miekg.TypeCNAME || q.qtype == miekg.TypeANY {
+		return q.answer([]miekg.RR{cname}, nil)
+	}
+	chain := append(slices.Clip(q.chain), miekg.CanonicalName(q.qname))
+	if len(chain) > maxCNAMEs || slices.Contains(chain, miekg.CanonicalName(target)) {
+		return Result{Rcode: miekg.RcodeServerFailure}
+	}
+	next := q.zone.answer(q.snap, target, q.qtype, chain)
+	switch {
+	case next.Forward:
+		return Result{Rcode: miekg.RcodeSuccess, Authoritative: true, Answer: []miekg.RR{cname}, Chase: target}
+	case next.Rcode != miekg.RcodeSuccess && next.Rcode != miekg.RcodeNameError:
+		return next // a loop further on
+	}
+	// RFC 6604: the rcode is the last name's; AA is the first owner's.
+	next.Authoritative = true
+	next.Answer = append([]miekg.RR{cname}, next.Answer...)
+	return next
+}
+
+// endpoint answers <label>.<svc>.<ns>.svc.<domain>: a Service's endpoint
+// (for a ClusterIP Service too, as CoreDNS: so that the PTR record of an
+// endpoint names a name that resolves back to it), or the _<proto> name
+// above its SRV records.
 func (q *query) endpoint(rec *resolver.ServiceRecord, label string) Result {
 	if proto, ok := strings.CutPrefix(label, "_"); ok {
 		// _<proto>.<svc>...: exists, empty, when some SRV name is below
 		// it. NXDOMAIN here would tell an RFC 8020 resolver that the SRV
 		// names do not exist either.
-		if p, ok := protocolOf(proto); ok && len(srvRecords(rec, "", p)) > 0 {
+		if p, ok := protocolOf(proto); ok && len(srvRecords(rec, namedPort("", p))) > 0 {
 			return q.nodata()
 		}
-		return q.nxdomain()
-	}
-	if !rec.Headless {
 		return q.nxdomain()
 	}
 	var addrs []netip.Addr
@@ -269,15 +324,26 @@ func (q *query) srv(rec *resolver.ServiceRecord, portLabel, protoLabel string) R
 	if !ok1 || !ok2 || !ok3 || port == "" {
 		return q.nxdomain()
 	}
-	targets := srvRecords(rec, port, p)
+	targets := srvRecords(rec, namedPort(port, p))
 	if len(targets) == 0 {
 		return q.nxdomain()
 	}
 	if !q.wants(miekg.TypeSRV) {
 		return q.nodata()
 	}
+	return q.srvAnswer(rec, targets)
+}
+
+// srvAnswer is the SRV records of targets, and the targets' addresses as
+// additional records (each once).
+func (q *query) srvAnswer(rec *resolver.ServiceRecord, targets []srvTarget) Result {
 	svcName := rec.Name + "." + rec.Namespace + ".svc." + q.domain
 	var answer, extra []miekg.RR
+	type extraKey struct {
+		name string
+		addr netip.Addr
+	}
+	added := make(map[extraKey]bool)
 	for _, t := range targets {
 		name := svcName
 		if t.host != "" {
@@ -291,7 +357,10 @@ func (q *query) srv(rec *resolver.ServiceRecord, portLabel, protoLabel string) R
 			Target:   name,
 		})
 		for _, a := range t.addrs {
-			extra = append(extra, q.addr(name, a))
+			if k := (extraKey{name, a}); !added[k] {
+				added[k] = true
+				extra = append(extra, q.addr(name, a))
+			}
 		}
 	}
 	return q.answer(answer, extra)
@@ -305,44 +374,53 @@ type srvTarget struct {
 	addrs []netip.Addr
 }
 
-// srvRecords lists the SRV targets of rec's port named port (any named
-// port when port is "") with protocol proto: the Service itself for a
-// ClusterIP Service, each ready endpoint — with the port number its
-// EndpointSlice gives — for a headless one.
-func srvRecords(rec *resolver.ServiceRecord, port string, proto resolver.Protocol) []srvTarget {
-	match := func(p resolver.PortRecord) bool {
-		// Unnamed ports have no SRV record.
+// namedPort matches rec's port named port (any named port when port is
+// "") with protocol proto: the _<port>._<proto> SRV names. Unnamed ports
+// have none.
+func namedPort(port string, proto resolver.Protocol) func(resolver.PortRecord) bool {
+	return func(p resolver.PortRecord) bool {
 		return p.Name != "" && p.Protocol == proto && (port == "" || strings.EqualFold(p.Name, port))
 	}
+}
+
+// anyPort matches every port: the SRV records of the Service's own name,
+// one per port, as CoreDNS answers them.
+func anyPort(resolver.PortRecord) bool { return true }
+
+// srvRecords lists the SRV targets of rec's ports that match: the Service
+// itself for a ClusterIP Service, each ready endpoint — with the port
+// number its EndpointSlice gives — for a headless one. Targets are unique
+// by (host, port): a port on TCP and UDP is one record, and a dual-stack
+// endpoint, in an IPv4 and an IPv6 slice under one hostname, one target.
+func srvRecords(rec *resolver.ServiceRecord, match func(resolver.PortRecord) bool) []srvTarget {
 	var out []srvTarget
+	add := func(host string, port uint16, addrs ...netip.Addr) {
+		i := slices.IndexFunc(out, func(t srvTarget) bool { return t.host == host && t.port == port })
+		if i < 0 {
+			i = len(out)
+			out = append(out, srvTarget{host: host, port: port})
+		}
+		for _, a := range addrs {
+			if !slices.Contains(out[i].addrs, a) {
+				out[i].addrs = append(out[i].addrs, a)
+			}
+		}
+	}
 	switch {
 	case rec.ExternalName != "":
 		return nil
 	case rec.Headless:
 		for _, ep := range rec.Endpoints {
 			for _, p := range ep.Ports {
-				if !match(p) {
-					continue
+				if match(p) {
+					add(endpointName(ep), p.Port, ep.Addr)
 				}
-				host := endpointName(ep)
-				// One record per (host, port): a dual-stack endpoint sits in
-				// an IPv4 and an IPv6 slice under one hostname.
-				i := 0
-				for i < len(out) && (out[i].host != host || out[i].port != p.Port) {
-					i++
-				}
-				if i == len(out) {
-					out = append(out, srvTarget{host: host, port: p.Port})
-				}
-				out[i].addrs = append(out[i].addrs, ep.Addr)
-				break
 			}
 		}
 	default:
 		for _, p := range rec.Ports {
 			if match(p) {
-				out = append(out, srvTarget{port: p.Port, addrs: rec.ClusterIPs})
-				break
+				add("", p.Port, rec.ClusterIPs...)
 			}
 		}
 	}
@@ -373,14 +451,17 @@ func (q *query) pods(labels []string) Result {
 // reverse answers the PTR name of ip.
 func (q *query) reverse(ip netip.Addr) Result {
 	rec, isService := q.snap.ServiceByIP(ip)
-	if hrec, ep, ok := q.snap.EndpointByIP(ip); !isService && ok {
-		// A headless Service's endpoint (DNS specification 2.4.3): its
-		// name as the A/AAAA records give it.
-		if !q.wants(miekg.TypePTR) {
-			return q.nodata()
+	if !isService && q.snap != nil {
+		if o, ok := q.zone.endpoints.index(q.snap).lookup(ip); ok {
+			// A Service's endpoint (the specification's 2.4.3 for
+			// headless Services; CoreDNS's for every Service): its name
+			// as the A/AAAA records give it.
+			if !q.wants(miekg.TypePTR) {
+				return q.nodata()
+			}
+			target := endpointName(o.ep) + "." + o.rec.Name + "." + o.rec.Namespace + ".svc." + q.domain
+			return q.answer([]miekg.RR{&miekg.PTR{Hdr: q.hdr(q.qname, miekg.TypePTR), Ptr: target}}, nil)
 		}
-		target := endpointName(ep) + "." + hrec.Name + "." + hrec.Namespace + ".svc." + q.domain
-		return q.answer([]miekg.RR{&miekg.PTR{Hdr: q.hdr(q.qname, miekg.TypePTR), Ptr: target}}, nil)
 	}
 	if !isService && !q.inServiceCIDRs(ip) {
 		// A pod's, a node's or a public address: upstream may know it.
@@ -472,9 +553,9 @@ func (q *query) addr(name string, a netip.Addr) miekg.RR {
 	return &miekg.AAAA{Hdr: q.hdr(name, miekg.TypeAAAA), AAAA: a.AsSlice()}
 }
 
-// endpointName is a headless endpoint's name below its Service: its
-// hostname, or else its address with dashes (the spec leaves this
-// "system-assigned identifier" open; dashes are what CoreDNS uses).
+// endpointName is an endpoint's name below its Service: its hostname, or
+// else its address with dashes (the spec leaves this "system-assigned
+// identifier" open; dashes are what CoreDNS uses, fd00--1-5 for IPv6).
 func endpointName(ep resolver.EndpointRecord) string {
 	if ep.Hostname != "" {
 		return ep.Hostname

@@ -114,10 +114,16 @@ func testSnapshot(tb testing.TB) *resolver.Snapshot {
 			endpointSlice("default", "db-v6", "db", v6, pg,
 				endpoint("fd00:1::5", "db-0", ptr(true)),
 			),
-			// Endpoints of a ClusterIP Service have no names of their own.
+			// Endpoints of a ClusterIP Service are named too, as CoreDNS
+			// names them: for their PTR records.
 			endpointSlice("default", "web-1", "web", v4,
 				[]discoveryv1.EndpointPort{slicePort("http", tcp, 8080)},
-				endpoint("10.0.2.2", "web-0", nil)),
+				endpoint("10.0.2.2", "web-0", nil),
+				endpoint("10.0.2.3", "", nil),
+				endpoint("10.0.2.4", "", ptr(false))),
+			endpointSlice("default", "dual-6", "dual", v6,
+				[]discoveryv1.EndpointPort{slicePort("https", tcp, 8443)},
+				endpoint("fd00:2::3", "", nil)),
 		})
 }
 
@@ -166,6 +172,7 @@ func TestAnswer(t *testing.T) {
 		rcode   int
 		answer  []string // any order; none means NODATA for NOERROR
 		extra   []string // any order
+		chase   string   // Result.Chase
 	}{
 		// ClusterIP Services.
 		{name: "web.default.svc.cluster.local.", qtype: A, answer: []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
@@ -181,8 +188,13 @@ func TestAnswer(t *testing.T) {
 		{name: "kube-dns.kube-system.svc.cluster.local.", qtype: A, answer: []string{"kube-dns.kube-system.svc.cluster.local. A 10.3.240.10"}},
 		{name: "nosuch.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
 		{name: "web.nosuch.svc.cluster.local.", qtype: A, rcode: nxdomain},
-		{name: "web-0.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain},    // not headless
-		{name: "10-0-2-2.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // not headless
+		// A ClusterIP Service's endpoints, as CoreDNS names them.
+		{name: "web-0.web.default.svc.cluster.local.", qtype: A, answer: []string{"web-0.web.default.svc.cluster.local. A 10.0.2.2"}},
+		{name: "10-0-2-2.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // named web-0
+		{name: "10-0-2-3.web.default.svc.cluster.local.", qtype: A, answer: []string{"10-0-2-3.web.default.svc.cluster.local. A 10.0.2.3"}},
+		{name: "10-0-2-3.web.default.svc.cluster.local.", qtype: AAAA},
+		{name: "10-0-2-4.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain}, // not ready
+		{name: "fd00-2--3.dual.default.svc.cluster.local.", qtype: AAAA, answer: []string{"fd00-2--3.dual.default.svc.cluster.local. AAAA fd00:2::3"}},
 		{name: "a.b.c.web.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
 
 		// SRV of a ClusterIP Service.
@@ -213,6 +225,38 @@ func TestAnswer(t *testing.T) {
 			answer: []string{"_https._tcp.dual.default.svc.cluster.local. SRV 0 100 443 dual.default.svc.cluster.local."},
 			extra: []string{"dual.default.svc.cluster.local. A 10.3.240.30",
 				"dual.default.svc.cluster.local. AAAA fd00:10:96::30"}},
+
+		// SRV of a Service's own name: one per port (a port number on
+		// TCP and UDP is one record), unnamed ports too.
+		{name: "web.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{
+				"web.default.svc.cluster.local. SRV 0 100 80 web.default.svc.cluster.local.",
+				"web.default.svc.cluster.local. SRV 0 100 53 web.default.svc.cluster.local.",
+			},
+			extra: []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "Plain.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{"Plain.default.svc.cluster.local. SRV 0 100 8080 plain.default.svc.cluster.local."},
+			extra:  []string{"plain.default.svc.cluster.local. A 10.3.240.21"}},
+		{name: "kube-dns.kube-system.svc.cluster.local.", qtype: SRV,
+			answer: []string{"kube-dns.kube-system.svc.cluster.local. SRV 0 100 53 kube-dns.kube-system.svc.cluster.local."},
+			extra:  []string{"kube-dns.kube-system.svc.cluster.local. A 10.3.240.10"}},
+		{name: "dual.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{"dual.default.svc.cluster.local. SRV 0 100 443 dual.default.svc.cluster.local."},
+			extra: []string{"dual.default.svc.cluster.local. A 10.3.240.30",
+				"dual.default.svc.cluster.local. AAAA fd00:10:96::30"}},
+		{name: "db.default.svc.cluster.local.", qtype: SRV,
+			answer: []string{
+				"db.default.svc.cluster.local. SRV 0 100 15432 10-0-1-7.db.default.svc.cluster.local.",
+				"db.default.svc.cluster.local. SRV 0 100 15432 db-0.db.default.svc.cluster.local.",
+				"db.default.svc.cluster.local. SRV 0 100 15432 db-1.db.default.svc.cluster.local.",
+			},
+			extra: []string{
+				"10-0-1-7.db.default.svc.cluster.local. A 10.0.1.7",
+				"db-0.db.default.svc.cluster.local. A 10.0.1.5",
+				"db-0.db.default.svc.cluster.local. AAAA fd00:1::5",
+				"db-1.db.default.svc.cluster.local. A 10.0.1.6",
+			}},
+		{name: "lonely.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
 
 		// Headless Services: the ready endpoints.
 		{name: "db.default.svc.cluster.local.", qtype: A, answer: []string{
@@ -247,9 +291,11 @@ func TestAnswer(t *testing.T) {
 		{name: "_pg._tcp.lonely.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
 		{name: "_tcp.db.default.svc.cluster.local.", qtype: A},
 
-		// ExternalName: a CNAME for every type, not chased.
-		{name: "ext.default.svc.cluster.local.", qtype: A, answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
-		{name: "ext.default.svc.cluster.local.", qtype: AAAA, answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
+		// ExternalName: a CNAME for every type, the outside target left
+		// to the server to ask upstream (see TestAnswerExternalName).
+		{name: "ext.default.svc.cluster.local.", qtype: A, chase: "www.example.com.", answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
+		{name: "ext.default.svc.cluster.local.", qtype: AAAA, chase: "www.example.com.", answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
+		{name: "ext.default.svc.cluster.local.", qtype: SRV, chase: "www.example.com.", answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
 		{name: "ext.default.svc.cluster.local.", qtype: CNAME, answer: []string{"ext.default.svc.cluster.local. CNAME www.example.com."}},
 		{name: "_http._tcp.ext.default.svc.cluster.local.", qtype: SRV, rcode: nxdomain},
 		{name: "extip.default.svc.cluster.local.", qtype: A, rcode: nxdomain},
@@ -291,9 +337,18 @@ func TestAnswer(t *testing.T) {
 		{name: rev("10.3.240.20"), qtype: A},
 		{name: rev("10.3.240.99"), qtype: PTR, rcode: nxdomain},    // in the service range
 		{name: rev("fd00:10:96::99"), qtype: PTR, rcode: nxdomain}, // in the service range
-		// A headless Service's endpoint (specification 2.4.3): named as its A record names it.
+		// A Service's endpoint (specification 2.4.3 for headless
+		// Services; CoreDNS's for all): named as its A record names it.
 		{name: rev("10.0.1.5"), qtype: PTR, answer: []string{rev("10.0.1.5") + " PTR db-0.db.default.svc.cluster.local."}},
-		{name: rev("10.0.1.77"), qtype: PTR, forward: true}, // a pod behind no headless Service
+		{name: rev("fd00:1::5"), qtype: PTR, answer: []string{rev("fd00:1::5") + " PTR db-0.db.default.svc.cluster.local."}},
+		{name: rev("10.0.1.7"), qtype: PTR, answer: []string{rev("10.0.1.7") + " PTR 10-0-1-7.db.default.svc.cluster.local."}},
+		{name: rev("10.0.2.2"), qtype: PTR, answer: []string{rev("10.0.2.2") + " PTR web-0.web.default.svc.cluster.local."}},
+		{name: rev("10.0.2.3"), qtype: PTR, answer: []string{rev("10.0.2.3") + " PTR 10-0-2-3.web.default.svc.cluster.local."}},
+		{name: rev("fd00:2::3"), qtype: PTR, answer: []string{rev("fd00:2::3") + " PTR fd00-2--3.dual.default.svc.cluster.local."}},
+		{name: rev("10.0.2.3"), qtype: A},
+		{name: rev("10.0.2.4"), qtype: PTR, forward: true},  // not ready
+		{name: rev("10.0.1.8"), qtype: PTR, forward: true},  // not ready
+		{name: rev("10.0.1.77"), qtype: PTR, forward: true}, // a pod behind no Service
 		{name: rev("8.8.8.8"), qtype: PTR, forward: true},
 		{name: rev("2001:db8::1"), qtype: PTR, forward: true},
 		{name: "240.3.10.in-addr.arpa.", qtype: PTR, forward: true}, // a network, not an address
@@ -323,6 +378,9 @@ func TestAnswer(t *testing.T) {
 			}
 			if res.Rcode != tt.rcode {
 				t.Errorf("%s.Rcode = %s, want %s", call, miekg.RcodeToString[res.Rcode], miekg.RcodeToString[tt.rcode])
+			}
+			if res.Chase != tt.chase {
+				t.Errorf("%s.Chase = %q, want %q", call, res.Chase, tt.chase)
 			}
 			if !res.Authoritative {
 				t.Errorf("%s.Authoritative = false, want true", call)
@@ -431,6 +489,184 @@ func TestAnswerZone(t *testing.T) {
 		}
 		if got := rrStrings(res.Answer); !slices.Equal(got, sorted(tt.answer)) {
 			t.Errorf("%s.Answer = %q, want %q", call, got, tt.answer)
+		}
+	}
+}
+
+// TestAnswerExternalName: an ExternalName Service's answer is its CNAME
+// and the target's records, as CoreDNS gives them: a target in the zone
+// from the snapshot (through other ExternalNames too), with the rcode of
+// the chain's end; an outside one left to upstream (Chase). Loops and
+// chains longer than 8 are SERVFAIL.
+func TestAnswerExternalName(t *testing.T) {
+	A, AAAA, SRV, CNAME := miekg.TypeA, miekg.TypeAAAA, miekg.TypeSRV, miekg.TypeCNAME
+	const zone = ".default.svc.cluster.local."
+	svcs := []*corev1.Service{
+		clusterIPService("default", "web", []string{"10.3.240.20"}, servicePort("http", corev1.ProtocolTCP, 80, 8080)),
+		headlessService("default", "db", servicePort("pg", corev1.ProtocolTCP, 5432, 5432)),
+		externalNameService("default", "to-web", "web.default.svc.cluster.local"),
+		externalNameService("default", "to-web-upper", "WEB.Default.svc.cluster.local."),
+		externalNameService("default", "to-db", "db.default.svc.cluster.local"),
+		externalNameService("default", "to-to-web", "to-web.default.svc.cluster.local"),
+		externalNameService("default", "to-nothing", "nosuch.default.svc.cluster.local"),
+		externalNameService("default", "to-outside", "www.example.com"),
+		externalNameService("default", "to-to-outside", "to-outside.default.svc.cluster.local"),
+		externalNameService("default", "to-reverse", "20.240.3.10.in-addr.arpa"),
+		externalNameService("default", "loop-a", "loop-b.default.svc.cluster.local"),
+		externalNameService("default", "loop-b", "loop-a.default.svc.cluster.local"),
+		externalNameService("default", "self", "self.default.svc.cluster.local"),
+	}
+	// chain-1 → chain-2 → … → chain-9 → web: 9 CNAMEs from chain-1, 8
+	// from chain-2.
+	for i := 1; i <= 9; i++ {
+		target := fmt.Sprintf("chain-%d.default.svc.cluster.local", i+1)
+		if i == 9 {
+			target = "web.default.svc.cluster.local"
+		}
+		svcs = append(svcs, externalNameService("default", fmt.Sprintf("chain-%d", i), target))
+	}
+	snap := build(t, svcs, []*discoveryv1.EndpointSlice{
+		endpointSlice("default", "db-1", "db", discoveryv1.AddressTypeIPv4,
+			[]discoveryv1.EndpointPort{slicePort("pg", corev1.ProtocolTCP, 5432)},
+			endpoint("10.0.1.5", "db-0", nil)),
+	})
+
+	var chain2 []string
+	for i := 2; i <= 9; i++ {
+		next := fmt.Sprintf("chain-%d"+zone, i+1)
+		if i == 9 {
+			next = "web" + zone
+		}
+		chain2 = append(chain2, fmt.Sprintf("chain-%d"+zone+" CNAME %s", i, next))
+	}
+
+	tests := []struct {
+		name   string
+		qtype  uint16
+		rcode  int
+		answer []string // in order
+		extra  []string // any order
+		ns     bool     // the SOA of cluster.local. in Ns
+		chase  string
+	}{
+		{name: "to-web" + zone, qtype: A, answer: []string{
+			"to-web" + zone + " CNAME web.default.svc.cluster.local.",
+			"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "TO-WEB" + zone, qtype: A, answer: []string{
+			"TO-WEB" + zone + " CNAME web.default.svc.cluster.local.",
+			"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "to-web-upper" + zone, qtype: A, answer: []string{
+			"to-web-upper" + zone + " CNAME WEB.Default.svc.cluster.local.",
+			"WEB.Default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "to-web" + zone, qtype: AAAA, ns: true, answer: []string{ // NODATA at the end
+			"to-web" + zone + " CNAME web.default.svc.cluster.local."}},
+		{name: "to-web" + zone, qtype: CNAME, answer: []string{
+			"to-web" + zone + " CNAME web.default.svc.cluster.local."}},
+		{name: "to-web" + zone, qtype: SRV,
+			answer: []string{
+				"to-web" + zone + " CNAME web.default.svc.cluster.local.",
+				"web.default.svc.cluster.local. SRV 0 100 80 web.default.svc.cluster.local."},
+			extra: []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "to-db" + zone, qtype: A, answer: []string{
+			"to-db" + zone + " CNAME db.default.svc.cluster.local.",
+			"db.default.svc.cluster.local. A 10.0.1.5"}},
+		{name: "to-to-web" + zone, qtype: A, answer: []string{
+			"to-to-web" + zone + " CNAME to-web.default.svc.cluster.local.",
+			"to-web.default.svc.cluster.local. CNAME web.default.svc.cluster.local.",
+			"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{name: "to-nothing" + zone, qtype: A, rcode: nxdomain, ns: true, answer: []string{
+			"to-nothing" + zone + " CNAME nosuch.default.svc.cluster.local."}},
+		{name: "to-outside" + zone, qtype: A, chase: "www.example.com.", answer: []string{
+			"to-outside" + zone + " CNAME www.example.com."}},
+		{name: "to-to-outside" + zone, qtype: AAAA, chase: "www.example.com.", answer: []string{
+			"to-to-outside" + zone + " CNAME to-outside.default.svc.cluster.local.",
+			"to-outside.default.svc.cluster.local. CNAME www.example.com."}},
+		{name: "to-reverse" + zone, qtype: miekg.TypePTR, answer: []string{
+			"to-reverse" + zone + " CNAME 20.240.3.10.in-addr.arpa.",
+			"20.240.3.10.in-addr.arpa. PTR web.default.svc.cluster.local."}},
+		{name: "loop-a" + zone, qtype: A, rcode: miekg.RcodeServerFailure},
+		{name: "self" + zone, qtype: AAAA, rcode: miekg.RcodeServerFailure},
+		{name: "self" + zone, qtype: CNAME, answer: []string{"self" + zone + " CNAME self.default.svc.cluster.local."}},
+		{name: "chain-1" + zone, qtype: A, rcode: miekg.RcodeServerFailure}, // 9 CNAMEs
+		{name: "chain-2" + zone, qtype: A, answer: append(chain2, "web.default.svc.cluster.local. A 10.3.240.20")},
+	}
+	for _, tt := range tests {
+		t.Run(miekg.TypeToString[tt.qtype]+" "+tt.name, func(t *testing.T) {
+			res := testZone.Answer(snap, tt.name, tt.qtype)
+			call := fmt.Sprintf("Answer(%q, %s)", tt.name, miekg.TypeToString[tt.qtype])
+			if res.Forward || res.Rcode != tt.rcode || res.Chase != tt.chase {
+				t.Errorf("%s = forward %v, rcode %s, chase %q; want rcode %s, chase %q", call,
+					res.Forward, miekg.RcodeToString[res.Rcode], res.Chase, miekg.RcodeToString[tt.rcode], tt.chase)
+			}
+			if res.Rcode == miekg.RcodeServerFailure {
+				if len(res.Answer)+len(res.Ns)+len(res.Extra) > 0 {
+					t.Errorf("%s: SERVFAIL with records %v %v %v", call, res.Answer, res.Ns, res.Extra)
+				}
+				return
+			}
+			if !res.Authoritative {
+				t.Errorf("%s.Authoritative = false, want true", call)
+			}
+			var got []string
+			for _, rr := range res.Answer {
+				got = append(got, rrString(rr))
+			}
+			if !slices.Equal(got, tt.answer) {
+				t.Errorf("%s.Answer:\n\t%s\nwant:\n\t%s", call, strings.Join(got, "\n\t"), strings.Join(tt.answer, "\n\t"))
+			}
+			if got := rrStrings(res.Extra); !slices.Equal(got, sorted(tt.extra)) {
+				t.Errorf("%s.Extra = %q, want %q", call, got, tt.extra)
+			}
+			if soa := len(res.Ns) == 1 && res.Ns[0].Header().Rrtype == miekg.TypeSOA && res.Ns[0].Header().Name == "cluster.local."; soa != tt.ns || (!tt.ns && len(res.Ns) > 0) {
+				t.Errorf("%s.Ns = %v, want the zone's SOA: %v", call, res.Ns, tt.ns)
+			}
+		})
+	}
+}
+
+// TestAnswerEndpointPTR: an address that is an endpoint of several
+// Services has one PTR record, the same whatever order the Services come
+// in: an endpoint with a hostname first, then by namespace and name.
+func TestAnswerEndpointPTR(t *testing.T) {
+	tcp := corev1.ProtocolTCP
+	v4, v6 := discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6
+	port := []discoveryv1.EndpointPort{slicePort("http", tcp, 8080)}
+	svcs := []*corev1.Service{
+		clusterIPService("b", "alpha", []string{"10.3.240.50"}, servicePort("http", tcp, 80, 8080)),
+		clusterIPService("a", "zeta", []string{"10.3.240.51"}, servicePort("http", tcp, 80, 8080)),
+		clusterIPService("a", "beta", []string{"10.3.240.52", "fd00:10:96::52"}, servicePort("http", tcp, 80, 8080)),
+		headlessService("z", "sts", servicePort("http", tcp, 80, 8080)),
+		clusterIPService("a", "aaa", []string{"10.3.240.53"}, servicePort("http", tcp, 80, 8080)),
+	}
+	eps := []*discoveryv1.EndpointSlice{
+		endpointSlice("b", "alpha-1", "alpha", v4, port, endpoint("10.0.9.9", "", nil), endpoint("10.0.9.10", "", nil)),
+		endpointSlice("a", "zeta-1", "zeta", v4, port, endpoint("10.0.9.9", "", nil), endpoint("10.0.9.10", "", nil)),
+		endpointSlice("a", "beta-1", "beta", v4, port, endpoint("10.0.9.9", "", nil)),
+		endpointSlice("a", "beta-2", "beta", v6, port, endpoint("fd00:9::9", "", nil)),
+		endpointSlice("z", "sts-1", "sts", v4, port, endpoint("10.0.9.10", "web-0", nil)),
+		// aaa's endpoint is not ready: it names nothing.
+		endpointSlice("a", "aaa-1", "aaa", v4, port, endpoint("10.0.9.9", "", ptr(false))),
+	}
+	want := map[string]string{
+		"10.0.9.9":  "10-0-9-9.beta.a.svc.cluster.local.",
+		"10.0.9.10": "web-0.sts.z.svc.cluster.local.",
+		"fd00:9::9": "fd00-9--9.beta.a.svc.cluster.local.",
+	}
+	for i := range 4 {
+		s, e := slices.Clone(svcs), slices.Clone(eps)
+		if i%2 == 1 {
+			slices.Reverse(s)
+		}
+		if i >= 2 {
+			slices.Reverse(e)
+		}
+		snap := build(t, s, e)
+		for ip, name := range want {
+			res := testZone.Answer(snap, rev(ip), miekg.TypePTR)
+			got := rrStrings(res.Answer)
+			if w := rev(ip) + " PTR " + name; res.Rcode != noerror || !slices.Equal(got, []string{w}) {
+				t.Errorf("order %d: Answer(%s PTR) = %s %q, want %q", i, rev(ip), miekg.RcodeToString[res.Rcode], got, w)
+			}
 		}
 	}
 }

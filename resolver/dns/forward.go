@@ -57,6 +57,75 @@ func (s *Server) forward(ctx context.Context, req *miekg.Msg, tcp bool) *miekg.M
 	return s.reply(req, Result{Rcode: miekg.RcodeServerFailure})
 }
 
+// chase completes res, an answer whose CNAME chain leaves the zone at
+// res.Chase (an ExternalName Service's outside target): it asks upstream
+// for res.Chase with the question's type and appends upstream's records on
+// the chain, and the rcode of the chain's end (RFC 6604), as CoreDNS does.
+// When upstream does not answer, or fails, res goes back as it is, the
+// CNAME alone: a client that follows CNAMEs itself may still get on.
+func (s *Server) chase(ctx context.Context, req *miekg.Msg, res Result, tcp bool) Result {
+	q := req.Question[0]
+	m := new(miekg.Msg)
+	m.SetQuestion(res.Chase, q.Qtype)
+	m.RecursionDesired = true
+	do := false
+	if opt := req.IsEdns0(); opt != nil {
+		do = opt.Do()
+	}
+	m.SetEdns0(miekg.DefaultMsgSize, do)
+	up := s.forward(ctx, m, tcp)
+	if up.Rcode != miekg.RcodeSuccess && up.Rcode != miekg.RcodeNameError {
+		s.log.Debug("dns: upstream did not complete a CNAME chain", "name", q.Name, "target", res.Chase,
+			"rcode", miekg.RcodeToString[up.Rcode])
+		return res
+	}
+	cnames := 0
+	for _, rr := range res.Answer {
+		if rr.Header().Rrtype == miekg.TypeCNAME {
+			cnames++
+		}
+	}
+	res.Rcode = up.Rcode
+	res.Answer = append(res.Answer, chainRecords(res.Chase, up.Answer, maxCNAMEs-cnames)...)
+	// A negative end (NXDOMAIN, NODATA) carries its zone's SOA, which
+	// says how long to cache it.
+	for _, rr := range up.Ns {
+		if rr.Header().Rrtype == miekg.TypeSOA {
+			res.Ns = append(res.Ns, rr)
+		}
+	}
+	res.Chase = ""
+	return res
+}
+
+// chainRecords returns the records of rrs on the CNAME chain from name:
+// those owned by name or by a CNAME target reached from it, following at
+// most limit more CNAMEs. Whatever else an upstream adds is not relayed.
+func chainRecords(name string, rrs []miekg.RR, limit int) []miekg.RR {
+	owners := map[string]bool{miekg.CanonicalName(name): true}
+	taken := make([]bool, len(rrs))
+	var out []miekg.RR
+	for more := true; more; {
+		more = false
+		for i, rr := range rrs {
+			if taken[i] || !owners[miekg.CanonicalName(rr.Header().Name)] {
+				continue
+			}
+			c, isCNAME := rr.(*miekg.CNAME)
+			if isCNAME && limit <= 0 {
+				continue
+			}
+			taken[i], more = true, true
+			out = append(out, rr)
+			if isCNAME {
+				limit--
+				owners[miekg.CanonicalName(c.Target)] = true
+			}
+		}
+	}
+	return out
+}
+
 // ask exchanges req with one upstream within the timeout and returns its
 // answer with req's ID.
 func (s *Server) ask(ctx context.Context, req *miekg.Msg, upstream string, tcp bool) (*miekg.Msg, error) {

@@ -81,9 +81,10 @@ type Server struct {
 	timeout   time.Duration
 	log       *slog.Logger
 
-	cidrs    atomic.Pointer[[]netip.Prefix] // the service ranges; replaced whole
-	forwards chan struct{}                  // a slot per question being forwarded
-	serving  atomic.Bool                    // Serve is running
+	cidrs     atomic.Pointer[[]netip.Prefix] // the service ranges; replaced whole
+	endpoints endpointCache                  // the endpoint index for PTR records
+	forwards  chan struct{}                  // a slot per question being forwarded
+	serving   atomic.Bool                    // Serve is running
 }
 
 // New checks cfg and returns a Server; Serve starts it.
@@ -153,7 +154,7 @@ func (s *Server) SetServiceCIDRs(cidrs []netip.Prefix) {
 
 // Zone returns what the server currently answers for.
 func (s *Server) Zone() Zone {
-	return Zone{Domain: s.domain, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self}
+	return Zone{Domain: s.domain, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self, endpoints: &s.endpoints}
 }
 
 // Serve answers queries on pc (UDP) and ln (TCP) until ctx is done; either
@@ -274,6 +275,8 @@ func (s *Server) respond(ctx context.Context, req *miekg.Msg, tcp bool) *miekg.M
 			resp = s.forward(ctx, req, tcp)
 		case q.Qclass != miekg.ClassINET && q.Qclass != miekg.ClassANY:
 			resp = s.reply(req, Result{Rcode: miekg.RcodeRefused})
+		case res.Chase != "":
+			resp = s.reply(req, s.chase(ctx, req, res, tcp))
 		default:
 			resp = s.reply(req, res)
 		}

@@ -660,3 +660,77 @@ options ndots:5
 		t.Errorf("UpstreamsFromResolvConf(missing) = nil error")
 	}
 }
+
+// TestServeExternalName: the answer to an ExternalName Service whose
+// target is outside the zone is its CNAME followed by upstream's records
+// on the chain from the target (what else upstream adds is dropped), with
+// upstream's rcode and SOA; when upstream fails, the CNAME alone.
+func TestServeExternalName(t *testing.T) {
+	checkGoroutines(t)
+	up := startUpstream(t, func(req *miekg.Msg, network string) *miekg.Msg {
+		resp := new(miekg.Msg).SetReply(req)
+		q := req.Question[0]
+		switch {
+		case q.Name == "www.example.com." && q.Qtype == miekg.TypeA:
+			resp.Answer = append(resp.Answer,
+				mustRR("unrelated.example. 60 IN A 192.0.2.66"),
+				mustRR("edge.example.net. 60 IN A 192.0.2.9"),
+				mustRR("www.example.com. 60 IN CNAME edge.example.net."))
+		case q.Name == "www.example.com.":
+			resp.Ns = append(resp.Ns, mustRR("example.com. 60 IN SOA ns.example.com. h.example.com. 1 2 3 4 60"))
+		case q.Name == "broken.example.com.":
+			resp.Rcode = miekg.RcodeServerFailure
+		default:
+			resp.Rcode = miekg.RcodeNameError
+			resp.Ns = append(resp.Ns, mustRR("example.com. 60 IN SOA ns.example.com. h.example.com. 1 2 3 4 60"))
+		}
+		return resp
+	})
+	snap := build(t, []*corev1.Service{
+		externalNameService("default", "ext", "www.example.com"),
+		externalNameService("default", "gone", "nosuch.example.com"),
+		externalNameService("default", "broken", "broken.example.com"),
+	}, nil)
+	var table resolver.Table
+	table.Store(snap)
+	udp, tcp := serve(t, dns.Config{Table: &table, Upstreams: []string{up.addr}})
+
+	const zone = ".default.svc.cluster.local."
+	for _, tt := range []struct {
+		name   string
+		qtype  uint16
+		rcode  int
+		answer []string // in order
+		soa    bool     // upstream's SOA in the authority section
+	}{
+		{"ext" + zone, miekg.TypeA, miekg.RcodeSuccess, []string{
+			"ext" + zone + " CNAME www.example.com.",
+			"www.example.com. CNAME edge.example.net.",
+			"edge.example.net. A 192.0.2.9"}, false},
+		{"ext" + zone, miekg.TypeAAAA, miekg.RcodeSuccess, []string{"ext" + zone + " CNAME www.example.com."}, true},
+		{"gone" + zone, miekg.TypeA, miekg.RcodeNameError, []string{"gone" + zone + " CNAME nosuch.example.com."}, true},
+		{"broken" + zone, miekg.TypeA, miekg.RcodeSuccess, []string{"broken" + zone + " CNAME broken.example.com."}, false},
+	} {
+		for _, sock := range []struct{ network, addr string }{{"udp", udp}, {"tcp", tcp}} {
+			call := fmt.Sprintf("%s %s %s", sock.network, tt.name, miekg.TypeToString[tt.qtype])
+			r := ask(t, sock.network, sock.addr, tt.name, tt.qtype, 1232)
+			var got []string
+			for _, rr := range r.Answer {
+				got = append(got, rrString(rr))
+			}
+			if r.Rcode != tt.rcode || !slices.Equal(got, tt.answer) {
+				t.Errorf("%s = %s\n\t%s\nwant %s\n\t%s", call, miekg.RcodeToString[r.Rcode], strings.Join(got, "\n\t"),
+					miekg.RcodeToString[tt.rcode], strings.Join(tt.answer, "\n\t"))
+			}
+			if soa := len(r.Ns) == 1 && r.Ns[0].Header().Name == "example.com."; soa != tt.soa {
+				t.Errorf("%s: authority %v, want upstream's SOA: %v", call, r.Ns, tt.soa)
+			}
+			if !r.Authoritative {
+				t.Errorf("%s: AA clear, want set (the first name is the zone's)", call)
+			}
+		}
+	}
+	if got := up.seen(); !slices.Contains(got, "udp www.example.com. A") || !slices.Contains(got, "tcp www.example.com. A") {
+		t.Errorf("upstream saw %q, want www.example.com A over UDP and TCP", got)
+	}
+}
