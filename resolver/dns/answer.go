@@ -56,8 +56,8 @@ type Result struct {
 	Forward bool
 	// Rcode is miekg's RcodeSuccess (also for NODATA: no records of the
 	// type asked, but the name exists), RcodeNameError (NXDOMAIN),
-	// RcodeServerFailure (no snapshot yet), or RcodeRefused (zone
-	// transfers).
+	// RcodeServerFailure (no snapshot yet; a CNAME loop, or a chain of
+	// more than 8), or RcodeRefused (zone transfers).
 	Rcode int
 	// Authoritative is the AA bit: set on every answer from the zone.
 	Authoritative bool

@@ -5,10 +5,12 @@
 // to upstream servers.
 //
 // [Zone.Answer] is the whole specification as a pure function: snapshot,
-// name and type in; rcode and records out, or "forward this". [Server] puts
-// it on a UDP socket and a TCP listener (inside the TUN's netstack, or any
-// other), and adds what only a server needs: EDNS0, truncation, forwarding
-// with a timeout, SERVFAIL when no upstream answers.
+// name and type in; rcode and records out, or "forward this", or "ask
+// upstream for the rest of this CNAME chain" (an ExternalName Service's
+// outside target). [Server] puts it on a UDP socket and a TCP listener
+// (inside the TUN's netstack, or any other), and adds what only a server
+// needs: EDNS0, truncation, forwarding with a timeout, completing CNAME
+// chains through the upstream, SERVFAIL when no upstream answers.
 //
 // # Why github.com/miekg/dns
 //

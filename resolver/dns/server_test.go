@@ -680,6 +680,15 @@ func TestServeExternalName(t *testing.T) {
 			resp.Ns = append(resp.Ns, mustRR("example.com. 60 IN SOA ns.example.com. h.example.com. 1 2 3 4 60"))
 		case q.Name == "broken.example.com.":
 			resp.Rcode = miekg.RcodeServerFailure
+		case q.Name == "long.example.com.":
+			// A chain of 10 CNAMEs: with the Service's own, more than 8.
+			owner := q.Name
+			for i := range 10 {
+				next := fmt.Sprintf("c%d.example.com.", i)
+				resp.Answer = append(resp.Answer, mustRR(owner+" 60 IN CNAME "+next))
+				owner = next
+			}
+			resp.Answer = append(resp.Answer, mustRR(owner+" 60 IN A 192.0.2.10"))
 		default:
 			resp.Rcode = miekg.RcodeNameError
 			resp.Ns = append(resp.Ns, mustRR("example.com. 60 IN SOA ns.example.com. h.example.com. 1 2 3 4 60"))
@@ -690,6 +699,7 @@ func TestServeExternalName(t *testing.T) {
 		externalNameService("default", "ext", "www.example.com"),
 		externalNameService("default", "gone", "nosuch.example.com"),
 		externalNameService("default", "broken", "broken.example.com"),
+		externalNameService("default", "long", "long.example.com"),
 	}, nil)
 	var table resolver.Table
 	table.Store(snap)
@@ -710,6 +720,16 @@ func TestServeExternalName(t *testing.T) {
 		{"ext" + zone, miekg.TypeAAAA, miekg.RcodeSuccess, []string{"ext" + zone + " CNAME www.example.com."}, true},
 		{"gone" + zone, miekg.TypeA, miekg.RcodeNameError, []string{"gone" + zone + " CNAME nosuch.example.com."}, true},
 		{"broken" + zone, miekg.TypeA, miekg.RcodeSuccess, []string{"broken" + zone + " CNAME broken.example.com."}, false},
+		// The chain is cut after 8 CNAMEs.
+		{"long" + zone, miekg.TypeA, miekg.RcodeSuccess, []string{
+			"long" + zone + " CNAME long.example.com.",
+			"long.example.com. CNAME c0.example.com.",
+			"c0.example.com. CNAME c1.example.com.",
+			"c1.example.com. CNAME c2.example.com.",
+			"c2.example.com. CNAME c3.example.com.",
+			"c3.example.com. CNAME c4.example.com.",
+			"c4.example.com. CNAME c5.example.com.",
+			"c5.example.com. CNAME c6.example.com."}, false},
 	} {
 		for _, sock := range []struct{ network, addr string }{{"udp", udp}, {"tcp", tcp}} {
 			call := fmt.Sprintf("%s %s %s", sock.network, tt.name, miekg.TypeToString[tt.qtype])
