@@ -754,3 +754,63 @@ func TestServeExternalName(t *testing.T) {
 		t.Errorf("upstream saw %q, want www.example.com A over UDP and TCP", got)
 	}
 }
+
+// TestServeEndpointPTR: the PTR record of an endpoint follows the table as
+// it changes (the server's endpoint index is per snapshot), also with
+// questions arriving while it changes.
+func TestServeEndpointPTR(t *testing.T) {
+	checkGoroutines(t)
+	tcp := corev1.ProtocolTCP
+	port := []discoveryv1.EndpointPort{slicePort("http", tcp, 8080)}
+	snapOf := func(svc string) *resolver.Snapshot {
+		return build(t,
+			[]*corev1.Service{clusterIPService("default", svc, []string{"10.3.240.60"}, servicePort("http", tcp, 80, 8080))},
+			[]*discoveryv1.EndpointSlice{endpointSlice("default", svc+"-1", svc, discoveryv1.AddressTypeIPv4, port,
+				endpoint("10.0.9.9", "", nil))})
+	}
+	snaps := []*resolver.Snapshot{snapOf("first"), snapOf("second")}
+	var table resolver.Table
+	table.Store(snaps[0])
+	udp, _ := serve(t, dns.Config{Table: &table})
+	name := rev("10.0.9.9")
+	ptrOf := func(r *miekg.Msg) string {
+		if len(r.Answer) != 1 {
+			return fmt.Sprintf("%s with %d records", miekg.RcodeToString[r.Rcode], len(r.Answer))
+		}
+		return r.Answer[0].(*miekg.PTR).Ptr
+	}
+
+	for i, want := range []string{"10-0-9-9.first.default.svc.cluster.local.", "10-0-9-9.second.default.svc.cluster.local."} {
+		table.Store(snaps[i])
+		if got := ptrOf(ask(t, "udp", udp, name, miekg.TypePTR, 0)); got != want {
+			t.Errorf("PTR %s after snapshot %d = %s, want %s", name, i, got, want)
+		}
+	}
+
+	// 4 askers, 50 questions each, while the table flips between the two.
+	var wg sync.WaitGroup
+	errs := make(chan string, 200)
+	for range 4 {
+		wg.Go(func() {
+			c := &miekg.Client{Net: "udp", Timeout: wait}
+			for range 50 {
+				r, _, err := c.Exchange(new(miekg.Msg).SetQuestion(name, miekg.TypePTR), udp)
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				if got := ptrOf(r); !strings.HasPrefix(got, "10-0-9-9.") {
+					errs <- got
+				}
+			}
+		})
+	}
+	for i := range 200 {
+		table.Store(snaps[i%2])
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("PTR %s while the table changes: %s", name, e)
+	}
+}
