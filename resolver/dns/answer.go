@@ -459,7 +459,7 @@ func (q *query) reverse(ip netip.Addr) Result {
 			if !q.wants(miekg.TypePTR) {
 				return q.nodata()
 			}
-			target := endpointName(o.ep) + "." + o.rec.Name + "." + o.rec.Namespace + ".svc." + q.domain
+			target := endpointName(o.endpoint()) + "." + o.rec.Name + "." + o.rec.Namespace + ".svc." + q.domain
 			return q.answer([]miekg.RR{&miekg.PTR{Hdr: q.hdr(q.qname, miekg.TypePTR), Ptr: target}}, nil)
 		}
 	}

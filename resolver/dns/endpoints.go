@@ -3,6 +3,7 @@ package dns
 import (
 	"cmp"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/kubetun/kubetun/resolver"
@@ -18,20 +19,27 @@ type endpointIndex struct {
 	owners map[netip.Addr]endpointOwner
 }
 
-// endpointOwner is one endpoint and its Service.
+// endpointOwner is one endpoint and its Service: rec.Endpoints[i]. An
+// index rather than a copy keeps a map of every endpoint small.
 type endpointOwner struct {
 	rec *resolver.ServiceRecord
-	ep  resolver.EndpointRecord
+	i   int
 }
+
+func (o endpointOwner) endpoint() resolver.EndpointRecord { return o.rec.Endpoints[o.i] }
 
 // newEndpointIndex indexes snap's endpoints. When an address serves several
 // Services, the PTR record names one, the same whatever order the snapshot
 // lists them in (see before).
 func newEndpointIndex(snap *resolver.Snapshot) *endpointIndex {
-	idx := &endpointIndex{snap: snap, owners: make(map[netip.Addr]endpointOwner)}
+	n := 0
 	for rec := range snap.ServiceRecords() {
-		for _, ep := range rec.Endpoints {
-			o := endpointOwner{rec, ep}
+		n += len(rec.Endpoints)
+	}
+	idx := &endpointIndex{snap: snap, owners: make(map[netip.Addr]endpointOwner, n)}
+	for rec := range snap.ServiceRecords() {
+		for i, ep := range rec.Endpoints {
+			o := endpointOwner{rec, i}
 			if cur, ok := idx.owners[ep.Addr]; !ok || o.before(cur) {
 				idx.owners[ep.Addr] = o
 			}
@@ -44,8 +52,9 @@ func newEndpointIndex(snap *resolver.Snapshot) *endpointIndex {
 // first (the name the pod chose, spec 2.4.1, e.g. a StatefulSet's web-0
 // under its governing Service), then by namespace and name.
 func (o endpointOwner) before(p endpointOwner) bool {
-	if (o.ep.Hostname != "") != (p.ep.Hostname != "") {
-		return o.ep.Hostname != ""
+	oh, ph := o.endpoint().Hostname != "", p.endpoint().Hostname != ""
+	if oh != ph {
+		return oh
 	}
 	return cmp.Or(
 		cmp.Compare(o.rec.Namespace, p.rec.Namespace),
@@ -60,10 +69,14 @@ func (idx *endpointIndex) lookup(ip netip.Addr) (endpointOwner, bool) {
 }
 
 // endpointCache keeps the index of the latest snapshot asked about, so it
-// is built once per snapshot, on the first reverse question, not on every
-// one. Concurrent first questions may each build it; one is kept.
+// is built once per snapshot, on the first reverse question after a change,
+// not on every one. Questions read it without locking; those that find it
+// stale wait for the one that builds it (building takes tens of
+// milliseconds at 100 000 endpoints, see BenchmarkAnswerEndpointPTR).
 type endpointCache struct {
 	cur atomic.Pointer[endpointIndex]
+
+	mu sync.Mutex // held while building; serialises builds
 }
 
 // index returns snap's index, from the cache when it is snap's. A nil
@@ -74,6 +87,11 @@ func (c *endpointCache) index(snap *resolver.Snapshot) *endpointIndex {
 	}
 	if idx := c.cur.Load(); idx != nil && idx.snap == snap {
 		return idx
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if idx := c.cur.Load(); idx != nil && idx.snap == snap {
+		return idx // built while this one waited
 	}
 	idx := newEndpointIndex(snap)
 	c.cur.Store(idx)
