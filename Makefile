@@ -1,26 +1,33 @@
 # kubetun: build, check and demo. `make test` is what CI (.ci/run) runs.
 #
 #   make build   bin/kubetun
-#   make deps    the system tools the e2e tests and the demo use (installed as root)
+#   make deps    the system tools the e2e tests and the demo use (installed as root),
+#                and systemd-resolved unpacked for the split-DNS tests (make resolved)
 #   make test    deps, go vet, gofmt check, unit tests, e2e tests (root: namespaces, TUN)
 #   make demo    the seed scenario through kubetun, explained step by step (root)
 #   make bench   throughput and rates through kubetun vs. direct, same run (root)
 
 GO      ?= go
 # Debian packages the e2e tests and the demo run: ip, nc, curl, iptables-save,
-# nft, ping, dig, iperf3.
-DEPS    := iproute2 iputils-ping netcat-openbsd curl iptables nftables dnsutils iperf3
+# nft, ping, dig, iperf3; unshare, dbus-daemon with the system bus's
+# configuration, and systemd's shared library for the unpacked systemd-resolved.
+DEPS    := iproute2 iputils-ping netcat-openbsd curl iptables nftables dnsutils iperf3 \
+           util-linux dbus-daemon dbus-system-bus-common libsystemd-shared
+# Where the split-DNS e2e tests find systemd-resolved (test/testbed.ResolvedDir).
+RESOLVED_DIR ?= $(or $(KUBETUN_CACHE),$(HOME)/.cache/kubetun)/resolved
 # Every package but the e2e tests, which need root.
 UNIT     = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
 
-.PHONY: build deps vet fmt unit e2e test demo bench clean controlplane
+.PHONY: build deps deps-packages resolved vet fmt unit e2e test demo bench clean controlplane
 
 build:
 	$(GO) build -o bin/kubetun ./cmd/kubetun
 
 # Installs what is missing when root (apt-get update once, first); otherwise
 # only reports it.
-deps:
+deps: deps-packages resolved
+
+deps-packages:
 	@command -v dpkg-query >/dev/null || { echo "deps: no dpkg-query: not Debian; install the equivalents of: $(DEPS)"; exit 0; }; \
 	missing=""; \
 	for p in $(DEPS); do \
@@ -34,6 +41,24 @@ deps:
 	else \
 		echo "deps: missing$$missing; run 'make deps' as root to install them"; \
 	fi
+
+# systemd-resolved for the split-DNS e2e tests, downloaded and unpacked into
+# $(RESOLVED_DIR), never installed: its postinst would point /etc/resolv.conf
+# at resolved's stub, and with no resolved running (no systemd as PID 1 on a CI
+# machine) the host would lose name resolution. The version is the installed
+# libsystemd-shared's, the private library it links against; the candidate
+# version if that one is gone from the archive.
+resolved: deps-packages
+	@if [ -x "$(RESOLVED_DIR)/lib/systemd/systemd-resolved" ]; then echo "resolved: unpacked in $(RESOLVED_DIR)"; exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "resolved: no apt-get: not Debian; unpack systemd-resolved's package into $(RESOLVED_DIR)"; exit 0; }; \
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; chmod 755 "$$tmp"; cd "$$tmp"; \
+	v=$$(dpkg-query -W -f='$${Version}' libsystemd-shared 2>/dev/null || true); \
+	dl() { apt-get download -qq "systemd-resolved$${v:+=$$v}" 2>/dev/null || apt-get download -qq systemd-resolved; }; \
+	dl || { [ "$$(id -u)" -eq 0 ] && apt-get update -qq && dl; }; \
+	rm -rf "$(RESOLVED_DIR).tmp"; mkdir -p "$(RESOLVED_DIR).tmp"; \
+	dpkg-deb -x systemd-resolved_*.deb "$(RESOLVED_DIR).tmp"; \
+	rm -rf "$(RESOLVED_DIR)"; mv "$(RESOLVED_DIR).tmp" "$(RESOLVED_DIR)"; \
+	echo "resolved: $$(ls systemd-resolved_*.deb) unpacked in $(RESOLVED_DIR)"
 
 vet:
 	$(GO) vet ./...
