@@ -3,6 +3,7 @@ package resolver
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -374,29 +375,36 @@ func TestAffinityPickOtherFor(t *testing.T) {
 	}
 }
 
-// TestAffinitySweep checks that expired bindings are swept, so the table
-// stays bounded by the clients seen within the timeout, and that live ones
-// are not.
+// TestAffinitySweep checks that expired bindings are dropped as time passes,
+// whatever the number of new clients, and that live ones are kept.
 func TestAffinitySweep(t *testing.T) {
 	t.Run("expired", func(t *testing.T) {
 		_, sp := buildSticky(t, nil, stickyService(true, new(int32(10))), 1, 2)
 		now := epoch
-		for i := range 3*sweepEvery + 7 {
+		for i := range 3000 {
 			now = now.Add(11 * time.Second) // every earlier client has expired
 			mustPickFor(t, sp, client(i), now)
-			if n := affinityLen(sp); n > sweepEvery {
-				t.Fatalf("after %d clients each past the previous one's timeout: %d in the table, want at most %d", i+1, n, sweepEvery)
+			if n := affinityLen(sp); n != 1 {
+				t.Fatalf("after %d clients each past the previous one's timeout: %d in the table, want 1", i+1, n)
 			}
 		}
-		if n := affinityLen(sp); n > 8 {
-			t.Errorf("after %d clients: %d in the table, want at most 8 (those since the last sweep)", 3*sweepEvery+7, n)
+	})
+	t.Run("expired_without_new_clients", func(t *testing.T) {
+		// Many clients, then only one returning one: the others expire.
+		_, sp := buildSticky(t, nil, stickyService(true, new(int32(10))), 1, 2)
+		for i := range 100 {
+			mustPickFor(t, sp, client(i), epoch)
+		}
+		mustPickFor(t, sp, client(0), epoch.Add(11*time.Second))
+		if n := affinityLen(sp); n != 1 {
+			t.Errorf("one client back after the others' timeout: %d in the table, want 1", n)
 		}
 	})
 	t.Run("live", func(t *testing.T) {
 		_, sp := buildSticky(t, nil, stickyService(true, new(int32(3600))), 1, 2)
 		now := epoch
 		bound := make(map[netip.Addr]netip.AddrPort)
-		for i := range 2*sweepEvery + 3 {
+		for i := range 3000 {
 			now = now.Add(time.Millisecond)
 			bound[client(i)] = mustPickFor(t, sp, client(i), now)
 		}
@@ -411,6 +419,66 @@ func TestAffinitySweep(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestAffinityCap checks that a full table forgets the client seen least
+// recently, and that the count for metrics follows the table.
+func TestAffinityCap(t *testing.T) {
+	const max = 64
+	snap, problems := Build([]*corev1.Service{stickyService(true, nil)}, []*discoveryv1.EndpointSlice{stickySlice(1, 2)}, nil, Topology{}, MaxAffinityClients(max))
+	if len(problems) > 0 {
+		t.Fatalf("Build: problems %v", problems)
+	}
+	sp, _ := snap.Lookup(TCP, stickyAddr)
+	now := epoch
+	bound := make(map[netip.Addr]netip.AddrPort)
+	for i := range max {
+		now = now.Add(time.Second)
+		bound[client(i)] = mustPickFor(t, sp, client(i), now)
+	}
+	// client(0) comes back, so client(1) is now the least recently seen.
+	now = now.Add(time.Second)
+	mustPickFor(t, sp, client(0), now)
+	for i := max; i < 3*max; i++ {
+		now = now.Add(time.Second)
+		mustPickFor(t, sp, client(i), now)
+		if n := affinityLen(sp); n > max {
+			t.Fatalf("after %d clients: %d in the table, want at most %d", i+1, n, max)
+		}
+		if i == max {
+			if _, ok := sp.affinity.clients[client(1)]; ok {
+				t.Errorf("table full: client %v, the least recently seen, is still there", client(1))
+			}
+			if _, ok := sp.affinity.clients[client(0)]; !ok {
+				t.Errorf("table full: client %v, seen again, was forgotten", client(0))
+			}
+		}
+	}
+	if got := snap.AffinityEntries(); got != max {
+		t.Errorf("AffinityEntries() = %d, want %d", got, max)
+	}
+	if got := (*Snapshot)(nil).AffinityEntries(); got != 0 {
+		t.Errorf("nil AffinityEntries() = %d, want 0", got)
+	}
+}
+
+// BenchmarkAffinityTableMemory reports the memory one remembered client
+// costs (DefaultMaxAffinityClients' comment quotes it).
+func BenchmarkAffinityTableMemory(b *testing.B) {
+	_, sp := buildSticky(b, nil, stickyService(true, nil), 1, 2)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range DefaultMaxAffinityClients {
+		c := netip.AddrFrom16([16]byte{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, byte(i >> 8), byte(i)})
+		sp.pickFor(c, epoch)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(sp)
+	for b.Loop() {
+	}
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/DefaultMaxAffinityClients, "bytes/client")
 }
 
 // TestAffinityConcurrent picks for many clients on many goroutines while

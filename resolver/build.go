@@ -1,9 +1,11 @@
 package resolver
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,20 +20,67 @@ type Problem struct {
 
 func (p Problem) String() string { return p.Object + ": " + p.Reason }
 
+// Option changes what Build does: see [Routed] and [MaxAffinityClients].
+type Option func(*buildOptions)
+
+type buildOptions struct {
+	routed      []netip.Prefix
+	maxAffinity int
+}
+
+// Routed tells Build the ranges kubetun routes into its TUN (the service
+// CIDRs, and any other address it serves). An endpoint inside one of them is
+// refused: kubetun would dial into itself, and each connection would come
+// back through the TUN as a new one.
+func Routed(prefixes ...netip.Prefix) Option {
+	return func(o *buildOptions) { o.routed = append(o.routed, prefixes...) }
+}
+
+// MaxAffinityClients caps each ClientIP session affinity table at n clients
+// (see [DefaultMaxAffinityClients]); n <= 0 keeps the default. A table that
+// is carried over from the previous snapshot keeps the cap it was made with.
+func MaxAffinityClients(n int) Option {
+	return func(o *buildOptions) {
+		if n > 0 {
+			o.maxAffinity = n
+		}
+	}
+}
+
 // Build makes a Snapshot from Services and EndpointSlices, the way kube-proxy
 // reads them: EndpointSlices join their Service through the
 // kubernetes.io/service-name label; a Service port takes its endpoints from
 // the slice ports with the same name and protocol, so a named targetPort
 // resolves per endpoint.
 //
-// prev, if not nil, is the snapshot being replaced: round-robin cursors carry
-// over, so frequent rebuilds do not favour the first endpoint.
+// The result is a function of the set of objects, not of the order they come
+// in: informers list from a map. Services are taken oldest first
+// (creationTimestamp, then namespace/name), so when two claim the same
+// ClusterIP, protocol and port, the older one serves it and the other is
+// reported. The apiserver's allocator never hands out one ClusterIP twice,
+// so this happens only with hand-written manifests; kube-proxy has no rule
+// for it (its iptables mode writes one KUBE-SERVICES rule per Service port in
+// map order, and the first match wins), so kubetun follows the rule the
+// Kubernetes API uses for conflicts elsewhere, the oldest object wins.
+// EndpointSlices are taken by namespace/name.
 //
-// Build never fails: what it cannot use it skips and reports as a Problem.
+// prev, if not nil, is the snapshot being replaced: round-robin cursors and
+// session affinity carry over, so frequent rebuilds do not favour the first
+// endpoint or move clients.
+//
+// Build never fails: what it cannot use it skips and reports as a Problem,
+// each once.
 //
 // topo says where this kubetun runs, for internalTrafficPolicy: Local and
 // topology hints.
-func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev *Snapshot, topo Topology) (*Snapshot, []Problem) {
+func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev *Snapshot, topo Topology, opts ...Option) (*Snapshot, []Problem) {
+	o := buildOptions{maxAffinity: DefaultMaxAffinityClients}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	services = oldestFirst(services)
+	slices = byName(slices)
+
 	var problems []Problem
 	bySvc := make(map[string][]*discoveryv1.EndpointSlice)
 	for _, es := range slices {
@@ -41,9 +90,28 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 				"no " + discoveryv1.LabelServiceName + " label, so it belongs to no Service"})
 			continue
 		}
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
+				fmt.Sprintf("addressType %q is not served (only IPv4 and IPv6 are)", es.AddressType)})
+			continue
+		}
 		key := es.Namespace + "/" + name
 		bySvc[key] = append(bySvc[key], es)
 	}
+
+	// Every ClusterIP, for the target policy: a Service whose endpoint is a
+	// ClusterIP (its own or another's) would send kubetun's dial back into
+	// kubetun, even before the service CIDRs are known.
+	owners := make(map[netip.Addr]string)
+	for _, svc := range services {
+		ips, _ := clusterIPs(svc)
+		for _, ip := range ips {
+			if _, taken := owners[ip]; !taken {
+				owners[ip] = svc.Namespace + "/" + svc.Name
+			}
+		}
+	}
+	policy := targetPolicy{routed: o.routed, clusterIPs: owners}
 
 	snap := &Snapshot{
 		ports:      make(map[portKey]*ServicePort),
@@ -53,14 +121,22 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		byEndpoint: make(map[netip.Addr]endpointRef),
 		namespaces: make(map[string]struct{}),
 	}
+	owner := make(map[portKey]*corev1.Service) // who serves each port, for conflicts
+	conflicts := newConflicts()
 	for _, svc := range services {
 		id := svc.Namespace + "/" + svc.Name
+		if _, dup := snap.names[nameKey{svc.Namespace, svc.Name}]; dup {
+			problems = append(problems, Problem{"Service " + id, "defined twice; using the older definition"})
+			continue
+		}
 		ips, skip := clusterIPs(svc)
 		rec := serviceRecord(svc, ips, bySvc[id])
 		snap.names[nameKey{svc.Namespace, svc.Name}] = rec
 		snap.namespaces[svc.Namespace] = struct{}{}
 		for _, ip := range rec.ClusterIPs {
-			snap.byIP[ip] = rec
+			if _, taken := snap.byIP[ip]; !taken {
+				snap.byIP[ip] = rec // the oldest Service names its ClusterIP
+			}
 		}
 		for _, ep := range rec.Endpoints {
 			if _, taken := snap.byEndpoint[ep.Addr]; !taken {
@@ -72,6 +148,10 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		}
 		if len(ips) == 0 {
 			problems = append(problems, Problem{"Service " + id, fmt.Sprintf("clusterIP %q is not an IP address", svc.Spec.ClusterIP)})
+			continue
+		}
+		if len(svc.Spec.Ports) == 0 {
+			problems = append(problems, Problem{"Service " + id, "has no ports; nothing to serve"})
 			continue
 		}
 		local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
@@ -87,8 +167,17 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: SCTP is not supported (gVisor has no SCTP)", p.Port)})
 				continue
 			}
+			if p.Port <= 0 || p.Port > 65535 {
+				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d is not a port number (1-65535); ignored", p.Port)})
+				continue
+			}
 			for _, ip := range ips {
-				eps, probs := endpointsFor(bySvc[id], p.Name, p.Protocol, ip)
+				key := portKey{proto, netip.AddrPortFrom(ip, uint16(p.Port))}
+				if old, ok := owner[key]; ok {
+					conflicts.add(svc, old, fmt.Sprintf("%s %s", proto, key.addr))
+					continue
+				}
+				eps, probs := endpointsFor(id, bySvc[id], p, ip, policy)
 				problems = append(problems, probs...)
 				sp := &ServicePort{
 					Service:   id,
@@ -101,20 +190,15 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 				}
 				if affinity > 0 {
 					sp.affinityTimeout = affinity
-					sp.affinity = newAffinityTable()
+					sp.affinity = newAffinityTable(o.maxAffinity)
 				}
-				key := portKey{proto, netip.AddrPortFrom(ip, sp.Port)}
-				if old, ok := snap.ports[key]; ok {
-					problems = append(problems, Problem{"Service " + id,
-						fmt.Sprintf("%s %s is already served by %s; ignored", proto, key.addr, old.Service)})
-					continue
-				}
-				if old, ok := prev.Lookup(proto, key.addr); ok {
+				if old, ok := prev.Lookup(proto, key.addr); ok && old.Service == id {
 					sp.next.Store(old.next.Load())
 					if sp.affinity != nil && old.affinity != nil {
 						sp.affinity = old.affinity // clients stay where they were
 					}
 				}
+				owner[key] = svc
 				snap.ports[key] = sp
 				snap.ips[ip] = snap.ips[ip] || len(sp.usable) > 0
 				snap.endpoints += len(sp.usable)
@@ -125,7 +209,75 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 			snap.services++
 		}
 	}
-	return snap, problems
+	problems = append(problems, conflicts.problems()...)
+	return snap, once(problems)
+}
+
+// oldestFirst returns services sorted by creationTimestamp, then
+// namespace/name (then UID, so that even two definitions of one name have an
+// order). The caller's slice is not changed: it may be an informer's.
+func oldestFirst(services []*corev1.Service) []*corev1.Service {
+	return slices.SortedFunc(slices.Values(services), func(a, b *corev1.Service) int {
+		if c := a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time); c != 0 {
+			return c
+		}
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
+	})
+}
+
+// byName returns slices sorted by namespace/name (then UID), without
+// changing the caller's slice.
+func byName(list []*discoveryv1.EndpointSlice) []*discoveryv1.EndpointSlice {
+	return slices.SortedFunc(slices.Values(list), func(a, b *discoveryv1.EndpointSlice) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
+	})
+}
+
+// conflicts collects the Service ports a Service lost to an older one, to
+// report each pair of Services once, not once per port and address.
+type conflicts struct {
+	order []conflictPair
+	ports map[conflictPair][]string
+}
+
+type conflictPair struct{ loser, winner *corev1.Service }
+
+func newConflicts() *conflicts { return &conflicts{ports: make(map[conflictPair][]string)} }
+
+func (c *conflicts) add(loser, winner *corev1.Service, port string) {
+	k := conflictPair{loser, winner}
+	if _, ok := c.ports[k]; !ok {
+		c.order = append(c.order, k)
+	}
+	c.ports[k] = append(c.ports[k], port)
+}
+
+func (c *conflicts) problems() []Problem {
+	var out []Problem
+	for _, k := range c.order {
+		why := "the older Service"
+		if k.winner.CreationTimestamp.Equal(&k.loser.CreationTimestamp) {
+			why = "as old, and first by namespace/name"
+		}
+		out = append(out, Problem{"Service " + k.loser.Namespace + "/" + k.loser.Name,
+			fmt.Sprintf("%s already served by Service %s/%s (%s); ignored",
+				strings.Join(c.ports[k], ", "), k.winner.Namespace, k.winner.Name, why)})
+	}
+	return out
+}
+
+// once drops repeated problems, keeping the first of each: an endpoint
+// refused for one port of a Service is refused for each of its ports.
+func once(problems []Problem) []Problem {
+	seen := make(map[Problem]bool, len(problems))
+	out := problems[:0]
+	for _, p := range problems {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // clusterIPs returns the addresses a Service is served on, or a reason to
@@ -179,11 +331,14 @@ func protocolOf(p corev1.Protocol) (Protocol, bool) {
 	return 0, false
 }
 
-// endpointsFor collects the endpoints of one Service port from the Service's
-// slices: those of ip's family, through the slice port with the same name and
-// protocol. The result is sorted and has no duplicate address (an endpoint
-// may sit in two slices while the controller moves it).
-func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto corev1.Protocol, ip netip.Addr) ([]Endpoint, []Problem) {
+// endpointsFor collects the endpoints of Service port p of Service id on ip
+// from the Service's slices: those of ip's family, through the slice port
+// with the same name and protocol. The result is sorted and has no duplicate
+// address (an endpoint may sit in two slices while the controller moves it;
+// the readiest copy is kept, then the one in the first slice by name). What the policy refuses is left out and
+// reported.
+func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.ServicePort, ip netip.Addr, policy targetPolicy) ([]Endpoint, []Problem) {
+	proto := p.Protocol
 	if proto == "" {
 		proto = corev1.ProtocolTCP
 	}
@@ -202,28 +357,30 @@ func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto
 		if _, headless := es.Labels[corev1.IsHeadlessService]; headless {
 			continue // kube-proxy never proxies to a headless Service's slices
 		}
-		port, ok := slicePort(es, portName, proto)
-		if !ok {
+		sliceID := "EndpointSlice " + es.Namespace + "/" + es.Name
+		port, bad := slicePort(es, p.Name, proto)
+		if bad != "" {
+			if len(es.Endpoints) > 0 {
+				problems = append(problems, Problem{sliceID, fmt.Sprintf("%s; its endpoints do not serve Service %s port %d", bad, id, p.Port)})
+			}
 			continue
 		}
 		for _, e := range es.Endpoints {
 			if len(e.Addresses) == 0 {
+				problems = append(problems, Problem{sliceID, "an endpoint has no address; ignored"})
 				continue
 			}
 			// Like kube-proxy, use the first address: the API says they are
 			// fungible and consumers use the first.
 			addr, err := netip.ParseAddr(e.Addresses[0])
 			if err != nil {
-				problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-					fmt.Sprintf("address %q is not an IP address", e.Addresses[0])})
+				problems = append(problems, Problem{sliceID, fmt.Sprintf("address %q is not an IP address", e.Addresses[0])})
 				continue
 			}
 			addr = addr.Unmap()
-			if reason := unsafeTarget(addr); reason != "" {
-				// CVE-2020-8558: a Service must never become a way into the
-				// node's own loopback or link-local services.
-				problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-					fmt.Sprintf("endpoint %s is %s address; refused", addr, reason)})
+			if reason := policy.refuse(addr); reason != "" {
+				problems = append(problems, Problem{"Service " + id,
+					fmt.Sprintf("endpoint %s (%s) is %s; refused, never dialled", addr, sliceID, reason)})
 				continue
 			}
 			ep := Endpoint{
@@ -249,13 +406,28 @@ func endpointsFor(svcSlices []*discoveryv1.EndpointSlice, portName string, proto
 			eps = append(eps, ep)
 		}
 	}
-	slices.SortStableFunc(eps, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	slices.SortStableFunc(eps, func(a, b Endpoint) int {
+		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(rank(b), rank(a)))
+	})
 	eps = slices.CompactFunc(eps, func(a, b Endpoint) bool { return a.Addr == b.Addr })
 	return eps, problems
 }
 
-// slicePort finds the port number a slice gives for a Service port.
-func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol) (uint16, bool) {
+// rank orders copies of one endpoint: a ready copy before a serving one
+// before the rest, so the copy that can take traffic is the one kept.
+func rank(e Endpoint) int {
+	switch {
+	case e.Ready:
+		return 2
+	case e.Serving:
+		return 1
+	}
+	return 0
+}
+
+// slicePort finds the port number a slice gives for a Service port, or says
+// why it gives none.
+func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol) (uint16, string) {
 	for _, p := range es.Ports {
 		pname := ""
 		if p.Name != nil {
@@ -265,28 +437,50 @@ func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol
 		if p.Protocol != nil {
 			pproto = *p.Protocol
 		}
-		if pname != name || pproto != proto || p.Port == nil {
+		if pname != name || pproto != proto {
 			continue
 		}
-		if *p.Port <= 0 || *p.Port > 65535 {
-			return 0, false
+		if p.Port == nil {
+			return 0, fmt.Sprintf("port %q (%s) has no number", name, proto)
 		}
-		return uint16(*p.Port), true
+		if *p.Port <= 0 || *p.Port > 65535 {
+			return 0, fmt.Sprintf("port %q (%s) is %d, not a port number (1-65535)", name, proto, *p.Port)
+		}
+		return uint16(*p.Port), ""
 	}
-	return 0, false
+	return 0, fmt.Sprintf("has no port named %q (%s)", name, proto)
 }
 
-// unsafeTarget names the kind of address kubetun never forwards to.
-func unsafeTarget(a netip.Addr) string {
+// targetPolicy says which endpoints kubetun never dials.
+type targetPolicy struct {
+	routed     []netip.Prefix        // what kubetun routes into its TUN
+	clusterIPs map[netip.Addr]string // every ClusterIP, to the Service that has it
+}
+
+// refuse names why kubetun must not dial a, or returns "". Addresses on the
+// node itself other than loopback (a host-network endpoint such as the
+// apiserver behind the kubernetes Service) are allowed, as kube-proxy allows
+// them.
+func (p targetPolicy) refuse(a netip.Addr) string {
+	if svc, ok := p.clusterIPs[a]; ok {
+		return "the ClusterIP of Service " + svc + " (kubetun would dial itself)"
+	}
+	for _, r := range p.routed {
+		if r.Contains(a) {
+			return "inside " + r.String() + ", which kubetun routes into its TUN (kubetun would dial itself)"
+		}
+	}
+	// CVE-2020-8558: a Service must never become a way into the node's own
+	// loopback or link-local services.
 	switch {
 	case a.IsLoopback():
-		return "a loopback"
+		return "a loopback address"
 	case a.IsLinkLocalUnicast():
-		return "a link-local"
+		return "a link-local address"
 	case a.IsUnspecified():
-		return "an unspecified"
+		return "an unspecified address"
 	case a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
-		return "a multicast"
+		return "a multicast address"
 	}
 	return ""
 }

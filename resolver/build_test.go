@@ -188,6 +188,7 @@ func TestBuildLookup(t *testing.T) {
 				{proto: resolver.UDP, addr: "10.3.240.11:514", endpoints: []string{}},
 				{proto: resolver.TCP, addr: "10.3.240.11:514", missing: true},
 			},
+			problems: []string{`EndpointSlice default/syslog-1: has no port named "syslog" (UDP); its endpoints do not serve Service default/syslog port 514`},
 			nservice: 1,
 		},
 		{
@@ -328,10 +329,10 @@ func TestBuildLookup(t *testing.T) {
 				{proto: resolver.TCP, addr: "10.3.240.10:80", endpoints: []string{"10.0.1.2:8080"}},
 			},
 			problems: []string{
-				"EndpointSlice default/web-1: endpoint 127.0.0.1 is a loopback address; refused",
-				"EndpointSlice default/web-1: endpoint 169.254.169.254 is a link-local address; refused",
+				"Service default/web: endpoint 127.0.0.1 (EndpointSlice default/web-1) is a loopback address; refused, never dialled",
+				"Service default/web: endpoint 169.254.169.254 (EndpointSlice default/web-1) is a link-local address; refused",
 				"unspecified address; refused", // 0.0.0.0
-				"EndpointSlice default/web-1: endpoint 127.0.0.2 is a loopback address; refused",
+				"Service default/web: endpoint 127.0.0.2 (EndpointSlice default/web-1) is a loopback address; refused",
 				`EndpointSlice default/web-1: address "pod-1" is not an IP address`,
 			},
 			nservice: 1,
@@ -348,8 +349,8 @@ func TestBuildLookup(t *testing.T) {
 				{proto: resolver.TCP, addr: "[fd00:3::10]:80", endpoints: []string{"[fd00:0:1::2]:8080"}},
 			},
 			problems: []string{
-				"endpoint ::1 is a loopback address",
-				"endpoint fe80::1 is a link-local address",
+				"endpoint ::1 (EndpointSlice default/web6-v6) is a loopback address",
+				"endpoint fe80::1 (EndpointSlice default/web6-v6) is a link-local address",
 				"unspecified address; refused", // ::
 			},
 			nservice: 1,
@@ -386,7 +387,7 @@ func TestBuildLookup(t *testing.T) {
 				{proto: resolver.TCP, addr: "10.3.240.40:80", service: "default/a", endpoints: []string{"10.0.1.2:8080"}},
 				{proto: resolver.TCP, addr: "10.3.240.40:81", service: "default/b", endpoints: []string{"10.0.2.2:8081"}},
 			},
-			problems: []string{"Service default/b: TCP 10.3.240.40:80 is already served by default/a; ignored"},
+			problems: []string{"Service default/b: TCP 10.3.240.40:80 already served by Service default/a (as old, and first by namespace/name); ignored"},
 			nservice: 2,
 		},
 	}

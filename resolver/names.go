@@ -57,7 +57,8 @@ func (s *Snapshot) Service(namespace, name string) (*ServiceRecord, bool) {
 	return r, ok
 }
 
-// ServiceByIP returns the Service whose ClusterIP is ip (for PTR records).
+// ServiceByIP returns the Service whose ClusterIP is ip (for PTR records);
+// if several claim it, the oldest, as for serving it.
 func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
 	if s == nil {
 		return nil, false
@@ -67,8 +68,9 @@ func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
 }
 
 // EndpointByIP returns a Service that has ip as an endpoint, and that
-// endpoint. If several do, the first in the order Build saw them; for a
-// choice that does not depend on that order, see ServiceRecords.
+// endpoint. If several do, the oldest Service, then the first by
+// namespace/name, whatever the order Build was given them in; cluster DNS
+// may also index ServiceRecords its own way.
 func (s *Snapshot) EndpointByIP(ip netip.Addr) (*ServiceRecord, EndpointRecord, bool) {
 	if s == nil {
 		return nil, EndpointRecord{}, false

@@ -225,6 +225,22 @@ func (s *Snapshot) Endpoints() int {
 	return s.endpoints
 }
 
+// AffinityEntries returns how many clients the ClientIP session affinity
+// tables of all Service ports remember now, for metrics. It takes no lock
+// the packet path takes: each table keeps its count in an atomic.
+func (s *Snapshot) AffinityEntries() int {
+	if s == nil {
+		return 0
+	}
+	n := 0
+	for _, sp := range s.ports {
+		if sp.affinity != nil {
+			n += sp.affinity.len()
+		}
+	}
+	return n
+}
+
 // Table publishes the current Snapshot. Store is for the control plane,
 // Load and Lookup are for the packet path; neither locks.
 type Table struct {

@@ -212,13 +212,13 @@ func (r *runner) start() (stop func(), err error) {
 // source's own, reported with Build's problems.
 func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice, warnings []string) {
 	start := time.Now()
-	snap, problems := resolver.Build(services, slices, r.table.Load(), r.topo)
-	for _, w := range warnings {
-		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
-	}
 	r.mu.Lock()
 	cidrs := r.cidrs
 	r.mu.Unlock()
+	snap, problems := resolver.Build(services, slices, r.table.Load(), r.topo, resolver.Routed(cidrs...))
+	for _, w := range warnings {
+		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
+	}
 	problems = append(problems, outside(snap, cidrs)...)
 	r.reportProblems(problems)
 	before := r.table.Load()
