@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,7 +41,9 @@ var extensions = []string{".yaml", ".yml", ".json"}
 // Files returns the manifest files at path: path itself if it is a file, or
 // the .yaml, .yml and .json files directly in it if it is a directory
 // (sorted; hidden entries skipped, so a ConfigMap volume's ..data links are
-// not read twice).
+// not read twice; dangling links skipped, as a file removed). A directory
+// named like a manifest is an error: it is most likely a file that became
+// one, and its Services would vanish without a word.
 func Files(path string) ([]string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -60,8 +63,15 @@ func Files(path string) ([]string, error) {
 			continue
 		}
 		full := filepath.Join(path, name)
-		if fi, err := os.Stat(full); err != nil || fi.IsDir() {
-			continue // a dangling link or a directory named x.yaml
+		fi, err := os.Stat(full)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // a dangling link, or removed since ReadDir
+		}
+		if err != nil {
+			return nil, err
+		}
+		if fi.IsDir() {
+			return nil, fmt.Errorf("%s is a directory, not a manifest file", full)
 		}
 		files = append(files, full)
 	}
@@ -194,16 +204,27 @@ func Load(path string) (Objects, error) {
 	return decodeAll(files, contents)
 }
 
-// decodeAll decodes files in order and merges them. An object defined twice
-// (same kind, namespace and name) keeps its last definition, with a warning.
+// decodeAll decodes files in order and merges them.
 func decodeAll(files []string, contents map[string][]byte) (Objects, error) {
-	var all Objects
-	seen := make(map[string]string) // "Service ns/name" -> file
+	decoded := make(map[string]Objects, len(files))
 	for _, f := range files {
 		objs, err := Decode(f, contents[f])
 		if err != nil {
 			return Objects{}, err
 		}
+		decoded[f] = objs
+	}
+	return merge(files, decoded), nil
+}
+
+// merge merges the objects of files, in order. An object defined twice (same
+// kind, namespace and name) keeps its last definition, with a warning. The
+// Objects in decoded are not changed.
+func merge(files []string, decoded map[string]Objects) Objects {
+	var all Objects
+	seen := make(map[string]string) // "Service ns/name" -> file
+	for _, f := range files {
+		objs := decoded[f]
 		for _, w := range objs.Warnings {
 			all.Warnings = append(all.Warnings, f+": "+w)
 		}
@@ -216,7 +237,7 @@ func decodeAll(files []string, contents map[string][]byte) (Objects, error) {
 				func(o *discoveryv1.EndpointSlice) string { return o.Namespace + "/" + o.Name })
 		}
 	}
-	return all, nil
+	return all
 }
 
 func replaceOrAppend[T any](list []T, obj T, kind string, seen map[string]string, file string, warnings *[]string, id func(T) string) []T {

@@ -412,6 +412,43 @@ func TestDecodeSeed(t *testing.T) {
 	}
 }
 
+// TestDecodeUnusable: manifests that decode but hold what kubetun cannot use
+// are reported by resolver.Build, each with its reason.
+func TestDecodeUnusable(t *testing.T) {
+	tests := []struct {
+		name, from, to, want string
+	}{
+		{"slice port 0", "  port: 8080\n", "  port: 0\n",
+			`EndpointSlice default/service-test-x7k2p: port "" (TCP) is 0, not a port number (1-65535)`},
+		{"slice port missing", "- name: \"\"\n  port: 8080\n  protocol: TCP\n", "- name: \"\"\n  protocol: TCP\n",
+			`EndpointSlice default/service-test-x7k2p: port "" (TCP) has no number`},
+		{"slice port of another name", `- name: ""`, `- name: web`,
+			`EndpointSlice default/service-test-x7k2p: has no port named "" (TCP)`},
+		{"Service port 0", "  - port: 80\n", "  - port: 0\n",
+			"Service default/service-test: port 0 is not a port number (1-65535)"},
+		{"endpoint on loopback", `["10.0.2.2"]`, `["127.0.0.1"]`,
+			"Service default/service-test: endpoint 127.0.0.1 (EndpointSlice default/service-test-x7k2p) is a loopback address; refused"},
+		{"endpoint on its own ClusterIP", `["10.0.2.2"]`, `["10.3.241.152"]`,
+			"Service default/service-test: endpoint 10.3.241.152 (EndpointSlice default/service-test-x7k2p) is the ClusterIP of Service default/service-test"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := strings.Replace(seedYAML, tt.from, tt.to, 1)
+			if data == seedYAML {
+				t.Fatalf("%q is not in the seed", tt.from)
+			}
+			objs, err := Decode("seed.yaml", []byte(data))
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			_, problems := resolver.Build(objs.Services, objs.Slices, nil, resolver.Topology{})
+			if len(problems) != 1 || !strings.Contains(problems[0].String(), tt.want) {
+				t.Errorf("Build problems = %v, want one containing %q", problems, tt.want)
+			}
+		})
+	}
+}
+
 // writeFiles creates files (path relative to dir: contents) in dir.
 func writeFiles(tb testing.TB, dir string, files map[string]string) {
 	tb.Helper()
@@ -429,18 +466,18 @@ func writeFiles(tb testing.TB, dir string, files map[string]string) {
 func TestFiles(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
-		"b.yml":               "",
-		"a.yaml":              "",
-		"c.json":              "{}",
-		"Z.YAML":              "",
-		"notes.txt":           "",
-		"README.md":           "",
-		"yaml":                "",
-		".hidden.yaml":        "",
-		"..2026_11_24/x.yaml": "", // a ConfigMap volume's data directory
-		"nested/d.yaml":       "", // not read: Files does not recurse
-		"empty/notes.txt":     "",
-		"dir.yaml/e.yaml":     "", // a directory named like a manifest
+		"b.yml":                   "",
+		"a.yaml":                  "",
+		"c.json":                  "{}",
+		"Z.YAML":                  "",
+		"notes.txt":               "",
+		"README.md":               "",
+		"yaml":                    "",
+		".hidden.yaml":            "",
+		"..2026_11_24/x.yaml":     "", // a ConfigMap volume's data directory
+		"nested/d.yaml":           "", // not read: Files does not recurse
+		"empty/notes.txt":         "",
+		"withdir/dir.yaml/e.yaml": "", // a directory named like a manifest
 	})
 	// A ConfigMap volume: x.yaml -> ..data/x.yaml, ..data -> ..2026_11_24.
 	if err := os.Symlink("..2026_11_24", filepath.Join(dir, "..data")); err != nil {
@@ -464,6 +501,7 @@ func TestFiles(t *testing.T) {
 		{name: "a file, whatever its name", path: single, want: []string{"notes.txt"}},
 		{name: "a directory without manifests", path: filepath.Join(dir, "empty"), want: nil},
 		{name: "a missing path", path: filepath.Join(dir, "missing"), err: true},
+		{name: "a directory named like a manifest", path: filepath.Join(dir, "withdir"), err: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,18 +5,43 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
 // PollInterval is how often a Source looks at its files. Polling (rather
 // than inotify) sees every way a file can change: an editor's rename, a
-// ConfigMap volume's symlink swap, a file on a network filesystem. Reading a
-// few small files twice a second costs next to nothing, and keeps a change
-// well within the one second kubetun promises.
+// ConfigMap volume's symlink swap, a file on a network filesystem. A poll
+// costs one stat per file; only a file whose size, modification time or
+// identity changed is read again, and only a file whose contents changed is
+// decoded again. Twice a second keeps a change well within the one second
+// kubetun promises.
 const PollInterval = 500 * time.Millisecond
+
+// MaxFileSize is the largest manifest file a Source reads. A Service with its
+// EndpointSlice takes about 2-3 KB of `kubectl get -o yaml`, so 16 MiB holds
+// thousands of Services, far more than a static source is for, while
+// decoding it stays within about a second of CPU and a few hundred MB
+// (YAML decoding takes about 10 times the file's size in memory). A larger
+// file is refused unread, naming the file and the limit, rather than costing
+// the node a core and its memory.
+const MaxFileSize = 16 << 20
+
+// verifyEvery is how many polls may trust file metadata before every file
+// is read and hashed again: an NFS client may serve cached attributes for up
+// to a minute (acregmax), while open() always revalidates (close-to-open
+// consistency, nfs(5)). Every 10 s is cheap: hashing, not decoding.
+const verifyEvery = 20
+
+// racyWindow is how old a file's modification time must be, when the file
+// is read, for its metadata to stand for its contents: a write in the same
+// timestamp tick as the read, with the same size, would otherwise go
+// unseen (git calls such entries "racily clean").
+const racyWindow = 2 * time.Second
 
 // Source watches a manifest file or directory and hands every new, valid
 // set of objects to a callback.
@@ -24,10 +49,25 @@ type Source struct {
 	path     string
 	log      *slog.Logger
 	interval time.Duration
+	dir      bool // path was a directory at start
 
 	// Owned by Run's goroutine once Run starts.
+	files   map[string]*fileState // by path, from the last poll
+	polls   int
 	applied [sha256.Size]byte // digest of the contents last handed to apply
 	failure string            // the error last logged, so each is logged once
+
+	reads, decodes atomic.Int64 // files read and decoded so far, for tests
+}
+
+// fileState is what a Source remembers of one file: enough to know, from a
+// stat, that it has not changed, and what it held, decoded or not.
+type fileState struct {
+	info    fs.FileInfo
+	trusted bool // info was taken well after the file's last change
+	sum     [sha256.Size]byte
+	objs    Objects
+	err     error // why the contents do not decode; kept to report, not retried
 }
 
 // NewSource reads path once and returns the Source and what it holds. It
@@ -35,15 +75,16 @@ type Source struct {
 // good state to keep.
 func NewSource(path string, log *slog.Logger) (*Source, Objects, error) {
 	s := &Source{path: path, log: log, interval: PollInterval}
-	sum, files, contents, err := s.read()
+	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, Objects{}, fmt.Errorf("reading manifests: %w", err)
 	}
-	objs, err := decodeAll(files, contents)
+	s.dir = fi.IsDir()
+	sum, objs, nfiles, err := s.poll(time.Now())
 	if err != nil {
-		return nil, Objects{}, err
+		return nil, Objects{}, fmt.Errorf("reading manifests: %w", err)
 	}
-	if len(files) == 0 {
+	if nfiles == 0 {
 		objs.Warnings = append(objs.Warnings, fmt.Sprintf("%s: no .yaml, .yml or .json file; serving nothing until one appears", path))
 	}
 	s.applied = sum
@@ -62,23 +103,19 @@ func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 			return
 		case <-t.C:
 		}
-		sum, files, contents, err := s.read()
+		sum, objs, _, err := s.poll(time.Now())
 		if err == nil && sum == s.applied {
 			s.failure = "" // back to the applied state: a new failure is news again
 			continue
 		}
+		if err == nil && !s.settled(sum) {
+			continue // still being written: look again at the next tick
+		}
 		if err == nil {
-			var objs Objects
-			objs, err = decodeAll(files, contents)
-			if err == nil && !s.settled(sum) {
-				continue // still being written: look again at the next tick
-			}
-			if err == nil {
-				s.applied, s.failure = sum, ""
-				s.log.Info("manifests changed", "path", s.path, "services", len(objs.Services), "endpointslices", len(objs.Slices))
-				apply(objs)
-				continue
-			}
+			s.applied, s.failure = sum, ""
+			s.log.Info("manifests changed", "path", s.path, "services", len(objs.Services), "endpointslices", len(objs.Slices))
+			apply(objs)
+			continue
 		}
 		if err.Error() != s.failure {
 			s.log.Error("manifests not applied; keeping the last good state", "err", err)
@@ -95,32 +132,120 @@ const settleTime = 50 * time.Millisecond
 // settled reports whether the files still have digest sum after settleTime.
 func (s *Source) settled(sum [sha256.Size]byte) bool {
 	time.Sleep(settleTime)
-	again, _, _, err := s.read()
+	again, _, _, err := s.poll(time.Now())
 	return err == nil && again == sum
 }
 
-// read returns the files at s.path, their contents, and a digest of both.
-func (s *Source) read() (sum [sha256.Size]byte, files []string, contents map[string][]byte, err error) {
-	files, err = Files(s.path)
+// poll returns the objects at s.path, a digest of the files' names and
+// contents, and the number of files. It reads only files that may have
+// changed and decodes only files whose contents changed, so an unchanged
+// file, good or broken, costs a stat.
+func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, objs Objects, nfiles int, err error) {
+	fi, err := os.Stat(s.path)
 	if err != nil {
-		return sum, nil, nil, err
+		return sum, Objects{}, 0, err
 	}
-	h := sha256.New()
-	contents = make(map[string][]byte, len(files))
+	switch {
+	case s.dir && !fi.IsDir():
+		return sum, Objects{}, 0, fmt.Errorf("%s was a directory and is now a file; give kubetun the file, or restore the directory", s.path)
+	case !s.dir && fi.IsDir():
+		return sum, Objects{}, 0, fmt.Errorf("%s was a manifest file and is now a directory; give kubetun the directory, or restore the file", s.path)
+	}
+	files, err := Files(s.path)
+	if err != nil {
+		return sum, Objects{}, 0, err
+	}
+	verify := s.polls%verifyEvery == 0
+	s.polls++
+	next := make(map[string]*fileState, len(files))
 	present := files[:0]
+	h := sha256.New()
+	var errs []error
 	for _, f := range files {
-		b, err := os.ReadFile(f)
+		st, err := s.file(f, now, verify)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // removed since Files listed it: as if never listed
 		}
 		if err != nil {
-			return sum, nil, nil, err
+			errs = append(errs, err)
+			continue
 		}
+		next[f] = st
 		present = append(present, f)
-		contents[f] = b
-		fmt.Fprintf(h, "%s\x00%d\x00", f, len(b))
-		h.Write(b)
+		fmt.Fprintf(h, "%s\x00", f)
+		h.Write(st.sum[:])
+		if st.err != nil {
+			errs = append(errs, st.err)
+		}
 	}
+	s.files = next
 	copy(sum[:], h.Sum(nil))
-	return sum, present, contents, nil
+	if len(errs) > 0 {
+		return sum, Objects{}, len(present), errors.Join(errs...)
+	}
+	decoded := make(map[string]Objects, len(present))
+	for _, f := range present {
+		decoded[f] = next[f].objs
+	}
+	return sum, merge(present, decoded), len(present), nil
+}
+
+// file returns the state of manifest file f, from the last poll if its
+// metadata says it is unchanged (and verify is false), else read again; it
+// is decoded only if its contents changed.
+func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) {
+	info, err := os.Stat(f)
+	if err != nil {
+		return nil, err
+	}
+	if info.IsDir() {
+		return nil, fmt.Errorf("%s is a directory, not a manifest file", f)
+	}
+	if info.Size() > MaxFileSize {
+		return nil, tooLarge(f)
+	}
+	prev := s.files[f]
+	if prev != nil && prev.trusted && !verify && sameFile(prev.info, info) {
+		return prev, nil
+	}
+	s.reads.Add(1)
+	data, err := readFile(f)
+	if err != nil {
+		return nil, err
+	}
+	st := &fileState{info: info, trusted: now.Sub(info.ModTime()) > racyWindow, sum: sha256.Sum256(data)}
+	if prev != nil && prev.sum == st.sum {
+		st.objs, st.err = prev.objs, prev.err
+		return st, nil
+	}
+	s.decodes.Add(1)
+	st.objs, st.err = Decode(f, data)
+	return st, nil
+}
+
+// sameFile reports whether a and b, two stats of one path, show the same
+// unchanged file.
+func sameFile(a, b fs.FileInfo) bool {
+	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// readFile reads f, refusing it if it grew past MaxFileSize since its stat.
+func readFile(f string) ([]byte, error) {
+	file, err := os.Open(f)
+	if err != nil {
+		return nil, err
+	}
+	defer file.Close()
+	data, err := io.ReadAll(io.LimitReader(file, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", f, err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(f) // it grew since its stat
+	}
+	return data, nil
+}
+
+func tooLarge(f string) error {
+	return fmt.Errorf("%s is larger than the %d MiB kubetun reads from a manifest file; not read", f, MaxFileSize>>20)
 }

@@ -73,6 +73,7 @@ const brokenSlice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetad
 // the seed EndpointSlice in slice.yaml.
 type sourceTest struct {
 	tb      testing.TB
+	src     *Source
 	slice   string // path of slice.yaml
 	log     *logBuffer
 	applied chan Objects
@@ -99,6 +100,7 @@ func startSource(tb testing.TB) *sourceTest {
 		tb.Fatalf("NewSource(%q) endpoints = %q, want the seed's", dir, got)
 	}
 	src.interval = 5 * time.Millisecond
+	st.src = src
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -240,4 +242,121 @@ func TestSourceRunFiles(t *testing.T) {
 	// Hidden files are not manifests: writing one changes nothing.
 	writeFiles(t, dir, map[string]string{".slice.yaml.swp": brokenSlice})
 	st.settle(0)
+}
+
+// TestSourceFaults: each fault in the files is logged once, naming the file
+// and the reason, and the last good state stays.
+func TestSourceFaults(t *testing.T) {
+	t.Run("file_became_directory", func(t *testing.T) {
+		st := startSource(t)
+		if err := os.Remove(st.slice); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(st.slice, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		st.waitErrors(1)
+		st.settle(1)
+		if e := st.log.errors()[0]; !strings.Contains(e, st.slice+" is a directory, not a manifest file") {
+			t.Errorf("logged %q, want the path and that it is a directory", e)
+		}
+	})
+	t.Run("huge_file", func(t *testing.T) {
+		st := startSource(t)
+		backdate(t, filepath.Dir(st.slice))
+		time.Sleep(20 * time.Millisecond) // polls that trust the two files
+		reads := st.src.reads.Load()
+		big := filepath.Join(filepath.Dir(st.slice), "big.yaml")
+		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxFileSize/5+1)))
+		st.waitErrors(1)
+		st.settle(1)
+		if e := st.log.errors()[0]; !strings.Contains(e, big+" is larger than the 16 MiB") {
+			t.Errorf("logged %q, want the file and the limit", e)
+		}
+		// 1+40+ polls: the huge file is refused by its size, unread; the
+		// others are read only at the verifying polls.
+		if n := st.src.reads.Load() - reads; n > 2*(50/verifyEvery+1) {
+			t.Errorf("%d files read, want at most %d (the verifying polls)", n, 2*(50/verifyEvery+1))
+		}
+	})
+	t.Run("broken_file_decoded_once", func(t *testing.T) {
+		st := startSource(t)
+		replaceFile(t, st.slice, brokenSlice)
+		st.waitErrors(1)
+		decodes := st.src.decodes.Load()
+		st.settle(1) // 40 polls
+		if n := st.src.decodes.Load(); n != decodes {
+			t.Errorf("%d more decodes of an unchanged broken file over 40 polls, want none", n-decodes)
+		}
+		// Once its modification time is old enough to trust, the file is
+		// not even read, except at each verifyEvery-th poll.
+		backdate(t, filepath.Dir(st.slice))
+		time.Sleep(20 * time.Millisecond) // a poll that trusts it
+		reads := st.src.reads.Load()
+		time.Sleep(40 * 5 * time.Millisecond) // 40 polls
+		if n := st.src.reads.Load() - reads; n > 2*(40/verifyEvery+1) {
+			t.Errorf("%d reads over 40 polls of two unchanged files, want at most %d (the verifying polls)", n, 2*(40/verifyEvery+1))
+		}
+		if n := st.src.decodes.Load(); n != decodes {
+			t.Errorf("%d more decodes of an unchanged broken file, want none", n-decodes)
+		}
+	})
+	t.Run("one_file_changed", func(t *testing.T) {
+		st := startSource(t)
+		decodes := st.src.decodes.Load()
+		replaceFile(t, st.slice, sliceYAML("10.0.1.2"))
+		st.waitApplied("10.0.1.2")
+		if n := st.src.decodes.Load() - decodes; n != 1 {
+			t.Errorf("%d files decoded after one of two changed, want 1", n)
+		}
+	})
+	t.Run("path_became_directory", func(t *testing.T) {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "seed.yaml")
+		writeFiles(t, dir, map[string]string{"seed.yaml": seedYAML})
+		log := new(logBuffer)
+		src, _, err := NewSource(path, slog.New(slog.NewTextHandler(log, nil)))
+		if err != nil {
+			t.Fatalf("NewSource(%q): %v", path, err)
+		}
+		src.interval = 5 * time.Millisecond
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			src.Run(ctx, func(objs Objects) {
+				t.Errorf("applied %d services after the file became a directory, want nothing applied", len(objs.Services))
+			})
+		}()
+		defer func() { cancel(); <-done }()
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		writeFiles(t, path, map[string]string{"other.yaml": ""})
+		deadline := time.Now().Add(wait)
+		for len(log.errors()) == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(40 * 5 * time.Millisecond)
+		errs := log.errors()
+		if len(errs) != 1 || !strings.Contains(errs[0], path+" was a manifest file and is now a directory") {
+			t.Errorf("logged %q, want one error naming %s and that it is now a directory", errs, path)
+		}
+	})
+}
+
+// backdate sets the modification time of every file in dir an hour back, as
+// if written long ago.
+func backdate(tb testing.TB, dir string) {
+	tb.Helper()
+	old := time.Now().Add(-time.Hour)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.Chtimes(filepath.Join(dir, e.Name()), old, old); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }
