@@ -80,11 +80,12 @@ func NewSource(path string, log *slog.Logger) (*Source, Objects, error) {
 		return nil, Objects{}, fmt.Errorf("reading manifests: %w", err)
 	}
 	s.dir = fi.IsDir()
-	sum, objs, nfiles, err := s.poll(time.Now())
+	sum, files, err := s.poll(time.Now())
 	if err != nil {
 		return nil, Objects{}, fmt.Errorf("reading manifests: %w", err)
 	}
-	if nfiles == 0 {
+	objs := s.objects(files)
+	if len(files) == 0 {
 		objs.Warnings = append(objs.Warnings, fmt.Sprintf("%s: no .yaml, .yml or .json file; serving nothing until one appears", path))
 	}
 	s.applied = sum
@@ -103,7 +104,7 @@ func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 			return
 		case <-t.C:
 		}
-		sum, objs, _, err := s.poll(time.Now())
+		sum, files, err := s.poll(time.Now())
 		if err == nil && sum == s.applied {
 			s.failure = "" // back to the applied state: a new failure is news again
 			continue
@@ -112,6 +113,7 @@ func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 			continue // still being written: look again at the next tick
 		}
 		if err == nil {
+			objs := s.objects(files)
 			s.applied, s.failure = sum, ""
 			s.log.Info("manifests changed", "path", s.path, "services", len(objs.Services), "endpointslices", len(objs.Slices))
 			apply(objs)
@@ -132,28 +134,28 @@ const settleTime = 50 * time.Millisecond
 // settled reports whether the files still have digest sum after settleTime.
 func (s *Source) settled(sum [sha256.Size]byte) bool {
 	time.Sleep(settleTime)
-	again, _, _, err := s.poll(time.Now())
+	again, _, err := s.poll(time.Now())
 	return err == nil && again == sum
 }
 
-// poll returns the objects at s.path, a digest of the files' names and
-// contents, and the number of files. It reads only files that may have
-// changed and decodes only files whose contents changed, so an unchanged
-// file, good or broken, costs a stat.
-func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, objs Objects, nfiles int, err error) {
+// poll looks at the files at s.path and returns a digest of their names and
+// contents, and the files (their objects are then in s.files). It reads only
+// files that may have changed and decodes only files whose contents changed,
+// so an unchanged file, good or broken, costs a stat.
+func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, files []string, err error) {
 	fi, err := os.Stat(s.path)
 	if err != nil {
-		return sum, Objects{}, 0, err
+		return sum, nil, err
 	}
 	switch {
 	case s.dir && !fi.IsDir():
-		return sum, Objects{}, 0, fmt.Errorf("%s was a directory and is now a file; give kubetun the file, or restore the directory", s.path)
+		return sum, nil, fmt.Errorf("%s was a directory and is now a file; give kubetun the file, or restore the directory", s.path)
 	case !s.dir && fi.IsDir():
-		return sum, Objects{}, 0, fmt.Errorf("%s was a manifest file and is now a directory; give kubetun the directory, or restore the file", s.path)
+		return sum, nil, fmt.Errorf("%s was a manifest file and is now a directory; give kubetun the directory, or restore the file", s.path)
 	}
-	files, err := Files(s.path)
+	files, err = Files(s.path)
 	if err != nil {
-		return sum, Objects{}, 0, err
+		return sum, nil, err
 	}
 	verify := s.polls%verifyEvery == 0
 	s.polls++
@@ -181,13 +183,19 @@ func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, objs Objects, nfile
 	s.files = next
 	copy(sum[:], h.Sum(nil))
 	if len(errs) > 0 {
-		return sum, Objects{}, len(present), errors.Join(errs...)
+		return sum, nil, errors.Join(errs...)
 	}
-	decoded := make(map[string]Objects, len(present))
-	for _, f := range present {
-		decoded[f] = next[f].objs
+	return sum, present, nil
+}
+
+// objects merges the objects of files, as the last poll found them. It is
+// called only for a change, not on every poll.
+func (s *Source) objects(files []string) Objects {
+	decoded := make(map[string]Objects, len(files))
+	for _, f := range files {
+		decoded[f] = s.files[f].objs
 	}
-	return sum, merge(present, decoded), len(present), nil
+	return merge(files, decoded)
 }
 
 // file returns the state of manifest file f, from the last poll if its
