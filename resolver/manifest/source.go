@@ -53,9 +53,9 @@ type Source struct {
 
 	// Owned by Run's goroutine once Run starts.
 	files   map[string]*fileState // by path, from the last poll
-	polls   int
-	applied [sha256.Size]byte // digest of the contents last handed to apply
-	failure string            // the error last logged, so each is logged once
+	polls   atomic.Int64          // polls so far; atomic for tests
+	applied [sha256.Size]byte     // digest of the contents last handed to apply
+	failure string                // the error last logged, so each is logged once
 
 	reads, decodes atomic.Int64 // files read and decoded so far, for tests
 }
@@ -157,8 +157,7 @@ func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, files []string, err
 	if err != nil {
 		return sum, nil, err
 	}
-	verify := s.polls%verifyEvery == 0
-	s.polls++
+	verify := s.polls.Add(1)%verifyEvery == 1
 	next := make(map[string]*fileState, len(files))
 	present := files[:0]
 	h := sha256.New()

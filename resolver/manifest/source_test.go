@@ -266,7 +266,7 @@ func TestSourceFaults(t *testing.T) {
 		st := startSource(t)
 		backdate(t, filepath.Dir(st.slice))
 		time.Sleep(20 * time.Millisecond) // polls that trust the two files
-		reads := st.src.reads.Load()
+		reads, polls := st.src.reads.Load(), st.src.polls.Load()
 		big := filepath.Join(filepath.Dir(st.slice), "big.yaml")
 		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxFileSize/5+1)))
 		st.waitErrors(1)
@@ -274,11 +274,9 @@ func TestSourceFaults(t *testing.T) {
 		if e := st.log.errors()[0]; !strings.Contains(e, big+" is larger than the 16 MiB") {
 			t.Errorf("logged %q, want the file and the limit", e)
 		}
-		// 1+40+ polls: the huge file is refused by its size, unread; the
-		// others are read only at the verifying polls.
-		if n := st.src.reads.Load() - reads; n > 2*(50/verifyEvery+1) {
-			t.Errorf("%d files read, want at most %d (the verifying polls)", n, 2*(50/verifyEvery+1))
-		}
+		// The huge file is refused by its size, unread; the others are
+		// read only at the verifying polls.
+		checkReads(t, st.src, reads, polls)
 	})
 	t.Run("broken_file_decoded_once", func(t *testing.T) {
 		st := startSource(t)
@@ -293,11 +291,9 @@ func TestSourceFaults(t *testing.T) {
 		// not even read, except at each verifyEvery-th poll.
 		backdate(t, filepath.Dir(st.slice))
 		time.Sleep(20 * time.Millisecond) // a poll that trusts it
-		reads := st.src.reads.Load()
+		reads, polls := st.src.reads.Load(), st.src.polls.Load()
 		time.Sleep(40 * 5 * time.Millisecond) // 40 polls
-		if n := st.src.reads.Load() - reads; n > 2*(40/verifyEvery+1) {
-			t.Errorf("%d reads over 40 polls of two unchanged files, want at most %d (the verifying polls)", n, 2*(40/verifyEvery+1))
-		}
+		checkReads(t, st.src, reads, polls)
 		if n := st.src.decodes.Load(); n != decodes {
 			t.Errorf("%d more decodes of an unchanged broken file, want none", n-decodes)
 		}
@@ -391,16 +387,15 @@ func BenchmarkPoll(b *testing.B) {
 		size += int64(len(files[name]))
 	}
 	b.Run("trusted", func(b *testing.B) {
-		src.polls = 1
 		for b.Loop() {
+			src.polls.Store(1)
 			src.poll(time.Now())
-			src.polls = 1
 		}
 	})
 	b.Run("verify", func(b *testing.B) {
 		b.SetBytes(size)
 		for b.Loop() {
-			src.polls = 0
+			src.polls.Store(0)
 			src.poll(time.Now())
 		}
 	})
@@ -417,4 +412,18 @@ func BenchmarkPoll(b *testing.B) {
 			}
 		}
 	})
+}
+
+// checkReads checks that since src had made polls polls and reads reads, it
+// read its two unchanged files only at the verifying polls (and perhaps at
+// the poll under way when the count was taken).
+func checkReads(tb testing.TB, src *Source, reads, polls int64) {
+	tb.Helper()
+	n, p := src.reads.Load()-reads, src.polls.Load()-polls
+	if max := 2 * (p/verifyEvery + 2); n > max {
+		tb.Errorf("%d reads over %d polls of two unchanged files, want at most %d (the verifying polls)", n, p, max)
+	}
+	if p < 10 {
+		tb.Errorf("only %d polls, want at least 10", p)
+	}
 }
