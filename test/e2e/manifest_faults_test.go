@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,6 +85,30 @@ func TestManifestFaults(t *testing.T) {
 	}
 
 	t.Run("endpoints_kubetun_must_not_dial", func(t *testing.T) {
+		// A listener where the loopback endpoint points, in kubetun's own
+		// namespace: it must see no connection.
+		var lo net.Listener
+		err := testbed.InNamespace(c.Node, func() (err error) {
+			lo, err = net.Listen("tcp", "127.0.0.1:8080")
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lo.Close()
+		var accepted atomic.Int64
+		go func() {
+			for {
+				conn, err := lo.Accept()
+				if err != nil {
+					return
+				}
+				accepted.Add(1)
+				conn.Close()
+			}
+		}()
+		failures := dialFailures(t, c)
+
 		m := c.Manifest
 		m.Endpoints = append(append([]testbed.Endpoint(nil), m.Endpoints...),
 			testbed.Endpoint{IP: mustAddr(t, testbed.ClusterIP), Pod: "loop", Node: testbed.NodeName},
@@ -95,7 +123,15 @@ func TestManifestFaults(t *testing.T) {
 			"endpoint 10.3.241.200 (EndpointSlice default/",
 			"which kubetun routes into its TUN (kubetun would dial itself); refused, never dialled",
 			"endpoint 127.0.0.1 (EndpointSlice default/")
-		served(t) // no request went to the refused endpoints
+		served(t)
+		// Were the refused endpoints in the rotation, about 3 of every 5
+		// requests would dial one of them and fail first.
+		if n := dialFailures(t, c) - failures; n != 0 {
+			t.Errorf("kubetun_pod_dial_failures_total grew by %v, want 0: a refused endpoint was dialled", n)
+		}
+		if n := accepted.Load(); n != 0 {
+			t.Errorf("the listener on 127.0.0.1:8080 in %s accepted %d connections, want none", c.Node, n)
+		}
 	})
 
 	t.Run("huge_file", func(t *testing.T) {
@@ -126,4 +162,28 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// dialFailures reads kubetun_pod_dial_failures_total from kubetun's metrics
+// (on its default --metrics-addr, in the node namespace).
+func dialFailures(t *testing.T, c *cluster) float64 {
+	t.Helper()
+	const name = "kubetun_pod_dial_failures_total"
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	out, err := c.Run(ctx, c.Node, "curl", "-sS", "--max-time", "2", "http://"+metricsAddr+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(out) {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				t.Fatalf("/metrics: %q: %v", line, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("/metrics has no sample %s:\n%s", name, out)
+	return 0
 }
