@@ -22,14 +22,15 @@ import (
 // kubetun promises.
 const PollInterval = 500 * time.Millisecond
 
-// MaxFileSize is the largest manifest file a Source reads. A Service with its
-// EndpointSlice takes about 2-3 KB of `kubectl get -o yaml`, so 16 MiB holds
-// thousands of Services, far more than a static source is for, while
-// decoding it stays within about a second of CPU and a few hundred MB
-// (YAML decoding takes about 10 times the file's size in memory). A larger
-// file is refused unread, naming the file and the limit, rather than costing
-// the node a core and its memory.
-const MaxFileSize = 16 << 20
+// MaxFileSize is the largest manifest file a Source reads. 4 MiB of
+// `kubectl get -o yaml` holds about 10 000 Services with their EndpointSlices,
+// far more than a static source is for, and four times what a ConfigMap (the
+// usual way to hand a sidecar its manifests) can hold at all (1 MiB). Decoding
+// that much takes about 3 s of CPU and 45 MB of heap at its peak (measured on
+// a shared 2-core machine), once per change; a larger file is refused unread,
+// naming the file and the limit, rather than costing the node a core and
+// hundreds of MB for as long as it stays.
+const MaxFileSize = 4 << 20
 
 // verifyEvery is how many polls may trust file metadata before every file
 // is read and hashed again: an NFS client may serve cached attributes for up

@@ -271,7 +271,7 @@ func TestSourceFaults(t *testing.T) {
 		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxFileSize/5+1)))
 		st.waitErrors(1)
 		st.settle(1)
-		if e := st.log.errors()[0]; !strings.Contains(e, big+" is larger than the 16 MiB") {
+		if e := st.log.errors()[0]; !strings.Contains(e, big+" is larger than the 4 MiB") {
 			t.Errorf("logged %q, want the file and the limit", e)
 		}
 		// The huge file is refused by its size, unread; the others are

@@ -136,8 +136,8 @@ func TestManifestFaults(t *testing.T) {
 
 	t.Run("huge_file", func(t *testing.T) {
 		write(t, good)
-		write(t, bytes.Repeat([]byte("x: [\n"), 17<<20/5))
-		expect(t, c.ManifestPath+" is larger than the 16 MiB kubetun reads from a manifest file; not read")
+		write(t, bytes.Repeat([]byte("x: [\n"), 5<<20/5))
+		expect(t, c.ManifestPath+" is larger than the 4 MiB kubetun reads from a manifest file; not read")
 		served(t)
 	})
 
