@@ -242,7 +242,9 @@ func fragment6(b []byte, id uint32) [][]byte {
 }
 
 // echoReply turns a copy of an echo request into its reply: addresses
-// swapped, type changed, checksums computed anew. nil if req is malformed.
+// swapped, type changed, checksums computed anew. nil if req is malformed,
+// its ICMP checksum wrong among that: a host answers no corrupted request
+// (RFC 792, RFC 4443 section 2.3), and the pump does not check ICMP's.
 func echoReply(proto tcpip.NetworkProtocolNumber, req []byte) []byte {
 	b := append([]byte(nil), req...)
 	switch proto {
@@ -260,7 +262,7 @@ func echoReply(proto tcpip.NetworkProtocolNumber, req []byte) []byte {
 		ip.SetChecksum(0)
 		ip.SetChecksum(^ip.CalculateChecksum())
 		icmp := header.ICMPv4(ip.Payload())
-		if len(icmp) < header.ICMPv4MinimumSize {
+		if len(icmp) < header.ICMPv4MinimumSize || checksum.Checksum(icmp, 0) != 0xffff {
 			return nil
 		}
 		icmp.SetType(header.ICMPv4EchoReply)
@@ -279,7 +281,13 @@ func echoReply(proto tcpip.NetworkProtocolNumber, req []byte) []byte {
 		ip.SetDestinationAddress(src)
 		ip.SetHopLimit(64)
 		icmp := header.ICMPv6(ip.Payload())
-		if len(icmp) < header.ICMPv6MinimumSize {
+		if len(icmp) < header.ICMPv6MinimumSize || header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
+			Header:      icmp[:header.ICMPv6MinimumSize],
+			Src:         src,
+			Dst:         dst,
+			PayloadCsum: checksum.Checksum(icmp[header.ICMPv6MinimumSize:], 0),
+			PayloadLen:  len(icmp) - header.ICMPv6MinimumSize,
+		}) != icmp.Checksum() {
 			return nil
 		}
 		icmp.SetType(header.ICMPv6EchoReply)

@@ -375,3 +375,20 @@ func TestLinkDropsCounted(t *testing.T) {
 		t.Errorf("drops = %d, want 3", got)
 	}
 }
+
+// TestPingBadChecksum: an echo request whose ICMP checksum is wrong is not
+// answered, over IPv4 and IPv6.
+func TestPingBadChecksum(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			ns, link := newTestStack(t, buildTable(t, pingService("served", fam.clusterIP, fam.pod.Addr())), new(fakeDialer))
+			req := echoRequest(fam.client.Addr(), fam.clusterIP, 0x1234, 7, []byte("corrupted"))
+			req[len(req)-1] ^= 0xff // the payload, under the ICMP checksum only
+			inject(link, req)
+			expectSilence(t, link, 200*time.Millisecond)
+			if n := ns.Stats().PingReplies; n != 0 {
+				t.Errorf("Stats().PingReplies = %d, want 0", n)
+			}
+		})
+	}
+}
