@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -33,15 +34,6 @@ import (
 const (
 	nicID = 1
 
-	// maxInFlight bounds the connections being dialled at once (SYNs
-	// received, handshake not completed). Further SYNs are dropped, and the
-	// client retransmits them, as a kernel does when its accept queue is full.
-	maxInFlight = 1024
-	// maxInFlightPerSource bounds the connections being dialled for one
-	// client address; past it the client gets a RST, so that one client
-	// cannot hold every slot of maxInFlight while its pods are slow.
-	maxInFlightPerSource = 256
-
 	// TCP buffer ranges. gVisor's defaults (1 MiB max) cap a single stream
 	// well below what a TUN can carry; Tailscale measured the same and sets
 	// these explicitly. Auto-tuning (moderate receive buffer) grows a
@@ -58,6 +50,57 @@ const (
 
 	// DefaultDialTimeout bounds a dial to a backend pod.
 	DefaultDialTimeout = 3 * time.Second
+)
+
+// The defaults of Config's limits, sized for a node of 2 cores, the smallest
+// that runs a kubelet, kube-proxy's usual neighbours and kubetun.
+const (
+	// DefaultMaxSetups bounds the connections being set up at once, from
+	// the SYN until the handshake completes or fails: each holds a
+	// goroutine, a pod connection and a half-open gVisor endpoint. A
+	// kernel's SYN backlog (net.ipv4.tcp_max_syn_backlog) is of the same
+	// order. Past it, SYNs are dropped and clients retransmit them.
+	DefaultMaxSetups = 1024
+	// DefaultMaxSetupsPerSource is one client address's share of them:
+	// past it, that client's SYNs get a RST at once, and eight clients
+	// at their share still leave room for others. A well-behaved client
+	// has a handful under way (each takes a dial, well under a second).
+	DefaultMaxSetupsPerSource = 128
+	// DefaultHandshakeTimeout is how long a client may take to send its
+	// final ACK after the SYN-ACK: gVisor retransmits the SYN-ACK after
+	// 1, 2 and 4 s, so two retransmissions fit. gVisor alone would wait
+	// about two minutes, Linux (tcp_synack_retries = 5) about one.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultMaxTCPFlows bounds the flows spliced at once, and with them
+	// the host sockets and gVisor endpoints: an idle flow costs a few
+	// tens of KiB (measured by test/e2e TestManyIdleConnections), so
+	// 32768 of them fit in about a GiB; kube-proxy's conntrack table
+	// allows 32768 per core and at least 131072, but it holds no buffers.
+	// Past it, SYNs get a RST.
+	DefaultMaxTCPFlows = 32768
+	// DefaultTCPUserTimeout ends a connection whose sent data stays
+	// unacknowledged for this long, on both legs (TCP_USER_TIMEOUT, RFC
+	// 5482): a vanished peer that keepalive does not probe because data
+	// is outstanding. Linux would retransmit for about 15 minutes.
+	DefaultTCPUserTimeout = 2 * time.Minute
+	// DefaultHalfClosedTimeout ends a flow one direction of which has ended
+	// and the other idle for this long: kube-proxy's conntrack timeout for
+	// CLOSE_WAIT (--conntrack-tcp-timeout-close-wait), so a flow lives as
+	// long as it would through kube-proxy.
+	DefaultHalfClosedTimeout = time.Hour
+	// DefaultMaxUDPSessions and DefaultMaxUDPSessionsPerSource bound the
+	// UDP sessions (each two sockets, two goroutines and up to 128 KiB in
+	// gVisor, udpEndpointBuf) so that a flood of source ports cannot
+	// exhaust the host: 4096 hold at most 512 MiB in gVisor. Past them,
+	// new sessions' datagrams are dropped. Cluster DNS, the busiest UDP,
+	// is answered by kubetun itself, without sessions.
+	DefaultMaxUDPSessions          = 4096
+	DefaultMaxUDPSessionsPerSource = 1024
+	// DefaultMaxUDPQueuedBytes bounds the client datagrams queued on the
+	// fast path for every UDP session together, past a session's own bound
+	// (udpQueueBytes, 256 KiB): without it, every session's queue full
+	// would be 1 GiB.
+	DefaultMaxUDPQueuedBytes = 64 << 20
 )
 
 // Services is what the stack needs from the resolver: the Service port that
@@ -86,6 +129,26 @@ type Config struct {
 	// DialTimeout bounds each dial; zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 	Logger      *slog.Logger
+
+	// Limits and timeouts; zero means the Default of the same name.
+	// Negative TCPUserTimeout or HalfClosedTimeout turn them off.
+	MaxSetups               int // connections being set up (SYN to handshake done), all clients
+	MaxSetupsPerSource      int // the same for one client address; past it, RST
+	HandshakeTimeout        time.Duration
+	MaxTCPFlows             int // flows spliced at once; past it, RST
+	TCPUserTimeout          time.Duration
+	HalfClosedTimeout       time.Duration
+	MaxUDPSessions          int
+	MaxUDPSessionsPerSource int
+	MaxUDPQueuedBytes       int64
+}
+
+// orDefault returns v, or def if v is zero.
+func orDefault[T int | int64 | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
 }
 
 // Stack is a gVisor stack forwarding service connections to pods.
@@ -99,6 +162,19 @@ type Stack struct {
 	ctx    context.Context // cancelled by Close; bounds dials
 	cancel context.CancelFunc
 
+	// Config's limits, defaults applied.
+	maxSetupsPerSource      int
+	maxFlows                int
+	handshakeTimeout        time.Duration
+	userTimeout             time.Duration // <= 0: not set
+	halfClosedTimeout       time.Duration // <= 0: never
+	maxUDPSessions          int
+	maxUDPSessionsPerSource int
+	maxUDPQueued            int64
+	udpQueued               atomic.Int64 // bytes in every session's fastQ
+
+	pending sync.Map // stack.TransportEndpointID -> context.CancelFunc of its dial
+
 	udp udpTimers // UDP session timings: the package's constants, shortened by tests
 
 	link  *pingFilter // between gVisor and cfg.Link
@@ -111,7 +187,8 @@ type Stack struct {
 	sessions     map[*udpSession]struct{}
 	udpTotal     int
 	udpPerSource map[netip.Addr]int
-	dialing      map[netip.Addr]int // TCP dials under way per client address
+	setups       map[netip.Addr]int // TCP connections being set up per client address
+	setupTotal   int                // the sum of setups
 	wg           sync.WaitGroup     // the TCP handler and splice goroutines, the UDP sessions
 }
 
@@ -166,10 +243,19 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		flows:        make(map[*flow]struct{}),
 		sessions:     make(map[*udpSession]struct{}),
 		udpPerSource: make(map[netip.Addr]int),
-		dialing:      make(map[netip.Addr]int),
+		setups:       make(map[netip.Addr]int),
+
+		maxSetupsPerSource:      orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource),
+		maxFlows:                orDefault(cfg.MaxTCPFlows, DefaultMaxTCPFlows),
+		handshakeTimeout:        orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
+		userTimeout:             orDefault(cfg.TCPUserTimeout, DefaultTCPUserTimeout),
+		halfClosedTimeout:       orDefault(cfg.HalfClosedTimeout, DefaultHalfClosedTimeout),
+		maxUDPSessions:          orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions),
+		maxUDPSessionsPerSource: orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource),
+		maxUDPQueued:            orDefault(cfg.MaxUDPQueuedBytes, DefaultMaxUDPQueuedBytes),
 	}
-	fwd := tcp.NewForwarder(s, 0, maxInFlight, ns.handleTCP)
-	s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	fwd := tcp.NewForwarder(s, 0, orDefault(cfg.MaxSetups, DefaultMaxSetups), ns.handleTCP)
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, ns.handleSegment(fwd))
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, udp.NewForwarder(s, ns.handleUDP).HandlePacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, pf.handleEcho4)
 	return ns, nil
@@ -223,8 +309,11 @@ func configure(s *stack.Stack, link stack.LinkEndpoint) error {
 
 func ptr[T any](v T) *T { return &v }
 
-// Close stops accepting, closes every forwarded connection, and returns when
-// every goroutine the Stack started has ended.
+// Close stops accepting, resets every forwarded connection, and returns
+// when every goroutine the Stack started has ended and the link has passed
+// on what the stack queued: each client gets its RST before the link's owner
+// closes it. A RST, not a FIN: a client that reads to the end of the stream
+// must not take the cut for the end of its data.
 func (s *Stack) Close() {
 	s.mu.Lock()
 	if s.closed {
@@ -233,8 +322,12 @@ func (s *Stack) Close() {
 	}
 	s.closed = true
 	s.cancel()
+	// Wait for the link only if there is something to tell a client: a
+	// link nobody reads (tests) would cost drainWait.
+	draining := len(s.flows) > 0 || s.setupTotal > 0
 	for f := range s.flows {
-		f.close()
+		f.abort()
+		draining = draining && s.drainLink(linkRoom)
 	}
 	for sess := range s.sessions {
 		sess.close()
@@ -242,11 +335,40 @@ func (s *Stack) Close() {
 	s.mu.Unlock()
 	// Close the gVisor stack before waiting: it aborts the endpoints of
 	// handshakes in progress, on which handleTCP blocks in CreateEndpoint
-	// for up to two minutes of SYN-ACK retransmissions when the client is
-	// gone (TestCloseDuringHandshake).
+	// (TestCloseDuringHandshake).
 	s.stack.Close()
 	s.wg.Wait()
 	s.stack.Wait()
+	if draining {
+		s.drainLink(0)
+	}
+}
+
+// linkRoom is how many packets Close lets wait in the link's queue before
+// it waits for them to leave: the RSTs of many flows would not fit at once
+// (tunnel's queue holds 1024).
+const linkRoom = 256
+
+// drainWait bounds each wait of drainLink: the link's reader (the TUN pump)
+// normally empties its queue in microseconds, and may be gone.
+const drainWait = 2 * time.Second
+
+// drainLink waits, within drainWait, until the link holds at most n queued
+// packets, if it tells (gVisor's channel endpoint does). It reports false if
+// the wait ran out: nobody reads the link, and waiting again is pointless.
+func (s *Stack) drainLink(n int) bool {
+	q, ok := s.link.Child().(interface{ NumQueued() int })
+	if !ok {
+		return true
+	}
+	deadline := time.Now().Add(drainWait)
+	for q.NumQueued() > n {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
 }
 
 // track registers a goroutine about to start; false once the Stack is

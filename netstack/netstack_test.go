@@ -280,9 +280,19 @@ func newTestStackTimers(t testing.TB, tab *resolver.Table, d *fakeDialer, udpt *
 // newTestStackLink is newTestStackTimers on a link with the MTU given.
 func newTestStackLink(t testing.TB, tab *resolver.Table, d *fakeDialer, udpt *udpTimers, mtu uint32) (*Stack, *channel.Endpoint) {
 	t.Helper()
+	return newTestStackConfig(t, tab, d, udpt, mtu, nil)
+}
+
+// newTestStackConfig is newTestStackLink with the Config changed by edit
+// (nil: none) before New.
+func newTestStackConfig(t testing.TB, tab *resolver.Table, d Dialer, udpt *udpTimers, mtu uint32, edit func(*Config)) (*Stack, *channel.Endpoint) {
+	t.Helper()
 	link := channel.New(256, mtu, "")
 	cfg := Config{Link: link, Services: tab, Dialer: d, DialTimeout: time.Second,
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if edit != nil {
+		edit(&cfg)
+	}
 	var (
 		ns  *Stack
 		err error
@@ -732,16 +742,16 @@ func readTCP(t testing.TB, link *channel.Endpoint) (src, dst netip.AddrPort, seg
 	return netip.AddrPortFrom(s, seg.SourcePort()), netip.AddrPortFrom(d, seg.DestinationPort()), seg
 }
 
-// TestDialsPerSource: a client with maxInFlightPerSource connections being
-// dialled gets a RST for the next SYN, without a dial; another client does
-// not; a finished dial frees a slot.
+// TestDialsPerSource: a client with DefaultMaxSetupsPerSource connections
+// being set up gets a RST for the next SYN, without a dial; another client
+// does not; a finished setup frees a slot.
 func TestDialsPerSource(t *testing.T) {
 	d := new(fakeDialer)
 	startPod(t, d, pod1, echo)
 	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
-	for range maxInFlightPerSource {
-		if !ns.reserveDial(client.Addr()) {
-			t.Fatalf("reserveDial(%v) = false before the limit", client.Addr())
+	for range DefaultMaxSetupsPerSource {
+		if !ns.reserveSetup(client.Addr()) {
+			t.Fatalf("reserveSetup(%v) = false before the limit", client.Addr())
 		}
 	}
 	svc := netip.AddrPortFrom(clusterIP, 80)
@@ -760,7 +770,7 @@ func TestDialsPerSource(t *testing.T) {
 		t.Errorf("SYN from another client: flags %v, want SYN|ACK", seg.Flags())
 	}
 
-	ns.releaseDial(client.Addr())
+	ns.releaseSetup(client.Addr())
 	inject(link, tcpPacket(netip.AddrPortFrom(client.Addr(), 40001), svc, iss, 0, header.TCPFlagSyn, nil))
 	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
 		t.Errorf("SYN after a slot was freed: flags %v, want SYN|ACK", seg.Flags())

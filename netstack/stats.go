@@ -9,15 +9,18 @@ type Stats struct {
 	TCPForwarded   uint64 // connections completed and spliced to a pod
 	TCPRefused     uint64 // SYNs reset at once: no Service owns the address and port, or it has no usable endpoint
 	TCPUnreachable uint64 // SYNs reset because no pod answered the dial (a second endpoint tried too)
-	TCPLimited     uint64 // SYNs reset because their client had too many connections being set up
-	TCPAborted     uint64 // clients gone before their handshake completed
+	TCPLimited     uint64 // SYNs reset because their client had its share of connections being set up, or the flows were at their cap
+	TCPAborted     uint64 // clients gone (a RST, no final ACK within the handshake timeout) before their handshake completed
 	DialFailures   uint64 // dials to pods that failed, each endpoint tried counting once
 	TCPActive      int    // connections being spliced now
+	TCPSetups      int    // connections being set up now: SYN received, handshake not done
+	TCPSetupsMax   int    // the most of TCPSetups from one client address
 
 	UDPSessions uint64 // UDP sessions started
 	UDPRefused  uint64 // datagrams refused with ICMP port unreachable
 	UDPLimited  uint64 // datagrams dropped: a session limit reached, or a session's queue full
 	UDPActive   int    // sessions now
+	UDPQueued   int64  // bytes of client datagrams queued for pods now, every session together
 
 	PingReplies uint64 // echo requests answered
 	LinkDrops   uint64 // packets the stack sent that the link's queue had no room for
@@ -42,11 +45,16 @@ func (s *Stack) Stats() Stats {
 		UDPSessions:    s.count.udpSessions.Load(),
 		UDPRefused:     s.count.udpRefused.Load(),
 		UDPLimited:     s.count.udpLimited.Load(),
+		UDPQueued:      s.udpQueued.Load(),
 		PingReplies:    s.link.replies.Load(),
 		LinkDrops:      s.link.drops.Load(),
 	}
 	s.mu.Lock()
 	st.TCPActive, st.UDPActive = len(s.flows), len(s.sessions)
+	st.TCPSetups = s.setupTotal
+	for _, n := range s.setups { // at most MaxSetups entries
+		st.TCPSetupsMax = max(st.TCPSetupsMax, n)
+	}
 	s.mu.Unlock()
 	return st
 }

@@ -3,16 +3,21 @@ package netstack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -28,7 +33,24 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	defer s.wg.Done()
+	f := s.setup(r)
+	if f == nil {
+		return
+	}
+	if !s.addFlow(f) {
+		f.abort()
+		return
+	}
+	defer s.removeFlow(f)
+	f.splice()
+}
 
+// setup takes a SYN to a spliced flow, or to a RST: look up, pick, dial,
+// then complete the handshake. From the SYN until the handshake completes or
+// fails, the connection counts against its client's share (reserveSetup),
+// so that a client that never sends its final ACK holds at most that many
+// slots, each for at most dialTimeout (twice) and handshakeTimeout.
+func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 	id := r.ID()
 	src := addrPort(id.RemoteAddress, id.RemotePort)
 	dst := addrPort(id.LocalAddress, id.LocalPort)
@@ -37,70 +59,98 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		s.log.Debug("refused: no service", "proto", "TCP", "src", src, "dst", dst)
 		s.count.tcpRefused.Add(1)
 		r.Complete(true)
-		return
+		return nil
 	}
-	if !s.reserveDial(src.Addr()) {
-		s.log.Debug("refused: too many connections being set up from this source", "src", src, "dst", dst)
+	if !s.reserveSetup(src.Addr()) {
+		s.log.Debug("refused: too many connections from this source being set up, or too many flows", "src", src, "dst", dst)
 		s.count.tcpLimited.Add(1)
 		r.Complete(true)
-		return
+		return nil
 	}
-	backend, ep, err := s.dial(sp, src.Addr())
-	s.releaseDial(src.Addr())
+	defer s.releaseSetup(src.Addr())
+
+	// A RST from the client during the dial (handleSegment) cancels it.
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	s.pending.Store(id, cancel)
+	backend, ep, err := s.dial(ctx, sp, src.Addr())
+	s.pending.Delete(id)
 	if err != nil {
 		s.log.Debug("refused", "service", sp, "src", src, "err", err)
-		if errors.Is(err, errNoEndpoint) {
+		switch {
+		case errors.Is(err, errNoEndpoint):
 			s.count.tcpRefused.Add(1)
-		} else {
+		case ctx.Err() != nil:
+			s.count.tcpAborted.Add(1)
+		default:
 			s.count.tcpUnreachable.Add(1)
 		}
 		r.Complete(true)
-		return
+		return nil
 	}
 
+	// gVisor's forwarder waits for the final ACK for as long as it
+	// retransmits the SYN-ACK (about two minutes, with no knob). It waits
+	// for a writable event on wq; raising one after handshakeTimeout makes
+	// it give up on an endpoint not yet connected, which it then closes.
 	var wq waiter.Queue
+	deadline := time.AfterFunc(s.handshakeTimeout, func() { wq.Notify(waiter.WritableEvents) })
 	cep, tcpErr := r.CreateEndpoint(&wq)
+	deadline.Stop()
 	if tcpErr != nil {
-		// The client went away during the dial, or never finished the
-		// handshake.
+		// The client went away during the dial, or did not finish the
+		// handshake in time.
 		s.log.Debug("handshake failed", "service", sp, "src", src, "err", tcpErr)
 		s.count.tcpAborted.Add(1)
 		r.Complete(true)
 		backend.Close()
-		return
+		return nil
 	}
 	r.Complete(false)
 	s.count.tcpForwarded.Add(1)
 	setKeepalive(cep)
-
-	f := &flow{client: gonet.NewTCPConn(&wq, cep), clientEP: cep, clientWQ: &wq, backend: backend}
-	if !s.addFlow(f) {
-		f.close()
-		return
+	if s.userTimeout > 0 {
+		ut := tcpip.TCPUserTimeoutOption(s.userTimeout)
+		cep.SetSockOpt(&ut)
 	}
-	defer s.removeFlow(f)
 	s.log.Debug("forwarding", "service", sp, "src", src, "endpoint", ep)
-	f.splice()
+	return newFlow(gonet.NewTCPConn(&wq, cep), cep, &wq, backend, s.halfClosedTimeout)
+}
+
+// handleSegment is the stack's handler for TCP segments no endpoint takes:
+// a SYN goes to the forwarder; a RST for a connection still being dialled
+// cancels its dial, as the client has given up on it. Everything else the
+// forwarder ignores too, and gVisor answers with a RST.
+func (s *Stack) handleSegment(fwd *tcp.Forwarder) func(stack.TransportEndpointID, *stack.PacketBuffer) bool {
+	return func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+		if h := header.TCP(pkt.TransportHeader().Slice()); len(h) >= header.TCPMinimumSize && h.Flags().Contains(header.TCPFlagRst) {
+			if cancel, ok := s.pending.Load(id); ok {
+				cancel.(context.CancelFunc)()
+				return true
+			}
+		}
+		return fwd.HandlePacket(id, pkt)
+	}
 }
 
 // dial connects to an endpoint of sp. If the first pick fails, it tries one
 // other endpoint before giving up: a pod that just died should cost its
 // clients a retry, not an error.
-func (s *Stack) dial(sp *resolver.ServicePort, client netip.Addr) (*net.TCPConn, resolver.Endpoint, error) {
+func (s *Stack) dial(ctx context.Context, sp *resolver.ServicePort, client netip.Addr) (halfCloser, resolver.Endpoint, error) {
 	ep, ok := sp.PickFor(client)
 	if !ok {
 		return nil, ep, errNoEndpoint
 	}
-	c, err := s.dialOne(ep)
+	c, err := s.dialOne(ctx, ep)
 	if err == nil {
 		return c, ep, nil
 	}
 	other, ok := sp.PickOtherFor(client, ep)
-	if !ok {
+	if !ok || ctx.Err() != nil {
 		return nil, ep, err
 	}
 	s.log.Debug("dial failed, trying another endpoint", "service", sp, "endpoint", ep, "err", err, "next", other)
-	c, err2 := s.dialOne(other)
+	c, err2 := s.dialOne(ctx, other)
 	if err2 != nil {
 		return nil, other, errors.Join(err, err2)
 	}
@@ -109,41 +159,65 @@ func (s *Stack) dial(sp *resolver.ServicePort, client netip.Addr) (*net.TCPConn,
 
 var errNoEndpoint = errors.New("no usable endpoint")
 
-// reserveDial counts a dial from src, or reports that src already has
-// maxInFlightPerSource of them under way. The forwarder bounds the SYNs in
-// flight overall; this keeps one client from taking all of them.
-func (s *Stack) reserveDial(src netip.Addr) bool {
+// reserveSetup counts a connection being set up from src, or reports that
+// src already has its share (maxSetupsPerSource) being set up, or that the
+// flows and setups together reached maxFlows. The forwarder bounds the
+// setups overall (maxSetups): past that, SYNs are dropped and the client
+// retransmits them, as a kernel does when its accept queue is full.
+func (s *Stack) reserveSetup(src netip.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.dialing[src] >= maxInFlightPerSource {
+	if s.setups[src] >= s.maxSetupsPerSource || len(s.flows)+s.setupTotal >= s.maxFlows {
 		return false
 	}
-	s.dialing[src]++
+	s.setups[src]++
+	s.setupTotal++
 	return true
 }
 
-func (s *Stack) releaseDial(src netip.Addr) {
+func (s *Stack) releaseSetup(src netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.dialing[src]--; s.dialing[src] <= 0 {
-		delete(s.dialing, src)
+	s.setupTotal--
+	if s.setups[src]--; s.setups[src] <= 0 {
+		delete(s.setups, src)
 	}
 }
 
-func (s *Stack) dialOne(ep resolver.Endpoint) (*net.TCPConn, error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.dialTimeout)
+// dialOne dials ep within dialTimeout. The connection must half-close
+// (CloseWrite), as a TCP connection or a port-forward stream does: the
+// client's half-close is passed on.
+func (s *Stack) dialOne(ctx context.Context, ep resolver.Endpoint) (halfCloser, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.dialTimeout)
 	defer cancel()
 	c, err := s.dialer.DialContext(ctx, "tcp", ep.Addr.String())
 	if err != nil {
 		s.count.dialFailures.Add(1)
 		return nil, err
 	}
-	tc, ok := c.(*net.TCPConn)
+	hc, ok := c.(halfCloser)
 	if !ok {
 		c.Close()
-		return nil, errors.New("dialer returned a non-TCP connection")
+		s.count.dialFailures.Add(1)
+		return nil, fmt.Errorf("dialing %s: the dialer returned a %T, which cannot half-close (no CloseWrite)", ep.Addr, c)
 	}
-	return tc, nil
+	if tc, ok := c.(*net.TCPConn); ok && s.userTimeout > 0 {
+		setUserTimeout(tc, s.userTimeout)
+	}
+	return hc, nil
+}
+
+// setUserTimeout sets TCP_USER_TIMEOUT (RFC 5482, tcp(7)) on a pod socket:
+// data it sent that the pod has not acknowledged for d ends the connection,
+// where Linux would retransmit for about 15 minutes.
+func setUserTimeout(c *net.TCPConn, d time.Duration) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+	})
 }
 
 func setKeepalive(ep tcpip.Endpoint) {
@@ -183,30 +257,61 @@ var (
 )
 
 // flow is one forwarded TCP connection: the client's leg in gVisor and the
-// backend's leg on the host.
+// backend's leg, a host TCP socket or any other connection that half-closes
+// (a port-forward stream).
 type flow struct {
 	client   *gonet.TCPConn
 	clientEP tcpip.Endpoint // client's, to wait on without reading
 	clientWQ *waiter.Queue  // clientEP's
-	backend  *net.TCPConn
-	// backendRC is backend's, to wait on without reading; set by the
-	// backend-to-client pipe, the only one that uses it.
+	backend  halfCloser
+	// backendTCP is backend if it is a host TCP socket: then it is waited
+	// on without reading (waitReadable), and reset with SO_LINGER 0.
+	backendTCP *net.TCPConn
+	// backendRC is backendTCP's, set by the backend-to-client pipe, the
+	// only one that uses it.
 	backendRC syscall.RawConn
-	once      sync.Once
+
+	// halfClosedTimeout ends a flow one of whose directions has ended
+	// (EOF) when no byte has moved the other way for that long; zero
+	// never does.
+	halfClosedTimeout time.Duration
+	last              atomic.Int64 // UnixNano of the last bytes read either way
+	idleMu            sync.Mutex   // guards idle
+	idle              *time.Timer  // the half-closed timer, once a direction ended
+
+	once sync.Once
+}
+
+func newFlow(client *gonet.TCPConn, cep tcpip.Endpoint, wq *waiter.Queue, backend halfCloser, halfClosedTimeout time.Duration) *flow {
+	f := &flow{client: client, clientEP: cep, clientWQ: wq, backend: backend, halfClosedTimeout: halfClosedTimeout}
+	f.backendTCP, _ = backend.(*net.TCPConn)
+	return f
 }
 
 // splice copies both ways until both directions have ended. A direction that
 // ends with EOF half-closes its destination (the client that shut its write
-// side still reads the whole response); one that ends with an error aborts
-// the whole flow.
+// side still reads the whole response); one that ends with an error resets
+// both legs (abort): a client must not take a pod's failure for the end of
+// its data.
 func (f *flow) splice() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		f.pipe(f.backend, f.client, f.waitClient, &toPodBufs)
 	}()
-	f.pipe(f.client, f.backend, f.waitBackend, &toClientBufs)
+	waitBackend := f.waitBackend
+	if f.backendTCP == nil {
+		// Nothing to wait on without reading: the read itself waits,
+		// holding its buffer.
+		waitBackend = func() error { return nil }
+	}
+	f.pipe(f.client, f.backend, waitBackend, &toClientBufs)
 	<-done
+	f.idleMu.Lock()
+	if f.idle != nil {
+		f.idle.Stop()
+	}
+	f.idleMu.Unlock()
 	f.close()
 }
 
@@ -223,6 +328,7 @@ func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool) {
 		bufp := bufs.Get().(*[]byte)
 		n, err := src.Read(*bufp)
 		if n > 0 {
+			f.last.Store(time.Now().UnixNano())
 			if _, werr := dst.Write((*bufp)[:n]); werr != nil {
 				err = werr
 			}
@@ -231,6 +337,7 @@ func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool) {
 		switch {
 		case err == io.EOF:
 			dst.CloseWrite()
+			f.halfClosed()
 			return
 		case err != nil:
 			f.abort()
@@ -239,11 +346,40 @@ func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool) {
 	}
 }
 
+// halfClosed starts the half-closed timer when the first direction ends
+// cleanly: the other may go on as long as bytes move (a client that shut
+// its write side still reads its answer), but not idle for ever. The limit
+// is kube-proxy's for conntrack entries in CLOSE_WAIT (an hour), so a flow
+// lives as long as it would through kube-proxy.
+func (f *flow) halfClosed() {
+	if f.halfClosedTimeout <= 0 {
+		return
+	}
+	f.idleMu.Lock()
+	defer f.idleMu.Unlock()
+	if f.idle != nil {
+		return // both ended; splice returns
+	}
+	f.last.Store(time.Now().UnixNano())
+	var check func()
+	check = func() {
+		idle := time.Since(time.Unix(0, f.last.Load()))
+		if idle >= f.halfClosedTimeout {
+			f.abort()
+			return
+		}
+		f.idleMu.Lock()
+		f.idle.Reset(f.halfClosedTimeout - idle)
+		f.idleMu.Unlock()
+	}
+	f.idle = time.AfterFunc(f.halfClosedTimeout, check)
+}
+
 // waitBackend waits until the backend socket has bytes, EOF or an error to
 // read.
 func (f *flow) waitBackend() error {
 	if f.backendRC == nil {
-		rc, err := f.backend.SyscallConn()
+		rc, err := f.backendTCP.SyscallConn()
 		if err != nil {
 			return err
 		}
@@ -256,10 +392,15 @@ func (f *flow) waitBackend() error {
 // datagram, EOF or an error) without reading it: a one-byte MSG_PEEK, and
 // Go's poller while there is nothing yet. ECONNREFUSED, a UDP socket's ICMP
 // error for an earlier datagram, is reported before any datagram queued
-// behind it; the peek takes it, and looks again.
+// behind it; the peek takes it, and looks again. Any other error the peek
+// reports is returned: the kernel reports a socket's error once (a TCP
+// reset's ECONNRESET), and the Read after the peek would see only EOF.
 func waitReadable(rc syscall.RawConn) error {
-	var b [1]byte
-	return rc.Read(func(fd uintptr) bool {
+	var (
+		b       [1]byte
+		peekErr error
+	)
+	err := rc.Read(func(fd uintptr) bool {
 		for {
 			// recvfrom(2) itself: unix.Recvfrom would also decode the
 			// sender's address, which costs more than the call.
@@ -270,10 +411,17 @@ func waitReadable(rc syscall.RawConn) error {
 				continue
 			case unix.EAGAIN:
 				return false
+			case 0:
+			default:
+				peekErr = errno
 			}
 			return true
 		}
 	})
+	if err != nil {
+		return err
+	}
+	return peekErr
 }
 
 // waitClient waits until the client's gVisor endpoint has bytes or EOF to
@@ -292,10 +440,15 @@ func (f *flow) waitClient() error {
 	return nil
 }
 
-// abort ends the flow at once; the backend gets a RST, as the client did or
-// would from a kernel proxy.
+// abort ends the flow at once, with a RST on both legs: to the client, as
+// a kernel proxy's client gets when the pod reset (curl reports "connection
+// reset", not a short but clean end); to the pod, as the client did or as a
+// failure on the client's leg deserves.
 func (f *flow) abort() {
-	f.backend.SetLinger(0)
+	f.clientEP.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
+	if l, ok := f.backend.(interface{ SetLinger(int) error }); ok {
+		l.SetLinger(0)
+	}
 	f.close()
 }
 

@@ -32,12 +32,12 @@ const (
 	// is answered at once or never, so its session need not outlive a retry.
 	DNSIdleTimeout = 30 * time.Second
 
-	// maxUDPSessions and maxUDPSessionsPerSource bound the sessions (each is
-	// two sockets and two goroutines) so that a flood of source ports
-	// cannot exhaust the host; past them, new sessions' datagrams are
-	// dropped.
-	maxUDPSessions          = 16384
-	maxUDPSessionsPerSource = 1024
+	// udpEndpointBuf is the receive buffer of a session's gVisor endpoint,
+	// which holds what DeliverUDP leaves to gVisor (the first datagram,
+	// fragmented ones) until the session reads it: a batch's worth
+	// (udpBatchBuf), less than gVisor's default, as it counts per session
+	// (DefaultMaxUDPQueuedBytes).
+	udpEndpointBuf = udpBatchBuf
 
 	// udpTick is how often an idle session wakes to check its timeout and
 	// whether its Service still exists.
@@ -94,6 +94,10 @@ type udpSession struct {
 	// fastBytes counts their bytes.
 	fastQ     chan []byte
 	fastBytes atomic.Int64
+	// ended is set when run has stopped taking from fastQ; DeliverUDP,
+	// which may still hold the session, then empties what it queued
+	// (drainQueue), so that the Stack's count of queued bytes stays true.
+	ended atomic.Bool
 }
 
 // handleUDP is the UDP forwarder's handler, run on the packet path for the
@@ -121,6 +125,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.log.Debug("creating UDP endpoint", "src", src, "dst", dst, "err", err)
 		return true
 	}
+	ep.SocketOptions().SetReceiveBufferSize(udpEndpointBuf, true)
 	sess := &udpSession{s: s, src: src, dst: dst, cep: ep, wq: &wq, client: gonet.NewUDPConn(&wq, ep), idle: s.udp.idle,
 		fastQ: make(chan []byte, udpQueueLen)}
 	if dst.Port() == 53 {
@@ -146,7 +151,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 func (s *Stack) reserveUDP(src netip.Addr) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.udpTotal >= maxUDPSessions || s.udpPerSource[src] >= maxUDPSessionsPerSource {
+	if s.udpTotal >= s.maxUDPSessions || s.udpPerSource[src] >= s.maxUDPSessionsPerSource {
 		return false
 	}
 	s.udpTotal++
@@ -206,6 +211,8 @@ func (sess *udpSession) run() {
 	defer s.wg.Done()
 	defer func() {
 		sess.close()
+		sess.ended.Store(true)
+		sess.drainQueue()
 		sess.readers.Wait()
 		s.mu.Lock()
 		delete(s.sessions, sess)
@@ -242,7 +249,7 @@ func (sess *udpSession) run() {
 			case <-readable:
 				continue
 			case d := <-sess.fastQ:
-				sess.fastBytes.Add(-int64(len(d)))
+				sess.dequeued(len(d))
 				batch = sess.drainFast(append(batch, d))
 			case <-tick.C:
 				if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
@@ -272,7 +279,7 @@ func (sess *udpSession) drainFast(batch [][]byte) [][]byte {
 	for len(batch) < udpBatch {
 		select {
 		case d := <-sess.fastQ:
-			sess.fastBytes.Add(-int64(len(d)))
+			sess.dequeued(len(d))
 			batch = append(batch, d)
 		default:
 			return batch

@@ -585,13 +585,13 @@ func TestUDPSessionLimits(t *testing.T) {
 	ns, _ := newTestStack(t, buildTable(t), new(fakeDialer))
 	src := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}) }
 
-	for i := range maxUDPSessionsPerSource {
+	for i := range DefaultMaxUDPSessionsPerSource {
 		if !ns.reserveUDP(src(0)) {
 			t.Fatalf("reserveUDP(%v) #%d = false, want true below the per-source cap", src(0), i+1)
 		}
 	}
 	if ns.reserveUDP(src(0)) {
-		t.Fatalf("reserveUDP(%v) = true past the per-source cap %d", src(0), maxUDPSessionsPerSource)
+		t.Fatalf("reserveUDP(%v) = true past the per-source cap %d", src(0), DefaultMaxUDPSessionsPerSource)
 	}
 	if !ns.reserveUDP(src(1)) {
 		t.Fatalf("reserveUDP(%v) = false: another source is not limited by the first", src(1))
@@ -602,18 +602,18 @@ func TestUDPSessionLimits(t *testing.T) {
 	}
 
 	// Fill up to the total cap from more sources.
-	total := maxUDPSessionsPerSource + 1
-	for i := 2; total < maxUDPSessions; i++ {
-		for range min(maxUDPSessionsPerSource, maxUDPSessions-total) {
+	total := DefaultMaxUDPSessionsPerSource + 1
+	for i := 2; total < DefaultMaxUDPSessions; i++ {
+		for range min(DefaultMaxUDPSessionsPerSource, DefaultMaxUDPSessions-total) {
 			if !ns.reserveUDP(src(i)) {
-				t.Fatalf("reserveUDP(%v) = false at %d sessions, below the cap %d", src(i), total, maxUDPSessions)
+				t.Fatalf("reserveUDP(%v) = false at %d sessions, below the cap %d", src(i), total, DefaultMaxUDPSessions)
 			}
 			total++
 		}
 	}
-	fresh := src(maxUDPSessions/maxUDPSessionsPerSource + 10)
+	fresh := src(DefaultMaxUDPSessions/DefaultMaxUDPSessionsPerSource + 10)
 	if ns.reserveUDP(fresh) {
-		t.Fatalf("reserveUDP(%v) = true at the total cap %d", fresh, maxUDPSessions)
+		t.Fatalf("reserveUDP(%v) = true at the total cap %d", fresh, DefaultMaxUDPSessions)
 	}
 	ns.releaseUDP(src(1))
 	if !ns.reserveUDP(fresh) {
@@ -650,7 +650,7 @@ func TestUDPSessionLimitDrops(t *testing.T) {
 	}{
 		{"per source", netip.AddrPortFrom(client.Addr(), 40001), func(ns *Stack) []netip.Addr {
 			var held []netip.Addr
-			for range maxUDPSessionsPerSource - 1 {
+			for range DefaultMaxUDPSessionsPerSource - 1 {
 				ns.reserveUDP(client.Addr())
 				held = append(held, client.Addr())
 			}
@@ -658,9 +658,9 @@ func TestUDPSessionLimitDrops(t *testing.T) {
 		}},
 		{"total", netip.MustParseAddrPort("10.0.4.2:40000"), func(ns *Stack) []netip.Addr {
 			var held []netip.Addr
-			for i := 0; len(held) < maxUDPSessions-1; i++ {
+			for i := 0; len(held) < DefaultMaxUDPSessions-1; i++ {
 				a := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
-				for range min(maxUDPSessionsPerSource, maxUDPSessions-1-len(held)) {
+				for range min(DefaultMaxUDPSessionsPerSource, DefaultMaxUDPSessions-1-len(held)) {
 					ns.reserveUDP(a)
 					held = append(held, a)
 				}

@@ -38,18 +38,47 @@ func (s *Stack) DeliverUDP(pkt []byte) bool {
 		return false
 	}
 	sess := v.(*udpSession)
-	if sess.fastBytes.Add(int64(len(payload))) > udpQueueBytes {
-		sess.fastBytes.Add(-int64(len(payload)))
+	n := int64(len(payload))
+	if sess.fastBytes.Add(n) > udpQueueBytes {
+		sess.fastBytes.Add(-n)
+		s.count.udpLimited.Add(1)
+		return true
+	}
+	if s.udpQueued.Add(n) > s.maxUDPQueued {
+		sess.dequeued(int(n))
 		s.count.udpLimited.Add(1)
 		return true
 	}
 	select {
 	case sess.fastQ <- append([]byte(nil), payload...):
+		if sess.ended.Load() {
+			// The session ended and emptied its queue before this
+			// datagram came in: take it back out, and its bytes.
+			sess.drainQueue()
+		}
 	default:
-		sess.fastBytes.Add(-int64(len(payload)))
+		sess.dequeued(int(n))
 		s.count.udpLimited.Add(1)
 	}
 	return true
+}
+
+// dequeued takes n bytes off the session's and the Stack's queued counts.
+func (sess *udpSession) dequeued(n int) {
+	sess.fastBytes.Add(-int64(n))
+	sess.s.udpQueued.Add(-int64(n))
+}
+
+// drainQueue drops what the session's fast-path queue holds.
+func (sess *udpSession) drainQueue() {
+	for {
+		select {
+		case d := <-sess.fastQ:
+			sess.dequeued(len(d))
+		default:
+			return
+		}
+	}
 }
 
 // parseUDP returns the session key and the payload of pkt, a whole IPv4

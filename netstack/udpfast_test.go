@@ -88,8 +88,8 @@ func TestParseUDP(t *testing.T) {
 // drops what DeliverUDP takes for it, and counts it; nothing is queued past
 // the bound.
 func TestDeliverUDPQueueBound(t *testing.T) {
-	sess := &udpSession{fastQ: make(chan []byte, udpQueueLen)}
-	s := &Stack{}
+	s := &Stack{maxUDPQueued: DefaultMaxUDPQueuedBytes}
+	sess := &udpSession{s: s, fastQ: make(chan []byte, udpQueueLen)}
 	s.fast.Store(flowKey{client, netip.AddrPortFrom(clusterIP, 80)}, sess)
 	big := make([]byte, 60000)
 	pkt := udpPacket(client, netip.AddrPortFrom(clusterIP, 80), big)
