@@ -45,6 +45,41 @@ type Device struct {
 	mu     sync.Mutex // guards routes and closed
 	routes []netip.Prefix
 	closed bool
+
+	gone     chan struct{} // closed when the TUN is lost without Close
+	goneErr  error         // why; set before gone is closed
+	goneOnce sync.Once
+}
+
+// Gone returns a channel that is closed when the TUN device stops working
+// while still open: deleted underneath (ip link del), so that nothing
+// routed to it arrives any more. Err then says why. Nothing is recreated:
+// the routes went with the device, and the caller decides (kubetun exits).
+func (d *Device) Gone() <-chan struct{} { return d.gone }
+
+// Err returns why the device is gone, once Gone is closed; nil before.
+func (d *Device) Err() error {
+	select {
+	case <-d.gone:
+		return d.goneErr
+	default:
+		return nil
+	}
+}
+
+// lost reports that the TUN failed with err, unless Close caused it.
+func (d *Device) lost(err error) {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return
+	}
+	d.goneOnce.Do(func() {
+		d.goneErr = fmt.Errorf("TUN %s: reading: %w (was the device deleted?)", d.name, err)
+		d.log.Error("TUN device lost; no traffic reaches kubetun any more", "tun", d.name, "err", err)
+		close(d.gone)
+	})
 }
 
 // Open creates the TUN device name with the given MTU, brings it up and
@@ -68,7 +103,7 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 		dev.Close()
 		return nil, fmt.Errorf("setting up TUN %s: %w", name, err)
 	}
-	d := &Device{tun: dev, name: name, log: log}
+	d := &Device{tun: dev, name: name, log: log, gone: make(chan struct{})}
 	if real, err := dev.Name(); err == nil {
 		d.name = real
 	}

@@ -26,7 +26,8 @@ const maxPacket = 65535
 // it hands what GRO holds to gVisor.
 const readBatch = 64
 
-// inbound moves packets from the TUN into gVisor until the TUN is closed.
+// inbound moves packets from the TUN into gVisor until the TUN is closed,
+// by Close or underneath (then it reports the loss: Gone).
 //
 // It reads the TUN's frames itself, each behind its virtio-net header,
 // every one waiting up to readBatch, rather than through wireguard's
@@ -82,6 +83,9 @@ func (d *Device) inbound() {
 		}
 		if readErr != nil {
 			if errors.Is(readErr, unix.EBADF) || errors.Is(readErr, unix.EBADFD) {
+				// Closed by Close, or the device was deleted underneath
+				// (ip link del): the kernel detached the file from it.
+				d.lost(readErr)
 				return
 			}
 			d.log.Debug("TUN read", "tun", d.name, "err", readErr)
