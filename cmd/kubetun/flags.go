@@ -33,6 +33,8 @@ type runConfig struct {
 	dnsOff        bool
 	clusterDomain string
 	dnsUpstreams  []string // nil: the host's resolv.conf servers
+
+	dataPath netstack.Config // the data path's limits and timeouts only (dataPathFlags)
 }
 
 // Defaults that are kube-proxy's, so existing probes and scrapers find them.
@@ -64,6 +66,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	dnsIP := fs.String("dns-ip", "", "`IP` kubetun's cluster DNS answers on (UDP and TCP 53); default: the 10th address of the first service CIDR, as kube-dns (10.3.240.10 for 10.3.240.0/20); \"off\" disables DNS")
 	fs.StringVar(&cfg.clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS `DOMAIN`")
 	upstreams := fs.String("dns-upstream", "", "comma-separated `SERVERS` (ip or ip:port) for names outside the cluster domain; default: the host's resolv.conf")
+	dataPathFlags(fs, &cfg.dataPath)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "Usage: kubetun run [--kubeconfig PATH | --service-cidr CIDR --manifests PATH] [flags]")
@@ -123,10 +126,57 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 		}
 		cfg.dnsUpstreams = append(cfg.dnsUpstreams, u)
 	}
+	if err := checkDataPathFlags(&cfg.dataPath); err != nil {
+		return cfg, usageError{err}
+	}
 	if err := cfg.logLevel.UnmarshalText([]byte(level)); err != nil {
 		return cfg, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
 	}
 	return cfg, nil
+}
+
+// dataPathFlags defines the flags of the data path's limits and timeouts,
+// into c; the defaults, netstack's, fit a node of 2 cores.
+func dataPathFlags(fs *flag.FlagSet, c *netstack.Config) {
+	fs.IntVar(&c.MaxSetups, "max-tcp-setups", netstack.DefaultMaxSetups, "most TCP connections being set up at once (SYN received, handshake not done), all clients together; past it, SYNs are dropped and clients retransmit")
+	fs.IntVar(&c.MaxSetupsPerSource, "max-tcp-setups-per-source", netstack.DefaultMaxSetupsPerSource, "most TCP connections being set up at once from one client address; past it, its SYNs get a RST")
+	fs.DurationVar(&c.HandshakeTimeout, "tcp-handshake-timeout", netstack.DefaultHandshakeTimeout, "how long a client may take to send its final ACK once the pod answered")
+	fs.IntVar(&c.MaxTCPFlows, "max-tcp-flows", netstack.DefaultMaxTCPFlows, "most TCP connections forwarded at once; past it, SYNs get a RST")
+	fs.DurationVar(&c.TCPUserTimeout, "tcp-user-timeout", netstack.DefaultTCPUserTimeout, "end a connection whose sent data a peer has not acknowledged for this long, on both legs (TCP_USER_TIMEOUT); 0 disables")
+	fs.DurationVar(&c.HalfClosedTimeout, "tcp-half-closed-timeout", netstack.DefaultHalfClosedTimeout, "end a connection one direction of which has ended and the other idle for this long (kube-proxy's --conntrack-tcp-timeout-close-wait); 0 disables")
+	fs.IntVar(&c.MaxUDPSessions, "max-udp-sessions", netstack.DefaultMaxUDPSessions, "most UDP sessions (client address and port to Service) at once; past it, new sessions' datagrams are dropped")
+	fs.IntVar(&c.MaxUDPSessionsPerSource, "max-udp-sessions-per-source", netstack.DefaultMaxUDPSessionsPerSource, "most UDP sessions at once from one client address")
+	fs.Int64Var(&c.MaxUDPQueuedBytes, "max-udp-queued-bytes", netstack.DefaultMaxUDPQueuedBytes, "most `BYTES` of client datagrams queued for pods, all UDP sessions together; past it, datagrams are dropped")
+}
+
+// checkDataPathFlags checks what dataPathFlags parsed, and turns a 0 that
+// disables a timeout into netstack's negative.
+func checkDataPathFlags(c *netstack.Config) error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"--max-tcp-setups", int64(c.MaxSetups)},
+		{"--max-tcp-setups-per-source", int64(c.MaxSetupsPerSource)},
+		{"--tcp-handshake-timeout", int64(c.HandshakeTimeout)},
+		{"--max-tcp-flows", int64(c.MaxTCPFlows)},
+		{"--max-udp-sessions", int64(c.MaxUDPSessions)},
+		{"--max-udp-sessions-per-source", int64(c.MaxUDPSessionsPerSource)},
+		{"--max-udp-queued-bytes", c.MaxUDPQueuedBytes},
+	} {
+		if f.v <= 0 {
+			return fmt.Errorf("%s: want a positive value", f.name)
+		}
+	}
+	for _, d := range []*time.Duration{&c.TCPUserTimeout, &c.HalfClosedTimeout} {
+		if *d < 0 {
+			return errors.New("--tcp-user-timeout and --tcp-half-closed-timeout: want a duration, or 0 to disable")
+		}
+		if *d == 0 {
+			*d = -1
+		}
+	}
+	return nil
 }
 
 // defaultNodeName is the hostname, lowercased as kube-proxy does.

@@ -242,3 +242,30 @@ func TestMetricsMuxProfiling(t *testing.T) {
 		}
 	}
 }
+
+// TestDataPathFlags: the limits default to netstack's, parse, and a 0
+// timeout disables it (netstack's negative).
+func TestDataPathFlags(t *testing.T) {
+	base := []string{"--service-cidr", "10.3.240.0/20", "--manifests", "m.yaml", "--node-name", "n"}
+	cfg, err := parseRunFlags(base, io.Discard)
+	if err != nil {
+		t.Fatalf("parseRunFlags(%q): %v", base, err)
+	}
+	if c := cfg.dataPath; c.MaxSetups != netstack.DefaultMaxSetups || c.MaxTCPFlows != netstack.DefaultMaxTCPFlows ||
+		c.HalfClosedTimeout != netstack.DefaultHalfClosedTimeout || c.MaxUDPQueuedBytes != netstack.DefaultMaxUDPQueuedBytes {
+		t.Errorf("defaults: %+v", c)
+	}
+	args := append(base, "--max-tcp-setups-per-source", "4", "--tcp-user-timeout", "0", "--tcp-handshake-timeout", "2s")
+	cfg, err = parseRunFlags(args, io.Discard)
+	if err != nil {
+		t.Fatalf("parseRunFlags(%q): %v", args, err)
+	}
+	if c := cfg.dataPath; c.MaxSetupsPerSource != 4 || c.TCPUserTimeout >= 0 || c.HandshakeTimeout != 2*time.Second {
+		t.Errorf("parseRunFlags(%q).dataPath = %+v", args, c)
+	}
+	for _, bad := range [][]string{{"--max-tcp-flows", "0"}, {"--tcp-half-closed-timeout", "-1s"}} {
+		if _, err := parseRunFlags(append(base, bad...), io.Discard); err == nil {
+			t.Errorf("parseRunFlags(%q) = nil error", bad)
+		}
+	}
+}

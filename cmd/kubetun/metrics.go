@@ -12,7 +12,8 @@ var (
 	tcpConnectionsDesc = prometheus.NewDesc("kubetun_tcp_connections_total",
 		"TCP connections to ClusterIPs by how they ended their setup: forwarded (spliced to a pod), "+
 			"refused (no Service port or no usable endpoint: RST at once), unreachable (no pod answered the dial), "+
-			"limited (too many connections being set up from the client), aborted (the client left during the dial).",
+			"limited (the client had its share of connections being set up, or --max-tcp-flows reached), "+
+			"aborted (the client left, or did not complete the handshake in time).",
 		[]string{"result"}, nil)
 	dialFailuresDesc = prometheus.NewDesc("kubetun_pod_dial_failures_total",
 		"Dials to pods that failed, TCP and UDP; each endpoint tried counts once.", nil, nil)
@@ -26,6 +27,12 @@ var (
 		[]string{"result"}, nil)
 	pingRepliesDesc = prometheus.NewDesc("kubetun_ping_replies_total",
 		"Echo requests to ClusterIPs answered.", nil, nil)
+	tcpSetupsDesc = prometheus.NewDesc("kubetun_tcp_setups_in_flight",
+		"TCP connections being set up now: SYN received, handshake not completed (bounded by --max-tcp-setups).", nil, nil)
+	tcpSetupsPerSourceDesc = prometheus.NewDesc("kubetun_tcp_setups_in_flight_max_per_source",
+		"The most TCP connections being set up now from one client address (bounded by --max-tcp-setups-per-source).", nil, nil)
+	udpQueuedDesc = prometheus.NewDesc("kubetun_udp_queued_bytes",
+		"Bytes of client datagrams queued for pods now, every UDP session together (bounded by --max-udp-queued-bytes).", nil, nil)
 	linkDropsDesc = prometheus.NewDesc("kubetun_link_dropped_packets_total",
 		"Packets from the userspace stack to the TUN dropped because the queue between them was full.", nil, nil)
 )
@@ -37,7 +44,8 @@ type netstackCollector struct {
 
 // Describe implements prometheus.Collector.
 func (netstackCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{tcpConnectionsDesc, dialFailuresDesc, activeDesc, udpSessionsDesc, udpDatagramsDesc, pingRepliesDesc, linkDropsDesc} {
+	for _, d := range []*prometheus.Desc{tcpConnectionsDesc, dialFailuresDesc, activeDesc, udpSessionsDesc, udpDatagramsDesc, pingRepliesDesc, linkDropsDesc,
+		tcpSetupsDesc, tcpSetupsPerSourceDesc, udpQueuedDesc} {
 		ch <- d
 	}
 }
@@ -61,4 +69,7 @@ func (c netstackCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(udpDatagramsDesc, st.UDPLimited, "limited")
 	counter(pingRepliesDesc, st.PingReplies)
 	counter(linkDropsDesc, st.LinkDrops)
+	ch <- prometheus.MustNewConstMetric(tcpSetupsDesc, prometheus.GaugeValue, float64(st.TCPSetups))
+	ch <- prometheus.MustNewConstMetric(tcpSetupsPerSourceDesc, prometheus.GaugeValue, float64(st.TCPSetupsMax))
+	ch <- prometheus.MustNewConstMetric(udpQueuedDesc, prometheus.GaugeValue, float64(st.UDPQueued))
 }

@@ -15,6 +15,7 @@ func TestNetstackCollector(t *testing.T) {
 		return netstack.Stats{
 			TCPForwarded: 10, TCPRefused: 2, TCPUnreachable: 1, TCPLimited: 3, TCPAborted: 4, DialFailures: 5, TCPActive: 6,
 			UDPSessions: 7, UDPRefused: 8, UDPLimited: 9, UDPActive: 11, PingReplies: 12, LinkDrops: 13,
+			TCPSetups: 14, TCPSetupsMax: 15, UDPQueued: 16,
 		}
 	}}
 	if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
@@ -47,6 +48,9 @@ func TestNetstackCollector(t *testing.T) {
 		"kubetun_pod_dial_failures_total":                           5,
 		"kubetun_active_flows{protocol=tcp}":                        6,
 		"kubetun_active_flows{protocol=udp}":                        11,
+		"kubetun_tcp_setups_in_flight":                              14,
+		"kubetun_tcp_setups_in_flight_max_per_source":               15,
+		"kubetun_udp_queued_bytes":                                  16,
 		"kubetun_udp_sessions_total":                                7,
 		"kubetun_udp_datagrams_not_forwarded_total{result=refused}": 8,
 		"kubetun_udp_datagrams_not_forwarded_total{result=limited}": 9,

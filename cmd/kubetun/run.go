@@ -35,12 +35,26 @@ func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
-	r := &runner{cfg: cfg, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout)}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r := &runner{cfg: cfg, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout), lost: cancel}
 	if cfg.manifests != "" {
-		return r.serveManifests(ctx)
+		err = r.serveManifests(ctx)
+	} else {
+		err = r.serveAPI(ctx)
 	}
-	return r.serveAPI(ctx)
+	// A TUN lost underneath (ip link del) ends the run with an error, and
+	// the process with a non-zero status: its routes went with it, and a
+	// supervisor (the DaemonSet's kubelet, systemd) restarts kubetun,
+	// which sets everything up afresh, more surely than a repair in place.
+	if lost := context.Cause(ctx); err == nil && errors.As(lost, new(tunLost)) {
+		return lost
+	}
+	return err
 }
+
+// tunLost is why a run ends when its TUN device is gone.
+type tunLost struct{ error }
 
 // runner wires a source, the service table, the netstack and the TUN.
 type runner struct {
@@ -60,6 +74,8 @@ type runner struct {
 	cidrs []netip.Prefix // routed into the TUN now
 
 	problems map[string]bool // reported by the last Build; owned by the apply goroutine
+
+	lost func(error) // ends the run, when the TUN is gone
 }
 
 // serveManifests serves the static manifest source.
@@ -191,12 +207,19 @@ func (r *runner) start() (stop func(), err error) {
 			r.log.Error("removing TUN device", "tun", r.dev.Name(), "err", err)
 		}
 	})
-	r.ns, err = netstack.New(netstack.Config{
-		Link:        r.dev.Link(),
-		Services:    r.table,
-		DialTimeout: r.cfg.dialTimeout,
-		Logger:      r.log,
-	})
+	done, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-r.dev.Gone():
+			r.lost(tunLost{r.dev.Err()})
+		case <-done:
+		}
+	}()
+	r.closers = append(r.closers, func() { close(done); <-watched })
+	nc := r.cfg.dataPath
+	nc.Link, nc.Services, nc.DialTimeout, nc.Logger = r.dev.Link(), r.table, r.cfg.dialTimeout, r.log
+	r.ns, err = netstack.New(nc)
 	if err != nil {
 		return stop, err
 	}
