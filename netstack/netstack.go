@@ -72,11 +72,13 @@ const (
 	// about two minutes, Linux (tcp_synack_retries = 5) about one.
 	DefaultHandshakeTimeout = 5 * time.Second
 	// DefaultMaxTCPFlows bounds the flows spliced at once, and with them
-	// the host sockets and gVisor endpoints: an idle flow costs a few
-	// tens of KiB (measured by test/e2e TestManyIdleConnections), so
-	// 32768 of them fit in about a GiB; kube-proxy's conntrack table
-	// allows 32768 per core and at least 131072, but it holds no buffers.
-	// Past it, SYNs get a RST.
+	// the host sockets and gVisor endpoints: an idle flow costs about
+	// 20 KiB of resident memory and two goroutines (test/e2e
+	// TestManyIdleConnections measured 19.4 KiB at 10 000), so 32768 of
+	// them take about 650 MiB, and a busy flow's buffers grow to up to
+	// tcpBufMax each way. kube-proxy's conntrack table allows 32768
+	// entries per core and at least 131072, but an entry holds no
+	// buffers. Past it, SYNs get a RST.
 	DefaultMaxTCPFlows = 32768
 	// DefaultTCPUserTimeout ends a connection whose sent data stays
 	// unacknowledged for this long, on both legs (TCP_USER_TIMEOUT, RFC

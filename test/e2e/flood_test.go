@@ -169,3 +169,86 @@ func metric(m, name string) float64 {
 	v, _ := strconv.ParseFloat(s[1], 64)
 	return v
 }
+
+// TestManyIdleConnections holds 10 000 idle connections through kubetun,
+// then closes them: kubetun's goroutines and heap return near where they
+// were, and the memory each connection held is logged.
+func TestManyIdleConnections(t *testing.T) {
+	c := startCluster(t, testbed.TestPorts, "--profiling")
+	const n = 10000
+	// heap collects garbage first (pprof's gc=1), so that the heap in use
+	// is what is live.
+	heap := func() (goroutines, inuse, rss float64) {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		if out, err := c.Run(ctx, c.Node, "curl", "-sS", "-o", "/dev/null", "http://127.0.0.1:10249/debug/pprof/heap?gc=1"); err != nil {
+			t.Fatalf("forcing a GC through pprof: %v: %s", err, out)
+		}
+		m := scrape(t, c)
+		return metric(m, "go_goroutines"), metric(m, "go_memstats_heap_inuse_bytes"), metric(m, "process_resident_memory_bytes")
+	}
+	g0, h0, r0 := heap()
+
+	var conns []net.Conn
+	defer func() {
+		for _, conn := range conns {
+			conn.Close()
+		}
+	}()
+	err := testbed.InNamespace(c.Client.Namespace, func() error {
+		for i := range n {
+			conn, err := net.DialTimeout("tcp", testbed.ClusterIP+":7", 5*time.Second)
+			if err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+			conns = append(conns, conn)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after %d connections: %v", len(conns), err)
+	}
+	waitMetric(t, c, `kubetun_active_flows{protocol="tcp"}`, n)
+	g1, h1, r1 := heap()
+	t.Logf("%d idle connections: goroutines %.0f -> %.0f (%.1f each); heap in use %.1f -> %.1f MiB (%.1f KiB each); RSS %.1f -> %.1f MiB (%.1f KiB each)",
+		n, g0, g1, (g1-g0)/n, h0/(1<<20), h1/(1<<20), (h1-h0)/n/1024, r0/(1<<20), r1/(1<<20), (r1-r0)/n/1024)
+
+	for _, conn := range conns {
+		conn.Close()
+	}
+	conns = nil
+	waitMetric(t, c, `kubetun_active_flows{protocol="tcp"}`, 0)
+	// The goroutines end at once; gVisor frees an endpoint left in
+	// FIN-WAIT-2 a minute later (its TCPLingerTimeout, as Linux's
+	// tcp_fin_timeout), hence the wait. Go's maps keep the size they grew
+	// to, hence the slack.
+	var g2, h2, r2 float64
+	closed := time.Now()
+	for time.Since(closed) < 120*time.Second {
+		if g2, h2, r2 = heap(); g2 <= g0+10 && h2 <= h0+32<<20 {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Logf("%v after closing: goroutines %.0f, heap in use %.1f MiB, RSS %.1f MiB",
+		time.Since(closed).Round(time.Second), g2, h2/(1<<20), r2/(1<<20))
+	if g2 > g0+10 {
+		t.Errorf("goroutines %.0f after every connection closed, want near the %.0f before", g2, g0)
+	}
+	if h2 > h0+32<<20 {
+		t.Errorf("heap in use %.1f MiB after every connection closed, want near the %.1f MiB before", h2/(1<<20), h0/(1<<20))
+	}
+}
+
+// waitMetric waits up to 60 s for kubetun's metric name to be want.
+func waitMetric(t *testing.T, c *cluster, name string, want float64) {
+	t.Helper()
+	var got float64
+	for range 120 {
+		if got = metric(scrape(t, c), name); got == want {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("%s = %v after 60s, want %v", name, got, want)
+}
