@@ -109,6 +109,41 @@ func TestDeliverUDPQueueBound(t *testing.T) {
 	}
 }
 
+// TestDeliverUDPTotalBound: the sessions together queue no more than
+// maxUDPQueued bytes; a session that ends gives its queued bytes back, also
+// those DeliverUDP queued after it emptied its queue.
+func TestDeliverUDPTotalBound(t *testing.T) {
+	const total = 200000
+	s := &Stack{maxUDPQueued: total}
+	var sessions []*udpSession
+	big := make([]byte, 60000)
+	for i := range 3 {
+		src := netip.AddrPortFrom(client.Addr(), uint16(40000+i))
+		sess := &udpSession{s: s, fastQ: make(chan []byte, udpQueueLen)}
+		s.fast.Store(flowKey{src, netip.AddrPortFrom(clusterIP, 80)}, sess)
+		sessions = append(sessions, sess)
+		for range 2 {
+			s.DeliverUDP(udpPacket(src, netip.AddrPortFrom(clusterIP, 80), big))
+		}
+	}
+	if got, want := s.udpQueued.Load(), int64(total/len(big)*len(big)); got != want {
+		t.Errorf("%d bytes queued in all, want %d (%d at most)", got, want, total)
+	}
+	if st := s.count.udpLimited.Load(); st != 6-total/uint64(len(big)) {
+		t.Errorf("%d datagrams limited, want %d", st, 6-total/len(big))
+	}
+	for _, sess := range sessions {
+		sess.ended.Store(true)
+		sess.drainQueue()
+	}
+	// A datagram DeliverUDP queues for a session that has ended is taken
+	// back at once.
+	s.DeliverUDP(udpPacket(netip.AddrPortFrom(client.Addr(), 40000), netip.AddrPortFrom(clusterIP, 80), big))
+	if got := s.udpQueued.Load(); got != 0 {
+		t.Errorf("%d bytes counted as queued once every session ended, want 0", got)
+	}
+}
+
 // TestUDPAnswerLargerThanLink: an answer too large for the link's MTU is
 // not built by kubetun but left to gVisor, which fragments it.
 func TestUDPAnswerLargerThanLink(t *testing.T) {
