@@ -96,7 +96,10 @@ func TestSYNFlood(t *testing.T) {
 	if worst > 3*time.Second {
 		t.Errorf("client2's slowest connect took %v during the flood, want well under 3s", worst)
 	}
-	if p := peak.Load(); p > floodShare {
+	// kubetun frees a slot as it closes the pod connection; the pod
+	// counts the connection until its goroutine has read the FIN, by which
+	// time the next SYN's connection may have arrived: a slack of 2.
+	if p := peak.Load(); p > floodShare+2 {
 		t.Errorf("pods held %d of the flooding source's connections at once, want at most its share %d", p, floodShare)
 	}
 	if p := peak.Load(); p == 0 {
