@@ -276,8 +276,9 @@ type flow struct {
 	// never does.
 	halfClosedTimeout time.Duration
 	last              atomic.Int64 // UnixNano of the last bytes read either way
-	idleMu            sync.Mutex   // guards idle
+	idleMu            sync.Mutex   // guards idle and spliced
 	idle              *time.Timer  // the half-closed timer, once a direction ended
+	spliced           bool         // splice has returned: the timer must not be re-armed
 
 	once sync.Once
 }
@@ -308,6 +309,7 @@ func (f *flow) splice() {
 	f.pipe(f.client, f.backend, waitBackend, &toClientBufs)
 	<-done
 	f.idleMu.Lock()
+	f.spliced = true
 	if f.idle != nil {
 		f.idle.Stop()
 	}
@@ -369,7 +371,9 @@ func (f *flow) halfClosed() {
 			return
 		}
 		f.idleMu.Lock()
-		f.idle.Reset(f.halfClosedTimeout - idle)
+		if !f.spliced {
+			f.idle.Reset(f.halfClosedTimeout - idle)
+		}
 		f.idleMu.Unlock()
 	}
 	f.idle = time.AfterFunc(f.halfClosedTimeout, check)
