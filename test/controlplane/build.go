@@ -23,8 +23,9 @@ const (
 	EtcdVersion = "v3.6.6"
 )
 
-// buildTimeout bounds one go build; a cold cache takes about 5 minutes on 2 cores.
-const buildTimeout = 30 * time.Minute
+// buildTimeout bounds one go build; a cold cache takes about 5 minutes on 2
+// idle cores, and over 30 on 2 cores shared with other builds.
+const buildTimeout = 60 * time.Minute
 
 // Bins are the paths of the control plane's binaries.
 type Bins struct {
