@@ -9,9 +9,14 @@ import (
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
-// drops are the counters of the two places, outside iperf3's view, where a
+// drops are the counters of the places, outside the clients' view, where a
 // packet of a run can be dropped for want of a reader fast enough.
 type drops struct {
+	// link is kubetun_link_dropped_packets_total: packets from gVisor to
+	// the TUN dropped because the queue between them was full. linkRead
+	// says it was read (kubetun's metrics answered).
+	link     int64
+	linkRead bool
 	// tun is kubetun0's tx_dropped: packets the kernel routed into the TUN
 	// while its queue was full, kubetun not reading fast enough.
 	tun int64
@@ -24,6 +29,11 @@ type drops struct {
 // drops reads the counters; a TUN that does not exist counts zero.
 func (b *bench) drops(ctx context.Context) drops {
 	var d drops
+	if m, err := scrapeMetrics(ctx, b.tb.Node); err == nil {
+		if v, ok := m[metricLinkDrops]; ok {
+			d.link, d.linkRead = int64(v), true
+		}
+	}
 	if out, err := b.tb.Run(ctx, b.tb.Node, "cat", "/sys/class/net/"+testbed.TUN+"/statistics/tx_dropped"); err == nil {
 		d.tun, d.err = strconv.ParseInt(strings.TrimSpace(out), 10, 64)
 	}
@@ -42,7 +52,8 @@ func (b *bench) drops(ctx context.Context) drops {
 
 // since is what was dropped after before.
 func (d drops) since(before drops) drops {
-	delta := drops{tun: d.tun - before.tun, podUDP: d.podUDP - before.podUDP, err: d.err}
+	delta := drops{tun: d.tun - before.tun, podUDP: d.podUDP - before.podUDP, err: d.err,
+		link: d.link - before.link, linkRead: d.linkRead && before.linkRead}
 	if delta.err == nil {
 		delta.err = before.err
 	}
@@ -55,6 +66,9 @@ func (d drops) String() string {
 		return ", drops ?"
 	}
 	var s string
+	if d.linkRead {
+		s += fmt.Sprintf(", link drops %d", d.link)
+	}
 	if d.tun > 0 {
 		s += fmt.Sprintf(", TUN queue drops %d", d.tun)
 	}
@@ -85,4 +99,13 @@ func snmpCounter(snmp, proto, name string) (int64, error) {
 		break
 	}
 	return 0, fmt.Errorf("/proc/net/snmp: no %s %s", proto, name)
+}
+
+// linkDrops is the link counter's delta for a row's JSON, nil if unread.
+func (d drops) linkDrops() *int64 {
+	if !d.linkRead {
+		return nil
+	}
+	n := d.link
+	return &n
 }

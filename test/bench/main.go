@@ -15,10 +15,37 @@
 //   - UDP packets/s: iperf3 -u with small datagrams at an unlimited rate,
 //     both ways: received packets/s and loss.
 //
+// The request/response cases (group rr) run over two more paths: the seed's
+// Service programmed as kube-proxy writes it in iptables mode and in
+// nftables mode, each in a test bed of its own (kubetun's node namespace
+// keeps no rule), with both seed pods behind it. A small server of this
+// program's own (the hidden "rrserver" command) answers in the pods:
+//
+//   - round-trip latency of 64-byte requests on one connection, p50 and
+//     p99, alone and with 64 more connections busy on the same path;
+//   - requests/s over 64 keep-alive connections, 64-byte and 1 MiB
+//     answers, and with a new connection per request;
+//   - connect latency, one connection at a time, p50 and p99.
+//
+// Group idle holds many idle connections open through kubetun and reads its
+// memory per connection (RSS, Go heap and stacks from its /metrics). Group
+// table measures the service table: resolver.Build in this process after
+// one endpoint change among 1 000 and 30 000 generated Services (CPU time,
+// heap per Service), then kubetun restarted on a manifest directory with
+// that many Services: its memory, the first connection to a Service, and the
+// time from one endpoint change in a manifest to the connection it serves.
+//
 // Then, unless --also-mtu 0, kubetun is restarted with that MTU and the TCP
 // stream cases run again. While kubetun carries each case, its CPU time is
 // read from /proc/PID/stat: CPU seconds per GB moved, per connection or per
 // packet.
+//
+// Every ratio is kubetun's value over a baseline measured seconds before or
+// after it in the same run, so that it keeps its meaning on a loaded
+// machine; the bench prints numbers and asserts none. Each case reads
+// kubetun_link_dropped_packets_total from kubetun's /metrics around its run.
+// --json FILE writes the table as JSON too; --short is a run under two
+// minutes, with fewer and shorter runs.
 //
 // Traffic stays between the namespaces the bench creates; every iperf3 run
 // and connection loop is bounded in count and time; everything is removed at
@@ -29,6 +56,10 @@
 //	bench [--kubetun bin/kubetun] [--time 5s] [--conns 2000] [--parallel 8]
 //	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp]
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
+//	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
+//	      [--rr-time 5s] [--rr-count 20000] [--rr-requests 200000]
+//	      [--connect-count 2000] [--idle-conns 10000]
+//	      [--build-services 1000,30000] [--kubetun-services 1000,30000]
 package main
 
 import (
@@ -58,6 +89,7 @@ var benchPorts = []testbed.ServicePort{
 	{Name: "http", Port: 80, TargetPort: "http", EndpointPort: 8080},
 	{Name: "iperf", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort},
 	{Name: "iperf-udp", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort, Protocol: "UDP"},
+	{Name: "rr", Port: rrPort, TargetPort: strconv.Itoa(rrPort), EndpointPort: rrPort},
 }
 
 // config is the command line.
@@ -74,9 +106,23 @@ type config struct {
 	gctrace   bool
 	verbose   bool
 	keepFiles bool
+
+	short        bool
+	jsonPath     string
+	kubeProxy    map[string]bool // of kubeProxyModes
+	rrTime       time.Duration   // bounds each request/response run
+	rrCount      int             // round trips per latency run
+	rrRequests   int             // bounds each keep-alive request-rate run
+	connectCount int             // connections per connect-latency run
+	idleConns    int
+	buildSizes   []int // Services in the in-process table cases
+	kubetunSizes []int // Services in the kubetun table cases
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == rrServerCommand {
+		os.Exit(rrServerMain(os.Args[2:]))
+	}
 	var cfg config
 	flag.StringVar(&cfg.kubetun, "kubetun", "", "kubetun binary to run (default: build ./cmd/kubetun)")
 	flag.DurationVar(&cfg.duration, "time", 5*time.Second, "length of each iperf3 run (1s to 60s)")
@@ -90,9 +136,34 @@ func main() {
 	flag.BoolVar(&cfg.gctrace, "gctrace", false, "run kubetun with GODEBUG=gctrace=1 and count its GC cycles per case")
 	flag.BoolVar(&cfg.keepFiles, "keep", false, "keep the logs and manifest (printed at the end) instead of removing them")
 	flag.BoolVar(&cfg.verbose, "v", false, "print every ip command that builds and removes the namespaces")
+	flag.BoolVar(&cfg.short, "short", false, "a run under two minutes: every count and time below its --short default unless given")
+	flag.StringVar(&cfg.jsonPath, "json", "", "also write the results as JSON to `FILE`")
+	kubeProxy := flag.String("kube-proxy", "iptables,nftables", "kube-proxy `MODES` to run the request/response and connection cases through, in test beds of their own (\"\" for none)")
+	flag.DurationVar(&cfg.rrTime, "rr-time", 5*time.Second, "time limit of each request/response run (--short: 1s)")
+	flag.IntVar(&cfg.rrCount, "rr-count", 20000, "round trips per latency run (--short: 3000)")
+	flag.IntVar(&cfg.rrRequests, "rr-requests", 200000, "at most this many requests per keep-alive request-rate run, a twentieth with 1 MiB answers (--short: 40000)")
+	flag.IntVar(&cfg.connectCount, "connect-count", 2000, "connections per connect-latency run (--short: 300)")
+	flag.IntVar(&cfg.idleConns, "idle-conns", 10000, "idle connections held through kubetun to weigh one (--short: 2000)")
+	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Build's cost")
+	kubetunSizes := flag.String("kubetun-services", "1000,30000", "comma-separated numbers of generated Services kubetun is restarted with (--short: 1000)")
 	flag.Parse()
 	cfg.ktFlags = strings.Fields(*ktFlags)
+	if cfg.short {
+		cfg.shorten()
+		if !flagGiven("kubetun-services") {
+			*kubetunSizes = "1000"
+		}
+	}
 	err := cfg.parseCases(*cases)
+	if err == nil {
+		cfg.kubeProxy, err = parseList("--kube-proxy", *kubeProxy, keys(kubeProxyModes))
+	}
+	if err == nil {
+		cfg.buildSizes, err = parseSizes("--build-services", *buildSizes)
+	}
+	if err == nil {
+		cfg.kubetunSizes, err = parseSizes("--kubetun-services", *kubetunSizes)
+	}
 	if err == nil {
 		err = cfg.check()
 	}
@@ -118,7 +189,7 @@ func main() {
 }
 
 // caseNames are the groups of cases --cases selects.
-var caseNames = []string{"stream", "conn", "udp"}
+var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table"}
 
 func (c *config) parseCases(list string) error {
 	c.cases = map[string]bool{}
@@ -152,6 +223,21 @@ func (c *config) check() error {
 		return fmt.Errorf("--udp-len %d: want 16 to 1472 (one datagram per packet on a 1500-byte link)", c.udpLen)
 	case c.alsoMTU != 0 && (c.alsoMTU < 1280 || c.alsoMTU > 65535):
 		return fmt.Errorf("--also-mtu %d: want 0 or 1280 to 65535", c.alsoMTU)
+	case c.rrTime < 100*time.Millisecond || c.rrTime > time.Minute:
+		return fmt.Errorf("--rr-time %v: want 100ms to 1m", c.rrTime)
+	case c.rrCount < 100 || c.rrCount > 1000000:
+		return fmt.Errorf("--rr-count %d: want 100 to 1000000", c.rrCount)
+	case c.rrRequests < 1000 || c.rrRequests > 10000000:
+		return fmt.Errorf("--rr-requests %d: want 1000 to 10000000", c.rrRequests)
+	case c.connectCount < 10 || c.connectCount > 20000:
+		return fmt.Errorf("--connect-count %d: want 10 to 20000", c.connectCount)
+	case c.idleConns < 100 || c.idleConns > 20000:
+		return fmt.Errorf("--idle-conns %d: want 100 to 20000 (the client's ports to one address run out near 28000)", c.idleConns)
+	}
+	for _, n := range append(slices.Clone(c.buildSizes), c.kubetunSizes...) {
+		if n < 1 || n > 60000 {
+			return fmt.Errorf("%d Services: want 1 to 60000", n)
+		}
 	}
 	return nil
 }
@@ -166,9 +252,12 @@ type bench struct {
 	seed         testbed.Seed
 	manifestPath string
 	kt           *testbed.Process // the running kubetun
-	ktMTU        string           // kubetun0's MTU as the kernel reports it
-	ktVersion    string           // `kubetun version` and the work tree's commit
-	defaultMTU   string           // kubetun0's MTU without --mtu
+	kp           [numPaths]*kpBed // the kube-proxy beds, by path
+	kpVersions   []string
+	start        time.Time
+	ktMTU        string // kubetun0's MTU as the kernel reports it
+	ktVersion    string // `kubetun version` and the work tree's commit
+	defaultMTU   string // kubetun0's MTU without --mtu
 
 	rows []row
 }
@@ -178,10 +267,18 @@ func (b *bench) run(ctx context.Context) error {
 	if b.tmp, err = os.MkdirTemp("", "kubetun-bench-"); err != nil {
 		return fmt.Errorf("MkdirTemp: %w", err)
 	}
-	header := b.header() // load average before anything of ours runs
-	steps := []func(context.Context) error{b.build, b.bed, b.startDefault, b.measure}
+	b.start = time.Now()
+	loadStart, busy := loadAverage(), busyNow()
+	header := b.header(loadStart, busy) // before anything of ours runs
+	steps := []func(context.Context) error{b.build, b.bed, b.kubeProxyBeds, b.startDefault, b.measure}
+	if b.cfg.cases["idle"] {
+		steps = append(steps, b.measureIdle)
+	}
 	if b.cfg.alsoMTU != 0 && b.cfg.cases["stream"] {
 		steps = append(steps, b.measureMTU)
+	}
+	if b.cfg.cases["table"] {
+		steps = append(steps, b.measureTable) // last: it restarts kubetun with other manifests
 	}
 	if err := testbed.RunSteps(ctx, steps...); err != nil {
 		return err
@@ -193,17 +290,31 @@ func (b *bench) run(ctx context.Context) error {
 		b.vethMTU(ctx), testbed.TUN, b.defaultMTU, b.seed.Pod1.IP)
 	fmt.Printf("runs:    iperf3 %s, 1 stream, %v each; %d connections per rate case (at most %v)\n",
 		iperfVersion(ctx), b.cfg.duration, b.cfg.conns, b.cfg.connTime)
-	fmt.Printf("load:    %s at the end\n\n", loadAverage())
+	if b.cfg.cases["rr"] {
+		fmt.Printf("rr:      64-byte requests, answers of 64 B or 1 MiB, %v and at most %d round trips or %d requests per run; kube-proxy beds: both seed pods behind the ClusterIP, %s\n",
+			b.cfg.rrTime, b.cfg.rrCount, b.cfg.rrRequests, strings.Join(b.kpVersions, ", "))
+	}
+	loadEnd := loadAverage()
+	fmt.Printf("load:    %s at the end; the run took %v\n\n", loadEnd, time.Since(b.start).Round(time.Second))
 	printTable(os.Stdout, b.rows)
+	if b.cfg.jsonPath == "" {
+		return nil
+	}
+	rep := report{Time: b.start.UTC().Format(time.RFC3339), Go: runtime.Version(), Kubetun: b.ktVersion, Short: b.cfg.short,
+		Machine: map[string]string{"nproc": strconv.Itoa(runtime.NumCPU()), "load_start": loadStart, "load_end": loadEnd, "cpu_busy_start": busy}}
+	if err := writeJSON(b.cfg.jsonPath, rep, b.rows); err != nil {
+		return err
+	}
+	progress("wrote %s", b.cfg.jsonPath)
 	return nil
 }
 
 // header describes the machine and how busy it is, before the bench adds to it.
-func (b *bench) header() string {
+func (b *bench) header(load, busy string) string {
 	var s strings.Builder
-	fmt.Fprintf(&s, "kubetun bench, %s, %s\n", time.Now().Format("2006-01-02 15:04:05 MST"), runtime.Version())
+	fmt.Fprintf(&s, "kubetun bench, %s, %s\n", b.start.Format("2006-01-02 15:04:05 MST"), runtime.Version())
 	fmt.Fprintf(&s, "machine: nproc %d, load average %s at the start, CPU %s busy in the second before\n",
-		runtime.NumCPU(), loadAverage(), busyNow())
+		runtime.NumCPU(), load, busy)
 	return s.String()
 }
 
@@ -268,6 +379,9 @@ func (b *bench) bed(ctx context.Context) error {
 		return err
 	}
 	if err := srv.WaitOutput("Server listening", 5*time.Second); err != nil {
+		return err
+	}
+	if err := b.startRRServers(tb, b.seed.Pod1, b.seed.Pod2); err != nil {
 		return err
 	}
 	// Only pod1: iperf3's control connection and its data (a second TCP
@@ -336,8 +450,6 @@ func (b *bench) measure(ctx context.Context) error {
 			return err
 		}
 	}
-	direct := fmt.Sprintf("%s:8080", pod)
-	through := fmt.Sprintf("%s:80", testbed.ClusterIP)
 	for _, parallel := range []int{1, b.cfg.parallel} {
 		name := "TCP connections/s, 1 at a time"
 		if parallel > 1 {
@@ -348,17 +460,22 @@ func (b *bench) measure(ctx context.Context) error {
 		if !b.cfg.cases["conn"] {
 			break
 		}
-		if err := b.connRate(ctx, name, client, direct, through, parallel); err != nil {
+		if err := b.connRate(ctx, name, parallel); err != nil {
 			return err
 		}
 	}
-	if !b.cfg.cases["udp"] {
-		return nil
+	if b.cfg.cases["udp"] {
+		if err := b.udpRate(ctx, fmt.Sprintf("UDP %d-byte datagrams, client pod → pod", b.cfg.udpLen), client, pod); err != nil {
+			return err
+		}
+		if err := b.udpRate(ctx, fmt.Sprintf("UDP %d-byte datagrams, pod → client pod (-R)", b.cfg.udpLen), client, pod, "-R"); err != nil {
+			return err
+		}
 	}
-	if err := b.udpRate(ctx, fmt.Sprintf("UDP %d-byte datagrams, client pod → pod", b.cfg.udpLen), client, pod); err != nil {
-		return err
+	if b.cfg.cases["rr"] {
+		return b.measureRR(ctx)
 	}
-	return b.udpRate(ctx, fmt.Sprintf("UDP %d-byte datagrams, pod → client pod (-R)", b.cfg.udpLen), client, pod, "-R")
+	return nil
 }
 
 // measureMTU restarts kubetun with --mtu alsoMTU and runs the stream cases again.
@@ -399,6 +516,7 @@ func (b *bench) tcpStream(ctx context.Context, name, ns, pod string, args ...str
 			detail: fmt.Sprintf("retr %d, iperf3 CPU sender %.0f%% receiver %.0f%%%s", res.sent.Retransmits, res.senderCPU, res.receiverCPU, dropped),
 		}
 		if i == 1 {
+			r.results[i].linkDrops = dropped.linkDrops()
 			r.cpu = use.per(float64(res.received.Bytes)/1e9, "s/GB", 1)
 			r.results[i].detail += use.gcNote()
 		}
@@ -445,6 +563,7 @@ func (b *bench) udpRate(ctx context.Context, name, ns, pod string, extra ...stri
 			detail: fmt.Sprintf("sent %.0f kpps, iperf3 CPU sender %.0f%% receiver %.0f%%%s", float64(res.sent.Packets)/secs/1e3, res.senderCPU, res.receiverCPU, dropped),
 		}
 		if i == 1 {
+			r.results[i].linkDrops = dropped.linkDrops()
 			r.cpu = use.per(float64(forwarded), "µs/pkt", 1e6)
 			r.results[i].detail += fmt.Sprintf(", kubetun forwarded %.0f kpps (CPU is per forwarded packet)", float64(forwarded)/secs/1e3)
 			r.results[i].detail += use.gcNote()
@@ -454,24 +573,32 @@ func (b *bench) udpRate(ctx context.Context, name, ns, pod string, extra ...stri
 	return nil
 }
 
-// connRate measures connections/s, direct and through the ClusterIP.
-func (b *bench) connRate(ctx context.Context, name, ns, direct, through string, parallel int) error {
+// connRate measures connections/s over every path: the seed's HTTP request
+// to pod1:8080 directly and to the ClusterIP's port 80.
+func (b *bench) connRate(ctx context.Context, name string, parallel int) error {
 	r := row{name: name}
-	for i, addr := range []string{direct, through} {
-		progress("%s: %s (%d connections, at most %v)", name, []string{"direct", "through kubetun"}[i], b.cfg.conns, b.cfg.connTime)
-		before := b.sample()
-		res, err := connRate(ctx, ns, addr, b.cfg.conns, parallel, b.cfg.connTime)
+	for p, t := range b.targets(80, 8080) {
+		if t.ns == "" {
+			continue
+		}
+		progress("%s: %s (%d connections, at most %v)", name, pathNames[p], b.cfg.conns, b.cfg.connTime)
+		var res connResult
+		use, dropped, err := b.watched(ctx, p, func() error {
+			var err error
+			res, err = connRate(ctx, t.ns, t.addr, b.cfg.conns, parallel, b.cfg.connTime)
+			return err
+		})
 		if err != nil {
-			return fmt.Errorf("%s to %s: %w", name, addr, err)
+			return fmt.Errorf("%s, %s to %s: %w", name, pathNames[p], t.addr, err)
 		}
-		use := b.sample().since(before)
-		r.results[i] = result{value: res.rate(), unit: "conn/s", detail: res.String()}
+		r.results[p] = result{value: res.rate(), unit: "conn/s", detail: res.String() + dropped.String()}
 		if res.failed > 0 {
-			r.results[i].note = fmt.Sprintf("%d failed", res.failed)
+			r.results[p].note = fmt.Sprintf("%d failed", res.failed)
 		}
-		if i == 1 {
+		if p == pathKubetun {
+			r.results[p].linkDrops = dropped.linkDrops()
 			r.cpu = use.per(float64(res.done), "µs/conn", 1e6)
-			r.results[i].detail += use.gcNote()
+			r.results[p].detail += use.gcNote()
 		}
 	}
 	b.add(r)
@@ -543,4 +670,72 @@ func loadAverage() string {
 		return "?"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// shorten lowers, for --short, every count and time not given on the
+// command line.
+func (c *config) shorten() {
+	set := func(name string, apply func()) {
+		if !flagGiven(name) {
+			apply()
+		}
+	}
+	set("time", func() { c.duration = time.Second })
+	set("conns", func() { c.conns = 500 })
+	set("also-mtu", func() { c.alsoMTU = 0 })
+	set("rr-time", func() { c.rrTime = time.Second })
+	set("rr-count", func() { c.rrCount = 3000 })
+	set("rr-requests", func() { c.rrRequests = 40000 })
+	set("connect-count", func() { c.connectCount = 300 })
+	set("idle-conns", func() { c.idleConns = 2000 })
+}
+
+// flagGiven says whether the flag was on the command line.
+func flagGiven(name string) bool {
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}
+
+// parseList parses a comma-separated list of names out of known; "" is none.
+func parseList(flagName, list string, known []string) (map[string]bool, error) {
+	m := map[string]bool{}
+	for name := range strings.SplitSeq(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		if !slices.Contains(known, name) {
+			return nil, fmt.Errorf("%s: unknown %q; want some of %s", flagName, name, strings.Join(known, ", "))
+		}
+		m[name] = true
+	}
+	return m, nil
+}
+
+// parseSizes parses a comma-separated list of numbers.
+func parseSizes(flagName, list string) ([]int, error) {
+	var sizes []int
+	for f := range strings.SplitSeq(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not a number", flagName, f)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes, nil
+}
+
+// keys are m's keys, sorted.
+func keys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
 }
