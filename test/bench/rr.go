@@ -131,22 +131,24 @@ func rrDial(ns, addr string, answer int) (*rrConn, error) {
 	return newRRConn(c, answer), nil
 }
 
-// rrLatency times exchanges on one connection: warm of them first, then up
-// to n timed ones, for at most limit. The result is sorted.
+// rrLatency times exchanges on one connection: up to warm of them first
+// (for at most a fifth of limit), then up to n timed ones until limit. The
+// result is sorted.
 func rrLatency(ctx context.Context, ns, addr string, warm, n int, limit time.Duration) ([]time.Duration, error) {
 	c, err := rrDial(ns, addr, rrSmall)
 	if err != nil {
 		return nil, err
 	}
 	defer c.c.Close()
-	deadline := time.Now().Add(limit)
-	for range warm {
+	warmEnd := time.Now().Add(limit / 5)
+	for i := 0; i < warm && time.Now().Before(warmEnd); i++ {
 		if err := c.exchange(); err != nil {
 			return nil, err
 		}
 	}
+	deadline := time.Now().Add(limit)
 	lat := make([]time.Duration, 0, n)
-	for len(lat) < n && ctx.Err() == nil && time.Now().Before(deadline) {
+	for len(lat) < n && ctx.Err() == nil && (len(lat) == 0 || time.Now().Before(deadline)) {
 		began := time.Now()
 		if err := c.exchange(); err != nil {
 			return nil, err
@@ -154,9 +156,6 @@ func rrLatency(ctx context.Context, ns, addr string, warm, n int, limit time.Dur
 		lat = append(lat, time.Since(began))
 	}
 	slices.Sort(lat)
-	if len(lat) == 0 {
-		return nil, fmt.Errorf("no exchange in %v", limit)
-	}
 	return lat, ctx.Err()
 }
 
@@ -204,8 +203,6 @@ type load struct {
 // run runs l. Each connection or worker stops at its first failure; the run
 // fails only when no request succeeded.
 func (l load) run(ctx context.Context, stop <-chan struct{}) (loadResult, error) {
-	ctx, cancel := context.WithTimeout(ctx, l.limit)
-	defer cancel()
 	var (
 		left  atomic.Int64
 		res   loadResult
@@ -244,6 +241,9 @@ func (l load) run(ctx context.Context, stop <-chan struct{}) (loadResult, error)
 			conns = append(conns, c)
 		}
 	}
+	// The clock, and the time limit, start once they are open.
+	ctx, cancel := context.WithTimeout(ctx, l.limit)
+	defer cancel()
 	var done atomic.Int64
 	start := time.Now()
 	for i := range l.conns {

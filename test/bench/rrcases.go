@@ -80,7 +80,11 @@ func (b *bench) latencyRows(ctx context.Context, name string, ts [numPaths]targe
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("%s, %s to %s: %w", name, pathNames[p], t.addr, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			p50.failures = append(p50.failures, fmt.Sprintf("%s to %s: %v", pathNames[p], t.addr, err))
+			continue
 		}
 		detail := fmt.Sprintf("%d round trips", len(lat))
 		if busy > 0 {
@@ -120,7 +124,11 @@ func (b *bench) rateRow(ctx context.Context, name string, ts [numPaths]target, l
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("%s, %s to %s: %w", name, pathNames[p], t.addr, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.failures = append(r.failures, fmt.Sprintf("%s to %s: %v", pathNames[p], t.addr, err))
+			continue
 		}
 		r.results[p] = result{value: res.rate() / 1e3, unit: "k/s", detail: res.String() + dropped.String()}
 		if res.failed > 0 {
@@ -151,7 +159,11 @@ func (b *bench) connectRows(ctx context.Context, name string, ts [numPaths]targe
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("%s, %s to %s: %w", name, pathNames[p], t.addr, err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			p50.failures = append(p50.failures, fmt.Sprintf("%s to %s: %v", pathNames[p], t.addr, err))
+			continue
 		}
 		p50.results[p] = result{value: micros(percentile(res.dials, 50)), unit: "µs", detail: res.String() + dropped.String()}
 		p99.results[p] = result{value: micros(percentile(res.dials, 99)), unit: "µs"}

@@ -161,6 +161,12 @@ func (b *bench) measureTable(ctx context.Context) error {
 	if len(b.cfg.kubetunSizes) == 0 {
 		return nil
 	}
+	// The baseline: a fresh kubetun with the bench's Service alone, as the
+	// ones with many Services will be.
+	if err := b.startKubetun(ctx); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
 	base, err := b.memory(ctx)
 	if err != nil {
 		return fmt.Errorf("kubetun's memory before the table cases: %w", err)
@@ -328,8 +334,8 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	}
 	memRow := row{name: "kubetun memory per Service, " + label, lowerBetter: true}
 	memRow.results[pathKubetun] = result{value: (mem.rss - base.rss) / float64(n) / 1024, unit: "KiB RSS",
-		detail: fmt.Sprintf("RSS %.0f MiB (%.0f MiB with the bench's Service alone), Go heap %.0f MiB; ready %v after start",
-			mem.rss/(1<<20), base.rss/(1<<20), mem.heap/(1<<20), ready.Round(time.Millisecond))}
+		detail: fmt.Sprintf("RSS %.0f MiB, Go heap in use %.0f MiB (%.2f KiB per Service); with the bench's Service alone %.0f and %.0f MiB; ready %v after start",
+			mem.rss/(1<<20), mem.heap/(1<<20), (mem.heap-base.heap)/float64(n)/1024, base.rss/(1<<20), base.heap/(1<<20), ready.Round(time.Millisecond))}
 	b.add(memRow)
 
 	// First connections: to Services spread over the table, each never

@@ -29,6 +29,9 @@ type row struct {
 	// kubetun does worse.
 	lowerBetter bool
 	cpu         string // kubetun's CPU during its run
+	// failures say why a path has no value: on a loaded machine one path
+	// timing out should not lose the others' numbers.
+	failures []string
 }
 
 // result is one measurement.
@@ -78,7 +81,9 @@ func (r row) summary() string {
 			fmt.Fprintf(&s, " %s %s,", pathNames[i], res)
 		}
 	}
-	fmt.Fprintf(&s, " kubetun÷direct %s", r.ratio(pathDirect))
+	if r.results[pathDirect].unit != "" {
+		fmt.Fprintf(&s, " kubetun÷direct %s", r.ratio(pathDirect))
+	}
 	if r.results[pathIptables].unit != "" {
 		fmt.Fprintf(&s, " ÷iptables %s ÷nftables %s", r.ratio(pathIptables), r.ratio(pathNftables))
 	}
@@ -106,6 +111,9 @@ func printTable(w io.Writer, rows []row) {
 	fmt.Fprintln(w, "\ndetails:")
 	for _, r := range rows {
 		fmt.Fprintf(w, "  %s\n", r.name)
+		for _, f := range r.failures {
+			fmt.Fprintf(w, "    failed:   %s\n", f)
+		}
 		for i, res := range r.results {
 			if res.unit == "" || strings.TrimSpace(res.detail) == "" {
 				continue
@@ -149,7 +157,8 @@ type jsonRow struct {
 	KubetunCPU    string             `json:"kubetun_cpu,omitempty"`
 	// LinkDrops is kubetun_link_dropped_packets_total's growth during
 	// kubetun's run of the case, when it was read.
-	LinkDrops *int64 `json:"kubetun_link_dropped_packets,omitempty"`
+	LinkDrops *int64   `json:"kubetun_link_dropped_packets,omitempty"`
+	Failures  []string `json:"failures,omitempty"`
 }
 
 func (r row) json() jsonRow {
@@ -174,6 +183,7 @@ func (r row) json() jsonRow {
 		}
 	}
 	j.LinkDrops = r.results[pathKubetun].linkDrops
+	j.Failures = r.failures
 	return j
 }
 
