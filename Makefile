@@ -5,7 +5,8 @@
 #                and systemd-resolved unpacked for the split-DNS tests (make resolved)
 #   make test    deps, go vet, gofmt check, unit tests, e2e tests (root: namespaces, TUN)
 #   make demo    the seed scenario through kubetun, explained step by step (root)
-#   make bench   throughput and rates through kubetun vs. direct, same run (root)
+#   make bench   kubetun vs. direct and kube-proxy's iptables/nftables rules, same run (root);
+#                the table also goes to bin/bench.json; BENCH_FLAGS=--short for a 2-minute run
 
 GO      ?= go
 # Debian packages the e2e tests and the demo run: ip, nc, curl, iptables-save,
@@ -90,7 +91,7 @@ demo: deps build
 # direct path, measured in the same run (root: namespaces, TUN). Not part of
 # 'make test': numbers are shown, never asserted.
 bench: deps build
-	$(GO) run ./test/bench --kubetun bin/kubetun
+	$(GO) run ./test/bench --kubetun bin/kubetun --json bin/bench.json $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin
