@@ -57,7 +57,7 @@
 //	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp]
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
-//	      [--rr-time 5s] [--rr-count 20000] [--rr-requests 200000]
+//	      [--rr-time 3s] [--rr-count 20000] [--rr-requests 200000]
 //	      [--connect-count 2000] [--idle-conns 10000]
 //	      [--build-services 1000,30000] [--kubetun-services 1000,30000]
 package main
@@ -139,7 +139,7 @@ func main() {
 	flag.BoolVar(&cfg.short, "short", false, "a run under two minutes: every count and time below its --short default unless given")
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write the results as JSON to `FILE`")
 	kubeProxy := flag.String("kube-proxy", "iptables,nftables", "kube-proxy `MODES` to run the request/response and connection cases through, in test beds of their own (\"\" for none)")
-	flag.DurationVar(&cfg.rrTime, "rr-time", 5*time.Second, "time limit of each request/response run (--short: 1s)")
+	flag.DurationVar(&cfg.rrTime, "rr-time", 3*time.Second, "time limit of each request/response run (--short: 1s)")
 	flag.IntVar(&cfg.rrCount, "rr-count", 20000, "round trips per latency run (--short: 3000)")
 	flag.IntVar(&cfg.rrRequests, "rr-requests", 200000, "at most this many requests per keep-alive request-rate run, a twentieth with 1 MiB answers (--short: 40000)")
 	flag.IntVar(&cfg.connectCount, "connect-count", 2000, "connections per connect-latency run (--short: 300)")

@@ -324,7 +324,9 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	}
 	b.kt = kt
 	if err := kt.WaitOutput("msg=ready", kubetunReady); err != nil {
-		return fmt.Errorf("kubetun with %s: %w", label, err)
+		// Too slow on this machine, perhaps: say so and go on.
+		b.add(row{name: "kubetun with " + label, failures: []string{err.Error()}})
+		return nil
 	}
 	ready := time.Since(began)
 	progress("%s: kubetun ready after %v (pid %d)", label, ready.Round(time.Millisecond), kt.Pid())
@@ -386,8 +388,13 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 				break
 			}
 		}
-		if time.Since(t0) > applyLimit || ctx.Err() != nil {
-			return fmt.Errorf("%s: the probe's endpoint change not served after %v (%d tries): %v", label, applyLimit, tries, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Since(t0) > applyLimit {
+			b.add(row{name: "endpoint change in a manifest → served, " + label,
+				failures: []string{fmt.Sprintf("not served after %v (%d tries): %v", applyLimit, tries, err)}})
+			return nil
 		}
 		time.Sleep(applyPoll)
 	}
