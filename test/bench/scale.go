@@ -33,6 +33,10 @@ const (
 	applyPoll      = 10 * time.Millisecond
 	buildRounds    = 5 // endpoint changes timed per size
 	firstConnCount = 50
+	// servicesPerFile keeps each generated manifest near 1 MiB (about 1 KiB
+	// per Service and its slice), a ConfigMap's limit and a quarter of what
+	// the manifest source reads from one file.
+	servicesPerFile = 1000
 )
 
 // scaleCIDR holds the generated Services' ClusterIPs, routed into kubetun
@@ -304,8 +308,13 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	for i := range svcs {
 		svcs[i] = testbed.Service{Name: fmt.Sprintf("svc-%05d", i), Namespace: "bench", ClusterIPs: []netip.Addr{scaleIP(i)}, Ports: rr, Endpoints: pods}
 	}
-	if err := testbed.WriteServices(filepath.Join(dir, "generated.yaml"), svcs...); err != nil {
-		return err
+	// In files of servicesPerFile Services: the manifest source refuses
+	// files over manifest.MaxFileSize.
+	for i := 0; i < n; i += servicesPerFile {
+		path := filepath.Join(dir, fmt.Sprintf("generated-%03d.yaml", i/servicesPerFile))
+		if err := testbed.WriteServices(path, svcs[i:min(i+servicesPerFile, n)]...); err != nil {
+			return err
+		}
 	}
 	probe := testbed.Service{Name: "probe", Namespace: "bench", ClusterIPs: []netip.Addr{probeIP}, Ports: rr}
 	probePath := filepath.Join(dir, "probe.yaml")
