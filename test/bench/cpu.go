@@ -65,6 +65,15 @@ func (s cpuSample) since(before cpuSample) cpuUse {
 	return u
 }
 
+// plus is u and o together.
+func (u cpuUse) plus(o cpuUse) cpuUse {
+	s := cpuUse{user: u.user + o.user, sys: u.sys + o.sys, wall: u.wall + o.wall, gcs: u.gcs + o.gcs, counted: u.counted && o.counted, err: u.err}
+	if s.err == nil {
+		s.err = o.err
+	}
+	return s
+}
+
 // per is the CPU time per unit of work, scaled (1e6: µs), then the cores
 // busy on average and the share spent in the kernel, e.g.
 // "0.71 s/GB, 1.05 cores, sys 48%".

@@ -60,6 +60,15 @@ func (d drops) since(before drops) drops {
 	return delta
 }
 
+// plus is two deltas together.
+func (d drops) plus(o drops) drops {
+	s := drops{tun: d.tun + o.tun, podUDP: d.podUDP + o.podUDP, link: d.link + o.link, linkRead: d.linkRead && o.linkRead, err: d.err}
+	if s.err == nil {
+		s.err = o.err
+	}
+	return s
+}
+
 // String describes a delta, e.g. ", TUN queue drops 1203".
 func (d drops) String() string {
 	if d.err != nil {

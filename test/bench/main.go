@@ -27,6 +27,10 @@
 //     answers, and with a new connection per request;
 //   - connect latency, one connection at a time, p50 and p99.
 //
+// Each of them runs in --rounds rounds in which every path takes its turn,
+// the first one rotating, so that load from elsewhere on the machine falls
+// on all paths alike.
+//
 // Group idle holds many idle connections open through kubetun and reads its
 // memory per connection (RSS, Go heap and stacks from its /metrics). Group
 // table measures the service table: resolver.Build in this process after
@@ -57,7 +61,7 @@
 //	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp]
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
-//	      [--rr-time 3s] [--rr-count 20000] [--rr-requests 200000]
+//	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
 //	      [--connect-count 2000] [--idle-conns 10000]
 //	      [--build-services 1000,30000] [--kubetun-services 1000,30000]
 package main
@@ -110,7 +114,8 @@ type config struct {
 	short        bool
 	jsonPath     string
 	kubeProxy    map[string]bool // of kubeProxyModes
-	rrTime       time.Duration   // bounds each request/response run
+	rrTime       time.Duration   // bounds each request/response case, per path
+	rounds       int             // of each request/response case
 	rrCount      int             // round trips per latency run
 	rrRequests   int             // bounds each keep-alive request-rate run
 	connectCount int             // connections per connect-latency run
@@ -139,7 +144,8 @@ func main() {
 	flag.BoolVar(&cfg.short, "short", false, "a run under two minutes: every count and time below its --short default unless given")
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write the results as JSON to `FILE`")
 	kubeProxy := flag.String("kube-proxy", "iptables,nftables", "kube-proxy `MODES` to run the request/response and connection cases through, in test beds of their own (\"\" for none)")
-	flag.DurationVar(&cfg.rrTime, "rr-time", 3*time.Second, "time limit of each request/response run (--short: 1s)")
+	flag.DurationVar(&cfg.rrTime, "rr-time", 3*time.Second, "time limit of each request/response case per path, all rounds together (--short: 1s)")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of each request/response case, the paths taking turns (--short: 2)")
 	flag.IntVar(&cfg.rrCount, "rr-count", 20000, "round trips per latency run (--short: 3000)")
 	flag.IntVar(&cfg.rrRequests, "rr-requests", 200000, "at most this many requests per keep-alive request-rate run, a twentieth with 1 MiB answers (--short: 40000)")
 	flag.IntVar(&cfg.connectCount, "connect-count", 2000, "connections per connect-latency run (--short: 300)")
@@ -223,6 +229,8 @@ func (c *config) check() error {
 		return fmt.Errorf("--udp-len %d: want 16 to 1472 (one datagram per packet on a 1500-byte link)", c.udpLen)
 	case c.alsoMTU != 0 && (c.alsoMTU < 1280 || c.alsoMTU > 65535):
 		return fmt.Errorf("--also-mtu %d: want 0 or 1280 to 65535", c.alsoMTU)
+	case c.rounds < 1 || c.rounds > 20:
+		return fmt.Errorf("--rounds %d: want 1 to 20", c.rounds)
 	case c.rrTime < 100*time.Millisecond || c.rrTime > time.Minute:
 		return fmt.Errorf("--rr-time %v: want 100ms to 1m", c.rrTime)
 	case c.rrCount < 100 || c.rrCount > 1000000:
@@ -291,8 +299,8 @@ func (b *bench) run(ctx context.Context) error {
 	fmt.Printf("runs:    iperf3 %s, 1 stream, %v each; %d connections per rate case (at most %v)\n",
 		iperfVersion(ctx), b.cfg.duration, b.cfg.conns, b.cfg.connTime)
 	if b.cfg.cases["rr"] {
-		fmt.Printf("rr:      64-byte requests, answers of 64 B or 1 MiB, %v and at most %d round trips or %d requests per run; kube-proxy beds: both seed pods behind the ClusterIP, %s\n",
-			b.cfg.rrTime, b.cfg.rrCount, b.cfg.rrRequests, strings.Join(b.kpVersions, ", "))
+		fmt.Printf("rr:      64-byte requests, answers of 64 B or 1 MiB; per case and path %v, at most %d round trips or %d requests, in %d rounds the paths take turns in; kube-proxy beds: both seed pods behind the ClusterIP, %s\n",
+			b.cfg.rrTime, b.cfg.rrCount, b.cfg.rrRequests, b.cfg.rounds, strings.Join(b.kpVersions, ", "))
 	}
 	loadEnd := loadAverage()
 	fmt.Printf("load:    %s at the end; the run took %v\n\n", loadEnd, time.Since(b.start).Round(time.Second))
@@ -684,6 +692,7 @@ func (c *config) shorten() {
 	set("conns", func() { c.conns = 500 })
 	set("also-mtu", func() { c.alsoMTU = 0 })
 	set("rr-time", func() { c.rrTime = time.Second })
+	set("rounds", func() { c.rounds = 2 })
 	set("rr-count", func() { c.rrCount = 3000 })
 	set("rr-requests", func() { c.rrRequests = 40000 })
 	set("connect-count", func() { c.connectCount = 300 })

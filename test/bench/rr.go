@@ -175,6 +175,16 @@ func (r loadResult) rate() float64 {
 	return float64(r.done) / r.elapsed.Seconds()
 }
 
+// plus is r and o together, as one run as long as both.
+func (r loadResult) plus(o loadResult) loadResult {
+	s := loadResult{done: r.done + o.done, failed: r.failed + o.failed, elapsed: r.elapsed + o.elapsed, firstErr: r.firstErr}
+	if s.firstErr == nil {
+		s.firstErr = o.firstErr
+	}
+	s.dials = sorted(append(slices.Clone(r.dials), o.dials...))
+	return s
+}
+
 func (r loadResult) String() string {
 	s := fmt.Sprintf("%d requests in %v", r.done, r.elapsed.Round(time.Millisecond))
 	if len(r.dials) > 0 {

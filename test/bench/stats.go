@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -33,4 +34,11 @@ func fmtDur(d time.Duration) string {
 		return fmt.Sprintf("%.0fµs", micros(d))
 	}
 	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+}
+
+// sorted is a sorted copy of d.
+func sorted(d []time.Duration) []time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -42,5 +43,29 @@ func TestFmtDur(t *testing.T) {
 		if got := fmtDur(d); got != want {
 			t.Errorf("fmtDur(%v) = %q, want %q", d, got, want)
 		}
+	}
+}
+
+func TestRoundOrder(t *testing.T) {
+	paths := []int{pathDirect, pathKubetun, pathNftables}
+	for r, want := range [][]int{{0, 1, 3}, {1, 3, 0}, {3, 0, 1}, {0, 1, 3}} {
+		if got := roundOrder(r, paths); !slices.Equal(got, want) {
+			t.Errorf("roundOrder(%d, %v) = %v, want %v", r, paths, got, want)
+		}
+	}
+	if got := roundOrder(1, nil); got != nil {
+		t.Errorf("roundOrder(1, nil) = %v, want nil", got)
+	}
+}
+
+func TestLoadResultPlus(t *testing.T) {
+	a := loadResult{done: 10, elapsed: time.Second, dials: []time.Duration{3, 5}}
+	b := loadResult{done: 30, failed: 1, elapsed: time.Second, dials: []time.Duration{4}}
+	s := a.plus(b)
+	if s.done != 40 || s.failed != 1 || s.rate() != 20 || !slices.Equal(s.dials, []time.Duration{3, 4, 5}) {
+		t.Errorf("plus = %+v, want 40 done, 1 failed, 20/s, dials [3 4 5]", s)
+	}
+	if !slices.Equal(a.dials, []time.Duration{3, 5}) {
+		t.Errorf("plus changed its receiver's dials: %v", a.dials)
 	}
 }
