@@ -54,6 +54,9 @@ func (b *bench) kpService() kpService {
 // pods serving, and programs the rules into its node namespace. A mode
 // whose tool is missing is skipped, said once.
 func (b *bench) kubeProxyBeds(ctx context.Context) error {
+	if !b.cfg.cases["rr"] && !b.cfg.cases["conn"] {
+		return nil // no case runs through them
+	}
 	for _, mode := range []string{"iptables", "nftables"} {
 		if !b.cfg.kubeProxy[mode] {
 			continue
