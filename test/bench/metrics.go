@@ -26,9 +26,9 @@ const (
 	metricGoroutine = "go_goroutines"
 )
 
-// scrapeMetrics reads kubetun's /metrics from inside namespace ns.
-func scrapeMetrics(ctx context.Context, ns string) (map[string]float64, error) {
-	client := http.Client{
+// nsClient is an HTTP client whose connections are made in namespace ns.
+func nsClient(ns string) *http.Client {
+	return &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -37,11 +37,32 @@ func scrapeMetrics(ctx context.Context, ns string) (map[string]float64, error) {
 			DisableKeepAlives: true,
 		},
 	}
+}
+
+// forceGC asks kubetun in namespace ns for a heap profile after a garbage
+// collection (/debug/pprof/heap?gc=1, served with --profiling), so that
+// its heap figures count live memory only. It reports whether that worked.
+func forceGC(ctx context.Context, ns string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := nsClient(ns).Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode == http.StatusOK
+}
+
+// scrapeMetrics reads kubetun's /metrics from inside namespace ns.
+func scrapeMetrics(ctx context.Context, ns string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Do(req)
+	resp, err := nsClient(ns).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET kubetun's /metrics: %w", err)
 	}

@@ -56,14 +56,26 @@ var probeIP = netip.MustParseAddr("10.100.255.254")
 // memSample is kubetun's memory as its /metrics reports it.
 type memSample struct {
 	rss, heap, stacks, goroutines float64
+	gc                            bool // taken right after a forced GC
 }
 
+// memory samples kubetun's memory, after a GC when kubetun runs with
+// --profiling.
 func (b *bench) memory(ctx context.Context) (memSample, error) {
+	gc := forceGC(ctx, b.tb.Node)
 	m, err := scrapeMetrics(ctx, b.tb.Node)
 	if err != nil {
 		return memSample{}, err
 	}
-	return memSample{rss: m[metricRSS], heap: m[metricHeapInuse], stacks: m[metricStacks], goroutines: m[metricGoroutine]}, nil
+	return memSample{rss: m[metricRSS], heap: m[metricHeapInuse], stacks: m[metricStacks], goroutines: m[metricGoroutine], gc: gc}, nil
+}
+
+// gcNote says whether the heap figures are after a GC.
+func (m memSample) gcNote() string {
+	if m.gc {
+		return "after a forced GC"
+	}
+	return "without a forced GC (kubetun lacks --profiling), garbage included"
 }
 
 // measureIdle opens --idle-conns connections through kubetun, each making
@@ -71,6 +83,12 @@ func (b *bench) memory(ctx context.Context) (memSample, error) {
 func (b *bench) measureIdle(ctx context.Context) error {
 	name := fmt.Sprintf("memory per idle connection (%d open)", b.cfg.idleConns)
 	progress("%s", name)
+	// A fresh kubetun, whose heap the earlier cases left nothing in, with
+	// --profiling for the forced GC before each sample.
+	if err := b.startKubetun(ctx, "--profiling"); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
 	before, err := b.memory(ctx)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -90,9 +108,9 @@ func (b *bench) measureIdle(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	n := float64(len(conns))
-	detail := fmt.Sprintf("%d open (%d failed%s); per connection: Go heap in use %.1f KiB, stacks %.1f KiB, %.1f goroutines; kubetun RSS %.0f → %.0f MiB",
+	detail := fmt.Sprintf("%d open (%d failed%s); per connection: Go heap in use %.1f KiB, stacks %.1f KiB, %.1f goroutines; kubetun RSS %.0f → %.0f MiB; heap %s",
 		len(conns), failed, errNote(err), (after.heap-before.heap)/n/1024, (after.stacks-before.stacks)/n/1024,
-		(after.goroutines-before.goroutines)/n, before.rss/(1<<20), after.rss/(1<<20))
+		(after.goroutines-before.goroutines)/n, before.rss/(1<<20), after.rss/(1<<20), after.gcNote())
 	r := row{name: name, lowerBetter: true}
 	r.results[pathKubetun] = result{value: (after.rss - before.rss) / n / 1024, unit: "KiB RSS", detail: detail}
 	b.add(r)
@@ -167,7 +185,7 @@ func (b *bench) measureTable(ctx context.Context) error {
 	}
 	// The baseline: a fresh kubetun with the bench's Service alone, as the
 	// ones with many Services will be.
-	if err := b.startKubetun(ctx); err != nil {
+	if err := b.startKubetun(ctx, "--profiling"); err != nil {
 		return err
 	}
 	time.Sleep(time.Second)
@@ -325,7 +343,7 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	if err := b.kt.Stop(5 * time.Second); err != nil {
 		return fmt.Errorf("stopping kubetun: %w", err)
 	}
-	argv := append([]string{b.cfg.kubetun}, testbed.KubetunArgs(dir, append(slices.Clone(b.cfg.ktFlags), "--service-cidr", scaleCIDR.String())...)...)
+	argv := append([]string{b.cfg.kubetun}, testbed.KubetunArgs(dir, append(slices.Clone(b.cfg.ktFlags), "--profiling", "--service-cidr", scaleCIDR.String())...)...)
 	began := time.Now()
 	kt, err := b.tb.Start(b.tb.Node, "kubetun-"+strconv.Itoa(n), argv...)
 	if err != nil {
@@ -345,8 +363,8 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	}
 	memRow := row{name: "kubetun memory per Service, " + label, lowerBetter: true}
 	memRow.results[pathKubetun] = result{value: (mem.rss - base.rss) / float64(n) / 1024, unit: "KiB RSS",
-		detail: fmt.Sprintf("RSS %.0f MiB, Go heap in use %.0f MiB (%.2f KiB per Service); with the bench's Service alone %.0f and %.0f MiB; ready %v after start",
-			mem.rss/(1<<20), mem.heap/(1<<20), (mem.heap-base.heap)/float64(n)/1024, base.rss/(1<<20), base.heap/(1<<20), ready.Round(time.Millisecond))}
+		detail: fmt.Sprintf("RSS %.0f MiB, Go heap in use %.0f MiB (%.2f KiB per Service); with the bench's Service alone %.0f and %.0f MiB; heap %s; ready %v after start",
+			mem.rss/(1<<20), mem.heap/(1<<20), (mem.heap-base.heap)/float64(n)/1024, base.rss/(1<<20), base.heap/(1<<20), mem.gcNote(), ready.Round(time.Millisecond))}
 	b.add(memRow)
 
 	// First connections: to Services spread over the table, each never
