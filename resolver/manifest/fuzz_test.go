@@ -1,0 +1,47 @@
+package manifest
+
+import (
+	"testing"
+
+	"github.com/kubetun/kubetun/resolver"
+)
+
+// FuzzDecode feeds the manifest decoder arbitrary file contents: YAML or
+// JSON, one or many documents, Lists. Nothing may panic; every object it
+// returns has a name and a namespace, and the service table builds from
+// them (whatever they say) without panicking. `go test` runs the seed
+// corpus; `make fuzz` fuzzes it.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []string{
+		seedYAML,
+		kubectlList,
+		serviceJSON,
+		"---\n" + seedYAML + "---\n",
+		`{"apiVersion": "v1", "kind": "List", "items": [` + serviceJSON + `], "metadata": {"resourceVersion": ""}}`,
+		"apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n",
+		"# only a comment\n",
+		"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.3.240.12, ports: [{port: 80, targetport: 8080}]}\n",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {type: ExternalName, externalName: example.com}\n",
+		"apiVersion: v1\nkind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, clusterIPs: [None], ipFamilies: [IPv6]}\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		objs, err := Decode("fuzz.yaml", data)
+		if err != nil {
+			return
+		}
+		for _, svc := range objs.Services {
+			if svc.Name == "" || svc.Namespace == "" {
+				t.Fatalf("Decode(%q): a Service named %q in namespace %q", data, svc.Name, svc.Namespace)
+			}
+		}
+		for _, es := range objs.Slices {
+			if es.Name == "" || es.Namespace == "" {
+				t.Fatalf("Decode(%q): an EndpointSlice named %q in namespace %q", data, es.Name, es.Namespace)
+			}
+		}
+		resolver.Build(objs.Services, objs.Slices, nil, resolver.Topology{})
+	})
+}
