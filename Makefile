@@ -3,7 +3,9 @@
 #   make build   bin/kubetun
 #   make deps    the system tools the e2e tests and the demo use (installed as root),
 #                and systemd-resolved unpacked for the split-DNS tests (make resolved)
-#   make test    deps, go vet, gofmt check, unit tests, e2e tests (root: namespaces, TUN)
+#   make test    deps, go vet, gofmt check, unit tests (race detector on,
+#                fuzz seed corpora included), e2e tests (root: namespaces, TUN)
+#   make fuzz    each fuzz target in turn for FUZZTIME (default 30s)
 #   make demo    the seed scenario through kubetun, explained step by step (root)
 #   make bench   kubetun vs. direct and kube-proxy's iptables/nftables rules, same run (root);
 #                the table also goes to bin/bench.json; BENCH_FLAGS=--short for a 2-minute run
@@ -18,8 +20,11 @@ DEPS    := iproute2 iputils-ping netcat-openbsd curl iptables nftables dnsutils 
 RESOLVED_DIR ?= $(or $(KUBETUN_CACHE),$(HOME)/.cache/kubetun)/resolved
 # Every package but the e2e tests, which need root.
 UNIT     = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
+# The packages with fuzz targets (func FuzzX(f *testing.F) in a _test.go).
+FUZZPKGS = $(sort $(dir $(shell grep -rl --include='*_test.go' '^func Fuzz' .)))
+FUZZTIME ?= 30s
 
-.PHONY: build deps deps-packages resolved vet fmt unit e2e test demo bench clean controlplane
+.PHONY: build deps deps-packages resolved vet fmt unit fuzz e2e test demo bench clean controlplane
 
 build:
 	$(GO) build -o bin/kubetun ./cmd/kubetun
@@ -68,8 +73,22 @@ vet:
 fmt:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi; echo "gofmt: clean"
 
+# With the race detector. `go test` also runs every fuzz target's seed
+# corpus (and testdata/fuzz, the inputs that once failed) as a test.
 unit:
-	$(GO) test $(UNIT)
+	$(GO) test -race $(UNIT)
+
+# Fuzzes each target for FUZZTIME, one after the other (a fuzz run uses
+# every core). An input that fails is written under the package's
+# testdata/fuzz/FuzzX/ and the run stops: commit it with the fix, and
+# `make unit` replays it from then on.
+fuzz:
+	@set -e; for pkg in $(FUZZPKGS); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz: $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
 
 # The real control plane the e2e tests run (etcd, kube-apiserver,
 # kube-controller-manager, kubectl), built once from the Go module proxy and
