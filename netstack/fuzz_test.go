@@ -52,6 +52,7 @@ func FuzzParseUDP(f *testing.F) {
 		f.Add(p)
 	}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
+		pkt = pkt[:len(pkt):len(pkt)] // so that the payload's capacity tells where it starts
 		key, payload, ok := parseUDP(pkt)
 		if !ok {
 			return
@@ -153,8 +154,9 @@ func checkFragment6(t *testing.T, pkt []byte) {
 // The input is a list of packets, each behind 3 bytes: a control byte and
 // its big-endian length. Control bit 0 sets the ACK number of a TCP
 // segment to the next sequence number the stack sent on its flow, so that
-// handshakes and established flows are reached; bit 1 waits (briefly) for
-// the stack to answer before the next packet.
+// handshakes and established flows are reached; bit 1 waits (briefly, at
+// most maxWaits times an input) for the stack to answer before the next
+// packet.
 func FuzzStack(f *testing.F) {
 	d := new(fakeDialer)
 	var svcs []testService
@@ -202,7 +204,7 @@ func FuzzStack(f *testing.F) {
 				pb.DecRef()
 			}
 		}
-		npkts := 0
+		npkts, waits := 0, 0
 		for len(in) >= 3 && npkts < 64 {
 			ctl, n := in[0], int(binary.BigEndian.Uint16(in[1:3]))
 			in = in[3:]
@@ -221,8 +223,9 @@ func FuzzStack(f *testing.F) {
 				inject(link, pkt)
 			}
 			wait := time.Duration(0)
-			if ctl&2 != 0 {
-				wait = 100 * time.Millisecond
+			if ctl&2 != 0 && waits < maxWaits {
+				wait = 50 * time.Millisecond
+				waits++
 			}
 			drain(wait)
 		}
@@ -243,6 +246,10 @@ func FuzzStack(f *testing.F) {
 		}
 	})
 }
+
+// maxWaits bounds the waits for an answer in one input of FuzzStack, so
+// that every input runs in a fraction of a second.
+const maxWaits = 6
 
 // stackInput is one packet of FuzzStack's input.
 func stackInput(ctl byte, pkt []byte) []byte {
