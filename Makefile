@@ -23,6 +23,9 @@ UNIT     = $(shell $(GO) list ./... | grep -v '/test/e2e$$')
 # The packages with fuzz targets (func FuzzX(f *testing.F) in a _test.go).
 FUZZPKGS = $(sort $(dir $(shell grep -rl --include='*_test.go' '^func Fuzz' .)))
 FUZZTIME ?= 30s
+# Time spent shrinking each new interesting input: go test's 60s default
+# leaves a short run little time to fuzz.
+FUZZMINIMIZETIME ?= 5s
 
 .PHONY: build deps deps-packages resolved vet fmt unit fuzz e2e test demo bench clean controlplane
 
@@ -86,7 +89,7 @@ fuzz:
 	@set -e; for pkg in $(FUZZPKGS); do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "fuzz: $$pkg $$t for $(FUZZTIME)"; \
-			$(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME); \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME); \
 		done; \
 	done
 

@@ -1,10 +1,15 @@
 package manifest
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/kubetun/kubetun/resolver"
 )
+
+// decodeBound is far more than any Decode of a fuzz input should take.
+const decodeBound = 10 * time.Second
 
 // FuzzDecode feeds the manifest decoder arbitrary file contents: YAML or
 // JSON, one or many documents, Lists. Nothing may panic; every object it
@@ -28,6 +33,10 @@ func FuzzDecode(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// A hung decode never returns to fail the test: the panic ends
+		// the fuzzing process, which makes the fuzzer keep the input.
+		slow := time.AfterFunc(decodeBound, func() { panic(fmt.Sprintf("Decode(%q): still running after %v", data, decodeBound)) })
+		defer slow.Stop()
 		objs, err := Decode("fuzz.yaml", data)
 		if err != nil {
 			return
