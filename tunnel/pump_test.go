@@ -69,7 +69,11 @@ func setL4Checksum(proto tcpip.TransportProtocolNumber, src, dst tcpip.Address, 
 		header.TCP(l4).SetChecksum(^checksum.Checksum(l4, sum))
 	case header.UDPProtocolNumber:
 		header.UDP(l4).SetChecksum(0)
-		header.UDP(l4).SetChecksum(^checksum.Checksum(l4, sum))
+		c := ^checksum.Checksum(l4, sum)
+		if c == 0 {
+			c = 0xffff // 0 would mean no checksum (RFC 768)
+		}
+		header.UDP(l4).SetChecksum(c)
 	}
 }
 
