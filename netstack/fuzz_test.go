@@ -233,7 +233,19 @@ func FuzzStack(f *testing.F) {
 		if st.TCPActive > npkts || st.UDPActive > npkts {
 			t.Fatalf("%d packets made %d TCP flows and %d UDP sessions", npkts, st.TCPActive, st.UDPActive)
 		}
+		// Close waits for the link to take what it queued (the FINs and
+		// RSTs of its flows), as the pump does.
+		ctx, stop := context.WithCancel(context.Background())
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			for pb := link.ReadContext(ctx); pb != nil; pb = link.ReadContext(ctx) {
+				pb.DecRef()
+			}
+		}()
 		ns.Close()
+		stop()
+		<-read
 		link.Close()
 		checkNoLeaks(t)
 		if inputs.Add(1)%256 == 0 {
