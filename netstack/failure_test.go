@@ -219,7 +219,10 @@ func TestBackendMustHalfClose(t *testing.T) {
 // pod then says nothing, is reset after the half-closed timeout.
 func TestHalfClosedTimeout(t *testing.T) {
 	d := new(fakeDialer)
-	startPod(t, d, pod1, func(c net.Conn) { io.Copy(io.Discard, c); time.Sleep(time.Minute) })
+	// The pod reads the client's FIN, then stays silent until the test ends.
+	silent := make(chan struct{})
+	startPod(t, d, pod1, func(c net.Conn) { io.Copy(io.Discard, c); <-silent })
+	t.Cleanup(func() { close(silent) }) // runs before startPod's cleanup waits
 	ns, link := newTestStackConfig(t, seedTable(t, []netip.AddrPort{pod1}), d, nil, 1500, func(c *Config) {
 		c.HalfClosedTimeout = 300 * time.Millisecond
 	})
