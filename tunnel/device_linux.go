@@ -42,9 +42,10 @@ type Device struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the pump goroutines and the event drain
 
-	mu     sync.Mutex // guards routes and closed
-	routes []netip.Prefix
-	closed bool
+	mu      sync.Mutex // guards routes, persist and closed
+	routes  []netip.Prefix
+	persist bool // Persist was called: Close leaves the device and its routes
+	closed  bool
 
 	gone     chan struct{} // closed when the TUN is lost without Close
 	goneErr  error         // why; set before gone is closed
@@ -84,11 +85,15 @@ func (d *Device) lost(err error) {
 
 // Open creates the TUN device name with the given MTU, brings it up and
 // starts pumping packets to and from the link endpoint that Link returns.
-// It adds no route: call SetRoutes.
+// It adds no route: call SetRoutes. If a persistent TUN of that name is
+// left from an earlier kubetun (see Persist), Open attaches to it instead,
+// with the same flags, and the routes it still has stay until SetRoutes
+// replaces them.
 func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 	if mtu < 1280 || mtu > 65535 {
 		return nil, fmt.Errorf("MTU %d out of range [1280, 65535]", mtu)
 	}
+	existing := ExistingIndex(name) != 0
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		switch {
@@ -117,6 +122,11 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 	}
 	d.index = l.Attrs().Index
 	d.link = newLink(mtu)
+	if existing {
+		routes, _ := linkRoutes(l)
+		log.Info("attached to the existing TUN device; its routes stay until the service CIDRs are known",
+			"tun", d.name, "routes", fmt.Sprint(routes))
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
@@ -195,15 +205,16 @@ func (d *Device) SetRoutes(cidrs []netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("finding %s: %w", d.name, err)
 	}
-	if err := setRoutes(l, cidrs); err != nil {
+	if err := setRoutes(l, cidrs, d.persist); err != nil {
 		return err
 	}
 	d.routes = cidrs
 	return nil
 }
 
-// Close removes the routes, stops the pump, and deletes the TUN device. It
-// returns when every goroutine Open started has ended.
+// Close stops the pump and, unless Persist was called, removes the routes
+// and deletes the TUN device. It returns when every goroutine Open started
+// has ended.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -212,16 +223,20 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	var errs []error
-	if len(d.routes) > 0 {
+	if !d.persist {
+		// Also removes what an earlier kubetun --persist left: the device
+		// Open attached to may be persistent, and fallback routes may be
+		// there though this process added none.
 		if l, err := netlink.LinkByIndex(d.index); err == nil {
-			errs = append(errs, setRoutes(l, nil))
+			errs = append(errs, setRoutes(l, nil, false))
 		}
+		errs = append(errs, setPersist(d.tun.File(), false))
 	}
 	d.mu.Unlock()
 
 	d.cancel()           // ends outbound
 	d.link.Close()       // drops what gVisor still queued
-	err := d.tun.Close() // ends inbound and the event drain; the kernel deletes the device
+	err := d.tun.Close() // ends inbound and the event drain; the kernel deletes a device that is not persistent
 	d.wg.Wait()
 	errs = append(errs, err)
 	return errors.Join(errs...)

@@ -85,8 +85,9 @@ func (r *runner) serveManifests(ctx context.Context) error {
 		return err
 	}
 	r.topo = resolver.Topology{NodeName: r.cfg.nodeName}
-	// Refuse an overlapping CIDR before creating anything.
-	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
+	// Refuse an overlapping CIDR before creating anything. Routes through
+	// a TUN an earlier kubetun --persist left are kubetun's own.
+	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, tunnel.ExistingIndex(r.cfg.tun)); err != nil {
 		return err
 	}
 	r.cidrs = r.cfg.serviceCIDRs
@@ -108,7 +109,7 @@ func (r *runner) serveManifests(ctx context.Context) error {
 	src.Run(ctx, func(objs manifest.Objects) {
 		r.apply(objs.Services, objs.Slices, objs.Warnings)
 	})
-	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	r.logShutdown()
 	return nil
 }
 
@@ -129,7 +130,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
 		}
-	} else if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
+	} else if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, tunnel.ExistingIndex(r.cfg.tun)); err != nil {
 		return err
 	}
 	r.topo = nodeTopology(ctx, client, r.cfg.nodeName, r.log)
@@ -162,8 +163,16 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
-	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	r.logShutdown()
 	return nil
+}
+
+func (r *runner) logShutdown() {
+	if r.cfg.persist {
+		r.log.Info("shutting down: closing connections; the TUN device and its routes stay (--persist) for the next kubetun", "tun", r.dev.Name())
+		return
+	}
+	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
 }
 
 // start opens the TUN, the netstack and the health and metrics servers.
@@ -204,7 +213,7 @@ func (r *runner) start() (stop func(), err error) {
 	}
 	r.closers = append(r.closers, func() {
 		if err := r.dev.Close(); err != nil {
-			r.log.Error("removing TUN device", "tun", r.dev.Name(), "err", err)
+			r.log.Error("closing TUN device", "tun", r.dev.Name(), "err", err)
 		}
 	})
 	done, watched := make(chan struct{}), make(chan struct{})
@@ -217,6 +226,11 @@ func (r *runner) start() (stop func(), err error) {
 		}
 	}()
 	r.closers = append(r.closers, func() { close(done); <-watched })
+	if r.cfg.persist {
+		if err := r.dev.Persist(); err != nil {
+			return stop, err
+		}
+	}
 	nc := r.cfg.dataPath
 	nc.Link, nc.Services, nc.DialTimeout, nc.Logger = r.dev.Link(), r.table, r.cfg.dialTimeout, r.log
 	r.ns, err = netstack.New(nc)
