@@ -1,0 +1,281 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kubetun/kubetun/test/testbed"
+)
+
+// TestPersistRestart kills kubetun --persist with SIGKILL while a client
+// opens a new connection every 20 ms, and starts it again: the TUN and its
+// route stay through the gap, no packet for the service CIDR leaves the node
+// by another link (the node namespace has a default route out of v-client
+// for them to take), and every connection of the loop is served, those of
+// the gap after a SYN retransmission. Then `kubetun cleanup` leaves nothing.
+//
+// With ignore_routes_with_linkdown=1 the kernel skips the TUN's route while
+// no kubetun reads the device; kubetun's blackhole fallback route must then
+// stop the packets before the default route takes them.
+func TestPersistRestart(t *testing.T) {
+	for _, ignore := range []string{"0", "1"} {
+		t.Run("ignore_routes_with_linkdown="+ignore, func(t *testing.T) {
+			testPersistRestart(t, ignore)
+		})
+	}
+}
+
+func testPersistRestart(t *testing.T, ignoreLinkdown string) {
+	const (
+		conns       = 300                   // one every interval: about 6 s
+		interval    = 20 * time.Millisecond // between connection attempts
+		connTimeout = 10 * time.Second      // a SYN and its retransmissions at 1 s and 3 s
+		killAfter   = time.Second           // into the loop
+		gap         = 1500 * time.Millisecond
+	)
+	c := startCluster(t, testbed.TestPorts, "--persist")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	// A route for the service CIDR to fall through to: out of the node by
+	// v-client, where the capture would see it.
+	for _, argv := range [][]string{
+		{"ip", "route", "add", "default", "via", c.Client.IP.String(), "dev", c.Client.NodeLink},
+		{"sh", "-c", "echo " + ignoreLinkdown + " > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown"},
+	} {
+		if out, err := c.Run(ctx, c.Node, argv...); err != nil {
+			t.Fatalf("%s: %v %s", strings.Join(argv, " "), err, out)
+		}
+	}
+	tunIndex := linkIndex(t, c.Testbed, testbed.TUN)
+	capture := startCapture(t, c.Node, netip.MustParsePrefix(testbed.ServiceCIDR), tunIndex)
+
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	results := make([]result, conns)
+	var wg sync.WaitGroup
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for i := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i].took, results[i].err = servedRequest(c.Client.Namespace, testbed.ClusterIP+":80", connTimeout)
+			}()
+			<-tick.C
+		}
+	}()
+
+	time.Sleep(killAfter)
+	if err := c.Kubetun.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	c.Kubetun.Wait(5 * time.Second)
+	killed := time.Now()
+	for _, argv := range [][]string{{"ip", "-d", "link", "show", testbed.TUN}, {"ip", "route", "show", "table", "main"}} {
+		out, err := c.Run(ctx, c.Node, argv...)
+		if err != nil {
+			t.Fatalf("after kill -9, %s: %v", strings.Join(argv, " "), err)
+		}
+		t.Logf("after kill -9, %s:\n%s", strings.Join(argv, " "), out)
+		if argv[1] == "route" && !strings.Contains(out, testbed.ServiceCIDR+" dev "+testbed.TUN) {
+			t.Errorf("after kill -9 the route %s dev %s is gone:\n%s", testbed.ServiceCIDR, testbed.TUN, out)
+		}
+	}
+	time.Sleep(gap)
+	p, err := c.StartKubetun(c.ManifestPath, "--persist")
+	t.Cleanup(func() {
+		if t.Failed() && p != nil {
+			t.Logf("second kubetun output:\n%s", p.Output())
+		}
+	})
+	if err != nil {
+		t.Fatalf("restarting kubetun --persist: %v", err)
+	}
+	t.Logf("kubetun down for %v (kill -9 to ready)", time.Since(killed).Round(time.Millisecond))
+	if !strings.Contains(p.Output(), "attached to the existing TUN device") {
+		t.Errorf("the second kubetun did not say it attached to the existing TUN:\n%s", p.Output())
+	}
+	if got := linkIndex(t, c.Testbed, testbed.TUN); got != tunIndex {
+		t.Errorf("TUN index after restart = %d, want %d (the same device)", got, tunIndex)
+	}
+	<-loopDone
+	wg.Wait()
+	leaks, seen := capture.stop()
+
+	var failed, slow int
+	var longest time.Duration
+	for i, r := range results {
+		if r.err != nil {
+			failed++
+			t.Errorf("connection %d of %d: %v", i+1, conns, r.err)
+		}
+		if r.took > longest {
+			longest = r.took
+		}
+		if r.took > 900*time.Millisecond {
+			slow++
+		}
+	}
+	t.Logf("%d connections, one every %v, kill -9 at %v: %d failed, %d slower than 900 ms (a SYN retransmission), longest %v",
+		conns, interval, killAfter, failed, slow, longest.Round(time.Millisecond))
+	t.Logf("capture in the node namespace: %d packets for %s received from the client, %d sent out of a link other than %s",
+		seen, testbed.ServiceCIDR, len(leaks), testbed.TUN)
+	for _, l := range leaks {
+		t.Errorf("packet for the service CIDR left the node: %s", l)
+	}
+	if seen == 0 {
+		t.Errorf("the capture saw no packet for %s at all: it does not work", testbed.ServiceCIDR)
+	}
+
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(10 * time.Second); err != nil {
+		t.Fatalf("kubetun --persist after SIGTERM: %v, want exit 0", err)
+	}
+	out, err := c.Run(ctx, c.Node, "ip", "route", "show", testbed.ServiceCIDR)
+	if err != nil || !strings.Contains(out, "dev "+testbed.TUN) {
+		t.Errorf("after SIGTERM of kubetun --persist, ip route show %s = %q, %v; want the route into %s", testbed.ServiceCIDR, out, err, testbed.TUN)
+	}
+	for _, want := range []string{"removed TUN " + testbed.TUN, "nothing to clean"} {
+		out, err := c.Run(ctx, c.Node, kubetunBin, "cleanup", "--tun", testbed.TUN)
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("kubetun cleanup = %q, %v; want %q", out, err, want)
+		}
+		t.Logf("kubetun cleanup:\n%s", out)
+	}
+	checkNoTrace(t, c.Testbed)
+}
+
+// servedRequest connects from ns to addr, sends the seed's request and
+// checks that a pod answers. It returns how long the connect took.
+func servedRequest(ns, addr string, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	conn, err := testbed.DialIn(ns, "tcp", addr, timeout)
+	took := time.Since(start)
+	if err != nil {
+		return took, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\n\r\n"); err != nil {
+		return took, err
+	}
+	conn.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		return took, fmt.Errorf("reading the answer after %d bytes: %w", len(b), err)
+	}
+	if !helloRE.Match(b) {
+		return took, fmt.Errorf("answer is not podserver's: %q", b)
+	}
+	return took, nil
+}
+
+// linkIndex returns the interface index of link in the node namespace.
+func linkIndex(t *testing.T, tb *testbed.Testbed, link string) int {
+	t.Helper()
+	out, err := tb.Run(t.Context(), tb.Node, "cat", "/sys/class/net/"+link+"/ifindex")
+	if err != nil {
+		t.Fatalf("ifindex of %s: %v", link, err)
+	}
+	var i int
+	if _, err := fmt.Sscan(out, &i); err != nil {
+		t.Fatalf("ifindex of %s: %q: %v", link, out, err)
+	}
+	return i
+}
+
+// capture is a packet socket in a namespace that watches every link for
+// IPv4 packets to a prefix.
+type capture struct {
+	fd     int
+	done   atomic.Bool
+	wg     sync.WaitGroup
+	leaks  []string // outgoing on a link other than the TUN
+	seenIn int      // received on any link (the client's SYNs)
+}
+
+// startCapture opens an AF_PACKET socket in ns (SOCK_DGRAM: the IP packet
+// without a link header, the link and direction in the address) and
+// records packets to prefix.
+func startCapture(t *testing.T, ns string, prefix netip.Prefix, tunIndex int) *capture {
+	t.Helper()
+	c := &capture{fd: -1}
+	err := testbed.InNamespace(ns, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return fmt.Errorf("socket(AF_PACKET): %w", err)
+		}
+		c.fd = fd
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(c.fd)
+		t.Fatalf("SO_RCVTIMEO: %v", err)
+	}
+	t.Cleanup(func() { c.stop() })
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		buf := make([]byte, 65536)
+		for !c.done.Load() {
+			n, from, err := unix.Recvfrom(c.fd, buf, 0)
+			if err != nil {
+				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return
+			}
+			ll, ok := from.(*unix.SockaddrLinklayer)
+			if !ok || ll.Protocol != htons(unix.ETH_P_IP) || n < 20 {
+				continue
+			}
+			dst := netip.AddrFrom4([4]byte(buf[16:20]))
+			if !prefix.Contains(dst) {
+				continue
+			}
+			switch {
+			case ll.Pkttype == unix.PACKET_OUTGOING && ll.Ifindex != tunIndex:
+				src := netip.AddrFrom4([4]byte(buf[12:16]))
+				c.leaks = append(c.leaks, fmt.Sprintf("%s → %s proto %d out of ifindex %d", src, dst, buf[9], ll.Ifindex))
+			case ll.Pkttype != unix.PACKET_OUTGOING:
+				c.seenIn++
+			}
+		}
+	}()
+	return c
+}
+
+// stop ends the capture and returns what it recorded.
+func (c *capture) stop() (leaks []string, seenIn int) {
+	if !c.done.Swap(true) {
+		c.wg.Wait()
+		unix.Close(c.fd)
+	}
+	return c.leaks, c.seenIn
+}
+
+func htons(v uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)) }
