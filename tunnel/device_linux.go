@@ -39,7 +39,9 @@ type Device struct {
 	log   *slog.Logger
 	udp   atomic.Pointer[func([]byte) bool] // SetUDPHandler's
 
+	ctx    context.Context // ends the outbound pump
 	cancel context.CancelFunc
+	start  sync.Once      // Start's
 	wg     sync.WaitGroup // the pump goroutines and the event drain
 
 	mu      sync.Mutex // guards routes, persist and closed
@@ -83,9 +85,10 @@ func (d *Device) lost(err error) {
 	})
 }
 
-// Open creates the TUN device name with the given MTU, brings it up and
-// starts pumping packets to and from the link endpoint that Link returns.
-// It adds no route: call SetRoutes. If a persistent TUN of that name is
+// Open creates the TUN device name with the given MTU and brings it up.
+// Packets flow between it and the link endpoint that Link returns once
+// Start is called; until then they wait in the device's queue, or are
+// dropped there when it is full. It adds no route: call SetRoutes. If a persistent TUN of that name is
 // left from an earlier kubetun (see Persist), Open attaches to it instead,
 // with the same flags, and the routes it still has stay until SetRoutes
 // replaces them.
@@ -128,13 +131,27 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 			"tun", d.name, "routes", fmt.Sprint(routes))
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	d.cancel = cancel
-	d.wg.Add(3)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
 	go d.drainEvents()
-	go d.inbound()
-	go d.outbound(ctx)
 	return d, nil
+}
+
+// Start starts pumping packets between the device and the link endpoint.
+// Call it once what is behind the link can answer: a SYN read before the
+// service table is loaded would be refused, while one left in the device
+// is retransmitted by the client. Later calls do nothing.
+func (d *Device) Start() {
+	d.start.Do(func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.closed {
+			return
+		}
+		d.wg.Add(2)
+		go d.inbound()
+		go d.outbound(d.ctx)
+	})
 }
 
 // tcpOffloadsOnly checks that the TUN frames its packets with virtio-net

@@ -104,7 +104,7 @@ func (r *runner) serveManifests(ctx context.Context) error {
 	if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
 		return err
 	}
-	r.logReady()
+	r.ready()
 
 	src.Run(ctx, func(objs manifest.Objects) {
 		r.apply(objs.Services, objs.Slices, objs.Warnings)
@@ -142,7 +142,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	defer stop()
 
 	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued, Reachability: reach}, r.log)
-	readyOnce := sync.OnceFunc(r.logReady)
+	readyOnce := sync.OnceFunc(r.ready)
 	if !followCIDRs {
 		if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {
 			return err
@@ -329,6 +329,14 @@ func (r *runner) followCIDRs(ctx context.Context, cidrs []netip.Prefix) {
 		return
 	}
 	r.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
+}
+
+// ready starts serving: the TUN's packets reach the netstack only once the
+// service table is loaded, so that a SYN that arrived before (say, while a
+// kubetun --persist restarts) is retransmitted and served, not refused.
+func (r *runner) ready() {
+	r.dev.Start()
+	r.logReady()
 }
 
 func (r *runner) logReady() {
