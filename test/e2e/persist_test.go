@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,8 @@ import (
 // the gap after a SYN retransmission. (A connection whose handshake
 // completed before the kill is an open connection through the old kubetun:
 // its exchange may be cut, which is counted and logged, not failed.) Then
-// `kubetun cleanup` leaves nothing.
+// `kubetun cleanup` leaves nothing, and a datagram sent then, which does
+// leave by v-client, shows that the capture would have seen a leak.
 //
 // With ignore_routes_with_linkdown=1 the kernel skips the TUN's route while
 // no kubetun reads the device; kubetun's blackhole fallback route must then
@@ -125,7 +127,7 @@ func testPersistRestart(t *testing.T, ignoreLinkdown string) {
 	}
 	<-loopDone
 	wg.Wait()
-	leaks, seen := capture.stop()
+	leaks, seen := capture.snapshot()
 
 	var failed, cut, slow int
 	var longest time.Duration
@@ -177,6 +179,34 @@ func testPersistRestart(t *testing.T, ignoreLinkdown string) {
 		t.Logf("kubetun cleanup:\n%s", out)
 	}
 	checkNoTrace(t, c.Testbed)
+
+	// The capture's control: with kubetun's routes gone, a datagram from
+	// the node to the ClusterIP leaves by the default route, and the
+	// capture must see it.
+	err = testbed.InNamespace(c.Node, func() error {
+		conn, err := net.Dial("udp", testbed.ClusterIP+":9")
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = conn.Write([]byte("control"))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("control datagram: %v", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if l, _ := capture.snapshot(); len(l) > 0 {
+			t.Logf("control: the capture saw %s", l[0])
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the capture missed the control datagram that left by v-client: its count of leaks cannot be trusted")
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // servedRequest connects from ns to addr, sends the seed's request and
@@ -223,11 +253,13 @@ func linkIndex(t *testing.T, tb *testbed.Testbed, link string) int {
 // capture is a packet socket in a namespace that watches every link for
 // IPv4 packets to a prefix.
 type capture struct {
-	fd     int
-	done   atomic.Bool
-	wg     sync.WaitGroup
-	leaks  []string // outgoing on a link other than the TUN
-	seenIn int      // received on any link (the client's SYNs)
+	fd   int
+	done atomic.Bool
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex // guards leaks and seenIn
+	leaks  []string   // outgoing on a link other than the TUN
+	seenIn int        // received on any link (the client's SYNs)
 }
 
 // startCapture opens an AF_PACKET socket in ns (SOCK_DGRAM: the IP packet
@@ -273,6 +305,7 @@ func startCapture(t *testing.T, ns string, prefix netip.Prefix, tunIndex int) *c
 			if !prefix.Contains(dst) {
 				continue
 			}
+			c.mu.Lock()
 			switch {
 			case ll.Pkttype == unix.PACKET_OUTGOING && ll.Ifindex != tunIndex:
 				src := netip.AddrFrom4([4]byte(buf[12:16]))
@@ -280,18 +313,25 @@ func startCapture(t *testing.T, ns string, prefix netip.Prefix, tunIndex int) *c
 			case ll.Pkttype != unix.PACKET_OUTGOING:
 				c.seenIn++
 			}
+			c.mu.Unlock()
 		}
 	}()
 	return c
 }
 
-// stop ends the capture and returns what it recorded.
-func (c *capture) stop() (leaks []string, seenIn int) {
+// snapshot returns what the capture recorded so far.
+func (c *capture) snapshot() (leaks []string, seenIn int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.leaks), c.seenIn
+}
+
+// stop ends the capture.
+func (c *capture) stop() {
 	if !c.done.Swap(true) {
 		c.wg.Wait()
 		unix.Close(c.fd)
 	}
-	return c.leaks, c.seenIn
 }
 
 func htons(v uint16) uint16 { return binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, v)) }
