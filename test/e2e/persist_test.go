@@ -358,6 +358,11 @@ func TestPersistThenPlain(t *testing.T) {
 	if got, err := seedRequest(t.Context(), c.Testbed, c.Client.Namespace, testbed.ClusterIP, 80); err != nil {
 		t.Fatalf("request through the re-attached TUN = %q, %v", got, err)
 	}
+	// kubetun cleanup leaves a TUN a kubetun is attached to alone.
+	out, err = c.Run(t.Context(), c.Node, kubetunBin, "cleanup", "--tun", testbed.TUN)
+	if testbed.ExitCode(err) != 1 || !strings.Contains(fmt.Sprint(err), "in use") {
+		t.Errorf("kubetun cleanup while kubetun runs = %q, %v; want exit 1, the TUN in use", out, err)
+	}
 	if err := p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
