@@ -88,10 +88,11 @@ func (d *Device) lost(err error) {
 // Open creates the TUN device name with the given MTU and brings it up.
 // Packets flow between it and the link endpoint that Link returns once
 // Start is called; until then they wait in the device's queue, or are
-// dropped there when it is full. It adds no route: call SetRoutes. If a persistent TUN of that name is
-// left from an earlier kubetun (see Persist), Open attaches to it instead,
-// with the same flags, and the routes it still has stay until SetRoutes
-// replaces them.
+// dropped there when it is full. It adds no route: call SetRoutes.
+//
+// If a persistent TUN of that name is left from an earlier kubetun (see
+// Persist), Open attaches to it instead, with the same flags, and the
+// routes it still has stay until SetRoutes replaces them.
 func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 	if mtu < 1280 || mtu > 65535 {
 		return nil, fmt.Errorf("MTU %d out of range [1280, 65535]", mtu)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -125,12 +126,14 @@ func ExistingIndex(name string) int {
 }
 
 // Cleanup removes for good what kubetun --persist leaves: the TUN device
-// name with its routes, and every fallback route. It returns what it
-// removed, one `ip route`-like line each; nothing when there was nothing
-// to remove. It refuses a device a process is attached to (its carrier is
-// on): a running kubetun.
+// name with its routes, and their fallback routes, and any fallback route
+// no other route of its prefix is left for. It returns what it removed, one
+// `ip route`-like line each; nothing when there was nothing to remove. It
+// refuses a device a process is attached to (its carrier is on): a running
+// kubetun.
 func Cleanup(name string) ([]string, error) {
-	var removed []string
+	var routes []netip.Prefix
+	var lines []string
 	l, err := netlink.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
 	switch {
@@ -142,28 +145,49 @@ func Cleanup(name string) ([]string, error) {
 	case l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0:
 		return nil, fmt.Errorf("TUN %s is in use (a kubetun is attached to it); stop that kubetun first", name)
 	default:
-		routes, err := linkRoutes(l)
-		if err != nil {
+		if routes, err = linkRoutes(l); err != nil {
 			return nil, err
 		}
 		// Deleting the device deletes its routes with it.
 		if err := netlink.LinkDel(l); err != nil {
 			return nil, fmt.Errorf("deleting TUN %s: %w", name, err)
 		}
-		removed = append(removed, "TUN "+name)
+		lines = append(lines, "TUN "+name)
 		for _, p := range routes {
-			removed = append(removed, fmt.Sprintf("route %s dev %s", p, name))
+			lines = append(lines, fmt.Sprintf("route %s dev %s", p, name))
 		}
 	}
 	fallbacks, err := fallbackRoutes()
 	if err != nil {
-		return removed, err
+		return lines, err
+	}
+	others, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
+		&netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return lines, fmt.Errorf("listing routes: %w", err)
 	}
 	for _, p := range fallbacks {
-		if err := netlink.RouteDel(fallbackRoute(p)); err != nil && err != unix.ESRCH {
-			return removed, fmt.Errorf("deleting route blackhole %s metric %d: %w", p, fallbackMetric, err)
+		if !slices.Contains(routes, p) && routedElsewhere(others, p) {
+			continue // another kubetun's (another --tun)
 		}
-		removed = append(removed, fmt.Sprintf("route blackhole %s metric %d", p, fallbackMetric))
+		if err := netlink.RouteDel(fallbackRoute(p)); err != nil && err != unix.ESRCH {
+			return lines, fmt.Errorf("deleting route blackhole %s metric %d: %w", p, fallbackMetric, err)
+		}
+		lines = append(lines, fmt.Sprintf("route blackhole %s metric %d", p, fallbackMetric))
 	}
-	return removed, nil
+	return lines, nil
+}
+
+// routedElsewhere reports whether routes hold a route of prefix p that is
+// not a fallback.
+func routedElsewhere(routes []netlink.Route, p netip.Prefix) bool {
+	for _, r := range routes {
+		if r.Dst == nil || isFallback(r) {
+			continue
+		}
+		if dst, ok := prefixOf(r.Dst); ok && dst == p {
+			return true
+		}
+	}
+	return false
 }

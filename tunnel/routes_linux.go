@@ -152,7 +152,9 @@ func setRoutes(link netlink.Link, want []netip.Prefix, fallback bool) error {
 		}
 	}
 	for _, p := range haveFallback {
-		if slices.Contains(wantFallback, p) {
+		// Only the fallbacks of prefixes this link routes or routed: those
+		// of another kubetun's TUN (another --tun) are its own.
+		if slices.Contains(wantFallback, p) || !(slices.Contains(have, p) || slices.Contains(want, p)) {
 			continue
 		}
 		if err := netlink.RouteDel(fallbackRoute(p)); err != nil && err != unix.ESRCH {
