@@ -248,7 +248,9 @@ func (d *Device) Close() error {
 		if l, err := netlink.LinkByIndex(d.index); err == nil {
 			errs = append(errs, setRoutes(l, nil, false))
 		}
-		errs = append(errs, setPersist(d.tun.File(), false))
+		if d.Err() == nil { // a device deleted underneath has no flag to clear
+			errs = append(errs, setPersist(d.tun.File(), false))
+		}
 	}
 	d.mu.Unlock()
 
