@@ -39,12 +39,15 @@ type Device struct {
 	log   *slog.Logger
 	udp   atomic.Pointer[func([]byte) bool] // SetUDPHandler's
 
+	ctx    context.Context // ends the outbound pump
 	cancel context.CancelFunc
+	start  sync.Once      // Start's
 	wg     sync.WaitGroup // the pump goroutines and the event drain
 
-	mu     sync.Mutex // guards routes and closed
-	routes []netip.Prefix
-	closed bool
+	mu      sync.Mutex // guards routes, persist and closed
+	routes  []netip.Prefix
+	persist bool // Persist was called: Close leaves the device and its routes
+	closed  bool
 
 	gone     chan struct{} // closed when the TUN is lost without Close
 	goneErr  error         // why; set before gone is closed
@@ -82,13 +85,19 @@ func (d *Device) lost(err error) {
 	})
 }
 
-// Open creates the TUN device name with the given MTU, brings it up and
-// starts pumping packets to and from the link endpoint that Link returns.
-// It adds no route: call SetRoutes.
+// Open creates the TUN device name with the given MTU and brings it up.
+// Packets flow between it and the link endpoint that Link returns once
+// Start is called; until then they wait in the device's queue, or are
+// dropped there when it is full. It adds no route: call SetRoutes.
+//
+// If a persistent TUN of that name is left from an earlier kubetun (see
+// Persist), Open attaches to it instead, with the same flags, and the
+// routes it still has stay until SetRoutes replaces them.
 func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 	if mtu < 1280 || mtu > 65535 {
 		return nil, fmt.Errorf("MTU %d out of range [1280, 65535]", mtu)
 	}
+	existing := ExistingIndex(name) != 0
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		switch {
@@ -117,14 +126,33 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 	}
 	d.index = l.Attrs().Index
 	d.link = newLink(mtu)
+	if existing {
+		routes, _ := linkRoutes(l)
+		log.Info("attached to the existing TUN device; its routes stay until the service CIDRs are known",
+			"tun", d.name, "routes", fmt.Sprint(routes))
+	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	d.cancel = cancel
-	d.wg.Add(3)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
 	go d.drainEvents()
-	go d.inbound()
-	go d.outbound(ctx)
 	return d, nil
+}
+
+// Start starts pumping packets between the device and the link endpoint.
+// Call it once what is behind the link can answer: a SYN read before the
+// service table is loaded would be refused, while one left in the device
+// is retransmitted by the client. Later calls do nothing.
+func (d *Device) Start() {
+	d.start.Do(func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.closed {
+			return
+		}
+		d.wg.Add(2)
+		go d.inbound()
+		go d.outbound(d.ctx)
+	})
 }
 
 // tcpOffloadsOnly checks that the TUN frames its packets with virtio-net
@@ -195,15 +223,16 @@ func (d *Device) SetRoutes(cidrs []netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("finding %s: %w", d.name, err)
 	}
-	if err := setRoutes(l, cidrs); err != nil {
+	if err := setRoutes(l, cidrs, d.persist); err != nil {
 		return err
 	}
 	d.routes = cidrs
 	return nil
 }
 
-// Close removes the routes, stops the pump, and deletes the TUN device. It
-// returns when every goroutine Open started has ended.
+// Close stops the pump and, unless Persist was called, removes the routes
+// and deletes the TUN device. It returns when every goroutine Open started
+// has ended.
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -212,16 +241,22 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	var errs []error
-	if len(d.routes) > 0 {
+	if !d.persist {
+		// Also removes what an earlier kubetun --persist left: the device
+		// Open attached to may be persistent, and fallback routes may be
+		// there though this process added none.
 		if l, err := netlink.LinkByIndex(d.index); err == nil {
-			errs = append(errs, setRoutes(l, nil))
+			errs = append(errs, setRoutes(l, nil, false))
+		}
+		if d.Err() == nil { // a device deleted underneath has no flag to clear
+			errs = append(errs, setPersist(d.tun.File(), false))
 		}
 	}
 	d.mu.Unlock()
 
 	d.cancel()           // ends outbound
 	d.link.Close()       // drops what gVisor still queued
-	err := d.tun.Close() // ends inbound and the event drain; the kernel deletes the device
+	err := d.tun.Close() // ends inbound and the event drain; the kernel deletes a device that is not persistent
 	d.wg.Wait()
 	errs = append(errs, err)
 	return errors.Join(errs...)

@@ -27,7 +27,7 @@ func CheckOverlap(cidrs []netip.Prefix, own int) error {
 	}
 	for _, cidr := range cidrs {
 		for _, r := range routes {
-			if r.Dst == nil || (own != 0 && r.LinkIndex == own) {
+			if r.Dst == nil || (own != 0 && r.LinkIndex == own) || isFallback(r) {
 				continue
 			}
 			dst, ok := prefixOf(r.Dst)
@@ -99,13 +99,24 @@ func ipNetOf(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
-// setRoutes makes the routes through link exactly want: it adds what is
-// missing before it deletes what is no longer wanted, so an address that
-// stays wanted is never without a route. Safe to repeat.
-func setRoutes(link netlink.Link, want []netip.Prefix) error {
+// setRoutes makes the routes through link exactly want, and the fallback
+// routes exactly want too if fallback is set, none otherwise (see
+// fallbackRoute). It adds what is missing before it deletes what is no
+// longer wanted, so an address that stays wanted is never without a route:
+// routes an earlier kubetun --persist left are adopted as they are. Safe to
+// repeat.
+func setRoutes(link netlink.Link, want []netip.Prefix, fallback bool) error {
 	have, err := linkRoutes(link)
 	if err != nil {
 		return err
+	}
+	haveFallback, err := fallbackRoutes()
+	if err != nil {
+		return err
+	}
+	var wantFallback []netip.Prefix
+	if fallback {
+		wantFallback = want
 	}
 	for _, p := range want {
 		if slices.Contains(have, p) {
@@ -120,6 +131,14 @@ func setRoutes(link netlink.Link, want []netip.Prefix) error {
 			return fmt.Errorf("adding route %s dev %s: %w", p, link.Attrs().Name, err)
 		}
 	}
+	for _, p := range wantFallback {
+		if slices.Contains(haveFallback, p) {
+			continue
+		}
+		if err := netlink.RouteReplace(fallbackRoute(p)); err != nil {
+			return fmt.Errorf("adding route blackhole %s metric %d: %w", p, fallbackMetric, err)
+		}
+	}
 	for _, p := range have {
 		if slices.Contains(want, p) {
 			continue
@@ -130,6 +149,16 @@ func setRoutes(link netlink.Link, want []netip.Prefix) error {
 		err := netlink.RouteDel(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNetOf(p), Scope: netlink.SCOPE_LINK})
 		if err != nil && err != unix.ESRCH {
 			return fmt.Errorf("deleting route %s dev %s: %w", p, link.Attrs().Name, err)
+		}
+	}
+	for _, p := range haveFallback {
+		// Only the fallbacks of prefixes this link routes or routed: those
+		// of another kubetun's TUN (another --tun) are its own.
+		if slices.Contains(wantFallback, p) || !(slices.Contains(have, p) || slices.Contains(want, p)) {
+			continue
+		}
+		if err := netlink.RouteDel(fallbackRoute(p)); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("deleting route blackhole %s metric %d: %w", p, fallbackMetric, err)
 		}
 	}
 	return nil

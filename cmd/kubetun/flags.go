@@ -28,6 +28,7 @@ type runConfig struct {
 	metricsAddr  string // "" disables
 	profiling    bool   // /debug/pprof/ on metricsAddr
 	logLevel     slog.Level
+	persist      bool // the TUN and its routes outlive the process
 
 	dnsIP         netip.Addr // invalid: the 10th address of the first service CIDR
 	dnsOff        bool
@@ -60,6 +61,7 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, "`ADDR` serving Prometheus /metrics (\"\" to disable)")
 	fs.BoolVar(&cfg.profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on --metrics-addr, as kube-proxy's --profiling does")
 	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")
+	fs.BoolVar(&cfg.persist, "persist", false, "keep the TUN device and its routes when kubetun exits or crashes, so service traffic waits for the next kubetun instead of leaving by another route; a restart re-attaches to them. 'kubetun cleanup' removes them")
 	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
 	fs.StringVar(&level, "log-level", level, "log `LEVEL`: debug, info, warn or error")

@@ -61,8 +61,9 @@ func TestParseRunFlags(t *testing.T) {
 			name: "every flag",
 			args: []string{"--service-cidr=10.3.240.0/20", "-manifests", "services.yaml", "--tun", "kt1",
 				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug",
-				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999"},
+				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999", "--persist"},
 			want: runConfig{
+				persist:      true,
 				serviceCIDRs: prefixes("10.3.240.0/20"),
 				manifests:    "services.yaml",
 				tun:          "kt1",
@@ -162,7 +163,7 @@ func TestParseRunFlagsHelp(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("parseRunFlags(-h) error %v, want flag.ErrHelp", err)
 	}
-	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-mtu", "-dial-timeout", "-log-level"} {
+	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-persist", "-mtu", "-dial-timeout", "-log-level"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("parseRunFlags(-h) printed %q, want it to contain %q", stderr.String(), want)
 		}
@@ -191,6 +192,9 @@ func TestRunMain(t *testing.T) {
 		{name: "run without flags or API config", args: []string{"run"}, code: 1, stderr: "kubetun: no service source: not running in a cluster, $KUBECONFIG is unset"},
 		{name: "run with a missing kubeconfig", args: []string{"run", "--kubeconfig", missing}, code: 1, stderr: "kubetun: loading Kubernetes client config (" + missing + ")"},
 		{name: "run -h", args: []string{"run", "-h"}, code: 0, stderr: "Usage: kubetun run"},
+		{name: "cleanup -h", args: []string{"cleanup", "-h"}, code: 0, stderr: "Usage: kubetun cleanup [--tun NAME]"},
+		{name: "cleanup with an argument", args: []string{"cleanup", "kubetun0"}, code: 2, stderr: `kubetun cleanup: unexpected argument "kubetun0"`},
+		{name: "cleanup with a bad flag", args: []string{"cleanup", "--persist"}, code: 2, stderr: "kubetun cleanup: flag provided but not defined: -persist"},
 		// Fails reading the manifests, before it touches routes or a TUN:
 		// no root needed.
 		{

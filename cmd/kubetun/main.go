@@ -6,6 +6,7 @@
 // Usage:
 //
 //	kubetun run --service-cidr 10.3.240.0/20 --manifests services.yaml
+//	kubetun cleanup
 //	kubetun version
 package main
 
@@ -26,6 +27,8 @@ userspace TCP/IP stack to the pods behind them, with no iptables or nftables rul
 
 Usage:
   kubetun run [flags]    serve the service CIDRs (see 'kubetun run -h')
+  kubetun cleanup [--tun NAME]
+                         remove the TUN and routes 'kubetun run --persist' left
   kubetun version        print the version
 `
 
@@ -46,6 +49,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = runCommand(ctx, args[1:], stderr)
+	case "cleanup":
+		err = cleanupCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "kubetun", version())
 		return 0

@@ -85,8 +85,9 @@ func (r *runner) serveManifests(ctx context.Context) error {
 		return err
 	}
 	r.topo = resolver.Topology{NodeName: r.cfg.nodeName}
-	// Refuse an overlapping CIDR before creating anything.
-	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
+	// Refuse an overlapping CIDR before creating anything. Routes through
+	// a TUN an earlier kubetun --persist left are kubetun's own.
+	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, tunnel.ExistingIndex(r.cfg.tun)); err != nil {
 		return err
 	}
 	r.cidrs = r.cfg.serviceCIDRs
@@ -103,12 +104,12 @@ func (r *runner) serveManifests(ctx context.Context) error {
 	if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
 		return err
 	}
-	r.logReady()
+	r.ready()
 
 	src.Run(ctx, func(objs manifest.Objects) {
 		r.apply(objs.Services, objs.Slices, objs.Warnings)
 	})
-	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	r.logShutdown()
 	return nil
 }
 
@@ -129,7 +130,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
 		}
-	} else if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, 0); err != nil {
+	} else if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, tunnel.ExistingIndex(r.cfg.tun)); err != nil {
 		return err
 	}
 	r.topo = nodeTopology(ctx, client, r.cfg.nodeName, r.log)
@@ -141,7 +142,7 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	defer stop()
 
 	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued, Reachability: reach}, r.log)
-	readyOnce := sync.OnceFunc(r.logReady)
+	readyOnce := sync.OnceFunc(r.ready)
 	if !followCIDRs {
 		if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {
 			return err
@@ -162,8 +163,16 @@ func (r *runner) serveAPI(ctx context.Context) error {
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
-	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	r.logShutdown()
 	return nil
+}
+
+func (r *runner) logShutdown() {
+	if r.cfg.persist {
+		r.log.Info("shutting down: closing connections; the TUN device and its routes stay (--persist) for the next kubetun", "tun", r.dev.Name())
+		return
+	}
+	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
 }
 
 // start opens the TUN, the netstack and the health and metrics servers.
@@ -204,7 +213,7 @@ func (r *runner) start() (stop func(), err error) {
 	}
 	r.closers = append(r.closers, func() {
 		if err := r.dev.Close(); err != nil {
-			r.log.Error("removing TUN device", "tun", r.dev.Name(), "err", err)
+			r.log.Error("closing TUN device", "tun", r.dev.Name(), "err", err)
 		}
 	})
 	done, watched := make(chan struct{}), make(chan struct{})
@@ -217,6 +226,11 @@ func (r *runner) start() (stop func(), err error) {
 		}
 	}()
 	r.closers = append(r.closers, func() { close(done); <-watched })
+	if r.cfg.persist {
+		if err := r.dev.Persist(); err != nil {
+			return stop, err
+		}
+	}
 	nc := r.cfg.dataPath
 	nc.Link, nc.Services, nc.DialTimeout, nc.Logger = r.dev.Link(), r.table, r.cfg.dialTimeout, r.log
 	r.ns, err = netstack.New(nc)
@@ -315,6 +329,14 @@ func (r *runner) followCIDRs(ctx context.Context, cidrs []netip.Prefix) {
 		return
 	}
 	r.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
+}
+
+// ready starts serving: the TUN's packets reach the netstack only once the
+// service table is loaded, so that a SYN that arrived before (say, while a
+// kubetun --persist restarts) is retransmitted and served, not refused.
+func (r *runner) ready() {
+	r.dev.Start()
+	r.logReady()
 }
 
 func (r *runner) logReady() {

@@ -8,12 +8,12 @@ import (
 	"time"
 )
 
-// TestClusterDeployManifests sends every manifest in deploy/ to the real
-// kube-apiserver with `kubectl apply --dry-run=server`: the schema, unknown
-// fields (kubectl validates strictly), the priority class and the admission
-// chain are checked as a user's `kubectl apply -f deploy/` would be, and
-// nothing is created. (cmd/kubetun TestDeployArgs checks kubetun's flags in
-// them.)
+// TestClusterDeployManifests sends deploy/ to the real kube-apiserver as an
+// operator applies it, `kubectl apply --dry-run=server -k deploy/`, and the
+// example outside the kustomization (sidecar.yaml) with -f: the schema,
+// unknown fields (kubectl validates strictly), the priority class and the
+// admission chain are checked, and nothing is created. (cmd/kubetun
+// TestDeployArgs checks kubetun's flags and the DaemonSet's settings.)
 func TestClusterDeployManifests(t *testing.T) {
 	env := sharedCluster(t)
 	// The sidecar Pod runs as namespace default's default ServiceAccount,
@@ -26,26 +26,35 @@ func TestClusterDeployManifests(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	files, err := filepath.Glob("../../deploy/*.yaml")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no deploy/*.yaml: %v", err)
+	deploy, err := filepath.Abs("../../deploy")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, f := range files {
-		abs, err := filepath.Abs(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Run(filepath.Base(f), func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // objects that must be in the output
+	}{
+		{"kustomization", []string{"-k", deploy}, []string{
+			"serviceaccount/kubetun", "clusterrole.rbac.authorization.k8s.io/kubetun",
+			"clusterrolebinding.rbac.authorization.k8s.io/kubetun", "configmap/kubetun-kubeconfig", "daemonset.apps/kubetun"}},
+		{"sidecar.yaml", []string{"-f", filepath.Join(deploy, "sidecar.yaml")}, []string{"pod/app-with-kubetun"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), kubectlTimeout)
 			defer cancel()
-			out, err := env.cp.Kubectl(ctx, "apply", "--dry-run=server", "-f", abs)
+			args := append([]string{"apply", "--dry-run=server"}, tc.args...)
+			out, err := env.cp.Kubectl(ctx, args...)
 			if err != nil {
-				t.Fatalf("kubectl apply --dry-run=server -f deploy/%s: %v\n%s", filepath.Base(f), err, out)
+				t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
-			if !strings.Contains(out, "(server dry run)") {
-				t.Errorf("kubectl apply --dry-run=server -f deploy/%s printed %q, want every object (server dry run)", filepath.Base(f), out)
+			for _, obj := range tc.want {
+				if !strings.Contains(out, obj+" created (server dry run)") && !strings.Contains(out, obj+" configured (server dry run)") &&
+					!strings.Contains(out, obj+" unchanged (server dry run)") {
+					t.Errorf("kubectl %s printed %q, want %s (server dry run)", strings.Join(args, " "), out, obj)
+				}
 			}
-			t.Logf("deploy/%s:\n%s", filepath.Base(f), out)
+			t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
 		})
 	}
 }
