@@ -48,7 +48,8 @@ type Pods interface {
 // Options configure New. The zero value is the defaults.
 type Options struct {
 	// OpenTimeout bounds how long a flow waits for its stream pair to open
-	// on an existing pod connection. A connection that does not answer in
+	// on a pod connection. (Making the connection itself is bounded only by
+	// the DialContext's context: client-go's dialers take none.) A connection that does not answer in
 	// time is closed (a silent connection, e.g. after the laptop slept, would
 	// otherwise hold every flow until TCP gives up) and the flow is tried
 	// once more on a new one. Zero means DefaultOpenTimeout.
@@ -60,8 +61,10 @@ type Options struct {
 	// returns at the first of: a message on the error stream (a dial error),
 	// the first bytes from the pod (success), or the round trip the stream
 	// pair's opening took plus Confirm (success presumed). A refusal slower
-	// than that arrives as the error of the connection's next Read or Write
-	// instead. Zero means DefaultConfirm; negative means no wait at all.
+	// than that ends the returned connection instead: its Read returns the
+	// RefusedError if the message was read by then, else io.EOF. For
+	// protocols where the client speaks first, every successful dial costs
+	// that whole wait. Zero means DefaultConfirm; negative means no wait.
 	Confirm time.Duration
 	// Logf, if set, receives one line per pod connection made or lost.
 	Logf func(format string, args ...any)
