@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -368,6 +369,15 @@ func createPair(conn httpstream.Connection, port uint16, requestID uint64) (errS
 	data, dataErr := conn.CreateStream(headers(corev1.StreamTypeData))
 	r := <-ch
 	errStream, err = r.s, r.err
+	if err == nil && dataErr != nil {
+		// The kubelet starts forwarding once both streams arrived, and resets
+		// the data stream when the pod refuses: that can beat the data
+		// stream's reply, with the refusal on the error stream.
+		if msg := readRefusal(errStream, refusalWait); msg != "" {
+			conn.RemoveStreams(errStream)
+			return nil, nil, &RefusedError{Message: msg}
+		}
+	}
 	switch {
 	case err != nil || dataErr != nil:
 		for _, s := range []httpstream.Stream{errStream, data} {
@@ -384,6 +394,27 @@ func createPair(conn httpstream.Connection, port uint16, requestID uint64) (errS
 	// Nothing is ever written to the error stream.
 	errStream.Close()
 	return errStream, data, nil
+}
+
+// readRefusal reads what the pod side wrote on errStream, waiting up to wait
+// for it to end; then it resets the stream.
+func readRefusal(errStream httpstream.Stream, wait time.Duration) string {
+	ch := make(chan []byte, 1)
+	go func() {
+		msg, _ := io.ReadAll(io.LimitReader(errStream, 64<<10))
+		ch <- msg
+	}()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var msg []byte
+	select {
+	case msg = <-ch:
+		errStream.Reset()
+	case <-timer.C:
+		errStream.Reset() // ends the read
+		msg = <-ch
+	}
+	return string(msg)
 }
 
 // Close closes every pod connection, which ends every flow on them, and
