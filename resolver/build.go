@@ -120,6 +120,7 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		byIP:       make(map[netip.Addr]*ServiceRecord),
 		byEndpoint: make(map[netip.Addr]endpointRef),
 		namespaces: make(map[string]struct{}),
+		pods:       podsByIP(slices),
 	}
 	owner := make(map[portKey]*corev1.Service) // who serves each port, for conflicts
 	conflicts := newConflicts()

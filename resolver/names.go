@@ -43,6 +43,14 @@ type EndpointRecord struct {
 	Addr     netip.Addr
 	Hostname string       // the endpoint's hostname, if the slice gives one
 	Ports    []PortRecord // the slice's ports (name, protocol, target port)
+	Pod      PodRef       // the endpoint's targetRef, if it is a Pod
+}
+
+// PodRef names the Pod behind an endpoint address: the EndpointSlice
+// endpoint's targetRef.
+type PodRef struct {
+	Namespace string
+	Name      string
 }
 
 // nameKey identifies a Service by namespace and name.
@@ -77,6 +85,54 @@ func (s *Snapshot) EndpointByIP(ip netip.Addr) (*ServiceRecord, EndpointRecord, 
 	}
 	ref, ok := s.byEndpoint[ip]
 	return ref.rec, ref.ep, ok
+}
+
+// PodByIP returns the Pod whose address ip is, as the targetRef of an
+// endpoint of any Service (headless ones included) gives it, ready or not.
+// If several endpoints name different Pods for ip, the first in the order
+// Build saw the slices wins.
+func (s *Snapshot) PodByIP(ip netip.Addr) (namespace, name string, ok bool) {
+	if s == nil {
+		return "", "", false
+	}
+	ref, ok := s.pods[ip.Unmap()]
+	return ref.Namespace, ref.Name, ok
+}
+
+// podsByIP maps every endpoint address of slices to its Pod.
+func podsByIP(slices []*discoveryv1.EndpointSlice) map[netip.Addr]PodRef {
+	pods := make(map[netip.Addr]PodRef)
+	for _, es := range slices {
+		for _, e := range es.Endpoints {
+			ref, ok := targetPod(es.Namespace, e)
+			if !ok {
+				continue
+			}
+			for _, a := range e.Addresses {
+				addr, err := netip.ParseAddr(a)
+				if err != nil {
+					continue
+				}
+				if _, taken := pods[addr.Unmap()]; !taken {
+					pods[addr.Unmap()] = ref
+				}
+			}
+		}
+	}
+	return pods
+}
+
+// targetPod returns the Pod endpoint e of a slice in namespace refers to.
+// A targetRef without a namespace is in the slice's.
+func targetPod(namespace string, e discoveryv1.Endpoint) (PodRef, bool) {
+	t := e.TargetRef
+	if t == nil || t.Kind != "Pod" || t.Name == "" {
+		return PodRef{}, false
+	}
+	if t.Namespace != "" {
+		namespace = t.Namespace
+	}
+	return PodRef{Namespace: namespace, Name: t.Name}, true
 }
 
 // endpointRef is one endpoint and its Service.
@@ -168,6 +224,7 @@ func readyEndpoints(svcSlices []*discoveryv1.EndpointSlice, notReadyToo bool) []
 				if e.Hostname != nil {
 					rec.Hostname = *e.Hostname
 				}
+				rec.Pod, _ = targetPod(es.Namespace, e)
 				out = append(out, rec)
 			}
 		}

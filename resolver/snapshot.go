@@ -167,6 +167,9 @@ type Snapshot struct {
 	byIP       map[netip.Addr]*ServiceRecord
 	byEndpoint map[netip.Addr]endpointRef // headless Services' endpoints
 	namespaces map[string]struct{}
+
+	// For reaching pods without routes to them (PodByIP).
+	pods map[netip.Addr]PodRef
 }
 
 // Lookup returns the Service port owning proto/addr, if any.

@@ -4,7 +4,9 @@
 // 127.0.0.1, built from the Go module proxy (Build) and driven by the real
 // kubectl (Kubectl, Apply) or the REST API (Do). A kubelet
 // stand-in (CreateNode, SetPodRunning, SetPodReady) posts the Pod status a
-// kubelet would, so the real EndpointSlice controller writes the slices.
+// kubelet would, so the real EndpointSlice controller writes the slices, and
+// serves the kubelet's port-forward (SetPodNetns, CutPortForwards), so
+// pods/portforward and kubectl port-forward work.
 //
 // One control plane serves a whole test binary; each test uses its own
 // Kubernetes namespace (CreateNamespace). The package needs root (ip netns
@@ -98,6 +100,8 @@ type ControlPlane struct {
 	apiserver  *process // nil while stopped by StopAPIServer
 	controller *process
 	closed     bool
+
+	kubelet *kubelet // the stand-in's port-forward server; set by Start
 }
 
 // Start starts etcd, kube-apiserver and kube-controller-manager in
@@ -171,6 +175,10 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		Timeout: 30 * time.Second,
 	}
 
+	if err := cp.startKubelet(keys); err != nil {
+		return nil, err
+	}
+
 	// etcd: one member; no fsync, as its data is thrown away.
 	begin := time.Now()
 	cp.etcd, err = startProcess(cp.Namespace, "etcd", filepath.Join(logs, "etcd.log"), []string{
@@ -211,6 +219,12 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--token-auth-file", keys.tokenFile,
 		"--authorization-mode", "RBAC",
 		"--profiling=false",
+		// pods/portforward reaches the kubelet stand-in at the Node's
+		// InternalIP, over TLS both ways.
+		"--kubelet-client-certificate", keys.kubeletClientCrt,
+		"--kubelet-client-key", keys.kubeletClientKey,
+		"--kubelet-certificate-authority", keys.caFile,
+		"--kubelet-preferred-address-types", "InternalIP",
 	}, opts.APIServerArgs...)
 	if err := cp.StartAPIServer(ctx); err != nil {
 		return nil, err
@@ -303,6 +317,11 @@ func (cp *ControlPlane) Close() error {
 	procs := []*process{cp.controller, cp.apiserver, cp.etcd}
 	cp.mu.Unlock()
 	var errs []error
+	if cp.kubelet != nil {
+		if err := cp.kubelet.close(); err != nil {
+			errs = append(errs, fmt.Errorf("controlplane: kubelet stand-in: %w", err))
+		}
+	}
 	for _, p := range procs {
 		if p != nil {
 			if err := p.stop(stopGrace); err != nil {

@@ -35,7 +35,11 @@ func (cp *ControlPlane) Apply(ctx context.Context, manifest string, flags ...str
 	return cp.KubectlStdin(ctx, manifest, append([]string{"apply", "-f", "-"}, flags...)...)
 }
 
-func (cp *ControlPlane) kubectl(ctx context.Context, stdin io.Reader, args []string) (string, error) {
+// KubectlCmd returns, unstarted, the command Kubectl runs, for a kubectl
+// that keeps running (port-forward, a watch): inside the namespace, with
+// the kubeconfig, in a process group of its own that is killed when ctx
+// ends.
+func (cp *ControlPlane) KubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
 	argv := append([]string{"netns", "exec", cp.Namespace, cp.Bins.Kubectl,
 		"--kubeconfig", cp.Kubeconfig,
 		// Discovery cache: with the control plane, not in ~/.kube.
@@ -45,6 +49,11 @@ func (cp *ControlPlane) kubectl(ctx context.Context, stdin io.Reader, args []str
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
+	return cmd
+}
+
+func (cp *ControlPlane) kubectl(ctx context.Context, stdin io.Reader, args []string) (string, error) {
+	cmd := cp.KubectlCmd(ctx, args...)
 	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

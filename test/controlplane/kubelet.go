@@ -46,8 +46,10 @@ func (cp *ControlPlane) CreateNamespace(ctx context.Context, name string) error 
 
 // CreateNode creates Node name, if missing, labelled
 // kubernetes.io/hostname=name, kubernetes.io/os=linux and labels (e.g.
-// topology.kubernetes.io/zone), and posts a Ready status for it. An
-// existing Node is left as it is, so each test may call it.
+// topology.kubernetes.io/zone), and posts a Ready status for it, with the
+// kubelet stand-in's address (InternalIP 127.0.0.1, port KubeletPort) for
+// pods/portforward. An existing Node is left as it is, so each test may
+// call it.
 func (cp *ControlPlane) CreateNode(ctx context.Context, name string, labels map[string]string) error {
 	node := corev1.Node{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Node"},
@@ -74,6 +76,10 @@ func (cp *ControlPlane) CreateNode(ctx context.Context, name string, labels map[
 			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
 			Message: "kubetun test kubelet stand-in", LastHeartbeatTime: now, LastTransitionTime: now,
 		}},
+		Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: kubeletAddr}},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{
+			KubeletEndpoint: corev1.DaemonEndpoint{Port: KubeletPort},
+		},
 	})
 }
 

@@ -68,3 +68,14 @@ func freePorts(ns string, n int) ([]int, error) {
 	})
 	return ports, err
 }
+
+// listenIn listens on addr inside namespace ns.
+func listenIn(ns, network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inNetns(ns, func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}

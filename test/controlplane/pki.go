@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -28,6 +29,12 @@ type pki struct {
 	saPub      string // its public key: --service-account-key-file
 	token      string // the admin's bearer token
 	tokenFile  string // --token-auth-file: the token in group system:masters
+
+	caFile           string          // the CA certificate: --kubelet-certificate-authority
+	kubeletClientCrt string          // --kubelet-client-certificate, signed by the CA
+	kubeletClientKey string          // --kubelet-client-key
+	kubeletServing   tls.Certificate // the kubelet stand-in's, for 127.0.0.1
+	caPool           *x509.CertPool  // the CA, as the kubelet's client CA
 }
 
 // writePKI generates a CA, a serving certificate for 127.0.0.1 and the
@@ -48,6 +55,10 @@ func writePKI(dir string, kubernetesIP netip.Addr) (*pki, error) {
 		saKey:      filepath.Join(dir, "sa.key"),
 		saPub:      filepath.Join(dir, "sa.pub"),
 		tokenFile:  filepath.Join(dir, "tokens.csv"),
+
+		caFile:           filepath.Join(dir, "ca.crt"),
+		kubeletClientCrt: filepath.Join(dir, "apiserver-kubelet-client.crt"),
+		kubeletClientKey: filepath.Join(dir, "apiserver-kubelet-client.key"),
 	}
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -111,6 +122,37 @@ func writePKI(dir string, kubernetesIP netip.Addr) (*pki, error) {
 		return nil, fmt.Errorf("controlplane: marshal service-account public key: %w", err)
 	}
 
+	// kube-apiserver's client certificate towards kubelets, and the kubelet
+	// stand-in's serving certificate, as kubeadm makes them.
+	clientCrt, clientKey, err := issue(ca, caKey, &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"kubeadm:cluster-admins"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
+	kubeletCrt, kubeletKey, err := issue(ca, caKey, &x509.Certificate{
+		SerialNumber: big.NewInt(4),
+		Subject:      pkix.Name{CommonName: "kubelet"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if p.kubeletServing, err = tls.X509KeyPair(kubeletCrt, kubeletKey); err != nil {
+		return nil, fmt.Errorf("controlplane: kubelet serving key pair: %w", err)
+	}
+	p.caPool = x509.NewCertPool()
+	p.caPool.AddCert(ca)
+
 	tok := make([]byte, 24)
 	if _, err := rand.Read(tok); err != nil {
 		return nil, fmt.Errorf("controlplane: random token: %w", err)
@@ -121,7 +163,9 @@ func writePKI(dir string, kubernetesIP netip.Addr) (*pki, error) {
 		path string
 		data []byte
 	}{
-		{filepath.Join(dir, "ca.crt"), p.caCert},
+		{p.caFile, p.caCert},
+		{p.kubeletClientCrt, clientCrt},
+		{p.kubeletClientKey, clientKey},
 		{p.servingCrt, pemBlock("CERTIFICATE", der)},
 		{p.servingKey, pemBlock("PRIVATE KEY", keyDER)},
 		{p.saKey, pemBlock("PRIVATE KEY", saKeyDER)},
@@ -135,6 +179,24 @@ func writePKI(dir string, kubernetesIP netip.Addr) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// issue signs tmpl with the CA and returns the certificate and a new key,
+// PEM.
+func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) (crt, key []byte, err error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("controlplane: generate key for %s: %w", tmpl.Subject.CommonName, err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("controlplane: create certificate for %s: %w", tmpl.Subject.CommonName, err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return nil, nil, fmt.Errorf("controlplane: marshal key for %s: %w", tmpl.Subject.CommonName, err)
+	}
+	return pemBlock("CERTIFICATE", der), pemBlock("PRIVATE KEY", keyDER), nil
 }
 
 func pemBlock(typ string, der []byte) []byte {

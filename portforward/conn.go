@@ -1,0 +1,195 @@
+package portforward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"k8s.io/streaming/pkg/httpstream"
+)
+
+// refusalWait bounds how long a Read that hit the end of the data stream
+// during Confirm waits for the refusal the kubelet writes just before it
+// resets the stream: both are read by other goroutines.
+const refusalWait = 100 * time.Millisecond
+
+// conn is one flow: the data stream of a stream pair, with the error stream
+// watched for the pod's refusal.
+type conn struct {
+	pc              httpstream.Connection
+	errStream, data httpstream.Stream
+	remote          net.Addr
+
+	ended   chan struct{} // closed when the error stream ends; then refusal is set
+	refusal string        // what the pod side wrote on the error stream
+
+	// The first Read of the data stream, made by confirm; Read returns it
+	// first.
+	firstDone chan struct{} // closed once firstBuf and firstErr are set; nil: no first Read
+	firstBuf  []byte
+	firstErr  error
+
+	readMu  sync.Mutex // serializes Reads; guards pending
+	pending []byte     // what the first Read got beyond the caller's buffer
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+var _ interface {
+	net.Conn
+	CloseWrite() error
+} = (*conn)(nil)
+
+// newConn makes the flow of the stream pair and starts reading its error
+// stream.
+func newConn(pc httpstream.Connection, errStream, data httpstream.Stream, ap netip.AddrPort) *conn {
+	c := &conn{
+		pc: pc, errStream: errStream, data: data,
+		remote: net.TCPAddrFromAddrPort(ap),
+		ended:  make(chan struct{}),
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		// The kubelet writes one message and closes the stream when it could
+		// not forward, and closes it silently when a forward ends well.
+		msg, _ := io.ReadAll(io.LimitReader(errStream, 64<<10))
+		c.refusal = string(msg)
+		close(c.ended)
+	}()
+	return c
+}
+
+// refused returns the pod side's refusal, if it said one by now.
+func (c *conn) refused() error {
+	select {
+	case <-c.ended:
+		if c.refusal != "" {
+			return &RefusedError{Message: c.refusal}
+		}
+	default:
+	}
+	return nil
+}
+
+// confirm waits up to wait for the pod's refusal, ending early at the first
+// data from the pod.
+func (c *conn) confirm(ctx context.Context, wait time.Duration) error {
+	c.firstDone = make(chan struct{})
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		buf := make([]byte, 32<<10)
+		n, err := c.data.Read(buf)
+		c.firstBuf, c.firstErr = buf[:n], err
+		close(c.firstDone)
+	}()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-c.ended:
+		if err := c.refused(); err != nil {
+			return err
+		}
+		return nil // the forward ended already; Read will say how
+	case <-c.firstDone:
+		if c.firstErr == nil {
+			return nil
+		}
+		// The kubelet writes the refusal, then resets the data stream.
+		t := time.NewTimer(refusalWait)
+		defer t.Stop()
+		select {
+		case <-c.ended:
+			return c.refused()
+		case <-t.C:
+			return nil
+		}
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	if c.firstDone != nil {
+		<-c.firstDone
+		c.pending = c.firstBuf
+		err := c.firstErr
+		c.firstDone, c.firstBuf, c.firstErr = nil, nil, nil
+		if err != nil && len(c.pending) == 0 {
+			return 0, c.readErr(err)
+		}
+	}
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	n, err := c.data.Read(p)
+	if err != nil {
+		err = c.readErr(err)
+	}
+	return n, err
+}
+
+// readErr is the error a Read returns for err of the data stream: the pod's
+// refusal if it said one.
+func (c *conn) readErr(err error) error {
+	if r := c.refused(); r != nil {
+		return r
+	}
+	return err
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	n, err := c.data.Write(p)
+	if err != nil {
+		if r := c.refused(); r != nil {
+			err = r
+		}
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the flow: the pod reads EOF, and may still answer.
+func (c *conn) CloseWrite() error {
+	if err := c.data.Close(); err != nil {
+		return fmt.Errorf("portforward: close the data stream to %s: %w", c.remote, err)
+	}
+	return nil
+}
+
+// Close resets both streams, ending the flow both ways, and waits for the
+// goroutines reading them.
+func (c *conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.data.Reset()
+		c.errStream.Reset()
+		c.pc.RemoveStreams(c.data, c.errStream)
+		c.wg.Wait()
+	})
+	return nil
+}
+
+// LocalAddr is the zero TCP address: the flow has no local socket.
+func (c *conn) LocalAddr() net.Addr { return &net.TCPAddr{} }
+
+// RemoteAddr is the pod's IP:port.
+func (c *conn) RemoteAddr() net.Addr { return c.remote }
+
+// errNoDeadline: httpstream streams have no deadlines.
+var errNoDeadline = errors.New("portforward: deadlines are not supported on a port-forward stream")
+
+func (c *conn) SetDeadline(time.Time) error      { return errNoDeadline }
+func (c *conn) SetReadDeadline(time.Time) error  { return errNoDeadline }
+func (c *conn) SetWriteDeadline(time.Time) error { return errNoDeadline }
