@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sync"
 	"time"
@@ -78,6 +79,9 @@ type Source struct {
 	cidrsDiff chan struct{}             // a ServiceCIDR change is pending; capacity 1
 
 	reach *Reachability
+
+	deniedMu sync.Mutex      // guards denied
+	denied   map[string]bool // permission problems reported, by what was refused
 }
 
 // New returns a Source reading through client. Nothing is watched until Run.
@@ -270,7 +274,67 @@ func (s *Source) watchFailed(_ context.Context, r *cache.Reflector, err error) {
 		apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 		return // a watch closed normally or expired: the reflector relists
 	}
+	if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+		// The API answered: it is reachable, and retrying will not help
+		// until someone changes the credentials or the RBAC rules.
+		s.refused(err)
+		return
+	}
 	s.reach.Failed(err)
+}
+
+// refused reports a permission problem once per thing refused, however
+// often the reflector's backoff retries it.
+func (s *Source) refused(err error) {
+	msg := Refusal(err)
+	s.deniedMu.Lock()
+	first := !s.denied[msg]
+	if s.denied == nil {
+		s.denied = make(map[string]bool)
+	}
+	s.denied[msg] = true
+	s.deniedMu.Unlock()
+	if first {
+		s.log.Error(msg+"; kubetun serves nothing from the API until it may, and retries with backoff", "err", err)
+	}
+}
+
+// rbacDenial matches the RBAC authorizer's reason for a 403, e.g. `User
+// "system:serviceaccount:kube-system:kubetun" cannot list resource
+// "endpointslices" in API group "discovery.k8s.io" at the cluster scope`.
+var rbacDenial = regexp.MustCompile(`(User "[^"]*") cannot (\S+) resource "([^"]+)"(?: in API group "([^"]*)")?(?: (at the cluster scope|in the namespace "[^"]*"))?`)
+
+// Refusal says what a 401 or 403 from the API refused, as a user can act
+// on it: the verb, the resource and the scope, and what to check.
+func Refusal(err error) string {
+	if apierrors.IsUnauthorized(err) {
+		return "the Kubernetes API does not accept kubetun's credentials (401): check the token or certificate in the kubeconfig"
+	}
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return "not allowed by the Kubernetes API (403)"
+	}
+	st := status.Status()
+	if m := rbacDenial.FindStringSubmatch(st.Message); m != nil {
+		resource := m[3]
+		if m[4] != "" {
+			resource += "." + m[4]
+		}
+		scope := m[5]
+		if scope == "" {
+			scope = "at the cluster scope"
+		}
+		return fmt.Sprintf("not allowed to %s %s %s (403, %s): check the ClusterRole bound to it (deploy/rbac.yaml lists what kubetun needs)",
+			m[2], resource, scope, m[1])
+	}
+	what := "the resource"
+	if d := st.Details; d != nil && d.Kind != "" {
+		what = d.Kind
+		if d.Group != "" {
+			what += "." + d.Group
+		}
+	}
+	return fmt.Sprintf("not allowed to read %s (403): check the ClusterRole bound to kubetun's user (deploy/rbac.yaml lists what kubetun needs)", what)
 }
 
 // probeWhileUnreachable notices when the API is back after an outage, to

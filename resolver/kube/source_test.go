@@ -536,7 +536,6 @@ func TestRunNotSynced(t *testing.T) {
 }
 
 func TestWatchFailed(t *testing.T) {
-	gr := schema.GroupResource{Resource: "services"}
 	quiet := []error{
 		io.EOF,
 		io.ErrUnexpectedEOF,
@@ -548,7 +547,6 @@ func TestWatchFailed(t *testing.T) {
 		errors.New("dial tcp 127.0.0.1:6443: connect: connection refused"),
 		apierrors.NewServiceUnavailable("etcd down"),
 		apierrors.NewInternalError(errors.New("boom")),
-		apierrors.NewForbidden(gr, "", errors.New("rbac")),
 	}
 
 	log, buf := testLogger()
@@ -694,5 +692,50 @@ func TestRunStops(t *testing.T) {
 			t.Fatalf("%d goroutines %v after Run returned, %d before:\n%s", n, wait, before, buf[:runtime.Stack(buf, true)])
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestWatchFailedForbidden checks that a 403 is reported as a permission
+// problem naming the verb and resource, once however often the reflector
+// retries, and not as an outage.
+func TestWatchFailedForbidden(t *testing.T) {
+	gr := schema.GroupResource{Group: "discovery.k8s.io", Resource: "endpointslices"}
+	denied := apierrors.NewForbidden(gr, "", errors.New(`User "system:serviceaccount:e2e:nobody" cannot list resource "endpointslices" in API group "discovery.k8s.io" at the cluster scope`))
+	log, buf := testLogger()
+	s := New(fake.NewClientset(), Options{}, log)
+	for range 5 {
+		s.watchFailed(t.Context(), nil, fmt.Errorf("failed to list *v1.EndpointSlice: %w", denied))
+	}
+	if !s.Reachable() {
+		t.Errorf("Reachable() = false after a 403, want true: the API answered")
+	}
+	want := `not allowed to list endpointslices.discovery.k8s.io at the cluster scope (403, User \"system:serviceaccount:e2e:nobody\")`
+	if n := buf.Count(want); n != 1 {
+		t.Errorf("log has %d lines with %q after 5 refusals, want 1:\n%s", n, want, buf)
+	}
+	if n := buf.Count("unreachable"); n != 0 {
+		t.Errorf("log says unreachable after a 403:\n%s", buf)
+	}
+	// Another refusal is news.
+	s.watchFailed(t.Context(), nil, apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "", errors.New(`User "u" cannot watch resource "services" in API group "" at the cluster scope`)))
+	if n := buf.Count("not allowed to watch services at the cluster scope"); n != 1 {
+		t.Errorf("log has %d lines for the second refusal, want 1:\n%s", n, buf)
+	}
+}
+
+func TestRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "", errors.New(`User "u" cannot list resource "services" in API group "" in the namespace "default"`)),
+			`not allowed to list services in the namespace "default" (403, User "u")`},
+		{apierrors.NewForbidden(schema.GroupResource{Group: "networking.k8s.io", Resource: "servicecidrs"}, "", errors.New("webhook said no")),
+			"not allowed to read servicecidrs.networking.k8s.io (403)"},
+		{apierrors.NewUnauthorized("bad token"), "does not accept kubetun's credentials (401)"},
+	} {
+		if got := Refusal(tc.err); !strings.Contains(got, tc.want) {
+			t.Errorf("Refusal(%v) = %q, want it to contain %q", tc.err, got, tc.want)
+		}
 	}
 }
