@@ -1,9 +1,11 @@
-package main
+package proxy
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -12,14 +14,45 @@ import (
 	"github.com/kubetun/kubetun/resolver/dns"
 )
 
-// startDNS serves cluster DNS inside the netstack on --dns-ip, by default
-// the 10th address of the first service CIDR (kube-dns's convention). The
-// address is routed with the service CIDRs; see setRoutes.
-func (r *runner) startDNS(ctx context.Context, cidrs []netip.Prefix) error {
-	if r.cfg.dnsOff {
+// DNS is the cluster DNS server as a Proxy drives it; *dns.Server is one.
+type DNS interface {
+	// Serve answers on pc and ln until ctx ends.
+	Serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error
+	// SetServiceCIDRs replaces the ranges reverse lookups answer for.
+	SetServiceCIDRs(cidrs []netip.Prefix)
+}
+
+var _ DNS = (*dns.Server)(nil)
+
+// dnsParams is what a DNS server is made of.
+type dnsParams struct {
+	Table        *resolver.Table
+	Domain       string
+	ServiceCIDRs []netip.Prefix
+	Self         netip.Addr
+	Upstreams    []string
+	Logger       *slog.Logger
+}
+
+func newDNS(p dnsParams) (DNS, error) {
+	return dns.New(dns.Config{
+		Table:        p.Table,
+		Domain:       p.Domain,
+		ServiceCIDRs: p.ServiceCIDRs,
+		Self:         p.Self,
+		Upstreams:    p.Upstreams,
+		Logger:       p.Logger,
+	})
+}
+
+// startDNS serves cluster DNS inside the userspace stack on DNSConfig.IP,
+// by default the 10th address of the first service CIDR (kube-dns's
+// convention). The address is routed with the service CIDRs; see setRoutes.
+func (p *Proxy) startDNS(cidrs []netip.Prefix) error {
+	if p.cfg.DNS.Off {
 		return nil
 	}
-	ip := r.cfg.dnsIP
+	ip := p.cfg.DNS.IP
 	if !ip.IsValid() {
 		if len(cidrs) == 0 {
 			return errors.New("no service CIDR to take the DNS address from; give --dns-ip")
@@ -29,47 +62,50 @@ func (r *runner) startDNS(ctx context.Context, cidrs []netip.Prefix) error {
 	if reason := unusableDNSIP(ip); reason != "" {
 		return fmt.Errorf("--dns-ip %s: %s", ip, reason)
 	}
-	upstreams := r.cfg.dnsUpstreams
+	upstreams := p.cfg.DNS.Upstreams
 	if upstreams == nil {
 		var err error
-		upstreams, err = hostUpstreams()
+		upstreams, err = p.env.hostUpstreams()
 		if err != nil {
-			r.log.Warn("no upstream DNS servers: names outside the cluster get SERVFAIL; give --dns-upstream", "err", err)
+			p.log.Warn("no upstream DNS servers: names outside the cluster get SERVFAIL; give --dns-upstream", "err", err)
 		}
 	}
-	srv, err := dns.New(dns.Config{
-		Table:        r.table,
-		Domain:       r.cfg.clusterDomain,
+	srv, err := p.env.newDNS(dnsParams{
+		Table:        p.table,
+		Domain:       p.cfg.DNS.Domain,
 		ServiceCIDRs: cidrs,
 		Self:         ip,
 		Upstreams:    upstreams,
-		Logger:       r.log,
+		Logger:       p.log,
 	})
 	if err != nil {
 		return err
 	}
 	addr := netip.AddrPortFrom(ip, 53)
-	pc, err := r.ns.ListenUDP(addr)
+	pc, err := p.dp.ListenUDP(addr)
 	if err != nil {
 		return err
 	}
-	ln, err := r.ns.ListenTCP(addr)
+	ln, err := p.dp.ListenTCP(addr)
 	if err != nil {
 		pc.Close()
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := srv.Serve(ctx, pc, ln); err != nil && ctx.Err() == nil {
-			r.log.Error("cluster DNS stopped", "err", err)
+			p.log.Error("cluster DNS stopped", "err", err)
 		}
 	}()
-	r.closers = append(r.closers, func() { cancel(); <-done })
-	r.dns, r.dnsIP = srv, ip
-	r.log.Info("cluster DNS serving", "addr", ip, "domain", r.cfg.clusterDomain, "upstreams", fmt.Sprint(upstreams))
-	r.warnDNSShadow(nil, r.table.Load())
+	p.closers = append(p.closers, func() { cancel(); <-done })
+	p.dns, p.dnsIP = srv, ip
+	p.mu.Lock()
+	p.dnsStatus = &DNSStatus{Domain: p.cfg.DNS.Domain, Address: ip.String()}
+	p.mu.Unlock()
+	p.log.Info("cluster DNS serving", "addr", ip, "domain", p.cfg.DNS.Domain, "upstreams", fmt.Sprint(upstreams))
+	p.warnDNSShadow(nil, p.table.Load())
 	return nil
 }
 
@@ -79,16 +115,16 @@ func (r *runner) startDNS(ctx context.Context, cidrs []netip.Prefix) error {
 // with whatever its Corefile adds) get no DNS traffic through this host.
 // It says so once each time it starts. Called on the apply goroutine, or
 // before it runs.
-func (r *runner) warnDNSShadow(before, now *resolver.Snapshot) {
-	if !r.dnsIP.IsValid() {
+func (p *Proxy) warnDNSShadow(before, now *resolver.Snapshot) {
+	if !p.dnsIP.IsValid() {
 		return
 	}
-	svc := dnsService(now, r.dnsIP)
-	if svc == "" || svc == dnsService(before, r.dnsIP) {
+	svc := dnsService(now, p.dnsIP)
+	if svc == "" || svc == dnsService(before, p.dnsIP) {
 		return
 	}
-	r.log.Warn("a Service's DNS port is kubetun's DNS address: kubetun answers there itself and the Service's pods get no DNS traffic from this host; give --dns-ip=off to proxy it to them instead",
-		"service", svc, "addr", netip.AddrPortFrom(r.dnsIP, 53))
+	p.log.Warn("a Service's DNS port is kubetun's DNS address: kubetun answers there itself and the Service's pods get no DNS traffic from this host; give --dns-ip=off to proxy it to them instead",
+		"service", svc, "addr", netip.AddrPortFrom(p.dnsIP, 53))
 }
 
 // dnsService returns the Service ("namespace/name") with port 53, UDP or

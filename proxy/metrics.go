@@ -1,4 +1,4 @@
-package main
+package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"

@@ -1,7 +1,10 @@
-package main
+package proxy
 
 import (
+	"io"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,5 +62,25 @@ func TestNetstackCollector(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("gathered %v\nwant %v", got, want)
+	}
+}
+
+// TestMetricsMuxProfiling checks that /debug/pprof/ is served only with
+// --profiling, and /metrics always.
+func TestMetricsMuxProfiling(t *testing.T) {
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "kubetun_services 1\n") })
+	for _, profiling := range []bool{false, true} {
+		mux := metricsMux(metrics, profiling)
+		for path, want := range map[string]int{
+			"/metrics":                       http.StatusOK,
+			"/debug/pprof/":                  map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[profiling],
+			"/debug/pprof/goroutine?debug=1": map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[profiling],
+		} {
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			if rec.Code != want {
+				t.Errorf("profiling=%v: GET %s = %d, want %d", profiling, path, rec.Code, want)
+			}
+		}
 	}
 }

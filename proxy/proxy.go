@@ -1,189 +1,252 @@
-package main
+// Package proxy wires a source of Services to the service table, the TUN
+// and its routes, the cluster DNS and the health and metrics servers. It is
+// the control path every mode of kubetun shares: `kubetun run` on a node or
+// in a sidecar, and `kubetun connect` on a laptop.
+//
+// Like kube-proxy's, it applies the whole state in one place (Proxy.Apply):
+// a new immutable snapshot is built and swapped in, and the routes follow.
+// With the Kubernetes API nothing is routed before the source's caches have
+// synced, so a restart never serves an empty table
+// (https://github.com/kubernetes/kubernetes/issues/114262 is kube-proxy's
+// equivalent); /readyz stays 503 until then.
+package proxy
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/resolver"
-	"github.com/kubetun/kubetun/resolver/dns"
 	"github.com/kubetun/kubetun/resolver/health"
-	"github.com/kubetun/kubetun/resolver/kube"
-	"github.com/kubetun/kubetun/resolver/manifest"
-	"github.com/kubetun/kubetun/tunnel"
 )
 
 // healthTimeout is how long a change may wait to be applied before /healthz
 // fails: twice kube-proxy's default sync period, as kube-proxy does.
 const healthTimeout = 2 * 30 * time.Second
 
-// runCommand is `kubetun run`: it serves until ctx is cancelled, then removes
-// its routes and TUN device.
-func runCommand(ctx context.Context, args []string, stderr io.Writer) error {
-	cfg, err := parseRunFlags(args, stderr)
-	if err != nil {
-		return err
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	r := &runner{cfg: cfg, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout), lost: cancel}
-	if cfg.manifests != "" {
-		err = r.serveManifests(ctx)
-	} else {
-		err = r.serveAPI(ctx)
-	}
-	// A TUN lost underneath (ip link del) ends the run with an error, and
-	// the process with a non-zero status: its routes went with it, and a
-	// supervisor (the DaemonSet's kubelet, systemd) restarts kubetun,
-	// which sets everything up afresh, more surely than a repair in place.
-	if lost := context.Cause(ctx); err == nil && errors.As(lost, new(tunLost)) {
-		return lost
-	}
-	return err
+// Config is what a Proxy serves, and how.
+type Config struct {
+	// Mode is the subcommand serving, "run" or "connect", as status shows it.
+	Mode string
+	// ServiceCIDRs are routed into the TUN once the source's first whole
+	// state is applied. Empty: the ranges the source reports are followed
+	// (Receiver.ApplyCIDRs).
+	ServiceCIDRs []netip.Prefix
+	// Topology is where this kubetun runs, for internalTrafficPolicy: Local
+	// and topology hints.
+	Topology resolver.Topology
+
+	TUN         string
+	MTU         int
+	DialTimeout time.Duration
+	// Dialer reaches pods; nil dials them directly from the host network.
+	Dialer netstack.Dialer
+	// DataPath are the data path's limits and timeouts (its Link,
+	// Services, Dialer, DialTimeout and Logger are set by the Proxy).
+	DataPath netstack.Config
+	// PodsVia says how pods are reached, as status shows it; "" means
+	// "direct".
+	PodsVia string
+
+	HealthAddr  string // /healthz, /livez, /readyz and /statusz; "" disables
+	MetricsAddr string // /metrics; "" disables
+	Profiling   bool   // /debug/pprof/ on MetricsAddr
+
+	DNS DNSConfig
 }
 
-// tunLost is why a run ends when its TUN device is gone.
-type tunLost struct{ error }
+// DNSConfig is the cluster DNS kubetun serves inside the service range.
+type DNSConfig struct {
+	Off bool
+	// IP is where it answers; invalid means the 10th address of the first
+	// service CIDR, as kube-dns's (10.3.240.10 for 10.3.240.0/20).
+	IP     netip.Addr
+	Domain string
+	// Upstreams answer names outside Domain; nil means the host's.
+	Upstreams []string
+}
 
-// runner wires a source, the service table, the netstack and the TUN.
-type runner struct {
-	cfg     runConfig
+// Source feeds a Proxy the Services and EndpointSlices to serve.
+type Source interface {
+	// Run delivers to r until ctx ends: r.Apply with the whole state once
+	// the source has it (an API source once its caches synced), and again
+	// after every change; r.ApplyCIDRs with the cluster's service ranges,
+	// if the source follows them; r.Changed as soon as a change arrives,
+	// before its Apply. Calls come from one goroutine. Run returns nil
+	// when ctx ends, an error when it cannot go on.
+	Run(ctx context.Context, r Receiver) error
+	// Info describes the source, for status.
+	Info() SourceInfo
+}
+
+// Receiver is what a Source delivers to: a Proxy.
+type Receiver interface {
+	Changed()
+	Apply(State)
+	ApplyCIDRs([]netip.Prefix)
+}
+
+// State is the whole set of objects a source holds now. Its objects may
+// belong to an informer cache: read them, never modify them.
+type State struct {
+	Services []*corev1.Service
+	Slices   []*discoveryv1.EndpointSlice
+	// Warnings are the source's own problems, reported with Build's.
+	Warnings []string
+}
+
+// Dataplane is the TUN device and the userspace stack behind it.
+type Dataplane interface {
+	Routes
+	Listener
+	// Name is the TUN device's name.
+	Name() string
+	// EndStaleSessions ends the UDP sessions whose endpoint or Service has
+	// left the current table.
+	EndStaleSessions()
+	Stats() netstack.Stats
+	// Gone is closed when the TUN device disappeared underneath (ip link
+	// del); Err then says why.
+	Gone() <-chan struct{}
+	Err() error
+	// Close closes every connection, removes the routes and the TUN, and
+	// returns when every goroutine it started has ended.
+	Close() error
+}
+
+// TUNLost is why Run fails when the TUN device is gone: its routes went
+// with it, and a supervisor (the DaemonSet's kubelet, systemd) restarting
+// kubetun sets everything up afresh, more surely than a repair in place.
+type TUNLost struct{ Err error }
+
+func (e TUNLost) Error() string { return fmt.Sprintf("TUN device gone: %v", e.Err) }
+
+// Routes are the host's routes into the TUN.
+type Routes interface {
+	// SetRoutes makes the TUN's routes exactly cidrs; safe to repeat. A
+	// CIDR not routed yet is refused if it overlaps a route of the host.
+	SetRoutes(cidrs []netip.Prefix) error
+	// CheckOverlap returns an error naming the first host route, other
+	// than the TUN's own, that overlaps one of cidrs.
+	CheckOverlap(cidrs []netip.Prefix) error
+}
+
+// Listener opens sockets on service addresses inside the userspace stack,
+// for the cluster DNS.
+type Listener interface {
+	ListenUDP(addr netip.AddrPort) (net.PacketConn, error)
+	ListenTCP(addr netip.AddrPort) (net.Listener, error)
+}
+
+// FlowCounter is implemented by a Dataplane that counts the flows being
+// forwarded now per Service ("namespace/name"); status shows them. netstack
+// counts flows only in total today, so its Dataplane does not implement it.
+type FlowCounter interface {
+	ActiveFlowsByService() map[string]int
+}
+
+// env are the Proxy's dependencies on the host, replaced by fakes in tests.
+type env struct {
+	// checkOverlap checks CIDRs against the host's routes before the TUN
+	// exists.
+	checkOverlap func(cidrs []netip.Prefix) error
+	// open creates the TUN and the stack that serves table.
+	open func(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error)
+	// newDNS creates the cluster DNS server.
+	newDNS func(cfg dnsParams) (DNS, error)
+	// hostUpstreams returns the host's DNS servers.
+	hostUpstreams func() ([]string, error)
+	// listen opens the health and metrics listeners.
+	listen func(network, addr string) (net.Listener, error)
+}
+
+// Proxy serves what a Source says through a TUN.
+type Proxy struct {
+	cfg     Config
+	src     Source
+	env     env
 	log     *slog.Logger
 	table   *resolver.Table
 	tracker *health.Tracker
-	topo    resolver.Topology
 
-	dev     *tunnel.Device
-	ns      *netstack.Stack
-	dns     *dns.Server // nil until started, or with --dns-ip=off
-	dnsIP   netip.Addr  // where dns answers
-	closers []func()    // what start and startDNS opened, closed in reverse by stop
+	dp      Dataplane
+	dns     DNS        // nil until started, or with DNS off
+	dnsIP   netip.Addr // where dns answers
+	closers []func()   // what start and startDNS opened, closed in reverse by stop
 
-	mu    sync.Mutex     // guards cidrs
-	cidrs []netip.Prefix // routed into the TUN now
+	// Owned by the goroutine running the Source's callbacks.
+	problems map[string]bool // reported by the last Build
+	routed   bool            // Config.ServiceCIDRs are routed
+	fail     context.CancelCauseFunc
+	ready    sync.Once
 
-	problems map[string]bool // reported by the last Build; owned by the apply goroutine
-
-	lost func(error) // ends the run, when the TUN is gone
+	mu        sync.Mutex     // guards the fields below, which status reads
+	cidrs     []netip.Prefix // routed into the TUN now
+	synced    bool           // the first whole state was applied
+	dnsStatus *DNSStatus     // where the cluster DNS answers; nil before it starts
+	flows     FlowCounter    // the data plane, if it counts flows per Service
 }
 
-// serveManifests serves the static manifest source.
-func (r *runner) serveManifests(ctx context.Context) error {
-	src, objs, err := manifest.NewSource(r.cfg.manifests, r.log)
-	if err != nil {
-		return err
-	}
-	r.topo = resolver.Topology{NodeName: r.cfg.nodeName}
-	// Refuse an overlapping CIDR before creating anything. Routes through
-	// a TUN an earlier kubetun --persist left are kubetun's own.
-	if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, tunnel.ExistingIndex(r.cfg.tun)); err != nil {
-		return err
-	}
-	r.cidrs = r.cfg.serviceCIDRs
-	r.apply(objs.Services, objs.Slices, objs.Warnings)
+// New returns a Proxy serving src as cfg says, on the host's TUN and routes.
+func New(cfg Config, src Source, log *slog.Logger) *Proxy {
+	return newProxy(cfg, src, log, hostEnv())
+}
 
-	stop, err := r.start()
+func newProxy(cfg Config, src Source, log *slog.Logger, e env) *Proxy {
+	if cfg.PodsVia == "" {
+		cfg.PodsVia = "direct"
+	}
+	return &Proxy{cfg: cfg, src: src, env: e, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout)}
+}
+
+// Run serves until ctx is done, then closes every connection and removes
+// the routes and the TUN. It fails at once if a fixed service CIDR overlaps
+// a route of the host, before anything is created.
+func (p *Proxy) Run(ctx context.Context) error {
+	if len(p.cfg.ServiceCIDRs) > 0 {
+		if err := p.env.checkOverlap(p.cfg.ServiceCIDRs); err != nil {
+			return err
+		}
+	}
+	runCtx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	p.fail = fail
+	stop, err := p.start()
 	if err != nil {
 		return err
 	}
 	defer stop()
-	if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {
-		return err
+	err = p.src.Run(runCtx, p)
+	if cause := context.Cause(runCtx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause // a fixed CIDR could not be routed
 	}
-	if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
-		return err
-	}
-	r.ready()
-
-	src.Run(ctx, func(objs manifest.Objects) {
-		r.apply(objs.Services, objs.Slices, objs.Warnings)
-	})
-	r.logShutdown()
-	return nil
-}
-
-// serveAPI serves what the Kubernetes API says.
-func (r *runner) serveAPI(ctx context.Context) error {
-	reach := kube.NewReachability(r.log)
-	client, from, err := kubeClient(r.cfg.kubeconfig, reach)
-	if err != nil {
-		return err
-	}
-	routeLog(r.log)
-	r.log.Info("using the Kubernetes API", "config", from, "node", r.cfg.nodeName)
-	followCIDRs := len(r.cfg.serviceCIDRs) == 0
-	if followCIDRs {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := kube.CheckServiceCIDRAPI(cctx, client)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
-		}
-	} else if err := tunnel.CheckOverlap(r.cfg.serviceCIDRs, tunnel.ExistingIndex(r.cfg.tun)); err != nil {
-		return err
-	}
-	r.topo = nodeTopology(ctx, client, r.cfg.nodeName, r.log)
-
-	stop, err := r.start()
-	if err != nil {
-		return err
-	}
-	defer stop()
-
-	src := kube.New(client, kube.Options{ServiceCIDRs: followCIDRs, OnChange: r.tracker.Queued, Reachability: reach}, r.log)
-	readyOnce := sync.OnceFunc(r.ready)
-	if !followCIDRs {
-		if err := r.startDNS(ctx, r.cfg.serviceCIDRs); err != nil {
-			return err
-		}
-		if err := r.setRoutes(r.cfg.serviceCIDRs); err != nil {
-			return err
-		}
-	}
-	err = src.Run(ctx, func(st kube.State) {
-		r.apply(st.Services, st.Slices, nil)
-		if !followCIDRs {
-			readyOnce()
-		}
-	}, func(cidrs []netip.Prefix) {
-		r.followCIDRs(ctx, cidrs)
-		readyOnce()
-	})
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
-	r.logShutdown()
+	p.log.Info("shutting down: closing connections, removing routes and the TUN device")
 	return nil
 }
 
-func (r *runner) logShutdown() {
-	if r.cfg.persist {
-		r.log.Info("shutting down: closing connections; the TUN device and its routes stay (--persist) for the next kubetun", "tun", r.dev.Name())
-		return
-	}
-	r.log.Info("shutting down: closing connections, removing routes and the TUN device")
-}
-
-// start opens the TUN, the netstack and the health and metrics servers.
-// The returned func closes them, and whatever was opened after them, in the
+// start opens the health and metrics servers, the TUN and the stack. The
+// returned func closes them, and whatever was opened after them, in the
 // reverse order.
-func (r *runner) start() (stop func(), err error) {
+func (p *Proxy) start() (stop func(), err error) {
 	stop = func() {
-		for _, c := range slices.Backward(r.closers) {
+		for _, c := range slices.Backward(p.closers) {
 			c()
 		}
-		r.closers = nil
+		p.closers = nil
 	}
 	defer func() {
 		if err != nil {
@@ -194,200 +257,184 @@ func (r *runner) start() (stop func(), err error) {
 		flag, addr string
 		h          http.Handler
 	}{
-		{"--health-addr", r.cfg.healthAddr, r.tracker.Handler()},
-		{"--metrics-addr", r.cfg.metricsAddr, metricsMux(r.tracker.MetricsHandler(), r.cfg.profiling)},
+		{"--health-addr", p.cfg.HealthAddr, p.healthMux()},
+		{"--metrics-addr", p.cfg.MetricsAddr, metricsMux(p.tracker.MetricsHandler(), p.cfg.Profiling)},
 	} {
 		if srv.addr == "" {
 			continue
 		}
-		closeSrv, err := serveHTTP(srv.flag, srv.addr, srv.h, r.log)
+		closeSrv, err := serveHTTP(p.env.listen, srv.flag, srv.addr, srv.h, p.log)
 		if err != nil {
 			return stop, err
 		}
-		r.closers = append(r.closers, closeSrv)
+		p.closers = append(p.closers, closeSrv)
 	}
 
-	r.dev, err = tunnel.Open(r.cfg.tun, r.cfg.mtu, r.log)
+	dp, err := p.env.open(p.cfg, p.table, p.log)
 	if err != nil {
 		return stop, err
 	}
-	r.closers = append(r.closers, func() {
-		if err := r.dev.Close(); err != nil {
-			r.log.Error("closing TUN device", "tun", r.dev.Name(), "err", err)
+	p.dp = dp
+	if fc, ok := dp.(FlowCounter); ok {
+		p.mu.Lock()
+		p.flows = fc
+		p.mu.Unlock()
+	}
+	p.closers = append(p.closers, func() {
+		if err := dp.Close(); err != nil {
+			p.log.Error("removing TUN device", "tun", dp.Name(), "err", err)
 		}
 	})
 	done, watched := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watched)
 		select {
-		case <-r.dev.Gone():
-			r.lost(tunLost{r.dev.Err()})
+		case <-dp.Gone():
+			p.log.Error("TUN device gone; stopping", "tun", dp.Name(), "err", dp.Err())
+			p.fail(TUNLost{dp.Err()})
 		case <-done:
 		}
 	}()
-	r.closers = append(r.closers, func() { close(done); <-watched })
-	if r.cfg.persist {
-		if err := r.dev.Persist(); err != nil {
-			return stop, err
-		}
-	}
-	nc := r.cfg.dataPath
-	nc.Link, nc.Services, nc.DialTimeout, nc.Logger = r.dev.Link(), r.table, r.cfg.dialTimeout, r.log
-	r.ns, err = netstack.New(nc)
-	if err != nil {
-		return stop, err
-	}
-	r.closers = append(r.closers, r.ns.Close)
-	r.dev.SetUDPHandler(r.ns.DeliverUDP)
-	if err := r.tracker.Register(netstackCollector{r.ns.Stats}); err != nil {
+	p.closers = append(p.closers, func() { close(done); <-watched })
+	if err := p.tracker.Register(netstackCollector{dp.Stats}); err != nil {
 		return stop, fmt.Errorf("registering the data path's metrics: %w", err)
 	}
 	return stop, nil
 }
 
-// apply builds and publishes a new service table. warnings are the
-// source's own, reported with Build's problems.
-func (r *runner) apply(services []*corev1Service, slices []*discoveryv1Slice, warnings []string) {
+// Changed implements Receiver: a change arrived and waits to be applied.
+func (p *Proxy) Changed() { p.tracker.Queued() }
+
+// Apply implements Receiver: it builds and publishes a new service table.
+// The first whole state also brings up the fixed service CIDRs (and the
+// DNS in them): routing them earlier would reset every connection to a
+// Service the table does not hold yet.
+func (p *Proxy) Apply(st State) {
+	p.apply(st)
+	if len(p.cfg.ServiceCIDRs) == 0 || p.routed {
+		if len(p.cfg.ServiceCIDRs) > 0 {
+			p.ready.Do(p.logReady)
+		}
+		return
+	}
+	p.routed = true
+	if err := p.startDNS(p.cfg.ServiceCIDRs); err != nil {
+		p.fail(err)
+		return
+	}
+	if err := p.setRoutes(p.cfg.ServiceCIDRs); err != nil {
+		p.fail(err)
+		return
+	}
+	p.ready.Do(p.logReady)
+}
+
+// ApplyCIDRs implements Receiver: it routes the cluster's service ranges,
+// leaving out (with an error) any that overlaps a route the host already
+// has. Fixed service CIDRs win over the source's.
+func (p *Proxy) ApplyCIDRs(cidrs []netip.Prefix) {
+	if len(p.cfg.ServiceCIDRs) > 0 {
+		return
+	}
+	var ok []netip.Prefix
+	for _, c := range cidrs {
+		if err := p.dp.CheckOverlap([]netip.Prefix{c}); err != nil {
+			p.log.Error("ServiceCIDR not routed", "err", err)
+			continue
+		}
+		ok = append(ok, c)
+	}
+	p.mu.Lock()
+	same := slices.Equal(ok, p.cidrs) && p.cidrs != nil
+	p.mu.Unlock()
+	if !same {
+		if p.dns == nil && len(ok) > 0 {
+			if err := p.startDNS(ok); err != nil {
+				p.log.Error("cluster DNS not started", "err", err)
+			}
+		}
+		if err := p.setRoutes(ok); err != nil {
+			p.log.Error("routing ServiceCIDRs", "cidrs", fmt.Sprint(ok), "err", err)
+			return
+		}
+		p.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
+	}
+	p.ready.Do(p.logReady)
+}
+
+// apply builds and publishes a new service table.
+func (p *Proxy) apply(st State) {
 	start := time.Now()
-	r.mu.Lock()
-	cidrs := r.cidrs
-	r.mu.Unlock()
-	snap, problems := resolver.Build(services, slices, r.table.Load(), r.topo, resolver.Routed(cidrs...))
-	for _, w := range warnings {
+	cidrs := p.cfg.ServiceCIDRs
+	if len(cidrs) == 0 {
+		p.mu.Lock()
+		cidrs = p.cidrs
+		p.mu.Unlock()
+	}
+	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology, resolver.Routed(cidrs...))
+	for _, w := range st.Warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
 	problems = append(problems, outside(snap, cidrs)...)
-	r.reportProblems(problems)
-	before := r.table.Load()
-	r.table.Store(snap)
-	r.warnDNSShadow(before, snap)
-	if r.ns != nil {
-		r.ns.EndStaleSessions()
+	p.reportProblems(problems)
+	before := p.table.Load()
+	p.table.Store(snap)
+	p.warnDNSShadow(before, snap)
+	if p.dp != nil {
+		p.dp.EndStaleSessions()
 	}
-	r.tracker.Synced(start, snap.Services(), snap.Endpoints(), slices)
-	r.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
+	p.tracker.Synced(start, snap.Services(), snap.Endpoints(), st.Slices)
+	p.mu.Lock()
+	p.synced = true
+	p.mu.Unlock()
+	p.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
 		"took", time.Since(start).Round(time.Microsecond))
 }
 
 // reportProblems logs each problem once: when it first appears, not again
 // on every rebuild while it lasts.
-func (r *runner) reportProblems(problems []resolver.Problem) {
+func (p *Proxy) reportProblems(problems []resolver.Problem) {
 	now := make(map[string]bool, len(problems))
-	for _, p := range problems {
-		msg := p.String()
-		if !now[msg] && !r.problems[msg] {
-			r.log.Warn(msg)
+	for _, pr := range problems {
+		msg := pr.String()
+		if !now[msg] && !p.problems[msg] {
+			p.log.Warn(msg)
 		}
 		now[msg] = true
 	}
-	r.problems = now
+	p.problems = now
 }
 
 // setRoutes routes cidrs, and the DNS address if they do not cover it,
 // into the TUN.
-func (r *runner) setRoutes(cidrs []netip.Prefix) error {
+func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
 	routes := cidrs
-	if r.dnsIP.IsValid() && !covered(r.dnsIP, cidrs) {
-		routes = append(slices.Clone(cidrs), netip.PrefixFrom(r.dnsIP, r.dnsIP.BitLen()))
+	if p.dnsIP.IsValid() && !covered(p.dnsIP, cidrs) {
+		routes = append(slices.Clone(cidrs), netip.PrefixFrom(p.dnsIP, p.dnsIP.BitLen()))
 	}
-	if err := r.dev.SetRoutes(routes); err != nil {
+	if err := p.dp.SetRoutes(routes); err != nil {
 		return err
 	}
-	if r.dns != nil {
-		r.dns.SetServiceCIDRs(cidrs)
+	if p.dns != nil {
+		p.dns.SetServiceCIDRs(cidrs)
 	}
-	r.mu.Lock()
-	r.cidrs = cidrs
-	r.mu.Unlock()
+	p.mu.Lock()
+	p.cidrs = slices.Clone(cidrs)
+	p.mu.Unlock()
 	return nil
 }
 
-// followCIDRs routes the cluster's ServiceCIDRs, leaving out (with an
-// error) any that overlaps a route the host already has.
-func (r *runner) followCIDRs(ctx context.Context, cidrs []netip.Prefix) {
-	var ok []netip.Prefix
-	for _, c := range cidrs {
-		if err := tunnel.CheckOverlap([]netip.Prefix{c}, r.dev.Index()); err != nil {
-			r.log.Error("ServiceCIDR not routed", "err", err)
-			continue
-		}
-		ok = append(ok, c)
-	}
-	r.mu.Lock()
-	same := slices.Equal(ok, r.cidrs)
-	r.mu.Unlock()
-	if same {
-		return
-	}
-	if r.dns == nil && len(ok) > 0 {
-		if err := r.startDNS(ctx, ok); err != nil {
-			r.log.Error("cluster DNS not started", "err", err)
-		}
-	}
-	if err := r.setRoutes(ok); err != nil {
-		r.log.Error("routing ServiceCIDRs", "cidrs", fmt.Sprint(ok), "err", err)
-		return
-	}
-	r.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
-}
-
-// ready starts serving: the TUN's packets reach the netstack only once the
-// service table is loaded, so that a SYN that arrived before (say, while a
-// kubetun --persist restarts) is retransmitted and served, not refused.
-func (r *runner) ready() {
-	r.dev.Start()
-	r.logReady()
-}
-
-func (r *runner) logReady() {
-	snap := r.table.Load()
-	r.mu.Lock()
-	cidrs := r.cidrs
-	r.mu.Unlock()
+func (p *Proxy) logReady() {
+	snap := p.table.Load()
+	p.mu.Lock()
+	cidrs := p.cidrs
+	p.mu.Unlock()
 	dnsAddr := "off"
-	if r.dns != nil {
-		dnsAddr = r.dnsIP.String()
+	if p.dns != nil {
+		dnsAddr = p.dnsIP.String()
 	}
-	r.log.Info("ready", "tun", r.dev.Name(), "mtu", r.cfg.mtu, "service-cidrs", fmt.Sprint(cidrs),
+	p.log.Info("ready", "tun", p.dp.Name(), "mtu", p.cfg.MTU, "service-cidrs", fmt.Sprint(cidrs),
 		"dns", dnsAddr, "services", snap.Services(), "endpoints", snap.Endpoints())
-}
-
-// serveHTTP listens on addr at once (so a taken port fails the start) and
-// serves h until the returned func is called.
-func serveHTTP(flag, addr string, h http.Handler, log *slog.Logger) (func(), error) {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("HTTP server", "flag", flag, "addr", addr, "err", err)
-		}
-	}()
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	}, nil
-}
-
-// metricsMux serves the metrics at /metrics and, with profiling, Go's
-// profiler at /debug/pprof/ (kube-proxy serves both on its metrics address).
-func metricsMux(h http.Handler, profiling bool) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", h)
-	if profiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	return mux
 }
 
 // outside reports the ClusterIPs no service CIDR covers: the host never

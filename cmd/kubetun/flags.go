@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/tunnel"
@@ -44,20 +45,20 @@ const (
 	defaultMetricsAddr = "127.0.0.1:10249"
 )
 
-func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
+// runFlags defines the flags of `kubetun run` on fs. After fs is parsed,
+// the returned func checks them and builds the runConfig. Every flag of
+// run is defined here, and lands in runConfig.
+func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	var (
 		cfg   runConfig
 		cidrs prefixList
 		level = "info"
 	)
-	fs := flag.NewFlagSet("kubetun run", flag.ContinueOnError)
-	// Errors are reported by the caller in one line; only -h prints usage.
-	fs.SetOutput(io.Discard)
 	fs.Var(&cidrs, "service-cidr", "service `CIDR` to route into kubetun (repeatable, or comma-separated), e.g. 10.3.240.0/20; with the API and without this flag, the cluster's ServiceCIDRs are followed")
 	fs.StringVar(&cfg.manifests, "manifests", "", "static source: `PATH` of a YAML/JSON file, or a directory of them, holding v1 Services and discovery.k8s.io/v1 EndpointSlices; watched for changes. Without it, kubetun watches the Kubernetes API")
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `PATH` for the Kubernetes API; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
 	fs.StringVar(&cfg.nodeName, "node-name", defaultNodeName(), "this node's `NAME`, for internalTrafficPolicy: Local and topology hints")
-	fs.StringVar(&cfg.healthAddr, "health-addr", defaultHealthAddr, "`ADDR` serving /healthz, /livez and /readyz (\"\" to disable)")
+	fs.StringVar(&cfg.healthAddr, "health-addr", defaultHealthAddr, "`ADDR` serving /healthz, /livez, /readyz and /statusz (\"\" to disable)")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, "`ADDR` serving Prometheus /metrics (\"\" to disable)")
 	fs.BoolVar(&cfg.profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on --metrics-addr, as kube-proxy's --profiling does")
 	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")
@@ -69,77 +70,109 @@ func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
 	fs.StringVar(&cfg.clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS `DOMAIN`")
 	upstreams := fs.String("dns-upstream", "", "comma-separated `SERVERS` (ip or ip:port) for names outside the cluster domain; default: the host's resolv.conf")
 	dataPathFlags(fs, &cfg.dataPath)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+
+	return func() (runConfig, error) {
+		if fs.NArg() > 0 {
+			return cfg, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+		}
+		cfg.serviceCIDRs = cidrs
+		if cfg.manifests != "" && cfg.kubeconfig != "" {
+			return cfg, usageError{errors.New("--manifests and --kubeconfig are two sources of Services; give one")}
+		}
+		if cfg.manifests != "" && len(cidrs) == 0 {
+			return cfg, usageError{errors.New("--service-cidr is required with --manifests, e.g. --service-cidr 10.3.240.0/20")}
+		}
+		if cfg.nodeName == "" {
+			return cfg, usageError{errors.New("--node-name is empty and the hostname is unknown; give --node-name")}
+		}
+		if cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n") {
+			return cfg, usageError{fmt.Errorf("--tun %q: an interface name is 1 to 15 characters, without '/' or spaces", cfg.tun)}
+		}
+		if cfg.mtu < 1280 || cfg.mtu > 65535 {
+			return cfg, usageError{fmt.Errorf("--mtu %d: want 1280 to 65535", cfg.mtu)}
+		}
+		if cfg.profiling && cfg.metricsAddr == "" {
+			return cfg, usageError{errors.New("--profiling serves on --metrics-addr, which is disabled; give --metrics-addr too")}
+		}
+		if cfg.dialTimeout <= 0 {
+			return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}
+		}
+		switch *dnsIP {
+		case "":
+		case "off":
+			cfg.dnsOff = true
+		default:
+			ip, err := netip.ParseAddr(*dnsIP)
+			if err != nil {
+				return cfg, usageError{fmt.Errorf("--dns-ip %q: want an IP address, or off", *dnsIP)}
+			}
+			cfg.dnsIP = ip.Unmap()
+		}
+		if d := strings.Trim(cfg.clusterDomain, "."); d == "" || strings.ContainsAny(d, " /\t") {
+			return cfg, usageError{fmt.Errorf("--cluster-domain %q: want a domain such as cluster.local", cfg.clusterDomain)}
+		}
+		for _, u := range strings.Split(*upstreams, ",") {
+			if u = strings.TrimSpace(u); u == "" {
+				continue
+			}
+			if _, err := netip.ParseAddr(u); err != nil {
+				if _, err := netip.ParseAddrPort(u); err != nil {
+					return cfg, usageError{fmt.Errorf("--dns-upstream %q: want ip or ip:port", u)}
+				}
+			}
+			cfg.dnsUpstreams = append(cfg.dnsUpstreams, u)
+		}
+		if err := checkDataPathFlags(&cfg.dataPath); err != nil {
+			return cfg, usageError{err}
+		}
+		if err := cfg.logLevel.UnmarshalText([]byte(level)); err != nil {
+			return cfg, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
+		}
+		return cfg, nil
+	}
+}
+
+// parseRunFlags parses run's command line outside cobra, as runCommand
+// does: -h prints the flags to stderr and returns pflag.ErrHelp.
+func parseRunFlags(args []string, stderr io.Writer) (runConfig, error) {
+	fs := pflag.NewFlagSet("kubetun run", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported by the caller, in one line
+	finish := runFlags(fs)
+	if err := fs.Parse(longFlags(fs, args)); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
 			fmt.Fprintln(stderr, "Usage: kubetun run [--kubeconfig PATH | --service-cidr CIDR --manifests PATH] [flags]")
-			fs.SetOutput(stderr)
-			fs.PrintDefaults()
-			return cfg, err
+			fmt.Fprint(stderr, fs.FlagUsages())
+			return runConfig{}, err
 		}
-		return cfg, usageError{fmt.Errorf("%w (see 'kubetun run -h')", err)}
+		return runConfig{}, usageError{fmt.Errorf("%w (see 'kubetun run -h')", err)}
 	}
-	if fs.NArg() > 0 {
-		return cfg, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
-	}
-	cfg.serviceCIDRs = cidrs
-	if cfg.manifests != "" && cfg.kubeconfig != "" {
-		return cfg, usageError{errors.New("--manifests and --kubeconfig are two sources of Services; give one")}
-	}
-	if cfg.manifests != "" && len(cidrs) == 0 {
-		return cfg, usageError{errors.New("--service-cidr is required with --manifests, e.g. --service-cidr 10.3.240.0/20")}
-	}
-	if cfg.nodeName == "" {
-		return cfg, usageError{errors.New("--node-name is empty and the hostname is unknown; give --node-name")}
-	}
-	if cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n") {
-		return cfg, usageError{fmt.Errorf("--tun %q: an interface name is 1 to 15 characters, without '/' or spaces", cfg.tun)}
-	}
-	if cfg.mtu < 1280 || cfg.mtu > 65535 {
-		return cfg, usageError{fmt.Errorf("--mtu %d: want 1280 to 65535", cfg.mtu)}
-	}
-	if cfg.profiling && cfg.metricsAddr == "" {
-		return cfg, usageError{errors.New("--profiling serves on --metrics-addr, which is disabled; give --metrics-addr too")}
-	}
-	if cfg.dialTimeout <= 0 {
-		return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}
-	}
-	switch *dnsIP {
-	case "":
-	case "off":
-		cfg.dnsOff = true
-	default:
-		ip, err := netip.ParseAddr(*dnsIP)
-		if err != nil {
-			return cfg, usageError{fmt.Errorf("--dns-ip %q: want an IP address, or off", *dnsIP)}
+	return finish()
+}
+
+// longFlags rewrites -name and -name=value to --name for the long flags
+// of fs: Go's flag package, which kubetun used before, took one dash or
+// two, and scripts and manifests written then keep working. Shorthands
+// (-h, -o) and everything after "--" are left alone.
+func longFlags(fs *pflag.FlagSet, args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
 		}
-		cfg.dnsIP = ip.Unmap()
-	}
-	if d := strings.Trim(cfg.clusterDomain, "."); d == "" || strings.ContainsAny(d, " /\t") {
-		return cfg, usageError{fmt.Errorf("--cluster-domain %q: want a domain such as cluster.local", cfg.clusterDomain)}
-	}
-	for _, u := range strings.Split(*upstreams, ",") {
-		if u = strings.TrimSpace(u); u == "" {
-			continue
-		}
-		if _, err := netip.ParseAddr(u); err != nil {
-			if _, err := netip.ParseAddrPort(u); err != nil {
-				return cfg, usageError{fmt.Errorf("--dns-upstream %q: want ip or ip:port", u)}
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			if len(name) > 1 && (fs.Lookup(name) != nil || name == "help" || name == "version") {
+				a = "-" + a
 			}
 		}
-		cfg.dnsUpstreams = append(cfg.dnsUpstreams, u)
+		out = append(out, a)
 	}
-	if err := checkDataPathFlags(&cfg.dataPath); err != nil {
-		return cfg, usageError{err}
-	}
-	if err := cfg.logLevel.UnmarshalText([]byte(level)); err != nil {
-		return cfg, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
-	}
-	return cfg, nil
+	return out
 }
 
 // dataPathFlags defines the flags of the data path's limits and timeouts,
 // into c; the defaults, netstack's, fit a node of 2 cores.
-func dataPathFlags(fs *flag.FlagSet, c *netstack.Config) {
+func dataPathFlags(fs *pflag.FlagSet, c *netstack.Config) {
 	fs.IntVar(&c.MaxSetups, "max-tcp-setups", netstack.DefaultMaxSetups, "most TCP connections being set up at once (SYN received, handshake not done), all clients together; past it, SYNs are dropped and clients retransmit")
 	fs.IntVar(&c.MaxSetupsPerSource, "max-tcp-setups-per-source", netstack.DefaultMaxSetupsPerSource, "most TCP connections being set up at once from one client address; past it, its SYNs get a RST")
 	fs.DurationVar(&c.HandshakeTimeout, "tcp-handshake-timeout", netstack.DefaultHandshakeTimeout, "how long a client may take to send its final ACK once the pod answered")
@@ -200,6 +233,9 @@ func (l *prefixList) String() string {
 	}
 	return strings.Join(s, ",")
 }
+
+// Type implements pflag.Value.
+func (*prefixList) Type() string { return "CIDR" }
 
 func (l *prefixList) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {

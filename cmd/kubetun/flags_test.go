@@ -4,17 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/tunnel"
@@ -61,9 +60,8 @@ func TestParseRunFlags(t *testing.T) {
 			name: "every flag",
 			args: []string{"--service-cidr=10.3.240.0/20", "-manifests", "services.yaml", "--tun", "kt1",
 				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug",
-				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999", "--persist"},
+				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999"},
 			want: runConfig{
-				persist:      true,
 				serviceCIDRs: prefixes("10.3.240.0/20"),
 				manifests:    "services.yaml",
 				tun:          "kt1",
@@ -119,7 +117,7 @@ func TestParseRunFlags(t *testing.T) {
 		{name: "--dial-timeout without a unit", args: with("--dial-timeout", "3"), err: "-dial-timeout"},
 		{name: "a bad --log-level", args: with("--log-level", "loud"), err: `--log-level "loud": want debug, info, warn or error`},
 		{name: "--profiling without --metrics-addr", args: with("--profiling", "--metrics-addr", ""), err: "--profiling serves on --metrics-addr, which is disabled"},
-		{name: "an unknown flag", args: with("--verbose"), err: "flag provided but not defined: -verbose"},
+		{name: "an unknown flag", args: with("--verbose"), err: "unknown flag: --verbose"},
 		{name: "an extra argument", args: with("extra"), err: `unexpected argument "extra"`},
 		{name: "an extra argument before flags", args: []string{"extra", "--service-cidr", "10.3.240.0/20", "--manifests", "m"}, err: `unexpected argument "extra"`},
 	}
@@ -160,10 +158,10 @@ func TestParseRunFlags(t *testing.T) {
 func TestParseRunFlagsHelp(t *testing.T) {
 	var stderr bytes.Buffer
 	_, err := parseRunFlags([]string{"-h"}, &stderr)
-	if !errors.Is(err, flag.ErrHelp) {
-		t.Errorf("parseRunFlags(-h) error %v, want flag.ErrHelp", err)
+	if !errors.Is(err, pflag.ErrHelp) {
+		t.Errorf("parseRunFlags(-h) error %v, want pflag.ErrHelp", err)
 	}
-	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-persist", "-mtu", "-dial-timeout", "-log-level"} {
+	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-mtu", "-dial-timeout", "-log-level"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("parseRunFlags(-h) printed %q, want it to contain %q", stderr.String(), want)
 		}
@@ -191,10 +189,16 @@ func TestRunMain(t *testing.T) {
 		{name: "run with a bad flag", args: []string{"run", "--mtu", "9"}, code: 2, stderr: "kubetun run: "},
 		{name: "run without flags or API config", args: []string{"run"}, code: 1, stderr: "kubetun: no service source: not running in a cluster, $KUBECONFIG is unset"},
 		{name: "run with a missing kubeconfig", args: []string{"run", "--kubeconfig", missing}, code: 1, stderr: "kubetun: loading Kubernetes client config (" + missing + ")"},
-		{name: "run -h", args: []string{"run", "-h"}, code: 0, stderr: "Usage: kubetun run"},
-		{name: "cleanup -h", args: []string{"cleanup", "-h"}, code: 0, stderr: "Usage: kubetun cleanup [--tun NAME]"},
-		{name: "cleanup with an argument", args: []string{"cleanup", "kubetun0"}, code: 2, stderr: `kubetun cleanup: unexpected argument "kubetun0"`},
-		{name: "cleanup with a bad flag", args: []string{"cleanup", "--persist"}, code: 2, stderr: "kubetun cleanup: flag provided but not defined: -persist"},
+		{name: "run -h", args: []string{"run", "-h"}, code: 0, stdout: "kubetun run [--kubeconfig PATH"},
+		{name: "run --help", args: []string{"run", "--help"}, code: 0, stdout: "--service-cidr CIDR"},
+		{name: "run, a long flag with one dash", args: []string{"run", "-mtu", "9"}, code: 2, stderr: "kubetun run: --mtu 9: want 1280 to 65535"},
+		{name: "run with an unknown flag", args: []string{"run", "--verbose"}, code: 2, stderr: "kubetun run: unknown flag: --verbose (see 'kubetun run --help')"},
+		{name: "-version", args: []string{"-version"}, code: 0, stdout: "kubetun "},
+		{name: "--help", args: []string{"--help"}, code: 0, stdout: "kubetun status"},
+		{name: "completion bash", args: []string{"completion", "bash"}, code: 0, stdout: "bash completion"},
+		{name: "completion zsh", args: []string{"completion", "zsh"}, code: 0, stdout: "compdef"},
+		{name: "completion fish", args: []string{"completion", "fish"}, code: 0, stdout: "complete -c kubetun"},
+		{name: "version with an argument", args: []string{"version", "x"}, code: 2, stderr: `kubetun version: unexpected argument "x"`},
 		// Fails reading the manifests, before it touches routes or a TUN:
 		// no root needed.
 		{
@@ -224,26 +228,6 @@ func checkOutput(tb testing.TB, name, got, want string) {
 		tb.Errorf("%s = %q, want nothing", name, got)
 	case !strings.Contains(got, want):
 		tb.Errorf("%s = %q, want it to contain %q", name, got, want)
-	}
-}
-
-// TestMetricsMuxProfiling checks that /debug/pprof/ is served only with
-// --profiling, and /metrics always.
-func TestMetricsMuxProfiling(t *testing.T) {
-	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "kubetun_services 1\n") })
-	for _, profiling := range []bool{false, true} {
-		mux := metricsMux(metrics, profiling)
-		for path, want := range map[string]int{
-			"/metrics":                       http.StatusOK,
-			"/debug/pprof/":                  map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[profiling],
-			"/debug/pprof/goroutine?debug=1": map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[profiling],
-		} {
-			rec := httptest.NewRecorder()
-			mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-			if rec.Code != want {
-				t.Errorf("profiling=%v: GET %s = %d, want %d", profiling, path, rec.Code, want)
-			}
-		}
 	}
 }
 

@@ -6,31 +6,24 @@
 // Usage:
 //
 //	kubetun run --service-cidr 10.3.240.0/20 --manifests services.yaml
-//	kubetun cleanup
+//	kubetun status
 //	kubetun version
+//
+// This package holds the command line only; package proxy does the work.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
-
-const usage = `kubetun routes Kubernetes Service ClusterIPs through a TUN device and a
-userspace TCP/IP stack to the pods behind them, with no iptables or nftables rule.
-
-Usage:
-  kubetun run [flags]    serve the service CIDRs (see 'kubetun run -h')
-  kubetun cleanup [--tun NAME]
-                         remove the TUN and routes 'kubetun run --persist' left
-  kubetun version        print the version
-`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -38,45 +31,130 @@ func main() {
 	os.Exit(runMain(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// usageError is a bad command line: exit code 2.
+type usageError struct{ error }
+
+// errUsageShown is a usage error whose usage was printed already.
+var errUsageShown = errors.New("usage shown")
+
 // runMain runs one subcommand and returns the process exit code: 0 on
 // success, 2 for a usage error, 1 for anything else.
 func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
+	root := newRootCommand(stdout, stderr)
+	if sub, _, err := root.Find(args); err == nil {
+		args = longFlags(sub.Flags(), args)
 	}
-	var err error
-	switch args[0] {
-	case "run":
-		err = runCommand(ctx, args[1:], stderr)
-	case "cleanup":
-		err = cleanupCommand(args[1:], stdout, stderr)
-	case "version", "--version", "-version":
-		fmt.Fprintln(stdout, "kubetun", version())
-		return 0
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, usage)
-		return 0
-	default:
-		fmt.Fprintf(stderr, "kubetun: unknown command %q\n\n%s", args[0], usage)
-		return 2
-	}
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
+	var usage usageError
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, new(usageError)):
-		fmt.Fprintf(stderr, "kubetun %s: %v\n", args[0], err)
+	case errors.Is(err, errUsageShown):
+		return 2
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "%s: %v\n", cmd.CommandPath(), err)
+		if cmd == root {
+			fmt.Fprintln(stderr, "Run 'kubetun --help' for usage.")
+		}
 		return 2
 	default:
-		fmt.Fprintf(stderr, "kubetun: %v\n", err)
+		// run's errors name what failed and say kubetun, as documented:
+		// "kubetun: service CIDR 10.0.0.0/14 overlaps route ...".
+		name := cmd.CommandPath()
+		if cmd.Name() == "run" {
+			name = root.Name()
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		return 1
 	}
 }
 
-// usageError is a bad command line.
-type usageError struct{ error }
+// newRootCommand builds the kubetun command and its subcommands.
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "kubetun",
+		Short: "Kubernetes Service ClusterIPs through a TUN device, with no iptables or nftables rule",
+		Long: `kubetun routes Kubernetes Service ClusterIPs through a TUN device and a
+userspace TCP/IP stack to the pods behind them, with no iptables or nftables rule.`,
+		Example: `  # Serve a cluster's Services on this node
+  kubetun run --kubeconfig ~/.kube/config
+
+  # Serve static manifests, without an apiserver
+  kubetun run --service-cidr 10.3.240.0/20 --manifests ./services/
+
+  # What the running kubetun serves
+  kubetun status`,
+		Version:       version(),
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q", args[0])}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(stderr)
+			cmd.Usage()
+			return errUsageShown
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetVersionTemplate("kubetun {{.Version}}\n")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
+	})
+	root.AddCommand(newRunCommand(stderr), newStatusCommand(), newVersionCommand())
+	return root
+}
+
+func newRunCommand(stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run [--kubeconfig PATH | --service-cidr CIDR --manifests PATH] [flags]",
+		Short: "Serve the service CIDRs on this host until interrupted",
+		Long: `Route the service CIDRs into a TUN device and forward every connection to a
+ClusterIP to a pod of its Service. The Services come from the Kubernetes API
+(--kubeconfig, or the in-cluster config) or from static manifests
+(--manifests). On SIGINT or SIGTERM kubetun closes every connection and
+removes its routes and TUN device.`,
+		Example: `  # Watch a cluster, following its ServiceCIDRs
+  kubetun run --kubeconfig ~/.kube/config
+
+  # Static manifests, e.g. from kubectl get services,endpointslices -A -o yaml
+  kubetun run --service-cidr 10.3.240.0/20 --manifests ./services/`,
+	}
+	finish := runFlags(cmd.Flags())
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := finish()
+		if err != nil {
+			return err
+		}
+		return runCommand(cmd.Context(), cfg, stderr)
+	}
+	return cmd
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "kubetun", version())
+			return nil
+		},
+	}
+}
+
+// noArgs is cobra.NoArgs as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", args[0])}
+	}
+	return nil
+}
 
 func version() string {
 	bi, ok := debug.ReadBuildInfo()

@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+
+	"github.com/kubetun/kubetun/proxy"
+	"github.com/kubetun/kubetun/resolver"
+)
+
+// runCommand is `kubetun run`: it serves until ctx is cancelled, then removes
+// its routes and TUN device.
+func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+	pc := proxy.Config{
+		Mode:         "run",
+		ServiceCIDRs: cfg.serviceCIDRs,
+		Topology:     resolver.Topology{NodeName: cfg.nodeName},
+		TUN:          cfg.tun,
+		MTU:          cfg.mtu,
+		DialTimeout:  cfg.dialTimeout,
+		DataPath:     cfg.dataPath,
+		HealthAddr:   cfg.healthAddr,
+		MetricsAddr:  cfg.metricsAddr,
+		Profiling:    cfg.profiling,
+		DNS: proxy.DNSConfig{
+			Off:       cfg.dnsOff,
+			IP:        cfg.dnsIP,
+			Domain:    cfg.clusterDomain,
+			Upstreams: cfg.dnsUpstreams,
+		},
+	}
+	var src proxy.Source
+	if cfg.manifests != "" {
+		m, err := proxy.NewManifestSource(cfg.manifests, log)
+		if err != nil {
+			return err
+		}
+		src = m
+	} else {
+		k, err := proxy.NewKubeSource(ctx, proxy.KubeOptions{
+			Kubeconfig:  cfg.kubeconfig,
+			FollowCIDRs: len(cfg.serviceCIDRs) == 0,
+			NodeName:    cfg.nodeName,
+		}, log)
+		if err != nil {
+			return err
+		}
+		pc.Topology = k.Topology(ctx)
+		src = k
+	}
+	return proxy.New(pc, src, log).Run(ctx)
+}

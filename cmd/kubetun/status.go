@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kubetun/kubetun/proxy"
+)
+
+// statusTimeout bounds the whole exchange with the running kubetun.
+const statusTimeout = 5 * time.Second
+
+func newStatusCommand() *cobra.Command {
+	var addr, output string
+	cmd := &cobra.Command{
+		Use:   "status [--addr ADDR] [-o json|yaml]",
+		Short: "Show what the running kubetun serves",
+		Long: `Show what the kubetun running on this host serves: its mode and source, the
+service CIDRs routed into it, its cluster DNS, how it reaches pods, and every
+Service with its ClusterIPs, ports and usable endpoints. It asks the running
+kubetun's health address (its --health-addr) for ` + proxy.StatusPath + `.
+
+FLOWS, the connections and UDP sessions being forwarded per Service, shows -
+while the data path counts flows only in total.`,
+		Example: `  # As a table
+  kubetun status
+
+  # As JSON, from a kubetun started with --health-addr 127.0.0.1:20256
+  kubetun status --addr 127.0.0.1:20256 -o json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch output {
+			case "", "table", "json", "yaml":
+			default:
+				return usageError{fmt.Errorf("--output %q: want json, yaml, or nothing for a table", output)}
+			}
+			st, err := fetchStatus(cmd.Context(), addr)
+			if err != nil {
+				return err
+			}
+			return printStatus(cmd.OutOrStdout(), st, output)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", defaultHealthAddr, "the running kubetun's health `ADDR` (its --health-addr)")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output `FORMAT`: json or yaml; a table when not given")
+	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
+// fetchStatus asks the kubetun at addr for its Status.
+func fetchStatus(ctx context.Context, addr string) (proxy.Status, error) {
+	var st proxy.Status
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	u := "http://" + addr + proxy.StatusPath
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return st, usageError{fmt.Errorf("--addr %q: %v", addr, err)}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return st, fmt.Errorf("no kubetun running at %s (%v); start one with 'kubetun run', or give --addr, its --health-addr", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("%s answered GET %s with %s: not kubetun, or a kubetun without status", addr, proxy.StatusPath, resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&st); err != nil {
+		return st, fmt.Errorf("reading %s: %v", u, err)
+	}
+	return st, nil
+}
+
+// printStatus prints st as output says: "json", "yaml", or a table as
+// kubectl prints one.
+func printStatus(w io.Writer, st proxy.Status, output string) error {
+	switch output {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "    ")
+		return enc.Encode(st)
+	case "yaml":
+		b, err := yaml.Marshal(st)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
+	fmt.Fprintf(tw, "Mode:\t%s\n", st.Mode)
+	fmt.Fprintf(tw, "Source:\t%s\n", describeSource(st.Source))
+	fmt.Fprintf(tw, "Ready:\t%v\n", st.Ready)
+	fmt.Fprintf(tw, "TUN:\t%s\n", st.TUN)
+	fmt.Fprintf(tw, "Service CIDRs:\t%s\n", orNone(strings.Join(st.ServiceCIDRs, ",")))
+	dns := "off"
+	if st.DNS != nil {
+		dns = st.DNS.Domain + " at " + st.DNS.Address
+	}
+	fmt.Fprintf(tw, "DNS:\t%s\n", dns)
+	fmt.Fprintf(tw, "Pods:\t%s\n", st.Pods)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	if len(st.Services) == 0 {
+		_, err := fmt.Fprintln(w, "No Services served.")
+		return err
+	}
+	tw = tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tCLUSTER-IP\tPORT(S)\tENDPOINTS\tFLOWS")
+	for _, s := range st.Services {
+		var ports, eps []string
+		for _, p := range s.Ports {
+			port := strconv.Itoa(int(p.Port)) + "/" + p.Protocol
+			if !slices.Contains(ports, port) {
+				ports = append(ports, port)
+			}
+			for _, ep := range p.Endpoints {
+				if !slices.Contains(eps, ep) {
+					eps = append(eps, ep)
+				}
+			}
+		}
+		slices.Sort(eps)
+		flows := "-"
+		if s.ActiveFlows != nil {
+			flows = strconv.Itoa(*s.ActiveFlows)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, orNone(strings.Join(s.ClusterIPs, ",")),
+			orNone(strings.Join(ports, ",")), orNone(strings.Join(eps, ",")), flows)
+	}
+	return tw.Flush()
+}
+
+// describeSource says where the Services come from in one phrase.
+func describeSource(src proxy.SourceInfo) string {
+	switch src.Kind {
+	case "manifests":
+		return "manifests " + src.Path
+	case "kubernetes":
+		s := "Kubernetes API"
+		if src.Context != "" {
+			s += ", context " + src.Context
+		}
+		if src.Server != "" {
+			s += " (" + src.Server + ")"
+		}
+		if src.Path != "" {
+			s += ", config " + src.Path
+		}
+		return s
+	}
+	return orNone(src.Kind)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "<none>"
+	}
+	return s
+}

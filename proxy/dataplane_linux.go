@@ -1,0 +1,61 @@
+package proxy
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+
+	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/tunnel"
+)
+
+// hostEnv is the real host: netlink routes, a TUN device, gVisor.
+func hostEnv() env {
+	return env{
+		checkOverlap:  func(cidrs []netip.Prefix) error { return tunnel.CheckOverlap(cidrs, 0) },
+		open:          openDataplane,
+		newDNS:        newDNS,
+		hostUpstreams: hostUpstreams,
+		listen:        net.Listen,
+	}
+}
+
+// dataplane is a TUN device with a netstack behind it.
+type dataplane struct {
+	*tunnel.Device
+	*netstack.Stack
+}
+
+var _ Dataplane = dataplane{}
+
+// openDataplane creates the TUN device and the netstack serving table.
+func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error) {
+	dev, err := tunnel.Open(cfg.TUN, cfg.MTU, log)
+	if err != nil {
+		return nil, err
+	}
+	nc := cfg.DataPath
+	nc.Link, nc.Services, nc.Dialer, nc.DialTimeout, nc.Logger = dev.Link(), table, cfg.Dialer, cfg.DialTimeout, log
+	ns, err := netstack.New(nc)
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	dev.SetUDPHandler(ns.DeliverUDP)
+	return dataplane{dev, ns}, nil
+}
+
+// CheckOverlap implements Routes; the TUN's own routes do not count.
+func (d dataplane) CheckOverlap(cidrs []netip.Prefix) error {
+	return tunnel.CheckOverlap(cidrs, d.Index())
+}
+
+// Err implements Dataplane: why the TUN is gone.
+func (d dataplane) Err() error { return d.Device.Err() }
+
+// Close closes the stack's connections, then removes the TUN and its routes.
+func (d dataplane) Close() error {
+	d.Stack.Close()
+	return d.Device.Close()
+}

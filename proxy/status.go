@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"cmp"
+	"encoding/json"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/kubetun/kubetun/resolver"
+)
+
+// StatusPath is where the health server serves Status as JSON.
+const StatusPath = "/statusz"
+
+// Status is what a running kubetun serves, as `kubetun status` shows it.
+type Status struct {
+	// Mode is the subcommand serving: "run" or "connect".
+	Mode   string     `json:"mode"`
+	Source SourceInfo `json:"source"`
+	// Ready is true once the first whole state is served.
+	Ready bool   `json:"ready"`
+	TUN   string `json:"tun"`
+	// ServiceCIDRs are routed into the TUN now.
+	ServiceCIDRs []string `json:"serviceCIDRs"`
+	// DNS is the cluster DNS; nil when off or not started yet.
+	DNS *DNSStatus `json:"dns,omitempty"`
+	// Pods says how pods are reached: "direct" (dialled from the host
+	// network).
+	Pods     string          `json:"pods"`
+	Services []ServiceStatus `json:"services"`
+}
+
+// DNSStatus is where the cluster DNS answers.
+type DNSStatus struct {
+	Domain  string `json:"domain"`
+	Address string `json:"address"`
+}
+
+// ServiceStatus is one Service with ClusterIP ports served.
+type ServiceStatus struct {
+	Namespace  string       `json:"namespace"`
+	Name       string       `json:"name"`
+	ClusterIPs []string     `json:"clusterIPs"`
+	Ports      []PortStatus `json:"ports"`
+	// ActiveFlows are the flows to the Service being forwarded now; nil
+	// when the data plane does not count them per Service (FlowCounter).
+	ActiveFlows *int `json:"activeFlows,omitempty"`
+}
+
+// PortStatus is one port of a Service on one ClusterIP.
+type PortStatus struct {
+	Name      string `json:"name,omitempty"`
+	Protocol  string `json:"protocol"`
+	ClusterIP string `json:"clusterIP"`
+	Port      uint16 `json:"port"`
+	// Endpoints are those new flows may go to ("ip:port").
+	Endpoints []string `json:"endpoints"`
+}
+
+// Status returns what p serves now.
+func (p *Proxy) Status() Status {
+	p.mu.Lock()
+	cidrs := slices.Clone(p.cidrs)
+	ready, dns, fc := p.synced, p.dnsStatus, p.flows
+	p.mu.Unlock()
+	st := Status{
+		Mode:         p.cfg.Mode,
+		Source:       p.src.Info(),
+		Ready:        ready,
+		TUN:          p.cfg.TUN,
+		ServiceCIDRs: make([]string, 0, len(cidrs)),
+		Pods:         p.cfg.PodsVia,
+	}
+	for _, c := range cidrs {
+		st.ServiceCIDRs = append(st.ServiceCIDRs, c.String())
+	}
+	if len(cidrs) > 0 {
+		st.DNS = dns
+	}
+	var flows map[string]int
+	if fc != nil {
+		flows = fc.ActiveFlowsByService()
+	}
+	st.Services = services(p.table.Load(), flows)
+	return st
+}
+
+// services lists the Services of snap by namespace and name, their ports by
+// ClusterIP, port and protocol. flows, if not nil, are the active flows by
+// "namespace/name".
+func services(snap *resolver.Snapshot, flows map[string]int) []ServiceStatus {
+	byName := map[string]*ServiceStatus{}
+	for _, sp := range snap.Ports() {
+		s := byName[sp.Service]
+		if s == nil {
+			ns, name, _ := strings.Cut(sp.Service, "/")
+			s = &ServiceStatus{Namespace: ns, Name: name}
+			if flows != nil {
+				n := flows[sp.Service]
+				s.ActiveFlows = &n
+			}
+			byName[sp.Service] = s
+		}
+		ip := sp.ClusterIP.String()
+		if !slices.Contains(s.ClusterIPs, ip) {
+			s.ClusterIPs = append(s.ClusterIPs, ip)
+		}
+		eps := make([]string, 0, len(sp.Usable()))
+		for _, ep := range sp.Usable() {
+			eps = append(eps, ep.Addr.String())
+		}
+		slices.Sort(eps)
+		s.Ports = append(s.Ports, PortStatus{Name: sp.Name, Protocol: sp.Protocol.String(), ClusterIP: ip, Port: sp.Port, Endpoints: eps})
+	}
+	out := make([]ServiceStatus, 0, len(byName))
+	for _, s := range byName {
+		slices.SortFunc(s.ClusterIPs, func(a, b string) int {
+			return netip.MustParseAddr(a).Compare(netip.MustParseAddr(b))
+		})
+		slices.SortFunc(s.Ports, func(a, b PortStatus) int {
+			return cmp.Or(netip.MustParseAddr(a.ClusterIP).Compare(netip.MustParseAddr(b.ClusterIP)),
+				cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
+		})
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b ServiceStatus) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return out
+}
+
+// statusHandler serves Status as JSON. It is read-only and local (the health
+// address is loopback by default), as kube-proxy's /healthz.
+func (p *Proxy) statusHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(p.Status())
+	})
+}
