@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/kubetun/kubetun/proxy"
+)
+
+func testStatus() proxy.Status {
+	three := 3
+	return proxy.Status{
+		Mode: "run", Source: proxy.SourceInfo{Kind: "manifests", Path: "/etc/kubetun/services"}, Ready: true, TUN: "kubetun0",
+		ServiceCIDRs: []string{"10.3.240.0/20"}, DNS: &proxy.DNSStatus{Domain: "cluster.local", Address: "10.3.240.10"}, Pods: "direct",
+		Services: []proxy.ServiceStatus{
+			{Namespace: "default", Name: "service-test", ClusterIPs: []string{"10.3.241.152"},
+				Ports: []proxy.PortStatus{{Protocol: "TCP", ClusterIP: "10.3.241.152", Port: 80, Endpoints: []string{"10.0.1.2:8080", "10.0.2.2:8080"}}}},
+			{Namespace: "kube-system", Name: "kube-dns", ClusterIPs: []string{"10.3.240.10"}, ActiveFlows: &three,
+				Ports: []proxy.PortStatus{
+					{Name: "dns", Protocol: "UDP", ClusterIP: "10.3.240.10", Port: 53, Endpoints: []string{"10.0.5.2:53"}},
+					{Name: "dns-tcp", Protocol: "TCP", ClusterIP: "10.3.240.10", Port: 53, Endpoints: []string{"10.0.5.2:53"}},
+				}},
+			{Namespace: "default", Name: "empty", ClusterIPs: []string{"10.3.241.1"},
+				Ports: []proxy.PortStatus{{Protocol: "TCP", ClusterIP: "10.3.241.1", Port: 80, Endpoints: []string{}}}},
+		},
+	}
+}
+
+// serveStatus serves st at /statusz on a loopback address until the test
+// ends, and returns the address.
+func serveStatus(t *testing.T, st proxy.Status) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != proxy.StatusPath {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(st)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func TestStatusCommand(t *testing.T) {
+	addr := serveStatus(t, testStatus())
+	// An address nothing listens on: a port just closed.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	notKubetun := httptest.NewServer(http.NotFoundHandler())
+	defer notKubetun.Close()
+
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout []string // substrings, in order
+		stderr string
+	}{
+		{
+			name: "table",
+			args: []string{"status", "--addr", addr},
+			stdout: []string{
+				"Mode:            run\n",
+				"Source:          manifests /etc/kubetun/services\n",
+				"Ready:           true\n",
+				"Service CIDRs:   10.3.240.0/20\n",
+				"DNS:             cluster.local at 10.3.240.10\n",
+				"Pods:            direct\n",
+				"NAMESPACE     NAME           CLUSTER-IP     PORT(S)         ENDPOINTS                     FLOWS\n",
+				"default       service-test   10.3.241.152   80/TCP          10.0.1.2:8080,10.0.2.2:8080   -\n",
+				"kube-system   kube-dns       10.3.240.10    53/UDP,53/TCP   10.0.5.2:53                   3\n",
+				"default       empty          10.3.241.1     80/TCP          <none>                        -\n",
+			},
+		},
+		{name: "json", args: []string{"status", "--addr", addr, "-o", "json"}, stdout: []string{`"mode": "run"`, `"clusterIPs": [`, `"10.0.1.2:8080",`, `"activeFlows": 3`}},
+		{name: "yaml", args: []string{"status", "--addr=" + addr, "--output=yaml"}, stdout: []string{"mode: run\n", "serviceCIDRs:\n- 10.3.240.0/20\n", "  name: service-test\n", "    - 10.0.1.2:8080\n"}},
+		{name: "a bad -o", args: []string{"status", "--addr", addr, "-o", "wide"}, code: 2, stderr: `kubetun status: --output "wide": want json, yaml`},
+		{name: "an argument", args: []string{"status", "extra"}, code: 2, stderr: `kubetun status: unexpected argument "extra"`},
+		{name: "no kubetun running", args: []string{"status", "--addr", dead}, code: 1,
+			stderr: "kubetun status: no kubetun running at " + dead + " (dial tcp " + dead + ": connect: connection refused); start one with 'kubetun run', or give --addr"},
+		{name: "not kubetun", args: []string{"status", "--addr", strings.TrimPrefix(notKubetun.URL, "http://")}, code: 1, stderr: "answered GET /statusz with 404 Not Found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := runMain(context.Background(), tt.args, &stdout, &stderr)
+			if code != tt.code {
+				t.Errorf("runMain(%q) = %d, want %d (stderr %q)", tt.args, code, tt.code, stderr.String())
+			}
+			out := stdout.String()
+			for _, want := range tt.stdout {
+				i := strings.Index(out, want)
+				if i < 0 {
+					t.Fatalf("stdout = \n%s\nwant it to contain, in order, %q", stdout.String(), want)
+				}
+				out = out[i+len(want):]
+			}
+			if len(tt.stdout) == 0 && stdout.Len() > 0 {
+				t.Errorf("stdout = %q, want nothing", stdout.String())
+			}
+			checkOutput(t, "stderr", stderr.String(), tt.stderr)
+		})
+	}
+}
+
+// TestStatusKubernetesSource checks how a Kubernetes source is described.
+func TestStatusKubernetesSource(t *testing.T) {
+	got := describeSource(proxy.SourceInfo{Kind: "kubernetes", Path: "/root/.kube/config", Context: "kind-dev", Server: "https://127.0.0.1:6443"})
+	if want := "Kubernetes API, context kind-dev (https://127.0.0.1:6443), config /root/.kube/config"; got != want {
+		t.Errorf("describeSource = %q, want %q", got, want)
+	}
+}
