@@ -257,3 +257,18 @@ func TestDataPathFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestLongFlags(t *testing.T) {
+	fs := pflag.NewFlagSet("kubetun run", pflag.ContinueOnError)
+	runFlags(fs)
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{"-mtu", "1500", "-manifests=m"}, []string{"--mtu", "1500", "--manifests=m"}},
+		{[]string{"--mtu", "1500", "-h", "-help"}, []string{"--mtu", "1500", "-h", "--help"}},
+		{[]string{"-unknown", "-x"}, []string{"-unknown", "-x"}},
+		{[]string{"--", "-mtu"}, []string{"--", "-mtu"}},
+	} {
+		if got := longFlags(fs, tc.in); !slices.Equal(got, tc.want) {
+			t.Errorf("longFlags(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
