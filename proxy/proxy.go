@@ -6,9 +6,9 @@
 // Like kube-proxy's, it applies the whole state in one place (Proxy.Apply):
 // a new immutable snapshot is built and swapped in, and the routes follow.
 // With the Kubernetes API nothing is routed before the source's caches have
-// synced, so a restart never serves an empty table
-// (https://github.com/kubernetes/kubernetes/issues/114262 is kube-proxy's
-// equivalent); /readyz stays 503 until then.
+// synced, as kube-proxy programs nothing before: a restart never resets
+// connections to Services it has not read yet. /readyz stays 503 until
+// then.
 package proxy
 
 import (
