@@ -111,6 +111,10 @@ func (d *fakeDataplane) ListenTCP(netip.AddrPort) (net.Listener, error) {
 
 func (d *fakeDataplane) Name() string { return "kubetun0" }
 
+func (d *fakeDataplane) Gone() <-chan struct{} { return nil }
+
+func (d *fakeDataplane) Err() error { return nil }
+
 func (d *fakeDataplane) EndStaleSessions() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
