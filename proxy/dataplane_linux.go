@@ -13,7 +13,9 @@ import (
 // hostEnv is the real host: netlink routes, a TUN device, gVisor.
 func hostEnv() env {
 	return env{
-		checkOverlap:  func(cidrs []netip.Prefix) error { return tunnel.CheckOverlap(cidrs, 0) },
+		checkOverlap: func(tun string, cidrs []netip.Prefix) error {
+			return tunnel.CheckOverlap(cidrs, tunnel.ExistingIndex(tun))
+		},
 		open:          openDataplane,
 		newDNS:        newDNS,
 		hostUpstreams: hostUpstreams,
@@ -35,6 +37,12 @@ func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Datapla
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Persist {
+		if err := dev.Persist(); err != nil {
+			dev.Close()
+			return nil, err
+		}
+	}
 	nc := cfg.DataPath
 	nc.Link, nc.Services, nc.Dialer, nc.DialTimeout, nc.Logger = dev.Link(), table, cfg.Dialer, cfg.DialTimeout, log
 	ns, err := netstack.New(nc)
@@ -54,7 +62,8 @@ func (d dataplane) CheckOverlap(cidrs []netip.Prefix) error {
 // Err implements Dataplane: why the TUN is gone.
 func (d dataplane) Err() error { return d.Device.Err() }
 
-// Close closes the stack's connections, then removes the TUN and its routes.
+// Close closes the stack's connections, then removes the TUN and its routes
+// unless they persist.
 func (d dataplane) Close() error {
 	d.Stack.Close()
 	return d.Device.Close()

@@ -37,7 +37,19 @@ func serveHTTP(listen func(network, addr string) (net.Listener, error), flag, ad
 // healthMux serves kube-proxy's probes and kubetun's /statusz.
 func (p *Proxy) healthMux() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/", p.tracker.Handler())
+	probes := p.tracker.Handler()
+	mux.Handle("/", probes)
+	// A kubetun whose TUN is gone serves nothing: it fails liveness at
+	// once, for the moment it takes to exit.
+	lost := func(w http.ResponseWriter, r *http.Request) {
+		if p.tunLost.Load() {
+			http.Error(w, "TUN device gone", http.StatusServiceUnavailable)
+			return
+		}
+		probes.ServeHTTP(w, r)
+	}
+	mux.HandleFunc("/healthz", lost)
+	mux.HandleFunc("/livez", lost)
 	mux.Handle(StatusPath, p.statusHandler())
 	return mux
 }

@@ -4,7 +4,17 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/resolver"
 )
+
+// affinityCollector is the kubetun_affinity_entries gauge: the clients the
+// ClientIP session affinity tables of the current service table remember.
+func affinityCollector(t *resolver.Table) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kubetun_affinity_entries",
+		Help: "Clients the ClientIP session affinity tables of every Service port remember now (each table bounded by --max-affinity-clients).",
+	}, func() float64 { return float64(t.Load().AffinityEntries()) })
+}
 
 // The data path's metrics, read from netstack.Stats at each scrape: the
 // packet path only adds to atomic counters.

@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,7 +48,12 @@ type Config struct {
 	// and topology hints.
 	Topology resolver.Topology
 
-	TUN         string
+	TUN string
+	// Persist leaves the TUN device and its routes in place when the Proxy
+	// stops (or the process dies), so that service traffic waits in the
+	// TUN for the next kubetun instead of leaving by another route; a
+	// later Proxy on the same TUN attaches to them (tunnel.Persist).
+	Persist     bool
 	MTU         int
 	DialTimeout time.Duration
 	// Dialer reaches pods; nil dials them directly from the host network.
@@ -55,6 +61,9 @@ type Config struct {
 	// DataPath are the data path's limits and timeouts (its Link,
 	// Services, Dialer, DialTimeout and Logger are set by the Proxy).
 	DataPath netstack.Config
+	// MaxAffinityClients caps each ClientIP session affinity table
+	// (resolver.MaxAffinityClients); 0 keeps resolver's default.
+	MaxAffinityClients int
 	// PodsVia says how pods are reached, as status shows it; "" means
 	// "direct".
 	PodsVia string
@@ -112,6 +121,11 @@ type Dataplane interface {
 	Listener
 	// Name is the TUN device's name.
 	Name() string
+	// Start starts moving packets between the TUN and the stack. Until
+	// then they wait in the TUN's queue: a SYN that arrives before the
+	// service table is loaded (a kubetun --persist restarting) is
+	// retransmitted and served, not refused.
+	Start()
 	// EndStaleSessions ends the UDP sessions whose endpoint or Service has
 	// left the current table.
 	EndStaleSessions()
@@ -120,8 +134,9 @@ type Dataplane interface {
 	// del); Err then says why.
 	Gone() <-chan struct{}
 	Err() error
-	// Close closes every connection, removes the routes and the TUN, and
-	// returns when every goroutine it started has ended.
+	// Close closes every connection, removes the routes and the TUN
+	// (unless Config.Persist), and returns when every goroutine it started
+	// has ended.
 	Close() error
 }
 
@@ -159,8 +174,9 @@ type FlowCounter interface {
 // env are the Proxy's dependencies on the host, replaced by fakes in tests.
 type env struct {
 	// checkOverlap checks CIDRs against the host's routes before the TUN
-	// exists.
-	checkOverlap func(cidrs []netip.Prefix) error
+	// is opened; routes through an existing TUN named tun (one a kubetun
+	// --persist left) are kubetun's own.
+	checkOverlap func(tun string, cidrs []netip.Prefix) error
 	// open creates the TUN and the stack that serves table.
 	open func(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error)
 	// newDNS creates the cluster DNS server.
@@ -188,6 +204,7 @@ type Proxy struct {
 	// Owned by the goroutine running the Source's callbacks.
 	problems map[string]bool // reported by the last Build
 	routed   bool            // Config.ServiceCIDRs are routed
+	last     *State          // the last whole state, rebuilt when the routed ranges change
 	fail     context.CancelCauseFunc
 	ready    sync.Once
 
@@ -196,6 +213,8 @@ type Proxy struct {
 	synced    bool           // the first whole state was applied
 	dnsStatus *DNSStatus     // where the cluster DNS answers; nil before it starts
 	flows     FlowCounter    // the data plane, if it counts flows per Service
+
+	tunLost atomic.Bool // the TUN is gone: /healthz fails until the process exits
 }
 
 // New returns a Proxy serving src as cfg says, on the host's TUN and routes.
@@ -215,7 +234,7 @@ func newProxy(cfg Config, src Source, log *slog.Logger, e env) *Proxy {
 // a route of the host, before anything is created.
 func (p *Proxy) Run(ctx context.Context) error {
 	if len(p.cfg.ServiceCIDRs) > 0 {
-		if err := p.env.checkOverlap(p.cfg.ServiceCIDRs); err != nil {
+		if err := p.env.checkOverlap(p.cfg.TUN, p.cfg.ServiceCIDRs); err != nil {
 			return err
 		}
 	}
@@ -234,7 +253,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
-	p.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	if p.cfg.Persist {
+		p.log.Info("shutting down: closing connections; the TUN device and its routes stay (--persist) for the next kubetun", "tun", p.cfg.TUN)
+	} else {
+		p.log.Info("shutting down: closing connections, removing routes and the TUN device")
+	}
 	return nil
 }
 
@@ -282,7 +305,7 @@ func (p *Proxy) start() (stop func(), err error) {
 	}
 	p.closers = append(p.closers, func() {
 		if err := dp.Close(); err != nil {
-			p.log.Error("removing TUN device", "tun", dp.Name(), "err", err)
+			p.log.Error("closing TUN device", "tun", dp.Name(), "err", err)
 		}
 	})
 	done, watched := make(chan struct{}), make(chan struct{})
@@ -290,6 +313,7 @@ func (p *Proxy) start() (stop func(), err error) {
 		defer close(watched)
 		select {
 		case <-dp.Gone():
+			p.tunLost.Store(true)
 			p.log.Error("TUN device gone; stopping", "tun", dp.Name(), "err", dp.Err())
 			p.fail(TUNLost{dp.Err()})
 		case <-done:
@@ -298,6 +322,9 @@ func (p *Proxy) start() (stop func(), err error) {
 	p.closers = append(p.closers, func() { close(done); <-watched })
 	if err := p.tracker.Register(netstackCollector{dp.Stats}); err != nil {
 		return stop, fmt.Errorf("registering the data path's metrics: %w", err)
+	}
+	if err := p.tracker.Register(affinityCollector(p.table)); err != nil {
+		return stop, fmt.Errorf("registering the affinity metric: %w", err)
 	}
 	return stop, nil
 }
@@ -310,23 +337,27 @@ func (p *Proxy) Changed() { p.tracker.Queued() }
 // DNS in them): routing them earlier would reset every connection to a
 // Service the table does not hold yet.
 func (p *Proxy) Apply(st State) {
-	p.apply(st)
+	p.last = &st
 	if len(p.cfg.ServiceCIDRs) == 0 || p.routed {
+		p.apply(st)
 		if len(p.cfg.ServiceCIDRs) > 0 {
-			p.ready.Do(p.logReady)
+			p.ready.Do(p.serve)
 		}
 		return
 	}
 	p.routed = true
+	// The DNS first, so that the first table already knows its address
+	// as routed (see routedPrefixes).
 	if err := p.startDNS(p.cfg.ServiceCIDRs); err != nil {
 		p.fail(err)
 		return
 	}
+	p.apply(st)
 	if err := p.setRoutes(p.cfg.ServiceCIDRs); err != nil {
 		p.fail(err)
 		return
 	}
-	p.ready.Do(p.logReady)
+	p.ready.Do(p.serve)
 }
 
 // ApplyCIDRs implements Receiver: it routes the cluster's service ranges,
@@ -358,8 +389,13 @@ func (p *Proxy) ApplyCIDRs(cidrs []netip.Prefix) {
 			return
 		}
 		p.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
+		// The table refuses endpoints inside the routed ranges: rebuild it
+		// for the new ones.
+		if p.last != nil {
+			p.apply(*p.last)
+		}
 	}
-	p.ready.Do(p.logReady)
+	p.ready.Do(p.serve)
 }
 
 // apply builds and publishes a new service table.
@@ -371,7 +407,8 @@ func (p *Proxy) apply(st State) {
 		cidrs = p.cidrs
 		p.mu.Unlock()
 	}
-	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology, resolver.Routed(cidrs...))
+	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology,
+		resolver.Routed(p.routedPrefixes(cidrs)...), resolver.MaxAffinityClients(p.cfg.MaxAffinityClients))
 	for _, w := range st.Warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
@@ -405,14 +442,19 @@ func (p *Proxy) reportProblems(problems []resolver.Problem) {
 	p.problems = now
 }
 
+// routedPrefixes returns what is routed into the TUN with cidrs: cidrs,
+// and the DNS address if they do not cover it.
+func (p *Proxy) routedPrefixes(cidrs []netip.Prefix) []netip.Prefix {
+	if p.dnsIP.IsValid() && !covered(p.dnsIP, cidrs) {
+		return append(slices.Clone(cidrs), netip.PrefixFrom(p.dnsIP, p.dnsIP.BitLen()))
+	}
+	return cidrs
+}
+
 // setRoutes routes cidrs, and the DNS address if they do not cover it,
 // into the TUN.
 func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
-	routes := cidrs
-	if p.dnsIP.IsValid() && !covered(p.dnsIP, cidrs) {
-		routes = append(slices.Clone(cidrs), netip.PrefixFrom(p.dnsIP, p.dnsIP.BitLen()))
-	}
-	if err := p.dp.SetRoutes(routes); err != nil {
+	if err := p.dp.SetRoutes(p.routedPrefixes(cidrs)); err != nil {
 		return err
 	}
 	if p.dns != nil {
@@ -422,6 +464,13 @@ func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
 	p.cidrs = slices.Clone(cidrs)
 	p.mu.Unlock()
 	return nil
+}
+
+// serve starts the data plane once the service table is loaded and the
+// routes are in place, and says so.
+func (p *Proxy) serve() {
+	p.dp.Start()
+	p.logReady()
 }
 
 func (p *Proxy) logReady() {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
@@ -67,6 +68,13 @@ func (s *fakeSource) do(tb testing.TB, step func(Receiver)) {
 // fakeDataplane records routes; the host's routes are overlapping.
 type fakeDataplane struct {
 	overlapping []netip.Prefix
+	gone        chan struct{} // nil: the TUN never goes
+	table       *resolver.Table
+
+	// startedWith is the number of Services the table held when Start
+	// was called; -1 until then.
+	startedWith int
+	starts      int
 
 	mu     sync.Mutex // guards the fields below
 	routes [][]netip.Prefix
@@ -111,9 +119,31 @@ func (d *fakeDataplane) ListenTCP(netip.AddrPort) (net.Listener, error) {
 
 func (d *fakeDataplane) Name() string { return "kubetun0" }
 
-func (d *fakeDataplane) Gone() <-chan struct{} { return nil }
+func (d *fakeDataplane) Gone() <-chan struct{} { return d.gone }
 
-func (d *fakeDataplane) Err() error { return nil }
+func (d *fakeDataplane) Err() error {
+	if d.gone != nil {
+		select {
+		case <-d.gone:
+			return errors.New("link kubetun0 deleted")
+		default:
+		}
+	}
+	return nil
+}
+
+func (d *fakeDataplane) Start() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.starts++
+	d.startedWith = d.table.Load().Services()
+}
+
+func (d *fakeDataplane) started() (starts, services int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.starts, d.startedWith
+}
 
 func (d *fakeDataplane) EndStaleSessions() {
 	d.mu.Lock()
@@ -193,14 +223,15 @@ func (b *bed) dnsServer() *fakeDNS {
 // routes. It does not run it.
 func newBed(t *testing.T, cfg Config, overlapping ...netip.Prefix) *bed {
 	t.Helper()
-	b := &bed{src: newFakeSource(), dp: &fakeDataplane{overlapping: overlapping}, log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
+	b := &bed{src: newFakeSource(), dp: &fakeDataplane{overlapping: overlapping, startedWith: -1}, log: &bytes.Buffer{}, logMu: &sync.Mutex{}}
 	log := slog.New(slog.NewTextHandler(syncWriter{b.logMu, b.log}, nil))
 	if cfg.HealthAddr == "" {
 		cfg.HealthAddr = "127.0.0.1:0"
 	}
 	e := env{
-		checkOverlap: b.dp.CheckOverlap,
-		open: func(Config, *resolver.Table, *slog.Logger) (Dataplane, error) {
+		checkOverlap: func(_ string, cidrs []netip.Prefix) error { return b.dp.CheckOverlap(cidrs) },
+		open: func(_ Config, table *resolver.Table, _ *slog.Logger) (Dataplane, error) {
+			b.dp.table = table
 			return b.dp, nil
 		},
 		newDNS: func(p dnsParams) (DNS, error) {
@@ -396,7 +427,8 @@ func must[T any](v T, err error) T {
 func TestFixedCIDROverlapRefused(t *testing.T) {
 	b := newBed(t, Config{ServiceCIDRs: prefixes("10.0.0.0/14")}, netip.MustParsePrefix("10.0.1.0/24"))
 	opened := false
-	b.p.env.open = func(Config, *resolver.Table, *slog.Logger) (Dataplane, error) {
+	b.p.env.open = func(_ Config, table *resolver.Table, _ *slog.Logger) (Dataplane, error) {
+		b.dp.table = table
 		opened = true
 		return b.dp, nil
 	}
@@ -500,7 +532,8 @@ func TestProblemsReportedOnce(t *testing.T) {
 // with the error.
 func TestSetRoutesFails(t *testing.T) {
 	b := newBed(t, Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{Off: true}})
-	b.p.env.open = func(Config, *resolver.Table, *slog.Logger) (Dataplane, error) {
+	b.p.env.open = func(_ Config, table *resolver.Table, _ *slog.Logger) (Dataplane, error) {
+		b.dp.table = table
 		return failingRoutes{b.dp}, nil
 	}
 	errc := make(chan error, 1)
@@ -548,7 +581,8 @@ func TestStatusFlows(t *testing.T) {
 		t.Run(fmt.Sprint("counting=", counting), func(t *testing.T) {
 			b := newBed(t, Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{Off: true}})
 			if counting {
-				b.p.env.open = func(Config, *resolver.Table, *slog.Logger) (Dataplane, error) {
+				b.p.env.open = func(_ Config, table *resolver.Table, _ *slog.Logger) (Dataplane, error) {
+					b.dp.table = table
 					return countingDataplane{b.dp}, nil
 				}
 			}
@@ -566,5 +600,138 @@ func TestStatusFlows(t *testing.T) {
 				t.Errorf("activeFlows = %v, want 3", got)
 			}
 		})
+	}
+}
+
+// TestStartAfterTableLoaded checks that the data plane pumps packets only
+// once the first table is loaded and routed (a SYN that waited in a
+// persistent TUN is then served, not refused), and is started once.
+func TestStartAfterTableLoaded(t *testing.T) {
+	for _, follow := range []bool{false, true} {
+		t.Run(fmt.Sprint("follow=", follow), func(t *testing.T) {
+			cfg := Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{Off: true}}
+			if follow {
+				cfg.ServiceCIDRs = nil
+			}
+			b := newBed(t, cfg)
+			b.run(t)
+			b.src.do(t, func(r Receiver) { r.Changed() })
+			if n, _ := b.dp.started(); n != 0 {
+				t.Fatalf("data plane started before the first state")
+			}
+			b.src.do(t, func(r Receiver) { r.Apply(seed()) })
+			if follow {
+				if n, _ := b.dp.started(); n != 0 {
+					t.Fatalf("data plane started before any ServiceCIDR is routed")
+				}
+				b.src.do(t, func(r Receiver) { r.ApplyCIDRs(prefixes("10.3.240.0/20")) })
+			}
+			b.src.do(t, func(r Receiver) { r.Apply(seed()) })
+			if n, services := b.dp.started(); n != 1 || services != 1 {
+				t.Errorf("data plane started %d times, with %d Services in the table; want once, with service-test", n, services)
+			}
+		})
+	}
+}
+
+// podAt is a Service at 10.3.241.200:80 whose one endpoint is ip:8080.
+func podAt(ip string) State {
+	st := seed()
+	svc, es := st.Services[0].DeepCopy(), st.Slices[0].DeepCopy()
+	svc.Name, svc.Spec.ClusterIP, svc.Spec.ClusterIPs = "loop", "10.3.241.200", []string{"10.3.241.200"}
+	es.Name, es.Labels[discoveryv1.LabelServiceName] = "loop-abc", "loop"
+	es.Endpoints = es.Endpoints[:1]
+	es.Endpoints[0].Addresses = []string{ip}
+	return State{Services: []*corev1.Service{svc}, Slices: []*discoveryv1.EndpointSlice{es}}
+}
+
+// TestCIDRChangeRebuildsTable checks that a newly routed ServiceCIDR
+// rebuilds the table at once, so that an endpoint inside it, which kubetun
+// would dial into itself, is refused without waiting for the next change.
+func TestCIDRChangeRebuildsTable(t *testing.T) {
+	b := newBed(t, Config{DNS: DNSConfig{Off: true}})
+	b.run(t)
+	b.src.do(t, func(r Receiver) { r.ApplyCIDRs(prefixes("10.3.240.0/20")) })
+	b.src.do(t, func(r Receiver) { r.Apply(podAt("10.4.0.5")) })
+	if n := b.p.table.Load().Endpoints(); n != 1 {
+		t.Fatalf("endpoints with 10.4.0.0/24 not routed = %d, want 1", n)
+	}
+	b.src.do(t, func(r Receiver) { r.ApplyCIDRs(prefixes("10.3.240.0/20", "10.4.0.0/24")) })
+	if n := b.p.table.Load().Endpoints(); n != 0 {
+		t.Errorf("endpoints once 10.4.0.0/24 is routed = %d, want 0: 10.4.0.5 is inside a routed range", n)
+	}
+}
+
+// TestDNSAddressIsRouted checks that the DNS address routed as a /32 of
+// its own is, for the table too, an address kubetun routes: an endpoint
+// there is refused from the first table on.
+func TestDNSAddressIsRouted(t *testing.T) {
+	b := newBed(t, Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{IP: netip.MustParseAddr("10.96.0.10"), Domain: "cluster.local"}})
+	b.run(t)
+	b.src.do(t, func(r Receiver) { r.Apply(podAt("10.96.0.10")) })
+	if n := b.p.table.Load().Endpoints(); n != 0 {
+		t.Errorf("endpoints = %d, want 0: 10.96.0.10 is kubetun's DNS address, routed into the TUN", n)
+	}
+	if r, want := b.dp.lastRoutes(), prefixes("10.3.240.0/20", "10.96.0.10/32"); !slices.Equal(r, want) {
+		t.Errorf("routes = %v, want %v", r, want)
+	}
+}
+
+// TestAffinityEntriesMetric checks MaxAffinityClients reaches the table
+// and kubetun_affinity_entries counts the clients it remembers.
+func TestAffinityEntriesMetric(t *testing.T) {
+	b := newBed(t, Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{Off: true}, MaxAffinityClients: 2})
+	b.run(t)
+	st := seed()
+	svc := st.Services[0].DeepCopy()
+	timeout := int32(600)
+	svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	svc.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}}
+	st.Services[0] = svc
+	b.src.do(t, func(r Receiver) { r.Apply(st) })
+	sp, ok := b.p.table.Lookup(resolver.TCP, netip.MustParseAddrPort("10.3.241.152:80"))
+	if !ok {
+		t.Fatalf("service-test not in the table")
+	}
+	for _, c := range []string{"10.0.9.1", "10.0.9.2", "10.0.9.3"} {
+		if _, ok := sp.PickFor(netip.MustParseAddr(c)); !ok {
+			t.Fatalf("PickFor(%s) found no endpoint", c)
+		}
+	}
+	rec := httptest.NewRecorder()
+	b.p.tracker.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := "kubetun_affinity_entries 2\n"; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("/metrics does not have %q (3 clients, at most 2 remembered):\n%s", want, rec.Body.String())
+	}
+}
+
+// TestHealthzFailsWhenTUNGone checks that once the TUN is gone Run ends
+// with TUNLost, and /healthz and /livez fail from then on, whatever the
+// table's health.
+func TestHealthzFailsWhenTUNGone(t *testing.T) {
+	b := newBed(t, Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{Off: true}})
+	b.dp.gone = make(chan struct{})
+	errc := make(chan error, 1)
+	go func() { errc <- b.p.Run(t.Context()) }()
+	b.src.do(t, func(r Receiver) { r.Apply(seed()) })
+	if code, body := b.get(t, "/healthz"); code != http.StatusOK {
+		t.Fatalf("GET /healthz with the TUN there = %d %q, want 200", code, body)
+	}
+	close(b.dp.gone)
+	select {
+	case err := <-errc:
+		var lost TUNLost
+		if !errors.As(err, &lost) {
+			t.Errorf("Run = %v, want TUNLost", err)
+		}
+	case <-time.After(wait):
+		t.Fatalf("Run did not return after the TUN went")
+	}
+	for _, path := range []string{"/healthz", "/livez"} {
+		rec := httptest.NewRecorder()
+		b.p.healthMux().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "TUN device gone") {
+			t.Errorf("GET %s after the TUN went = %d %q, want 503 naming the TUN", path, rec.Code, rec.Body.String())
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
 )
 
@@ -30,6 +31,8 @@ type runConfig struct {
 	profiling    bool   // /debug/pprof/ on metricsAddr
 	logLevel     slog.Level
 	persist      bool // the TUN and its routes outlive the process
+
+	maxAffinityClients int // per ClientIP affinity table
 
 	dnsIP         netip.Addr // invalid: the 10th address of the first service CIDR
 	dnsOff        bool
@@ -69,6 +72,7 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	dnsIP := fs.String("dns-ip", "", "`IP` kubetun's cluster DNS answers on (UDP and TCP 53); default: the 10th address of the first service CIDR, as kube-dns (10.3.240.10 for 10.3.240.0/20); \"off\" disables DNS")
 	fs.StringVar(&cfg.clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS `DOMAIN`")
 	upstreams := fs.String("dns-upstream", "", "comma-separated `SERVERS` (ip or ip:port) for names outside the cluster domain; default: the host's resolv.conf")
+	fs.IntVar(&cfg.maxAffinityClients, "max-affinity-clients", resolver.DefaultMaxAffinityClients, "most `N` clients each Service port with sessionAffinity: ClientIP remembers; the least recently seen is forgotten first")
 	dataPathFlags(fs, &cfg.dataPath)
 
 	return func() (runConfig, error) {
@@ -93,6 +97,9 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 		}
 		if cfg.profiling && cfg.metricsAddr == "" {
 			return cfg, usageError{errors.New("--profiling serves on --metrics-addr, which is disabled; give --metrics-addr too")}
+		}
+		if cfg.maxAffinityClients < 1 {
+			return cfg, usageError{fmt.Errorf("--max-affinity-clients %d: want 1 or more", cfg.maxAffinityClients)}
 		}
 		if cfg.dialTimeout <= 0 {
 			return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}

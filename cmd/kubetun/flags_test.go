@@ -60,17 +60,20 @@ func TestParseRunFlags(t *testing.T) {
 			name: "every flag",
 			args: []string{"--service-cidr=10.3.240.0/20", "-manifests", "services.yaml", "--tun", "kt1",
 				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug",
-				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999"},
+				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999", "--persist",
+				"--max-affinity-clients", "100"},
 			want: runConfig{
-				serviceCIDRs: prefixes("10.3.240.0/20"),
-				manifests:    "services.yaml",
-				tun:          "kt1",
-				mtu:          1500,
-				dialTimeout:  500 * time.Millisecond,
-				logLevel:     slog.LevelDebug,
-				nodeName:     "node-1",
-				healthAddr:   "",
-				metricsAddr:  "127.0.0.1:9999",
+				persist:            true,
+				maxAffinityClients: 100,
+				serviceCIDRs:       prefixes("10.3.240.0/20"),
+				manifests:          "services.yaml",
+				tun:                "kt1",
+				mtu:                1500,
+				dialTimeout:        500 * time.Millisecond,
+				logLevel:           slog.LevelDebug,
+				nodeName:           "node-1",
+				healthAddr:         "",
+				metricsAddr:        "127.0.0.1:9999",
 			},
 		},
 		{
@@ -161,7 +164,7 @@ func TestParseRunFlagsHelp(t *testing.T) {
 	if !errors.Is(err, pflag.ErrHelp) {
 		t.Errorf("parseRunFlags(-h) error %v, want pflag.ErrHelp", err)
 	}
-	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-mtu", "-dial-timeout", "-log-level"} {
+	for _, want := range []string{"Usage: kubetun run", "-service-cidr", "-manifests", "-kubeconfig", "-node-name", "-health-addr", "-metrics-addr", "-tun", "-persist", "-max-affinity-clients", "-mtu", "-dial-timeout", "-log-level"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("parseRunFlags(-h) printed %q, want it to contain %q", stderr.String(), want)
 		}
@@ -198,6 +201,11 @@ func TestRunMain(t *testing.T) {
 		{name: "completion bash", args: []string{"completion", "bash"}, code: 0, stdout: "bash completion"},
 		{name: "completion zsh", args: []string{"completion", "zsh"}, code: 0, stdout: "compdef"},
 		{name: "completion fish", args: []string{"completion", "fish"}, code: 0, stdout: "complete -c kubetun"},
+		{name: "cleanup -h", args: []string{"cleanup", "-h"}, code: 0, stdout: "kubetun cleanup [--tun NAME]"},
+		{name: "cleanup with an argument", args: []string{"cleanup", "kubetun0"}, code: 2, stderr: `kubetun cleanup: unexpected argument "kubetun0"`},
+		{name: "cleanup with a bad flag", args: []string{"cleanup", "--persist"}, code: 2, stderr: "kubetun cleanup: unknown flag: --persist"},
+		{name: "run with no affinity clients", args: []string{"run", "--max-affinity-clients", "0"}, code: 2, stderr: "kubetun run: --max-affinity-clients 0: want 1 or more"},
+		{name: "--help lists cleanup", args: []string{"--help"}, code: 0, stdout: "cleanup     Remove the TUN device"},
 		{name: "version with an argument", args: []string{"version", "x"}, code: 2, stderr: `kubetun version: unexpected argument "x"`},
 		// Fails reading the manifests, before it touches routes or a TUN:
 		// no root needed.

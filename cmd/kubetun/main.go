@@ -7,6 +7,7 @@
 //
 //	kubetun run --service-cidr 10.3.240.0/20 --manifests services.yaml
 //	kubetun status
+//	kubetun cleanup
 //	kubetun version
 //
 // This package holds the command line only; package proxy does the work.
@@ -106,7 +107,7 @@ userspace TCP/IP stack to the pods behind them, with no iptables or nftables rul
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
 	})
-	root.AddCommand(newRunCommand(stderr), newStatusCommand(), newVersionCommand())
+	root.AddCommand(newRunCommand(stderr), newStatusCommand(), newCleanupCommand(), newVersionCommand())
 	return root
 }
 
@@ -118,7 +119,8 @@ func newRunCommand(stderr io.Writer) *cobra.Command {
 ClusterIP to a pod of its Service. The Services come from the Kubernetes API
 (--kubeconfig, or the in-cluster config) or from static manifests
 (--manifests). On SIGINT or SIGTERM kubetun closes every connection and
-removes its routes and TUN device.`,
+removes its routes and TUN device; with --persist both stay for the next
+kubetun ('kubetun cleanup' removes them).`,
 		Example: `  # Watch a cluster, following its ServiceCIDRs
   kubetun run --kubeconfig ~/.kube/config
 

@@ -10,20 +10,22 @@ import (
 )
 
 // runCommand is `kubetun run`: it serves until ctx is cancelled, then removes
-// its routes and TUN device.
+// its routes and TUN device, unless --persist.
 func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 	pc := proxy.Config{
-		Mode:         "run",
-		ServiceCIDRs: cfg.serviceCIDRs,
-		Topology:     resolver.Topology{NodeName: cfg.nodeName},
-		TUN:          cfg.tun,
-		MTU:          cfg.mtu,
-		DialTimeout:  cfg.dialTimeout,
-		DataPath:     cfg.dataPath,
-		HealthAddr:   cfg.healthAddr,
-		MetricsAddr:  cfg.metricsAddr,
-		Profiling:    cfg.profiling,
+		Mode:               "run",
+		ServiceCIDRs:       cfg.serviceCIDRs,
+		Topology:           resolver.Topology{NodeName: cfg.nodeName},
+		TUN:                cfg.tun,
+		Persist:            cfg.persist,
+		MaxAffinityClients: cfg.maxAffinityClients,
+		MTU:                cfg.mtu,
+		DialTimeout:        cfg.dialTimeout,
+		DataPath:           cfg.dataPath,
+		HealthAddr:         cfg.healthAddr,
+		MetricsAddr:        cfg.metricsAddr,
+		Profiling:          cfg.profiling,
 		DNS: proxy.DNSConfig{
 			Off:       cfg.dnsOff,
 			IP:        cfg.dnsIP,
