@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Addresses says which node addresses node ports listen on, with
@@ -97,4 +99,46 @@ func usable(addrs []netip.Addr) []netip.Addr {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// NodeAddresses returns a Node's primary addresses as kube-proxy picks them
+// (k8s.io/component-helpers/node/util GetNodeHostIPs): the InternalIPs, else
+// the ExternalIPs, then the first of each family.
+func NodeAddresses(node *corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, a := range node.Status.Addresses {
+			if a.Type != t {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				continue
+			}
+			ip = ip.Unmap()
+			if !slices.ContainsFunc(out, func(o netip.Addr) bool { return o.Is4() == ip.Is4() }) {
+				out = append(out, ip)
+			}
+		}
+	}
+	return out
+}
+
+// DefaultRouteAddresses returns the source address the host would use
+// toward the default route of each family: the node's primary addresses
+// when no Node object says. Connecting a UDP socket only looks the route
+// up; no packet is sent.
+func DefaultRouteAddresses() []netip.Addr {
+	var out []netip.Addr
+	for _, probe := range []string{"192.0.2.1:9", "[2001:db8::1]:9"} { // documentation addresses (RFC 5737, RFC 3849)
+		c, err := net.Dial("udp", probe)
+		if err != nil {
+			continue // no route of this family
+		}
+		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			out = append(out, ap.Addr().Unmap())
+		}
+		c.Close()
+	}
+	return usable(out)
 }
