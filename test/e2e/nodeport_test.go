@@ -25,6 +25,7 @@ var (
 const (
 	nodePortTCP   = 30080
 	nodePortUDP   = 30007
+	nodePortTaken = 30081 // held by another process on the node
 	healthCheckNP = 32000
 )
 
@@ -47,6 +48,7 @@ func TestNodePortExternal(t *testing.T) {
 		Ports: []testbed.ServicePort{
 			{Name: "http", Port: 80, TargetPort: "http", EndpointPort: 8080, NodePort: nodePortTCP},
 			{Name: "echo-udp", Port: 7, TargetPort: "9002", EndpointPort: 9002, Protocol: "UDP", NodePort: nodePortUDP},
+			{Name: "echo", Port: 7, TargetPort: "9000", EndpointPort: 9000, NodePort: nodePortTaken},
 		},
 		Endpoints:   []testbed.Endpoint{testbed.EndpointOf(seed.Pod1), testbed.EndpointOf(seed.Pod2)},
 		ExternalIPs: []netip.Addr{externalIP, externalIPOutside},
@@ -58,6 +60,14 @@ func TestNodePortExternal(t *testing.T) {
 		}
 	}
 	write()
+	// Another process holds one node port before kubetun starts.
+	if _, err := tb.Start(tb.Node, "taker", "nc", "-lk", node, fmt.Sprint(nodePortTaken)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, "nc listens", func() bool {
+		out, _ := tb.Run(t.Context(), tb.Node, "ss", "-Hltn", fmt.Sprintf("sport = :%d", nodePortTaken))
+		return strings.TrimSpace(out) != ""
+	})
 	p, err := tb.StartKubetun(path, "--node-name", testbed.NodeName,
 		"--nodeport-addresses", seed.Client.Gateway.String()+"/24", "--external-ip-ranges", "192.0.2.0/24")
 	t.Cleanup(func() {
@@ -73,16 +83,22 @@ func TestNodePortExternal(t *testing.T) {
 	t.Run("tcp_node_port", func(t *testing.T) {
 		checkSplit(t, answers(t, tb, client, node, nodePortTCP, 40), 40, 0.30, 0.70, "pod1", "pod2")
 	})
+	t.Run("taken_node_port", func(t *testing.T) {
+		taken := fmt.Sprintf("Service default/service-test: node port %d (TCP) on %s not served", nodePortTaken, node)
+		if n := strings.Count(p.Output(), taken); n != 1 || !strings.Contains(p.Output(), "address already in use") {
+			t.Errorf("kubetun's log says %q %d times, want once, with the reason", taken, n)
+		}
+	})
 	t.Run("udp_node_port", func(t *testing.T) {
 		counts := map[string]int{}
-		for i := range 20 { // each nc is a new source port: a new session
+		for i := range 10 { // each nc is a new source port: a new session
 			pod, err := udpEcho(t.Context(), tb, client, node, nodePortUDP, i)
 			if err != nil {
 				t.Fatal(err)
 			}
 			counts[pod]++
 		}
-		checkSplit(t, counts, 20, 0.30, 0.70, "pod1", "pod2")
+		checkSplit(t, counts, 10, 0.30, 0.70, "pod1", "pod2")
 	})
 	t.Run("external_ip", func(t *testing.T) {
 		checkSplit(t, answers(t, tb, client, externalIP.String(), 80, 20), 20, 0.30, 0.70, "pod1", "pod2")
@@ -95,13 +111,32 @@ func TestNodePortExternal(t *testing.T) {
 	})
 	t.Run("load_balancer_ip", func(t *testing.T) {
 		svc.Type = "LoadBalancer"
-		svc.LoadBalancerIPs = []netip.Addr{loadBalancerIP}
+		// The second is the node's own address (pod2's gateway): refused.
+		svc.LoadBalancerIPs = []netip.Addr{loadBalancerIP, seed.Pod2.Gateway}
 		write()
 		waitUntil(t, 5*time.Second, "the load-balancer IP answers", func() bool {
 			_, err := seedRequest(t.Context(), tb, client, loadBalancerIP.String(), 80)
 			return err == nil
 		})
 		checkSplit(t, answers(t, tb, client, loadBalancerIP.String(), 80, 20), 20, 0.30, 0.70, "pod1", "pod2")
+		refused := fmt.Sprintf("load-balancer ingress IP %s: overlaps route", seed.Pod2.Gateway)
+		if n := strings.Count(p.Output(), refused); n != 1 {
+			t.Errorf("kubetun's log says %q %d times, want once", refused, n)
+		}
+		routes, err := tb.Run(t.Context(), tb.Node, "ip", "route", "show", "dev", testbed.TUN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{externalIP.String(), loadBalancerIP.String()} {
+			if !strings.Contains(routes, want+" ") {
+				t.Errorf("routes into %s = %q, want %s", testbed.TUN, routes, want)
+			}
+		}
+		for _, not := range []string{externalIPOutside.String(), seed.Pod2.Gateway.String()} {
+			if strings.Contains(routes, not+" ") {
+				t.Errorf("routes into %s = %q, want no %s", testbed.TUN, routes, not)
+			}
+		}
 	})
 	t.Run("local_policy", func(t *testing.T) {
 		svc.ExternalTrafficPolicy = "Local"
