@@ -117,7 +117,12 @@ func externalAddrs(svc *corev1.Service, o buildOptions) ([]netip.Addr, []Problem
 	for _, s := range svc.Spec.ExternalIPs {
 		add("externalIP", s, true)
 	}
-	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && len(svc.Spec.LoadBalancerSourceRanges) > 0 && len(svc.Status.LoadBalancer.Ingress) > 0 {
+		// kube-proxy drops packets to the load-balancer IPs from outside
+		// these ranges; kubetun has no such filter yet, and serving the
+		// addresses to everyone would open what the author closed.
+		problems = append(problems, Problem{id, "loadBalancerSourceRanges are not enforced by kubetun, so its load-balancer ingress IPs are not served (its node ports are)"})
+	} else if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
 			if ing.IP == "" || ing.IPMode != nil && *ing.IPMode != corev1.LoadBalancerIPModeVIP {
 				continue

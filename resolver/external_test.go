@@ -183,4 +183,16 @@ func TestBuildExternalProblems(t *testing.T) {
 			t.Errorf("a hostname-only ingress was reported: %v", p)
 		}
 	}
+
+	// loadBalancerSourceRanges: the ingress IPs are not served at all.
+	d := externalSeed(corev1.ServiceExternalTrafficPolicyCluster)
+	d.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24"}
+	snap, problems = resolver.Build([]*corev1.Service{d}, nil, nil, resolver.Topology{})
+	checkProblems(t, problems, []string{"loadBalancerSourceRanges are not enforced by kubetun"})
+	if _, ok := snap.Lookup(resolver.TCP, addrPort(t, "203.0.113.1:80")); ok {
+		t.Errorf("a load-balancer IP with loadBalancerSourceRanges is served")
+	}
+	if _, ok := snap.Lookup(resolver.TCP, addrPort(t, "192.0.2.10:80")); !ok {
+		t.Errorf("the externalIP of a Service with loadBalancerSourceRanges is not served")
+	}
 }
