@@ -47,6 +47,11 @@ type Listeners struct {
 	// except in tests, which serve every endpoint on loopback.
 	redirect func(netip.AddrPort) netip.AddrPort
 
+	// dialing holds a slot for each TCP connection whose pod is being
+	// dialled: past maxDialing, new connections are reset at once rather
+	// than pile up goroutines and sockets behind slow pods.
+	dialing chan struct{}
+
 	// udpSessions counts UDP sessions over all node ports, to bound them.
 	udpSessions atomic.Int64
 
@@ -94,6 +99,7 @@ func New(cfg Config) *Listeners {
 		cancel:   cancel,
 		open:     make(map[listenKey]socket),
 		conns:    make(map[*net.TCPConn]struct{}),
+		dialing:  make(chan struct{}, maxDialing),
 		redirect: func(a netip.AddrPort) netip.AddrPort { return a },
 	}
 }

@@ -9,6 +9,10 @@ import (
 	"github.com/kubetun/kubetun/resolver"
 )
 
+// maxDialing bounds the TCP node port connections being set up at once, as
+// netstack's forwarder bounds SYNs in flight.
+const maxDialing = 1024
+
 // tcpListener accepts a TCP node port on one address.
 type tcpListener struct {
 	l     *Listeners
@@ -54,7 +58,15 @@ func (t *tcpListener) forward(c *net.TCPConn) {
 		reset(c)
 		return
 	}
+	select {
+	case t.l.dialing <- struct{}{}:
+	default:
+		t.l.log.Debug("node port connection refused: too many being set up", "service", sp, "client", client)
+		reset(c)
+		return
+	}
 	backend, ep, err := t.l.dial(sp, client)
+	<-t.l.dialing
 	if err != nil {
 		t.l.log.Debug("node port connection refused", "service", sp, "client", client, "err", err)
 		reset(c)
