@@ -20,12 +20,15 @@ type Problem struct {
 
 func (p Problem) String() string { return p.Object + ": " + p.Reason }
 
-// Option changes what Build does: see [Routed] and [MaxAffinityClients].
+// Option changes what Build does: see [Routed], [MaxAffinityClients],
+// [ExternalIPRanges] and [RefuseExternal].
 type Option func(*buildOptions)
 
 type buildOptions struct {
-	routed      []netip.Prefix
-	maxAffinity int
+	routed         []netip.Prefix
+	maxAffinity    int
+	externalRanges []netip.Prefix
+	refuseExternal func(netip.Addr) string
 }
 
 // Routed tells Build the ranges kubetun routes into its TUN (the service
@@ -111,7 +114,29 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 			}
 		}
 	}
-	policy := targetPolicy{routed: o.routed, clusterIPs: owners}
+	// The external addresses each Service is served on: decided before any
+	// endpoint, since an endpoint on one of them would loop like one on a
+	// ClusterIP.
+	external := make(map[string][]netip.Addr)
+	externalOwners := make(map[netip.Addr]string)
+	for _, svc := range services {
+		id := svc.Namespace + "/" + svc.Name
+		if _, done := external[id]; done {
+			continue // defined twice: the older definition is the one used
+		}
+		if _, skip := clusterIPs(svc); skip != "" {
+			continue // headless or ExternalName: nothing to proxy
+		}
+		addrs, probs := externalAddrs(svc, o)
+		problems = append(problems, probs...)
+		external[id] = addrs
+		for _, a := range addrs {
+			if _, taken := externalOwners[a]; !taken {
+				externalOwners[a] = id
+			}
+		}
+	}
+	policy := targetPolicy{routed: o.routed, clusterIPs: owners, external: externalOwners}
 
 	snap := &Snapshot{
 		ports:      make(map[portKey]*ServicePort),
@@ -121,8 +146,10 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		byEndpoint: make(map[netip.Addr]endpointRef),
 		namespaces: make(map[string]struct{}),
 		pods:       podsByIP(slices),
+		nodePorts:  make(map[nodePortKey]*ServicePort),
 	}
-	owner := make(map[portKey]*corev1.Service) // who serves each port, for conflicts
+	owner := make(map[portKey]*corev1.Service)             // who serves each port, for conflicts
+	nodePortOwner := make(map[nodePortKey]*corev1.Service) // who serves each node port
 	conflicts := newConflicts()
 	for _, svc := range services {
 		id := svc.Namespace + "/" + svc.Name
@@ -156,8 +183,16 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 			continue
 		}
 		local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+		externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
 		affinity := affinityTimeout(svc)
 		served := false
+		localReady := make(map[netip.Addr]bool) // for the health check node port
+		for _, a := range external[id] {
+			if !hasFamily(ips, a) {
+				problems = append(problems, Problem{"Service " + id,
+					fmt.Sprintf("external address %s: the Service has no ClusterIP of its family; not served", a)})
+			}
+		}
 		for _, p := range svc.Spec.Ports {
 			proto, ok := protocolOf(p.Protocol)
 			if !ok {
@@ -204,13 +239,63 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 				snap.ips[ip] = snap.ips[ip] || len(sp.usable) > 0
 				snap.endpoints += len(sp.usable)
 				served = true
+				for _, ep := range eps {
+					if ep.Ready && ep.NodeName != "" && ep.NodeName == topo.NodeName {
+						localReady[ep.Addr.Addr()] = true
+					}
+				}
+
+				// The same port reached from outside the cluster: on its
+				// external addresses of ip's family and on the node port,
+				// with externalTrafficPolicy's endpoints.
+				extUsable := Usable(eps, externalLocal, topo)
+				for _, a := range external[id] {
+					if a.Is4() != ip.Is4() {
+						continue
+					}
+					ekey := portKey{proto, netip.AddrPortFrom(a, uint16(p.Port))}
+					if old, ok := owner[ekey]; ok {
+						conflicts.add(svc, old, fmt.Sprintf("%s %s", proto, ekey.addr))
+						continue
+					}
+					esp := sp.external(a, extUsable)
+					if old, ok := prev.Lookup(proto, ekey.addr); ok && old.Service == id {
+						esp.next.Store(old.next.Load())
+					}
+					owner[ekey] = svc
+					snap.ports[ekey] = esp
+					snap.ips[a] = snap.ips[a] || len(esp.usable) > 0
+				}
+				if p.NodePort > 0 && p.NodePort <= 65535 {
+					nkey := nodePortKey{proto, ip.Is6(), uint16(p.NodePort)}
+					if old, ok := nodePortOwner[nkey]; ok {
+						conflicts.add(svc, old, fmt.Sprintf("%s nodePort %d", proto, p.NodePort))
+						continue
+					}
+					nsp := sp.external(ip, extUsable)
+					nsp.NodePort = uint16(p.NodePort)
+					if old, ok := prev.lookupNodePort(nkey); ok && old.Service == id {
+						nsp.next.Store(old.next.Load())
+					}
+					nodePortOwner[nkey] = svc
+					snap.nodePorts[nkey] = nsp
+				}
 			}
 		}
 		if served {
 			snap.services++
+			if externalLocal && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
+				snap.healthChecks = append(snap.healthChecks, HealthCheck{
+					Namespace:      svc.Namespace,
+					Name:           svc.Name,
+					Port:           uint16(svc.Spec.HealthCheckNodePort),
+					LocalEndpoints: len(localReady),
+				})
+			}
 		}
 	}
 	problems = append(problems, conflicts.problems()...)
+	problems = append(problems, snap.finishExternal()...)
 	return snap, once(problems)
 }
 
@@ -456,6 +541,7 @@ func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol
 type targetPolicy struct {
 	routed     []netip.Prefix        // what kubetun routes into its TUN
 	clusterIPs map[netip.Addr]string // every ClusterIP, to the Service that has it
+	external   map[netip.Addr]string // every served external address, to its Service
 }
 
 // refuse names why kubetun must not dial a, or returns "". Addresses on the
@@ -465,6 +551,9 @@ type targetPolicy struct {
 func (p targetPolicy) refuse(a netip.Addr) string {
 	if svc, ok := p.clusterIPs[a]; ok {
 		return "the ClusterIP of Service " + svc + " (kubetun would dial itself)"
+	}
+	if svc, ok := p.external[a]; ok {
+		return "an external address of Service " + svc + ", which kubetun routes into its TUN (kubetun would dial itself)"
 	}
 	for _, r := range p.routed {
 		if r.Contains(a) {
