@@ -15,6 +15,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
+// queueLen is the number of packets gVisor may queue for the TUN's writer
+// before its senders wait: enough for the RSTs of many flows at once
+// (netstack's Close waits for them to leave).
+const queueLen = 1024
+
 // DefaultMTU is the TUN's default MTU. It is as large as a TUN allows rather
 // than Ethernet's 1500: every packet costs a trip through the pump and
 // gVisor, so fewer, larger packets carry more. A node-local client then
@@ -123,15 +128,16 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 		dev.Close()
 		return nil, fmt.Errorf("setting up TUN %s: no access to its file descriptor: %w", d.name, err)
 	}
-	d.link = newLink(mtu, w)
+	d.link = newLink(mtu, w, queueLen)
 	if existing {
 		routes, _ := linkRoutes(l)
 		log.Info("attached to the existing TUN device; its routes stay until the service CIDRs are known",
 			"tun", d.name, "routes", fmt.Sprint(routes))
 	}
 
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.drainEvents()
+	go func() { defer d.wg.Done(); d.link.write() }()
 	return d, nil
 }
 
@@ -238,9 +244,9 @@ func (d *Device) Close() error {
 	}
 	d.mu.Unlock()
 
-	// Ends inbound and the event drain, and makes the link's writes fail
-	// (what gVisor sends from now on is dropped); the kernel deletes a
-	// device that is not persistent.
+	d.link.close() // ends the link's writer; what gVisor sends from now on is dropped
+	// Ends inbound and the event drain; the kernel deletes a device that
+	// is not persistent.
 	err := d.tun.Close()
 	d.wg.Wait()
 	errs = append(errs, err)

@@ -176,7 +176,7 @@ func FuzzChecksumsOfValidPackets(f *testing.F) {
 // netstack configures it (promiscuous, every transport), so that what
 // receive lets through is parsed by gVisor too.
 func fuzzStack(t testing.TB) (*stack.Stack, *link) {
-	link := newLink(DefaultMTU, discard{})
+	link := startLink(t, discard{})
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},

@@ -137,7 +137,7 @@ func TestWriteGSO(t *testing.T) {
 func TestGSOFromStack(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		r := make(recorder, 256)
-		link := newLink(DefaultMTU, r)
+		link := startLink(t, r)
 		s := stack.New(stack.Options{
 			NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},

@@ -12,20 +12,22 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// link is the gVisor link endpoint of the TUN. Packets gVisor sends are
-// written to the TUN at once, in the sender's goroutine (a TCP processor, a
-// flow's copy goroutine, a timer), each as one frame behind its virtio-net
-// header, as gVisor's fdbased endpoint writes to its file: no queue, no
-// pump goroutine between the stack and the TUN.
+// link is the gVisor link endpoint of the TUN. Packets gVisor sends wait in
+// a queue for the link's writer goroutine (write), which writes each to
+// the TUN as one frame behind its virtio-net header, with writev(2), as
+// gVisor's fdbased endpoint writes to its file. A sender waits while the
+// queue is full: backpressure, not drops. gVisor's channel endpoint, which
+// came before, dropped what did not fit in its 1024 packets, and 64
+// connections moving 1 MiB answers overflowed it by hundreds to thousands
+// of packets a run, which clients then waited to retransmit (kubetun issue
+// 10).
 //
-// That is backpressure rather than a drop-if-full queue: gVisor's channel
-// endpoint, which came before, dropped what did not fit in its 1024
-// packets, and 64 connections moving 1 MiB answers overflowed it by
-// thousands of packets a run, which clients then waited to retransmit
-// (kubetun issue 10). A write to a TUN hands the packet to the kernel's
-// stack within the call (tun_get_user, netif_receive_skb), so a sender
-// goes at the pace the kernel takes its packets. It also saves every reply
-// a goroutine handoff.
+// Writing in the sender's goroutine instead (a TCP processor, a flow's
+// copy goroutine), as fdbased does, saves a handoff per packet but cost
+// more: the TUN write, which carries the kernel's forwarding to the client,
+// then no longer runs beside gVisor on another core, and senders of one
+// endpoint wait for each other (`go run ./test/bench --cases rr,stream`:
+// 20-40 % more CPU per request and per GB downloaded; README, Performance).
 //
 // It advertises RX checksum offload, which makes gVisor trust the checksums
 // of every packet injected: the inbound pump checks them itself
@@ -41,6 +43,9 @@ type link struct {
 	mtu        atomic.Uint32
 	dispatcher atomic.Pointer[dispatcherRef] // nil: detached
 	w          frameWriter
+	q          chan *stack.PacketBuffer // for write; a sender waits while it is full
+	done       chan struct{}            // closed by close: ends write and the waits
+	closeOnce  sync.Once
 }
 
 // dispatcherRef holds the stack's dispatcher, so that it can be swapped
@@ -52,12 +57,17 @@ var (
 	_ stack.GSOEndpoint  = (*link)(nil)
 )
 
-// newLink returns a link of the given MTU that writes its frames to w.
-func newLink(mtu int, w frameWriter) *link {
-	l := &link{w: w}
+// newLink returns a link of the given MTU that writes its frames to w
+// once write runs, and queues up to n packets for it.
+func newLink(mtu int, w frameWriter, n int) *link {
+	l := &link{w: w, q: make(chan *stack.PacketBuffer, n), done: make(chan struct{})}
 	l.mtu.Store(uint32(mtu))
 	return l
 }
+
+// close ends write, and makes WritePackets drop what it is given from now
+// on.
+func (l *link) close() { l.closeOnce.Do(func() { close(l.done) }) }
 
 // InjectInbound hands pkt, an IP packet read from the TUN, to the stack in
 // the caller's goroutine. Nothing is delivered while the link is detached.
@@ -67,29 +77,62 @@ func (l *link) InjectInbound(proto tcpip.NetworkProtocolNumber, pkt *stack.Packe
 	}
 }
 
-// WritePackets implements stack.LinkWriter: it writes each packet to the
-// TUN as one frame, in order, before it returns; several goroutines may
-// call it at once. A packet the kernel refuses is dropped (it reports
-// fewer written, and the stack's link wrapper counts the drop); once the
-// TUN is closed it reports ErrClosedForSend.
+// WritePackets implements stack.LinkWriter: it queues the packets for
+// write, in order, waiting while the queue is full; several goroutines may
+// call it at once. Once the link is closed it reports ErrClosedForSend.
 func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	f := framePool.Get().(*frame)
-	defer framePool.Put(f)
-	n := 0
-	for _, pkt := range pkts.AsSlice() {
-		err := writePacket(l.w, f, pkt)
-		switch {
-		case err == nil:
-			n++
-		case closedErr(err):
+	select {
+	case <-l.done:
+		return 0, &tcpip.ErrClosedForSend{}
+	default:
+	}
+	for n, pkt := range pkts.AsSlice() {
+		pkt.IncRef()
+		select {
+		case l.q <- pkt:
+			continue
+		default:
+		}
+		select {
+		case l.q <- pkt:
+		case <-l.done:
+			pkt.DecRef()
 			if n == 0 {
 				return 0, &tcpip.ErrClosedForSend{}
 			}
 			return n, nil
 		}
 	}
-	return n, nil
+	return pkts.Len(), nil
 }
+
+// write writes the packets queued to the TUN, in order, until close; what
+// is still queued then is dropped. A frame the kernel refuses is dropped
+// too (it counts in no metric: the TUN does not refuse well-formed frames).
+func (l *link) write() {
+	f := framePool.Get().(*frame)
+	defer framePool.Put(f)
+	for {
+		select {
+		case pkt := <-l.q:
+			writePacket(l.w, f, pkt)
+			pkt.DecRef()
+		case <-l.done:
+			for {
+				select {
+				case pkt := <-l.q:
+					pkt.DecRef()
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// NumQueued returns how many packets wait in q: netstack's Close waits
+// until the RSTs it sent have left.
+func (l *link) NumQueued() int { return len(l.q) }
 
 // MTU implements stack.LinkEndpoint.
 func (l *link) MTU() uint32 { return l.mtu.Load() }

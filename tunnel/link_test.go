@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -34,6 +35,16 @@ func (r recorder) next(ctx context.Context) []byte {
 	}
 }
 
+// startLink returns a link that writes to w, its writer running until the
+// test ends.
+func startLink(t testing.TB, w frameWriter) *link {
+	l := newLink(DefaultMTU, w, 256)
+	done := make(chan struct{})
+	go func() { defer close(done); l.write() }()
+	t.Cleanup(func() { l.close(); <-done })
+	return l
+}
+
 // plainPacket returns an outbound packet without GSO options as gVisor
 // hands it to a link, its headers pushed in front of payload.
 func plainPacket(payload []byte) *stack.PacketBuffer {
@@ -50,12 +61,12 @@ func plainPacket(payload []byte) *stack.PacketBuffer {
 	return pkt
 }
 
-// TestLinkWritesInOrder: WritePackets writes every packet of a batch
-// before it returns, in order, each as one frame behind an all-zero
-// virtio-net header (or a GSO one), and reports them all written.
+// TestLinkWritesInOrder: every packet of a batch is written in order,
+// each as one frame behind an all-zero virtio-net header (or a GSO one),
+// and WritePackets reports them all taken.
 func TestLinkWritesInOrder(t *testing.T) {
 	r := make(recorder, 8)
-	l := newLink(DefaultMTU, r)
+	l := startLink(t, r)
 	var pkts stack.PacketBufferList
 	var want [][]byte
 	for _, p := range []string{"one", "two", "three"} {
@@ -71,11 +82,13 @@ func TestLinkWritesInOrder(t *testing.T) {
 	if n != 4 || err != nil {
 		t.Fatalf("WritePackets of 4 = %d, %v; want 4, nil", n, err)
 	}
-	if len(r) != 4 {
-		t.Fatalf("%d frames written, want 4", len(r))
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	for i, w := range want {
-		f := <-r
+		f := r.next(ctx)
+		if f == nil {
+			t.Fatalf("%d frames written, want 4", i)
+		}
 		hdr := f[:virtioNetHdrLen]
 		if got := f[virtioNetHdrLen:]; !bytes.Equal(got, w) {
 			t.Errorf("frame %d: packet % x, want % x", i, got, w)
@@ -88,19 +101,10 @@ func TestLinkWritesInOrder(t *testing.T) {
 	}
 }
 
-// TestLinkClosedTUN: once the TUN's file is closed, WritePackets reports
-// ErrClosedForSend rather than drops.
-func TestLinkClosedTUN(t *testing.T) {
-	rd, wr, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	w, err := newFileWriter(wr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := newLink(DefaultMTU, w)
+// TestLinkClosed: once the link is closed, WritePackets reports
+// ErrClosedForSend, also to a sender that waited for room.
+func TestLinkClosed(t *testing.T) {
+	l := newLink(DefaultMTU, discard{}, 1) // no writer: the queue stays full
 	write := func() (int, tcpip.Error) {
 		var pkts stack.PacketBufferList
 		pkts.PushBack(plainPacket([]byte("x")))
@@ -108,16 +112,22 @@ func TestLinkClosedTUN(t *testing.T) {
 		return l.WritePackets(pkts)
 	}
 	if n, err := write(); n != 1 || err != nil {
-		t.Fatalf("WritePackets to an open file = %d, %v; want 1, nil", n, err)
+		t.Fatalf("WritePackets to an open link = %d, %v; want 1, nil", n, err)
 	}
-	wr.Close()
+	waited := make(chan tcpip.Error, 1)
+	go func() { _, err := write(); waited <- err }()
+	time.Sleep(10 * time.Millisecond) // the sender waits for room (or not yet: either way it must end)
+	l.close()
+	if err := <-waited; err == nil {
+		t.Error("WritePackets waiting on a full queue when the link closed: nil error, want ErrClosedForSend")
+	}
 	if n, err := write(); n != 0 || err == nil {
-		t.Fatalf("WritePackets to a closed file = %d, %v; want 0, ErrClosedForSend", n, err)
+		t.Fatalf("WritePackets to a closed link = %d, %v; want 0, ErrClosedForSend", n, err)
 	}
 }
 
-// TestLinkWriteAllocs: writing a packet to the TUN's file allocates nothing
-// (a pipe stands in for the TUN).
+// TestLinkWriteAllocs: sending a packet and writing it to the TUN's file
+// allocates nothing (a pipe stands in for the TUN).
 func TestLinkWriteAllocs(t *testing.T) {
 	rd, wr, err := os.Pipe()
 	if err != nil {
@@ -137,11 +147,17 @@ func TestLinkWriteAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := newLink(DefaultMTU, w)
+	l := newLink(DefaultMTU, w, 1)
 	var pkts stack.PacketBufferList
 	pkts.PushBack(plainPacket(make([]byte, 100)))
 	defer pkts.DecRef()
-	if n := testing.AllocsPerRun(100, func() { l.WritePackets(pkts) }); n > 0 {
+	f := framePool.Get().(*frame)
+	if n := testing.AllocsPerRun(100, func() {
+		l.WritePackets(pkts)
+		pkt := <-l.q
+		writePacket(l.w, f, pkt)
+		pkt.DecRef()
+	}); n > 0 {
 		t.Errorf("WritePackets allocates %.1f times per packet, want 0", n)
 	}
 }

@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"errors"
-	"os"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -219,8 +218,3 @@ func (i injector) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *s
 
 // DeliverLinkPacket implements stack.NetworkDispatcher. GRO never calls it.
 func (injector) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
-
-// closedErr reports whether err from a TUN write means it is closed.
-func closedErr(err error) bool {
-	return errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD)
-}

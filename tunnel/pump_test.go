@@ -137,7 +137,7 @@ func TestChecksumsValid(t *testing.T) {
 // wrong checksum is dropped before gVisor.
 func TestGROIntoStack(t *testing.T) {
 	r := make(recorder, 16)
-	link := newLink(DefaultMTU, r)
+	link := startLink(t, r)
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
@@ -312,7 +312,7 @@ func TestFixGSOLength(t *testing.T) {
 // installed, after the checksum check; what the handler declines, and every
 // other packet, goes on to gVisor.
 func TestUDPHandler(t *testing.T) {
-	link := newLink(DefaultMTU, make(recorder, 16))
+	link := startLink(t, make(recorder, 16))
 	d := &Device{link: link, log: slog.New(slog.DiscardHandler)}
 	var g gro.GRO
 	g.Init(true)
