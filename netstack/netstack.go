@@ -346,10 +346,10 @@ func (s *Stack) Close() {
 	}
 }
 
-// linkRoom is how many packets Close lets wait in the link's queue, if it
-// has one, before it waits for them to leave: the RSTs of many flows would
-// not fit at once in a queue such as gVisor's channel endpoint's. (tunnel's
-// link has none: it writes each packet before WritePackets returns.)
+// linkRoom is how many packets Close lets wait in the link's queue before
+// it waits for them to leave: the RSTs of many flows would not fit at once
+// (tunnel's queue holds 1024; gVisor's channel endpoint drops what does not
+// fit).
 const linkRoom = 256
 
 // drainWait bounds each wait of drainLink: the link's reader normally

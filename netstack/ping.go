@@ -190,7 +190,7 @@ func (f *pingFilter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 // countDrops counts the packets of a batch of sent that the link did not
 // take: a link that reports fewer written without an error has dropped
 // the rest (gVisor's channel endpoint when its queue is full; tunnel's link
-// when the TUN refused a packet).
+// makes the sender wait instead, and drops nothing).
 func (f *pingFilter) countDrops(sent, written int, err tcpip.Error) {
 	if err == nil && written < sent {
 		f.drops.Add(uint64(sent - written))
