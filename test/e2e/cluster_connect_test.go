@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -375,3 +376,114 @@ func TestClusterConnectDirect(t *testing.T) {
 
 // hostPort joins ip and port into an address for a dial.
 func hostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
+
+// TestClusterConnectHostDNS runs the real systemd-resolved (unpacked, see
+// testbed.StartResolved) on the laptop, with the laptop's own DNS server as
+// its upstream, and `kubetun connect` setting split DNS on its TUN:
+//
+//	laptop: systemd-resolved (stub 127.0.0.53), kubetun connect (kubetun0)
+//	  └─ default via the node ── upstream 10.0.M.2: the laptop's own DNS
+//
+// A cluster name asked through the stub reaches kubetun (the answer is the
+// Service's ClusterIP, which only kubetun knows) and the upstream is not
+// asked; a name outside the cluster domain still goes to the upstream. After
+// exit, and after kill -9, resolved no longer sends the cluster domain
+// anywhere.
+func TestClusterConnectHostDNS(t *testing.T) {
+	if _, err := testbed.ResolvedDir(); err != nil {
+		t.Skipf("systemd-resolved not unpacked (make deps): %v", err)
+	}
+	ct := newClusterTest(t, "cdns", 0)
+	ct.apply(webService("web", "cdns"))
+	ct.addPod(podSpec{Name: "cdns-1", App: "cdns"})
+	ct.waitReadyEndpoints("web", 1)
+	webIP := ct.clusterIP("web")
+	lap, kubeconfig := ct.addLaptop("cdns-lap", true)
+	up := ct.addHost("cdns-up", 0)
+	upstream, err := ct.tb.StartDNSServer(up, "laptop.example.com. 30 IN A 192.0.2.7")
+	must(t, err)
+	t.Cleanup(func() { upstream.Close() })
+	resolved, err := ct.tb.StartResolved(lap.Namespace, up.IP)
+	must(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("systemd-resolved output:\n%s", resolved.Process.Output())
+		}
+	})
+	removeConf, err := ct.tb.WriteResolvConf(lap, "nameserver 127.0.0.53\noptions edns0 trust-ad\n")
+	must(t, err)
+	t.Cleanup(func() { removeConf() })
+
+	clusterName := "web." + ct.NS + ".svc.cluster.local."
+	ask := func(name string) (digResult, int64) {
+		t.Helper()
+		before := upstream.Queries()
+		got, err := dig(t.Context(), ct.tb, lap.Namespace, "127.0.0.53", "+time=8", name, "A")
+		if err != nil {
+			t.Logf("dig @127.0.0.53 %s: %v", name, err)
+		}
+		return got, upstream.Queries() - before
+	}
+	wantOutside := func(when string) {
+		t.Helper()
+		if got, n := ask("laptop.example.com."); got.Status != "NOERROR" || !slices.Equal(got.Answer, []string{"A 192.0.2.7"}) || n == 0 {
+			t.Errorf("%s: dig @127.0.0.53 laptop.example.com. = %s %q, upstream asked %d times; want 192.0.2.7 from the upstream", when, got.Status, got.Answer, n)
+		}
+	}
+	wantGone := func(when string) {
+		t.Helper()
+		eventually(t, 5*time.Second, 50*time.Millisecond, when+": resolved's resolv.conf without the cluster's search domains", func() (bool, string) {
+			conf, err := resolved.ResolvConf()
+			return err == nil && !strings.Contains(conf, ct.NS+".svc.cluster.local"), conf
+		})
+		if got, _ := ask(clusterName); got.Status == "NOERROR" {
+			t.Errorf("%s: dig @127.0.0.53 %s = %s %q; want no answer from kubetun any more", when, clusterName, got.Status, got.Answer)
+		}
+		wantOutside(when)
+	}
+	start := func() *testbed.Process {
+		t.Helper()
+		argv := append([]string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + resolved.BusAddress}, connectArgs(kubeconfig, "--dns-upstream", up.IP.String())...)
+		p, summary, took := ct.startConnect(lap, argv...)
+		t.Logf("kubetun connect ready in %v: %s", took.Round(time.Millisecond), summary)
+		if !strings.Contains(p.Output(), "host DNS: the cluster domain goes to kubetun") {
+			t.Fatalf("kubetun connect did not set the host's DNS:\n%s", p.Output())
+		}
+		return p
+	}
+
+	wantOutside("before connect")
+	p := start()
+	t.Run("cluster names reach kubetun", func(t *testing.T) {
+		got, n := ask(clusterName)
+		if got.Status != "NOERROR" || !slices.Equal(got.Answer, []string{"A " + webIP}) || n != 0 {
+			t.Errorf("dig @127.0.0.53 %s = %s %q, upstream asked %d times; want A %s from kubetun only\n%s", clusterName, got.Status, got.Answer, n, webIP, got.Raw)
+		}
+		// A laptop's /etc/resolv.conf is resolved's stub-resolv.conf: the
+		// stub, and the search domains, the TUN's among them.
+		stub, err := os.ReadFile(filepath.Join(resolved.RunDir, "resolve", "stub-resolv.conf"))
+		must(t, err)
+		if !strings.Contains(string(stub), ct.NS+".svc.cluster.local") {
+			t.Errorf("resolved's stub-resolv.conf has no search domain %s.svc.cluster.local:\n%s", ct.NS, stub)
+		}
+		_, err = ct.tb.WriteResolvConf(lap, string(stub))
+		must(t, err)
+		pod, err := ct.curlHello(lap.Namespace, "http://web/")
+		if err != nil || pod != "cdns-1" {
+			t.Errorf("curl http://web/ (the kubeconfig namespace's search domain) = %q, %v", pod, err)
+		}
+	})
+	t.Run("other names go to the laptop's DNS", func(t *testing.T) { wantOutside("while connected") })
+	must(t, p.Stop(10*time.Second))
+	wantGone("after SIGTERM")
+	ct.checkNothingLeft(t, lap, "after SIGTERM")
+
+	p = start()
+	if got, _ := ask(clusterName); got.Status != "NOERROR" {
+		t.Errorf("second start: dig @127.0.0.53 %s = %s", clusterName, got.Status)
+	}
+	must(t, p.Signal(syscall.SIGKILL))
+	p.Wait(10 * time.Second)
+	wantGone("after kill -9")
+	ct.checkNothingLeft(t, lap, "after kill -9")
+}
