@@ -487,3 +487,65 @@ func TestClusterConnectHostDNS(t *testing.T) {
 	wantGone("after kill -9")
 	ct.checkNothingLeft(t, lap, "after kill -9")
 }
+
+// TestClusterConnectUnprivileged runs `kubetun connect` as the user nobody
+// holding only CAP_NET_ADMIN (as `setcap cap_net_admin+ep` on the binary
+// gives an ordinary user), on a laptop without routes to pods.
+func TestClusterConnectUnprivileged(t *testing.T) {
+	ct := newClusterTest(t, "cusr", 0)
+	ct.apply(webService("web", "cusr"))
+	ct.addPod(podSpec{Name: "cusr-1", App: "cusr"})
+	ct.waitReadyEndpoints("web", 1)
+	webIP := ct.clusterIP("web")
+	lap, kubeconfig := ct.addLaptop("cusr-lap", false)
+
+	// A copy of the binary and the kubeconfig that nobody may read.
+	dir, err := os.MkdirTemp("", "kubetun-nobody-")
+	must(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	must(t, os.Chmod(dir, 0o755))
+	for _, f := range []struct {
+		from, to string
+		mode     os.FileMode
+	}{{kubetunBin, "kubetun", 0o755}, {kubeconfig, "kubeconfig", 0o644}} {
+		b, err := os.ReadFile(f.from)
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(dir, f.to), b, f.mode))
+	}
+	// Distributions make /dev/net/tun 0666; this machine's is 0600. A
+	// node of the same device that anyone may open stands in for it, bound
+	// over /dev/net/tun in a mount namespace of kubetun's own: the host's
+	// is left alone.
+	tunNode := filepath.Join(dir, "tun")
+	must(t, syscall.Mknod(tunNode, syscall.S_IFCHR|0o666, int(10<<8|200)))
+	must(t, os.Chmod(tunNode, 0o666))
+	argv := connectArgs(filepath.Join(dir, "kubeconfig"), "--host-dns=false", "--dns-upstream", lap.Gateway.String())
+	argv[0] = filepath.Join(dir, "kubetun")
+	argv = append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount --bind "$0" /dev/net/tun && exec "$@"`, tunNode,
+		"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+		"--inh-caps=-all,+net_admin", "--ambient-caps=+net_admin", "--bounding-set=-all,+net_admin"}, argv...)
+	p, summary, took := ct.startConnect(lap, argv...)
+	t.Logf("kubetun connect as nobody with CAP_NET_ADMIN only, ready in %v: %s", took.Round(time.Millisecond), summary)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
+	must(t, err)
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "CapEff:") {
+			t.Logf("kubetun's %s", strings.Join(strings.Fields(line), " "))
+		}
+		// CAP_NET_ADMIN is bit 12: 0x1000.
+		if rest, ok := strings.CutPrefix(line, "CapEff:"); ok && strings.TrimSpace(rest) != "0000000000001000" {
+			t.Errorf("kubetun's effective capabilities %s, want CAP_NET_ADMIN (0x1000) only", strings.TrimSpace(rest))
+		}
+		if rest, ok := strings.CutPrefix(line, "Uid:"); ok && strings.Fields(rest)[1] == "0" {
+			t.Errorf("kubetun runs as root (Uid:%s)", rest)
+		}
+	}
+	for range 3 {
+		if pod, err := ask(lap.Namespace, hostPort(webIP, 80), 10*time.Second); err != nil || pod != "cusr-1" {
+			t.Fatalf("GET / at %s:80 from the laptop = %q, %v", webIP, pod, err)
+		}
+	}
+	must(t, p.Stop(10*time.Second))
+	ct.checkNothingLeft(t, lap, "after SIGTERM")
+}
