@@ -58,6 +58,11 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	if opts.ProbeTimeout <= 0 {
 		opts.ProbeTimeout = DefaultProbeTimeout
 	}
+	opts.Kube.FollowCIDRs = len(cfg.ServiceCIDRs) == 0
+	src, err := NewKubeSource(ctx, opts.Kube, log)
+	if err != nil {
+		return err
+	}
 	// A device of that name left by `kubetun run --persist` (connect's
 	// own go with the process): removed, unless a kubetun still runs on
 	// it, which tunnel.Open then reports.
@@ -65,11 +70,6 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		if removed, err := tunnel.Cleanup(cfg.TUN); err == nil && len(removed) > 0 {
 			log.Info("removed what an earlier kubetun left", "removed", strings.Join(removed, "; "))
 		}
-	}
-	opts.Kube.FollowCIDRs = len(cfg.ServiceCIDRs) == 0
-	src, err := NewKubeSource(ctx, opts.Kube, log)
-	if err != nil {
-		return err
 	}
 	via := opts.Via
 	if via == ViaAuto || via == "" {
