@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -204,6 +205,10 @@ spec:
 	}
 	if !strings.Contains(p.Output(), "pods reached portforward (--via auto)") {
 		t.Errorf("kubetun connect did not say it chose port-forward:\n%s", p.Output())
+	}
+	status, err := ct.tb.Run(t.Context(), lap.Namespace, kubetunBin, "status", "--addr", healthAddr)
+	if err != nil || !regexp.MustCompile(`Mode:\s+connect`).MatchString(status) || !regexp.MustCompile(`Pods:\s+portforward`).MatchString(status) {
+		t.Errorf("kubetun status = %v, want mode connect and pods via portforward:\n%s", err, status)
 	}
 
 	t.Run("curl by name, split", func(t *testing.T) {
