@@ -503,7 +503,7 @@ func (p *Proxy) routedPrefixes(cidrs []netip.Prefix) []netip.Prefix {
 func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
 	// The pods' /32s are left out of routedPrefixes: a Service whose
 	// endpoint is such a pod still reaches it, through the dialer.
-	routes := slices.Clone(p.routedPrefixes(cidrs))
+	routes := p.routedPrefixes(cidrs)
 	for _, r := range p.podRoutes {
 		if !covered(r.Addr(), cidrs) {
 			routes = append(routes, r)
