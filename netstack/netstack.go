@@ -114,6 +114,13 @@ type Services interface {
 
 var _ Services = (*resolver.Table)(nil)
 
+// Pods names the pod that has an address; *resolver.Table is one.
+type Pods interface {
+	PodByIP(ip netip.Addr) (namespace, name string, ok bool)
+}
+
+var _ Pods = (*resolver.Table)(nil)
+
 // Dialer dials backend pods. *net.Dialer is one.
 type Dialer interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
@@ -131,6 +138,18 @@ type Config struct {
 	// DialTimeout bounds each dial; zero means DefaultDialTimeout.
 	DialTimeout time.Duration
 	Logger      *slog.Logger
+
+	// Pods, if set, lets a TCP connection to an address that is no
+	// Service's through when Pods knows a pod of that address: it is dialled
+	// at that same address and port. A laptop that reaches pods over
+	// port-forward routes the pod IPs of headless Services into the TUN, as
+	// their DNS names resolve to them; Pods keeps every other address out.
+	Pods Pods
+	// RefuseUDP, if not empty, refuses every UDP flow to a Service with
+	// ICMP port unreachable at once, and logs once per Service that it does
+	// and why: this text. Port-forward, for one, carries TCP only. Sockets
+	// of the stack itself (ListenUDP: the cluster DNS) still answer.
+	RefuseUDP string
 
 	// Limits and timeouts; zero means the Default of the same name.
 	// Negative TCPUserTimeout or HalfClosedTimeout turn them off.
@@ -160,6 +179,10 @@ type Stack struct {
 	dialer      Dialer
 	dialTimeout time.Duration
 	log         *slog.Logger
+	pods        Pods   // nil: no pod address passes (Config.Pods)
+	refuseUDP   string // Config.RefuseUDP
+
+	udpRefusedSaid sync.Map // Service name -> true: its UDP refusal was logged
 
 	ctx    context.Context // cancelled by Close; bounds dials
 	cancel context.CancelFunc
@@ -238,6 +261,8 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		dialer:       dialer,
 		dialTimeout:  timeout,
 		log:          log,
+		pods:         cfg.Pods,
+		refuseUDP:    cfg.RefuseUDP,
 		ctx:          ctx,
 		cancel:       cancel,
 		udp:          udpt,

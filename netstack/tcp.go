@@ -55,11 +55,24 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 	src := addrPort(id.RemoteAddress, id.RemotePort)
 	dst := addrPort(id.LocalAddress, id.LocalPort)
 	sp, ok := s.services.Lookup(resolver.TCP, dst)
+	var target any = sp // what the connection is for, in logs
+	dial := func(ctx context.Context) (halfCloser, resolver.Endpoint, error) { return s.dial(ctx, sp, src.Addr()) }
 	if !ok {
-		s.log.Debug("refused: no service", "proto", "TCP", "src", src, "dst", dst)
-		s.count.tcpRefused.Add(1)
-		r.Complete(true)
-		return nil
+		pod, isPod := s.podAt(dst.Addr())
+		if !isPod {
+			s.log.Debug("refused: no service", "proto", "TCP", "src", src, "dst", dst)
+			s.count.tcpRefused.Add(1)
+			r.Complete(true)
+			return nil
+		}
+		// A pod's own address (Config.Pods): dialled as it is, with no
+		// balancing and no second try.
+		target = "pod " + pod
+		dial = func(ctx context.Context) (halfCloser, resolver.Endpoint, error) {
+			ep := resolver.Endpoint{Addr: dst}
+			c, err := s.dialOne(ctx, ep)
+			return c, ep, err
+		}
 	}
 	if !s.reserveSetup(src.Addr()) {
 		s.log.Debug("refused: too many connections from this source being set up, or too many flows", "src", src, "dst", dst)
@@ -73,10 +86,10 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	s.pending.Store(id, cancel)
-	backend, ep, err := s.dial(ctx, sp, src.Addr())
+	backend, ep, err := dial(ctx)
 	s.pending.Delete(id)
 	if err != nil {
-		s.log.Debug("refused", "service", sp, "src", src, "err", err)
+		s.log.Debug("refused", "service", target, "src", src, "err", err)
 		switch {
 		case errors.Is(err, errNoEndpoint):
 			s.count.tcpRefused.Add(1)
@@ -100,7 +113,7 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 	if tcpErr != nil {
 		// The client went away during the dial, or did not finish the
 		// handshake in time.
-		s.log.Debug("handshake failed", "service", sp, "src", src, "err", tcpErr)
+		s.log.Debug("handshake failed", "service", target, "src", src, "err", tcpErr)
 		s.count.tcpAborted.Add(1)
 		r.Complete(true)
 		backend.Close()
@@ -113,7 +126,7 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 		ut := tcpip.TCPUserTimeoutOption(s.userTimeout)
 		cep.SetSockOpt(&ut)
 	}
-	s.log.Debug("forwarding", "service", sp, "src", src, "endpoint", ep)
+	s.log.Debug("forwarding", "service", target, "src", src, "endpoint", ep)
 	return newFlow(gonet.NewTCPConn(&wq, cep), cep, &wq, backend, s.halfClosedTimeout)
 }
 
@@ -158,6 +171,16 @@ func (s *Stack) dial(ctx context.Context, sp *resolver.ServicePort, client netip
 }
 
 var errNoEndpoint = errors.New("no usable endpoint")
+
+// podAt returns the pod ("namespace/name") whose address ip is, if pod
+// addresses pass (Config.Pods).
+func (s *Stack) podAt(ip netip.Addr) (string, bool) {
+	if s.pods == nil {
+		return "", false
+	}
+	ns, name, ok := s.pods.PodByIP(ip)
+	return ns + "/" + name, ok
+}
 
 // reserveSetup counts a connection being set up from src, or reports that
 // src already has its share (maxSetupsPerSource) being set up, or that the

@@ -113,6 +113,13 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		s.count.udpRefused.Add(1)
 		return false
 	}
+	if s.refuseUDP != "" {
+		if _, said := s.udpRefusedSaid.LoadOrStore(sp.Service, true); !said {
+			s.log.Warn("UDP to this Service is refused (ICMP port unreachable): "+s.refuseUDP, "service", sp.Service, "dst", dst)
+		}
+		s.count.udpRefused.Add(1)
+		return false
+	}
 	if !s.reserveUDP(src.Addr()) {
 		s.log.Debug("UDP session limit reached; datagram dropped", "src", src, "dst", dst)
 		s.count.udpLimited.Add(1)

@@ -45,6 +45,9 @@ func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Datapla
 	}
 	nc := cfg.DataPath
 	nc.Link, nc.Services, nc.Dialer, nc.DialTimeout, nc.Logger = dev.Link(), table, cfg.Dialer, cfg.DialTimeout, log
+	if cfg.RoutePods {
+		nc.Pods = table
+	}
 	ns, err := netstack.New(nc)
 	if err != nil {
 		dev.Close()

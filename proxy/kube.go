@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -40,6 +43,7 @@ type KubeOptions struct {
 // EndpointSlices and, optionally, ServiceCIDRs (resolver/kube).
 type KubeSource struct {
 	client kubernetes.Interface
+	config *rest.Config
 	reach  *kube.Reachability
 	opts   KubeOptions
 	info   SourceInfo
@@ -52,7 +56,7 @@ var _ Source = (*KubeSource)(nil)
 // ServiceCIDR API can be read. client-go's own log goes to log from now on.
 func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*KubeSource, error) {
 	reach := kube.NewReachability(log)
-	client, info, err := kubeClient(opts, reach)
+	client, config, info, err := kubeClient(opts, reach)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +71,7 @@ func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*Ku
 			return nil, fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
 		}
 	}
-	return &KubeSource{client: client, reach: reach, opts: opts, info: info, log: log}, nil
+	return &KubeSource{client: client, config: config, reach: reach, opts: opts, info: info, log: log}, nil
 }
 
 // Run implements Source: it delivers only after both informer caches have
@@ -83,6 +87,51 @@ func (k *KubeSource) Run(ctx context.Context, r Receiver) error {
 
 // Info implements Source.
 func (k *KubeSource) Info() SourceInfo { return k.info }
+
+// RESTConfig returns a copy of the client's configuration, e.g. for a
+// port-forward dialer to the same API server.
+func (k *KubeSource) RESTConfig() *rest.Config { return rest.CopyConfig(k.config) }
+
+// ProbeDirect reports whether this host reaches pods directly: it dials
+// ready endpoints (TCP) of the cluster's EndpointSlices, a few of them,
+// each within timeout, and succeeds at the first that answers. It returns
+// what it dialled, or why it gave up, for the log.
+func (k *KubeSource) ProbeDirect(ctx context.Context, timeout time.Duration) (ok bool, detail string) {
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	list, err := k.client.DiscoveryV1().EndpointSlices("").List(lctx, metav1.ListOptions{Limit: 50})
+	cancel()
+	if err != nil {
+		return false, fmt.Sprintf("listing EndpointSlices: %v", err)
+	}
+	var addrs []string
+	for _, es := range list.Items {
+		for _, p := range es.Ports {
+			if p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+				continue
+			}
+			for _, e := range es.Endpoints {
+				if (e.Conditions.Ready != nil && !*e.Conditions.Ready) || len(e.Addresses) == 0 {
+					continue
+				}
+				addrs = append(addrs, net.JoinHostPort(e.Addresses[0], strconv.Itoa(int(*p.Port))))
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		return false, "no ready TCP endpoint to probe"
+	}
+	var last error
+	for _, a := range addrs[:min(len(addrs), 3)] {
+		d := net.Dialer{Timeout: timeout}
+		c, err := d.DialContext(ctx, "tcp", a)
+		if err == nil {
+			c.Close()
+			return true, "dialled " + a
+		}
+		last = err
+	}
+	return false, last.Error()
+}
 
 // Topology reads this node's zone from its Node object. A node that cannot
 // be read only disables zone hints (with a warning): kubetun on a laptop
@@ -116,7 +165,7 @@ func (k *KubeSource) Node(ctx context.Context) (resolver.Topology, []netip.Addr)
 // kubeClient builds a client from opts.Kubeconfig, or when that is empty
 // from the first of: the in-cluster config, $KUBECONFIG, ~/.kube/config. It
 // also says which it used. reach observes every request the client makes.
-func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interface, SourceInfo, error) {
+func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interface, *rest.Config, SourceInfo, error) {
 	var (
 		cfg  *rest.Config
 		info = SourceInfo{Kind: "kubernetes"}
@@ -126,6 +175,9 @@ func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interfac
 	fromFile := func(rules *clientcmd.ClientConfigLoadingRules) {
 		cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
 		cfg, err = cc.ClientConfig()
+		if ns, _, nsErr := cc.Namespace(); nsErr == nil {
+			info.Namespace = ns
+		}
 		if raw, rawErr := cc.RawConfig(); rawErr == nil {
 			info.Context = raw.CurrentContext
 			if opts.Context != "" {
@@ -144,24 +196,36 @@ func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interfac
 		info.Path = "$KUBECONFIG=" + os.Getenv("KUBECONFIG")
 		fromFile(clientcmd.NewDefaultClientConfigLoadingRules()) // honours the $KUBECONFIG list
 	default:
-		home, _ := os.UserHomeDir()
-		p := filepath.Join(home, ".kube", "config")
+		p := filepath.Join(homeDir(), ".kube", "config")
 		if _, statErr := os.Stat(p); statErr != nil {
-			return nil, info, errors.New("no service source: not running in a cluster, $KUBECONFIG is unset and " + p +
+			return nil, nil, info, errors.New("no service source: not running in a cluster, $KUBECONFIG is unset and " + p +
 				" does not exist; give --kubeconfig PATH, or --manifests PATH with --service-cidr for a static source")
 		}
 		info.Path = p
 		fromFile(&clientcmd.ClientConfigLoadingRules{ExplicitPath: p})
 	}
 	if err != nil {
-		return nil, info, fmt.Errorf("loading Kubernetes client config (%s): %w", info.Path, err)
+		return nil, nil, info, fmt.Errorf("loading Kubernetes client config (%s): %w", info.Path, err)
 	}
 	info.Server = cfg.Host
 	cfg.UserAgent = "kubetun"
 	cfg.Wrap(reach.WrapTransport)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, info, fmt.Errorf("creating Kubernetes client (%s): %w", info.Path, err)
+		return nil, nil, info, fmt.Errorf("creating Kubernetes client (%s): %w", info.Path, err)
 	}
-	return client, info, nil
+	return client, cfg, info, nil
+}
+
+// homeDir is the home directory whose ~/.kube/config kubectl would read:
+// under sudo, the invoking user's ($SUDO_USER), not root's, so that `sudo
+// kubetun connect` uses the cluster the user's kubectl talks to.
+func homeDir() string {
+	if u := os.Getenv("SUDO_USER"); u != "" && os.Geteuid() == 0 {
+		if pw, err := user.Lookup(u); err == nil && pw.HomeDir != "" {
+			return pw.HomeDir
+		}
+	}
+	home, _ := os.UserHomeDir()
+	return home
 }

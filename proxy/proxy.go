@@ -68,6 +68,16 @@ type Config struct {
 	// PodsVia says how pods are reached, as status shows it; "" means
 	// "direct".
 	PodsVia string
+	// RoutePods routes the pod IPs of headless Services (those whose
+	// endpoint names a Pod) into the TUN too, one /32 or /128 each, and
+	// lets the data path dial them as they are (netstack.Config.Pods): for
+	// a laptop that reaches pods over port-forward only, where a headless
+	// Service's names (db-0.db.ns.svc...) resolve to pod IPs it has no
+	// route to.
+	RoutePods bool
+	// OnReady, if set, is called once, when the first whole state is
+	// served and routed, with the status then.
+	OnReady func(Status)
 
 	HealthAddr  string // /healthz, /livez, /readyz and /statusz; "" disables
 	MetricsAddr string // /metrics; "" disables
@@ -223,11 +233,12 @@ type Proxy struct {
 	nodePorts *nodeport.Listeners // with Config.External, once started
 
 	// Owned by the goroutine running the Source's callbacks.
-	problems map[string]bool // reported by the last Build
-	routed   bool            // Config.ServiceCIDRs are routed
-	last     *State          // the last whole state, rebuilt when the routed ranges change
-	fail     context.CancelCauseFunc
-	ready    sync.Once
+	problems  map[string]bool // reported by the last Build
+	podRoutes []netip.Prefix  // headless Services' pod IPs routed (RoutePods)
+	routed    bool            // Config.ServiceCIDRs are routed
+	last      *State          // the last whole state, rebuilt when the routed ranges change
+	fail      context.CancelCauseFunc
+	ready     sync.Once
 
 	mu        sync.Mutex     // guards the fields below, which status reads
 	cidrs     []netip.Prefix // routed into the TUN now
@@ -447,6 +458,7 @@ func (p *Proxy) apply(st State) {
 	p.table.Store(snap)
 	problems = append(problems, p.applyExternal(snap)...)
 	p.reportProblems(problems)
+	p.routePods(snap)
 	p.warnDNSShadow(before, snap)
 	if p.dp != nil {
 		p.dp.EndStaleSessions()
@@ -489,7 +501,15 @@ func (p *Proxy) routedPrefixes(cidrs []netip.Prefix) []netip.Prefix {
 // setRoutes routes cidrs, and the DNS address if they do not cover it,
 // into the TUN.
 func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
-	if err := p.dp.SetRoutes(p.routedPrefixes(cidrs)); err != nil {
+	// The pods' /32s are left out of routedPrefixes: a Service whose
+	// endpoint is such a pod still reaches it, through the dialer.
+	routes := p.routedPrefixes(cidrs)
+	for _, r := range p.podRoutes {
+		if !covered(r.Addr(), cidrs) {
+			routes = append(routes, r)
+		}
+	}
+	if err := p.dp.SetRoutes(routes); err != nil {
 		return err
 	}
 	if p.dns != nil {
@@ -519,6 +539,55 @@ func (p *Proxy) logReady() {
 	}
 	p.log.Info("ready", "tun", p.dp.Name(), "mtu", p.cfg.MTU, "service-cidrs", fmt.Sprint(cidrs),
 		"dns", dnsAddr, "services", snap.Services(), "endpoints", snap.Endpoints())
+	if p.cfg.OnReady != nil {
+		p.cfg.OnReady(p.Status())
+	}
+}
+
+// routePods routes the pod IPs of snap's headless Services, with
+// RoutePods, once the service CIDRs are routed (setRoutes adds them).
+func (p *Proxy) routePods(snap *resolver.Snapshot) {
+	if !p.cfg.RoutePods {
+		return
+	}
+	pods := podPrefixes(snap)
+	if slices.Equal(pods, p.podRoutes) {
+		return
+	}
+	p.podRoutes = pods
+	p.mu.Lock()
+	cidrs := p.cidrs
+	p.mu.Unlock()
+	if cidrs == nil {
+		return // setRoutes adds them with the service CIDRs
+	}
+	if err := p.setRoutes(cidrs); err != nil {
+		p.log.Error("routing headless Services' pod IPs", "err", err)
+		return
+	}
+	p.log.Info("headless Services' pod IPs routed", "pods", len(pods))
+}
+
+// podPrefixes returns the addresses of the endpoints of snap's headless
+// Services that name a Pod, as host prefixes, sorted.
+func podPrefixes(snap *resolver.Snapshot) []netip.Prefix {
+	seen := make(map[netip.Addr]bool)
+	for rec := range snap.ServiceRecords() {
+		if !rec.Headless {
+			continue
+		}
+		for _, ep := range rec.Endpoints {
+			if ep.Pod.Name != "" {
+				seen[ep.Addr.Unmap()] = true
+			}
+		}
+	}
+	out := make([]netip.Prefix, 0, len(seen))
+	for a := range seen {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
 }
 
 // outside reports the ClusterIPs no service CIDR covers: the host never

@@ -18,6 +18,9 @@ type SourceInfo struct {
 	Context string `json:"context,omitempty"`
 	// Server is the apiserver's URL.
 	Server string `json:"server,omitempty"`
+	// Namespace is the kubeconfig context's namespace ("default" if it
+	// names none).
+	Namespace string `json:"namespace,omitempty"`
 }
 
 // ManifestSource serves static manifests (resolver/manifest), watched for

@@ -27,7 +27,7 @@ type Status struct {
 	// DNS is the cluster DNS; nil when off or not started yet.
 	DNS *DNSStatus `json:"dns,omitempty"`
 	// Pods says how pods are reached: "direct" (dialled from the host
-	// network).
+	// network) or "portforward" (through the API server, kubetun connect).
 	Pods     string          `json:"pods"`
 	Services []ServiceStatus `json:"services"`
 }

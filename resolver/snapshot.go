@@ -274,6 +274,11 @@ func (t *Table) Store(s *Snapshot) { t.cur.Store(s) }
 // Answers reports whether ip answers ping in the current snapshot.
 func (t *Table) Answers(ip netip.Addr) bool { return t.cur.Load().Answers(ip) }
 
+// PodByIP is Snapshot.PodByIP on the current snapshot.
+func (t *Table) PodByIP(ip netip.Addr) (namespace, name string, ok bool) {
+	return t.cur.Load().PodByIP(ip)
+}
+
 // Lookup looks addr up in the current snapshot.
 func (t *Table) Lookup(proto Protocol, addr netip.AddrPort) (*ServicePort, bool) {
 	return t.cur.Load().Lookup(proto, addr)

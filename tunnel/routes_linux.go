@@ -182,3 +182,19 @@ func linkRoutes(link netlink.Link) ([]netip.Prefix, error) {
 	}
 	return out, nil
 }
+
+// AddAddress gives the link called name the address a (a host prefix, no
+// route of its own: IFA_F_NOPREFIXROUTE). It is safe to repeat. A link
+// without an address is one systemd-resolved sends no unicast DNS over;
+// the address goes with the link.
+func AddAddress(name string, a netip.Prefix) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", name, err)
+	}
+	addr := &netlink.Addr{IPNet: ipNetOf(a), Flags: unix.IFA_F_NOPREFIXROUTE}
+	if err := netlink.AddrReplace(l, addr); err != nil {
+		return fmt.Errorf("adding address %s to %s: %w", a, name, err)
+	}
+	return nil
+}

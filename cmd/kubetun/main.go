@@ -6,6 +6,7 @@
 // Usage:
 //
 //	kubetun run --service-cidr 10.3.240.0/20 --manifests services.yaml
+//	kubetun connect --context kind-dev
 //	kubetun status
 //	kubetun cleanup
 //	kubetun version
@@ -63,7 +64,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		// run's errors name what failed and say kubetun, as documented:
 		// "kubetun: service CIDR 10.0.0.0/14 overlaps route ...".
 		name := cmd.CommandPath()
-		if cmd.Name() == "run" {
+		if cmd.Name() == "run" || cmd.Name() == "connect" {
 			name = root.Name()
 		}
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
@@ -107,7 +108,7 @@ userspace TCP/IP stack to the pods behind them, with no iptables or nftables rul
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
 	})
-	root.AddCommand(newRunCommand(stderr), newStatusCommand(), newCleanupCommand(), newVersionCommand())
+	root.AddCommand(newRunCommand(stderr), newConnectCommand(stderr), newStatusCommand(), newCleanupCommand(), newVersionCommand())
 	return root
 }
 

@@ -260,6 +260,10 @@ type podSpec struct {
 	HTTPPort int    // the container port named http; 0 means 8080
 	Subnet   int    // 0: the next free one
 	NotReady bool   // posted as Running but not Ready
+	// Hostname and Subdomain, if set, are the Pod's spec.hostname and
+	// spec.subdomain: with a headless Service called Subdomain, its name
+	// Hostname.Subdomain.NS.svc.cluster.local resolves to the pod.
+	Hostname, Subdomain string
 }
 
 // addPod plays kubelet for one Pod: it creates the Pod with kubectl (bound
@@ -271,6 +275,10 @@ func (ct *clusterTest) addPod(p podSpec) *testbed.Host {
 	if p.HTTPPort == 0 {
 		p.HTTPPort = 8080
 	}
+	var naming string
+	if p.Hostname != "" {
+		naming = fmt.Sprintf("  hostname: %s\n  subdomain: %s\n", p.Hostname, p.Subdomain)
+	}
 	ct.apply(fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata:
@@ -279,7 +287,7 @@ metadata:
     app: %s
 spec:
   nodeName: %s
-  containers:
+%s  containers:
   - name: server
     image: kubetun/podserver # never pulled: the harness runs podserver in the pod's namespace
     ports:
@@ -287,7 +295,7 @@ spec:
       containerPort: %d
     - name: echo
       containerPort: 9000
-`, p.Name, p.App, testbed.NodeName, p.HTTPPort))
+`, p.Name, p.App, testbed.NodeName, naming, p.HTTPPort))
 	h := ct.addServer(p.Name, p.Subnet, "--addr", fmt.Sprintf(":%d", p.HTTPPort))
 	if err := ct.cp.SetPodRunning(ct.t.Context(), ct.NS, p.Name, !p.NotReady, h.IP.String()); err != nil {
 		ct.t.Fatalf("SetPodRunning(%s): %v", p.Name, err)

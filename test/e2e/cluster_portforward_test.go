@@ -270,9 +270,23 @@ func (ct *clusterTest) snapshot() *resolver.Snapshot {
 func (ct *clusterTest) relayedConfig() *rest.Config {
 	t := ct.t
 	t.Helper()
-	server, err := url.Parse(ct.cp.Server)
-	must(t, err)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	ct.relayAPIServer(l)
+	return &rest.Config{
+		Host:            "https://" + l.Addr().String(),
+		BearerToken:     ct.cp.Token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: ct.cp.CACert},
+	}
+}
+
+// relayAPIServer relays every connection l accepts to kube-apiserver in
+// the node namespace, until the test ends. kube-apiserver's certificate
+// names 127.0.0.1, so l on a 127.0.0.1 (of any namespace) serves as the
+// apiserver's address.
+func (ct *clusterTest) relayAPIServer(l net.Listener) {
+	t := ct.t
+	server, err := url.Parse(ct.cp.Server)
 	must(t, err)
 	var (
 		wg    sync.WaitGroup
@@ -322,11 +336,6 @@ func (ct *clusterTest) relayedConfig() *rest.Config {
 			})
 		}
 	})
-	return &rest.Config{
-		Host:            "https://" + l.Addr().String(),
-		BearerToken:     ct.cp.Token,
-		TLSClientConfig: rest.TLSClientConfig{CAData: ct.cp.CACert},
-	}
 }
 
 // pfHello dials addr with d, sends the seed's request and returns the

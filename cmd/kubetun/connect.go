@@ -1,0 +1,86 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kubetun/kubetun/proxy"
+	"github.com/kubetun/kubetun/resolver"
+)
+
+// newConnectCommand is `kubetun connect`: run's flags that fit a laptop,
+// plus --context, --via and --host-dns.
+func newConnectCommand(stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "connect [--kubeconfig PATH] [--context NAME] [--via direct|portforward|auto] [flags]",
+		Short: "Reach a cluster's Services by ClusterIP and DNS name from this machine",
+		Long: `Route the cluster's service CIDRs into a TUN device and forward every
+connection to a ClusterIP to a pod of its Service, reached directly or
+through the API server's port-forward. Names under the cluster domain
+resolve through kubetun (split DNS on the TUN with systemd-resolved);
+every other name resolves as before. Nothing is installed in the cluster:
+a kubeconfig is all it takes. On SIGINT or SIGTERM kubetun removes its
+routes, TUN device and DNS settings.
+
+As a user rather than root, give the binary CAP_NET_ADMIN once:
+  sudo setcap cap_net_admin+ep $(command -v kubetun)`,
+		Example: `  # The current context of ~/.kube/config (or $KUBECONFIG)
+  kubetun connect
+
+  # Another context, pods always through port-forward
+  kubetun connect --context staging --via portforward`,
+	}
+	fs := cmd.Flags()
+	finish := runFlags(fs)
+	for _, name := range []string{"manifests", "persist", "node-name", "profiling"} {
+		fs.MarkHidden(name)
+	}
+	kubeContext := fs.String("context", "", "the kubeconfig context to use; default: its current context")
+	via := fs.String("via", proxy.ViaAuto, "how pods are reached: direct (dial pod IPs), portforward (the API server's pods/portforward), or auto (direct if a probe dial to a ready endpoint succeeds within --probe-timeout)")
+	probe := fs.Duration("probe-timeout", proxy.DefaultProbeTimeout, "how long each probe dial of --via auto may take")
+	hostDNS := fs.Bool("host-dns", true, "send the cluster domain, and only it, from systemd-resolved to kubetun (per-link DNS on the TUN, gone with it); without resolved, print what to add by hand")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := finish()
+		if err != nil {
+			return err
+		}
+		if cfg.manifests != "" || cfg.persist {
+			return usageError{errors.New("--manifests and --persist are run's; connect watches the API and leaves nothing behind")}
+		}
+		switch *via {
+		case proxy.ViaDirect, proxy.ViaPortForward, proxy.ViaAuto:
+		default:
+			return usageError{fmt.Errorf("--via %q: want direct, portforward or auto", *via)}
+		}
+		log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
+		pc := proxy.Config{
+			ServiceCIDRs:       cfg.serviceCIDRs,
+			Topology:           resolver.Topology{NodeName: cfg.nodeName},
+			TUN:                cfg.tun,
+			MaxAffinityClients: cfg.maxAffinityClients,
+			MTU:                cfg.mtu,
+			DialTimeout:        cfg.dialTimeout,
+			DataPath:           cfg.dataPath,
+			HealthAddr:         cfg.healthAddr,
+			MetricsAddr:        cfg.metricsAddr,
+			DNS: proxy.DNSConfig{
+				Off:       cfg.dnsOff,
+				IP:        cfg.dnsIP,
+				Domain:    cfg.clusterDomain,
+				Upstreams: cfg.dnsUpstreams,
+			},
+		}
+		return proxy.Connect(cmd.Context(), pc, proxy.ConnectOptions{
+			Kube:         proxy.KubeOptions{Kubeconfig: cfg.kubeconfig, Context: *kubeContext},
+			Via:          *via,
+			ProbeTimeout: *probe,
+			HostDNS:      *hostDNS,
+			Out:          stderr,
+		}, log)
+	}
+	return cmd
+}

@@ -1,0 +1,160 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/kubetun/kubetun/portforward"
+	"github.com/kubetun/kubetun/tunnel"
+	"github.com/kubetun/kubetun/tunnel/hostdns"
+)
+
+// How ConnectOptions.Via reaches pods.
+const (
+	ViaDirect      = "direct"      // dial pod IPs from this host (a VPN, kind, a node)
+	ViaPortForward = "portforward" // the API server's pods/portforward
+	ViaAuto        = "auto"        // direct if a probe dial succeeds, else port-forward
+)
+
+// DefaultProbeTimeout bounds each probe dial of ViaAuto.
+const DefaultProbeTimeout = time.Second
+
+// udpOverPortForward is why UDP to a Service is refused in port-forward
+// mode, as the log says it once per Service.
+const udpOverPortForward = "pods are reached over port-forward, which carries TCP only; cluster DNS names are still answered by kubetun itself"
+
+// ConnectOptions are what `kubetun connect` adds to a Config.
+type ConnectOptions struct {
+	Kube KubeOptions
+	// Via is ViaDirect, ViaPortForward or ViaAuto.
+	Via string
+	// ProbeTimeout bounds each probe dial of ViaAuto; zero means
+	// DefaultProbeTimeout.
+	ProbeTimeout time.Duration
+	// HostDNS sends the cluster domain, and only it, from the host's
+	// systemd-resolved to kubetun's DNS (package hostdns), reverted on
+	// exit; without resolved, it prints what to add by hand.
+	HostDNS bool
+	// Out receives the summary line once connected, and DNS instructions.
+	Out io.Writer
+}
+
+// Connect serves a cluster's Services on this host, as a laptop wants
+// them: the ClusterIPs routed into the TUN, pods reached directly or
+// through the API server's port-forward, the cluster domain resolved by
+// kubetun. It returns when ctx ends, having removed the routes, the TUN and
+// the DNS settings.
+func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Logger) error {
+	began := time.Now()
+	if opts.Out == nil {
+		opts.Out = io.Discard
+	}
+	if opts.ProbeTimeout <= 0 {
+		opts.ProbeTimeout = DefaultProbeTimeout
+	}
+	opts.Kube.FollowCIDRs = len(cfg.ServiceCIDRs) == 0
+	src, err := NewKubeSource(ctx, opts.Kube, log)
+	if err != nil {
+		return err
+	}
+	// A device of that name left by `kubetun run --persist` (connect's
+	// own go with the process): removed, unless a kubetun still runs on
+	// it, which tunnel.Open then reports.
+	if tunnel.ExistingIndex(cfg.TUN) != 0 {
+		if removed, err := tunnel.Cleanup(cfg.TUN); err == nil && len(removed) > 0 {
+			log.Info("removed what an earlier kubetun left", "removed", strings.Join(removed, "; "))
+		}
+	}
+	via := opts.Via
+	if via == ViaAuto || via == "" {
+		ok, detail := src.ProbeDirect(ctx, opts.ProbeTimeout)
+		via = ViaPortForward
+		if ok {
+			via = ViaDirect
+		}
+		log.Info("pods reached "+via+" (--via auto)", "probe", detail)
+	}
+	cfg.Mode, cfg.PodsVia = "connect", via
+
+	info := src.Info()
+	var revertDNS func() error
+	cfg.OnReady = func(st Status) {
+		dnsText := "DNS off"
+		if st.DNS != nil {
+			dnsText = fmt.Sprintf("DNS %s at %s", st.DNS.Domain, st.DNS.Address)
+			if opts.HostDNS {
+				revertDNS = hostDNS(ctx, st, info.Namespace, opts.Out, log)
+			}
+		}
+		fmt.Fprintf(opts.Out, "connected to %s (%s): services %s, %d services, %s, pods via %s\n",
+			info.Context, info.Server, strings.Join(st.ServiceCIDRs, ","), len(st.Services), dnsText, via)
+		log.Info("connected", "took", time.Since(began).Round(time.Millisecond))
+	}
+
+	p := New(cfg, src, log)
+	if via == ViaPortForward {
+		d, err := portforward.New(src.RESTConfig(), p.table, portforward.Options{
+			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+		})
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		p.cfg.Dialer = d
+		p.cfg.RoutePods = true
+		p.cfg.DataPath.RefuseUDP = udpOverPortForward
+	}
+	err = p.Run(ctx)
+	// The TUN is gone by now, and resolved forgot the link's settings with
+	// it; revert is for a resolved that missed that.
+	if revertDNS != nil {
+		if rerr := revertDNS(); rerr != nil {
+			log.Warn("reverting the host's DNS settings", "err", rerr)
+		}
+	}
+	return err
+}
+
+// hostDNS sets split DNS for the cluster domain on the TUN through
+// systemd-resolved, or prints what to add by hand when resolved is not
+// running. The TUN gets the first service CIDR's network address first:
+// resolved ignores a link without a routable address, and no Service is
+// ever given that address (the allocator hands out neither the network
+// nor the broadcast address of a range). It returns the revert func, or nil.
+func hostDNS(ctx context.Context, st Status, namespace string, out io.Writer, log *slog.Logger) func() error {
+	if namespace == "" {
+		namespace = "default"
+	}
+	server, err := netip.ParseAddr(st.DNS.Address)
+	if err != nil {
+		return nil
+	}
+	link := hostdns.Link{Name: st.TUN, Server: server, ClusterDomain: st.DNS.Domain, Namespace: namespace}
+	if len(st.ServiceCIDRs) > 0 {
+		if p, err := netip.ParsePrefix(st.ServiceCIDRs[0]); err == nil {
+			a := p.Masked().Addr()
+			if err := tunnel.AddAddress(st.TUN, netip.PrefixFrom(a, a.BitLen())); err != nil {
+				log.Warn("host DNS not set", "err", err)
+				return nil
+			}
+		}
+	}
+	revert, err := hostdns.Configure(ctx, link)
+	switch {
+	case errors.Is(err, hostdns.ErrNoResolved):
+		fmt.Fprint(out, hostdns.Instructions(link))
+		return nil
+	case err != nil:
+		log.Warn("host DNS not set; ask kubetun's DNS directly", "server", server, "err", err)
+		return nil
+	}
+	log.Info("host DNS: the cluster domain goes to kubetun through systemd-resolved, on the TUN only",
+		"link", st.TUN, "server", server, "search", strings.Join(hostdns.SearchDomains(st.DNS.Domain, namespace), " "))
+	return revert
+}

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// headless is a headless Service db with pod db-0 at 10.0.9.2, and, if
+// extra, pod db-1 at 10.0.9.3 too.
+func headless(extra bool) (*corev1.Service, *discoveryv1.EndpointSlice) {
+	ready := true
+	port, name, proto := int32(5432), "", corev1.ProtocolTCP
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: corev1.ClusterIPNone,
+			Ports: []corev1.ServicePort{{Protocol: corev1.ProtocolTCP, Port: 5432}}},
+	}
+	ep := func(ip, pod string) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: pod}}
+	}
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "db-abc", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "db", corev1.IsHeadlessService: ""}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{ep("10.0.9.2", "db-0")},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	if extra {
+		es.Endpoints = append(es.Endpoints, ep("10.0.9.3", "db-1"))
+	}
+	return svc, es
+}
+
+// TestRoutePods checks that with RoutePods the pod IPs of headless
+// Services are routed with the service CIDRs, follow the EndpointSlices,
+// and that the seed's pods behind a ClusterIP are not; and that OnReady is
+// called once, with the status.
+func TestRoutePods(t *testing.T) {
+	cidrs := prefixes("10.3.240.0/20")
+	var ready []Status
+	b := newBed(t, Config{Mode: "connect", ServiceCIDRs: cidrs, TUN: "kubetun0", RoutePods: true, PodsVia: "portforward",
+		DNS: DNSConfig{Domain: "cluster.local"}, OnReady: func(st Status) { ready = append(ready, st) }})
+	b.run(t)
+	state := func(extra bool) State {
+		st := seed()
+		svc, es := headless(extra)
+		st.Services = append(st.Services, svc)
+		st.Slices = append(st.Slices, es)
+		return st
+	}
+	b.src.do(t, func(r Receiver) { r.Apply(state(false)) })
+	if got, want := b.dp.lastRoutes(), prefixes("10.3.240.0/20", "10.0.9.2/32"); !slices.Equal(got, want) {
+		t.Errorf("routes = %v, want %v", got, want)
+	}
+	b.src.do(t, func(r Receiver) { r.Apply(state(true)) })
+	if got, want := b.dp.lastRoutes(), prefixes("10.3.240.0/20", "10.0.9.2/32", "10.0.9.3/32"); !slices.Equal(got, want) {
+		t.Errorf("routes after db-1 joined = %v, want %v", got, want)
+	}
+	b.src.do(t, func(r Receiver) { r.Apply(seed()) })
+	if got := b.dp.lastRoutes(); !slices.Equal(got, cidrs) {
+		t.Errorf("routes after the headless Service left = %v, want %v", got, cidrs)
+	}
+	if len(ready) != 1 || ready[0].Pods != "portforward" || !slices.Equal(ready[0].ServiceCIDRs, []string{"10.3.240.0/20"}) || ready[0].DNS == nil {
+		t.Errorf("OnReady calls = %+v, want one, with pods via portforward, the CIDR and the DNS", ready)
+	}
+}
