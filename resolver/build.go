@@ -78,152 +78,17 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 	for _, opt := range opts {
 		opt(&o)
 	}
-	services = oldestFirst(services)
-	slices = byName(slices)
-
-	var problems []Problem
-	bySvc := make(map[string][]*discoveryv1.EndpointSlice)
-	for _, es := range slices {
-		name := es.Labels[discoveryv1.LabelServiceName]
-		if name == "" {
-			problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-				"no " + discoveryv1.LabelServiceName + " label, so it belongs to no Service"})
-			continue
-		}
-		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
-			problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-				fmt.Sprintf("addressType %q is not served (only IPv4 and IPv6 are)", es.AddressType)})
-			continue
-		}
-		key := es.Namespace + "/" + name
-		bySvc[key] = append(bySvc[key], es)
+	var c *buildCache
+	if old := prev.take(); old != nil && old.fits(topo, o) {
+		c = old
+	} else {
+		c = newBuildCache(topo, o)
 	}
-
-	// Every ClusterIP, for the target policy: a Service whose endpoint is a
-	// ClusterIP (its own or another's) would send kubetun's dial back into
-	// kubetun, even before the service CIDRs are known.
-	owners := make(map[netip.Addr]string)
-	for _, svc := range services {
-		ips, _ := clusterIPs(svc)
-		for _, ip := range ips {
-			if _, taken := owners[ip]; !taken {
-				owners[ip] = svc.Namespace + "/" + svc.Name
-			}
-		}
-	}
-	policy := targetPolicy{routed: o.routed, clusterIPs: owners}
-
-	snap := &Snapshot{
-		ports:      make(map[portKey]*ServicePort),
-		ips:        make(map[netip.Addr]bool),
-		names:      make(map[nameKey]*ServiceRecord),
-		byIP:       make(map[netip.Addr]*ServiceRecord),
-		byEndpoint: make(map[netip.Addr]endpointRef),
-		namespaces: make(map[string]struct{}),
-		pods:       podsByIP(slices),
-	}
-	owner := make(map[portKey]*corev1.Service) // who serves each port, for conflicts
-	conflicts := newConflicts()
-	for _, svc := range services {
-		id := svc.Namespace + "/" + svc.Name
-		if _, dup := snap.names[nameKey{svc.Namespace, svc.Name}]; dup {
-			problems = append(problems, Problem{"Service " + id, "defined twice; using the older definition"})
-			continue
-		}
-		ips, skip := clusterIPs(svc)
-		rec := serviceRecord(svc, ips, bySvc[id])
-		snap.names[nameKey{svc.Namespace, svc.Name}] = rec
-		snap.namespaces[svc.Namespace] = struct{}{}
-		for _, ip := range rec.ClusterIPs {
-			if _, taken := snap.byIP[ip]; !taken {
-				snap.byIP[ip] = rec // the oldest Service names its ClusterIP
-			}
-		}
-		for _, ep := range rec.Endpoints {
-			if _, taken := snap.byEndpoint[ep.Addr]; !taken {
-				snap.byEndpoint[ep.Addr] = endpointRef{rec, ep}
-			}
-		}
-		if skip != "" {
-			continue // headless or ExternalName: nothing to proxy
-		}
-		if len(ips) == 0 {
-			problems = append(problems, Problem{"Service " + id, fmt.Sprintf("clusterIP %q is not an IP address", svc.Spec.ClusterIP)})
-			continue
-		}
-		if len(svc.Spec.Ports) == 0 {
-			problems = append(problems, Problem{"Service " + id, "has no ports; nothing to serve"})
-			continue
-		}
-		local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
-		affinity := affinityTimeout(svc)
-		served := false
-		for _, p := range svc.Spec.Ports {
-			proto, ok := protocolOf(p.Protocol)
-			if !ok {
-				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: protocol %q is not supported", p.Port, p.Protocol)})
-				continue
-			}
-			if proto == SCTP {
-				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: SCTP is not supported (gVisor has no SCTP)", p.Port)})
-				continue
-			}
-			if p.Port <= 0 || p.Port > 65535 {
-				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d is not a port number (1-65535); ignored", p.Port)})
-				continue
-			}
-			for _, ip := range ips {
-				key := portKey{proto, netip.AddrPortFrom(ip, uint16(p.Port))}
-				if old, ok := owner[key]; ok {
-					conflicts.add(svc, old, fmt.Sprintf("%s %s", proto, key.addr))
-					continue
-				}
-				eps, probs := endpointsFor(id, bySvc[id], p, ip, policy)
-				problems = append(problems, probs...)
-				sp := &ServicePort{
-					Service:   id,
-					Name:      p.Name,
-					Protocol:  proto,
-					ClusterIP: ip,
-					Port:      uint16(p.Port),
-					Endpoints: eps,
-					usable:    Usable(eps, local, topo),
-				}
-				if affinity > 0 {
-					sp.affinityTimeout = affinity
-					sp.affinity = newAffinityTable(o.maxAffinity)
-				}
-				if old, ok := prev.Lookup(proto, key.addr); ok && old.Service == id {
-					sp.next.Store(old.next.Load())
-					if sp.affinity != nil && old.affinity != nil {
-						sp.affinity = old.affinity // clients stay where they were
-					}
-				}
-				owner[key] = svc
-				snap.ports[key] = sp
-				snap.ips[ip] = snap.ips[ip] || len(sp.usable) > 0
-				snap.endpoints += len(sp.usable)
-				served = true
-			}
-		}
-		if served {
-			snap.services++
-		}
-	}
-	problems = append(problems, conflicts.problems()...)
-	return snap, once(problems)
-}
-
-// oldestFirst returns services sorted by creationTimestamp, then
-// namespace/name (then UID, so that even two definitions of one name have an
-// order). The caller's slice is not changed: it may be an informer's.
-func oldestFirst(services []*corev1.Service) []*corev1.Service {
-	return slices.SortedFunc(slices.Values(services), func(a, b *corev1.Service) int {
-		if c := a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time); c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
-	})
+	c.update(services, slices, prev)
+	snap, problems := c.fold(prev)
+	snap.cache = c
+	snap.pods.slices = append([]*discoveryv1.EndpointSlice(nil), slices...) // the caller may reuse its array
+	return snap, problems
 }
 
 // byName returns slices sorted by namespace/name (then UID), without

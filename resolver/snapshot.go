@@ -165,11 +165,25 @@ type Snapshot struct {
 	// For DNS.
 	names      map[nameKey]*ServiceRecord
 	byIP       map[netip.Addr]*ServiceRecord
-	byEndpoint map[netip.Addr]endpointRef // headless Services' endpoints
+	byEndpoint endpointIndex
 	namespaces map[string]struct{}
+	records    []*ServiceRecord // every Service's, oldest first
 
 	// For reaching pods without routes to them (PodByIP).
-	pods map[netip.Addr]PodRef
+	pods podIndex
+
+	// cache lets the next Build reuse what did not change; the first Build
+	// given this snapshot as prev takes it over.
+	cache *buildCache
+	taken atomic.Bool
+}
+
+// take hands s's build cache to the one Build replacing s, or returns nil.
+func (s *Snapshot) take() *buildCache {
+	if s == nil || s.cache == nil || !s.taken.CompareAndSwap(false, true) {
+		return nil
+	}
+	return s.cache
 }
 
 // Lookup returns the Service port owning proto/addr, if any.
