@@ -85,7 +85,7 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 		c = newBuildCache(topo, o)
 	}
 	c.update(services, slices, prev)
-	snap, problems := c.fold(prev)
+	snap, problems := c.fold()
 	snap.cache = c
 	snap.pods.slices = append([]*discoveryv1.EndpointSlice(nil), slices...) // the caller may reuse its array
 	return snap, problems

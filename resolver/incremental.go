@@ -31,15 +31,22 @@ type buildCache struct {
 	routed      []netip.Prefix
 	maxAffinity int
 
-	epoch   uint64
-	svcs    map[*corev1.Service]*svcEntry
-	byID    map[string][]*svcEntry // namespace/name: usually one entry
-	slices  map[*discoveryv1.EndpointSlice]*sliceEntry
-	bySvc   map[string][]*discoveryv1.EndpointSlice // by Service id, by name
-	badOnes int                                     // slices with a problem
+	epoch  uint64
+	svcs   map[*corev1.Service]*svcEntry
+	byID   map[string][]*svcEntry // namespace/name: usually one entry
+	slices map[*discoveryv1.EndpointSlice]*sliceEntry
+	bySvc  map[string][]*discoveryv1.EndpointSlice // by Service id, by name
+	bad    map[*discoveryv1.EndpointSlice]bool     // slices with a problem
 
 	order  []*svcEntry           // oldest first
 	owners map[netip.Addr]string // every ClusterIP, to its oldest Service
+
+	// What changed since the last fold.
+	touched map[string]bool // Service ids
+	gone    []*svcEntry
+	copied  map[*svcEntry]bool // entries given more than once, lately
+
+	foldState
 }
 
 // sliceEntry is what Build knows of one EndpointSlice.
@@ -63,8 +70,13 @@ type svcEntry struct {
 	addrs []netip.Addr // endpoint addresses the target policy judged
 	steps []step       // what the Service serves, in the order Build reports it
 
-	active bool // this definition holds its name (see fold)
-	copies int  // how many more times the caller gave the same object
+	copies int // how many more times the caller gave the same object
+
+	// What the entry holds in the table (see fold).
+	active       bool // this definition holds its name
+	served       bool // it serves at least one port
+	claimedPorts []portKey
+	claimedIPs   []netip.Addr
 }
 
 // step is one thing a Service's entry adds to the table: a problem, or a
@@ -79,11 +91,15 @@ type step struct {
 func newBuildCache(topo Topology, o buildOptions) *buildCache {
 	return &buildCache{
 		topo: topo, routed: slices.Clone(o.routed), maxAffinity: o.maxAffinity,
-		svcs:   make(map[*corev1.Service]*svcEntry),
-		byID:   make(map[string][]*svcEntry),
-		slices: make(map[*discoveryv1.EndpointSlice]*sliceEntry),
-		bySvc:  make(map[string][]*discoveryv1.EndpointSlice),
-		owners: make(map[netip.Addr]string),
+		svcs:      make(map[*corev1.Service]*svcEntry),
+		byID:      make(map[string][]*svcEntry),
+		slices:    make(map[*discoveryv1.EndpointSlice]*sliceEntry),
+		bySvc:     make(map[string][]*discoveryv1.EndpointSlice),
+		bad:       make(map[*discoveryv1.EndpointSlice]bool),
+		owners:    make(map[netip.Addr]string),
+		touched:   make(map[string]bool),
+		copied:    make(map[*svcEntry]bool),
+		foldState: newFoldState(),
 	}
 }
 
@@ -121,7 +137,7 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		}
 		c.slices[es] = e
 		if e.id == "" {
-			c.badOnes++
+			c.bad[es] = true
 			continue
 		}
 		c.bySvc[e.id] = append(c.bySvc[e.id], es)
@@ -134,7 +150,7 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 			}
 			delete(c.slices, es)
 			if e.id == "" {
-				c.badOnes--
+				delete(c.bad, es)
 				continue
 			}
 			c.bySvc[e.id] = slices.DeleteFunc(c.bySvc[e.id], func(x *discoveryv1.EndpointSlice) bool { return x == es })
@@ -166,6 +182,8 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 				seen++
 			} else {
 				e.copies++ // one object given twice: defined twice
+				c.copied[e] = true
+				c.touched[e.id] = true
 			}
 			continue
 		}
@@ -175,7 +193,14 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		seen++
 		c.svcs[svc] = e
 		c.byID[id] = append(c.byID[id], e)
+		c.touched[id] = true
 		setChanged = true
+	}
+	for e := range c.copied {
+		if e.copies == 0 || c.svcs[e.svc] != e {
+			delete(c.copied, e)
+			c.touched[e.id] = true
+		}
 	}
 	if seen != len(c.svcs) {
 		for svc, e := range c.svcs {
@@ -183,6 +208,8 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 				continue
 			}
 			delete(c.svcs, svc)
+			c.gone = append(c.gone, e)
+			c.touched[e.id] = true
 			c.byID[e.id] = slices.DeleteFunc(c.byID[e.id], func(x *svcEntry) bool { return x == e })
 			if len(c.byID[e.id]) == 0 {
 				delete(c.byID, e.id)
@@ -236,6 +263,7 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		if e.dirty {
 			c.build(e, policy, prev)
 			e.dirty = false
+			c.touched[e.id] = true
 		}
 	}
 }
@@ -330,98 +358,6 @@ func sliceAddrs(out []netip.Addr, list []*discoveryv1.EndpointSlice) []netip.Add
 	return out
 }
 
-// fold makes the snapshot from the entries, oldest Service first: the
-// older Service keeps a name, a ClusterIP or a port two of them claim.
-func (c *buildCache) fold(prev *Snapshot) (*Snapshot, []Problem) {
-	var problems []Problem
-	if c.badOnes > 0 {
-		var bad []*discoveryv1.EndpointSlice
-		for es, e := range c.slices {
-			if e.id == "" {
-				bad = append(bad, es)
-			}
-		}
-		for _, es := range byName(bad) {
-			problems = append(problems, c.slices[es].problem)
-		}
-	}
-	hint := func(n int) int { return n }
-	if prev == nil {
-		hint = func(int) int { return 0 }
-	}
-	var prevPorts, prevNames, prevIPs int
-	if prev != nil {
-		prevPorts, prevNames, prevIPs = len(prev.ports), len(prev.names), len(prev.ips)
-	}
-	snap := &Snapshot{
-		ports:      make(map[portKey]*ServicePort, hint(prevPorts)),
-		ips:        make(map[netip.Addr]bool, hint(prevIPs)),
-		names:      make(map[nameKey]*ServiceRecord, hint(prevNames)),
-		byIP:       make(map[netip.Addr]*ServiceRecord, hint(prevIPs)),
-		namespaces: make(map[string]struct{}),
-		records:    make([]*ServiceRecord, 0, len(c.order)),
-	}
-	conflicts := newConflicts()
-	for _, e := range c.order {
-		e.active = false
-	}
-	for _, e := range c.order {
-		svc := e.svc
-		nk := nameKey{svc.Namespace, svc.Name}
-		if _, dup := snap.names[nk]; dup {
-			problems = append(problems, Problem{"Service " + e.id, "defined twice; using the older definition"})
-			continue
-		}
-		e.active = true
-		rec := e.rec
-		snap.names[nk] = rec
-		snap.records = append(snap.records, rec)
-		snap.namespaces[svc.Namespace] = struct{}{}
-		for _, ip := range rec.ClusterIPs {
-			if _, taken := snap.byIP[ip]; !taken {
-				snap.byIP[ip] = rec // the oldest Service names its ClusterIP
-			}
-		}
-		served := false
-		for i := range e.steps {
-			s := &e.steps[i]
-			if s.problem != nil {
-				problems = append(problems, *s.problem)
-				continue
-			}
-			if old, ok := snap.ports[s.key]; ok {
-				conflicts.add(svc, c.activeService(old.Service), fmt.Sprintf("%s %s", s.key.proto, s.key.addr))
-				continue
-			}
-			problems = append(problems, s.problems...)
-			sp := s.sp
-			snap.ports[s.key] = sp
-			snap.ips[s.key.addr.Addr()] = snap.ips[s.key.addr.Addr()] || len(sp.usable) > 0
-			snap.endpoints += len(sp.usable)
-			served = true
-		}
-		if served {
-			snap.services++
-		}
-		for range e.copies {
-			problems = append(problems, Problem{"Service " + e.id, "defined twice; using the older definition"})
-		}
-	}
-	problems = append(problems, conflicts.problems()...)
-	return snap, once(problems)
-}
-
-// activeService returns the Service whose definition holds id in the fold
-// so far.
-func (c *buildCache) activeService(id string) *corev1.Service {
-	for _, e := range c.byID[id] {
-		if e.active {
-			return e.svc
-		}
-	}
-	return nil
-}
-
 // endpointIndex is the Snapshot's map from endpoint address to its oldest
 // Service, built on first use: only reverse lookups need it.
 type endpointIndex struct {
@@ -431,11 +367,16 @@ type endpointIndex struct {
 
 func (s *Snapshot) endpointIndex() map[netip.Addr]endpointRef {
 	s.byEndpoint.once.Do(func() {
+		var list []nameEntry
+		for _, n := range s.names.all() {
+			list = append(list, n)
+		}
+		slices.SortFunc(list, func(a, b nameEntry) int { return olderService(a.svc, b.svc) })
 		m := make(map[netip.Addr]endpointRef)
-		for _, rec := range s.records {
-			for _, ep := range rec.Endpoints {
+		for _, n := range list {
+			for _, ep := range n.rec.Endpoints {
 				if _, taken := m[ep.Addr]; !taken {
-					m[ep.Addr] = endpointRef{rec, ep}
+					m[ep.Addr] = endpointRef{n.rec, ep}
 				}
 			}
 		}

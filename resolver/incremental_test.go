@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
@@ -76,41 +77,41 @@ func snapshotDiff(a, b *Snapshot) string {
 	if a.services != b.services || a.endpoints != b.endpoints {
 		return fmt.Sprintf("%d services, %d endpoints; from scratch %d, %d", a.services, a.endpoints, b.services, b.endpoints)
 	}
-	if !reflect.DeepEqual(a.ips, b.ips) || !reflect.DeepEqual(a.namespaces, b.namespaces) {
-		return fmt.Sprintf("ips %v namespaces %v; from scratch %v %v", a.ips, a.namespaces, b.ips, b.namespaces)
-	}
-	if len(a.ports) != len(b.ports) {
-		return fmt.Sprintf("%d ports, from scratch %d", len(a.ports), len(b.ports))
-	}
-	for k, sp := range b.ports {
-		got, ok := a.ports[k]
-		if !ok {
-			return fmt.Sprintf("port %v missing", k)
-		}
-		if got.Service != sp.Service || got.Name != sp.Name || !reflect.DeepEqual(got.Endpoints, sp.Endpoints) ||
-			!reflect.DeepEqual(got.usable, sp.usable) || got.affinityTimeout != sp.affinityTimeout {
-			return fmt.Sprintf("port %v: %v %v, from scratch %v %v", k, got.Service, got.usable, sp.Service, sp.usable)
+	for _, d := range []string{
+		mapDiff("ports", &a.ports, &b.ports, func(x, y *ServicePort) bool {
+			return x.Service == y.Service && x.Name == y.Name && reflect.DeepEqual(x.Endpoints, y.Endpoints) &&
+				reflect.DeepEqual(x.usable, y.usable) && x.affinityTimeout == y.affinityTimeout
+		}),
+		mapDiff("ips", &a.ips, &b.ips, func(x, y bool) bool { return x == y }),
+		mapDiff("names", &a.names, &b.names, func(x, y nameEntry) bool { return x.svc == y.svc && reflect.DeepEqual(x.rec, y.rec) }),
+		mapDiff("byIP", &a.byIP, &b.byIP, func(x, y *ServiceRecord) bool { return reflect.DeepEqual(x, y) }),
+	} {
+		if d != "" {
+			return d
 		}
 	}
-	if len(a.names) != len(b.names) || len(a.byIP) != len(b.byIP) {
-		return fmt.Sprintf("%d names %d byIP, from scratch %d %d", len(a.names), len(a.byIP), len(b.names), len(b.byIP))
+	if !reflect.DeepEqual(a.namespaces, b.namespaces) {
+		return fmt.Sprintf("namespaces %v, from scratch %v", a.namespaces, b.namespaces)
 	}
-	for k, r := range b.names {
-		if !reflect.DeepEqual(a.names[k], r) {
-			return fmt.Sprintf("name %v: %+v, from scratch %+v", k, a.names[k], r)
-		}
-	}
-	for ip, r := range b.byIP {
-		if !reflect.DeepEqual(a.byIP[ip], r) {
-			return fmt.Sprintf("byIP %v: %+v, from scratch %+v", ip, a.byIP[ip], r)
-		}
-	}
-	if !reflect.DeepEqual(a.records, b.records) {
-		return "records differ"
-	}
-	ea, eb := a.endpointIndex(), b.endpointIndex()
-	if !reflect.DeepEqual(ea, eb) {
+	if !reflect.DeepEqual(a.endpointIndex(), b.endpointIndex()) {
 		return "endpoint index differs"
+	}
+	return ""
+}
+
+func mapDiff[K comparable, V any](what string, a, b *shardMap[K, V], eq func(x, y V) bool) string {
+	ma, mb := maps.Collect(a.all()), maps.Collect(b.all())
+	if len(ma) != a.len || len(mb) != b.len {
+		return fmt.Sprintf("%s: len %d for %d entries, from scratch %d for %d", what, a.len, len(ma), b.len, len(mb))
+	}
+	if len(ma) != len(mb) {
+		return fmt.Sprintf("%s: %d entries, from scratch %d", what, len(ma), len(mb))
+	}
+	for k, y := range mb {
+		x, ok := ma[k]
+		if !ok || !eq(x, y) {
+			return fmt.Sprintf("%s %v: %v, from scratch %v", what, k, x, y)
+		}
 	}
 	return ""
 }

@@ -62,8 +62,9 @@ func (s *Snapshot) Service(namespace, name string) (*ServiceRecord, bool) {
 	if s == nil {
 		return nil, false
 	}
-	r, ok := s.names[nameKey{namespace, name}]
-	return r, ok
+	k := nameKey{namespace, name}
+	n, ok := s.names.get(nameShard(k), k)
+	return n.rec, ok
 }
 
 // ServiceByIP returns the Service whose ClusterIP is ip (for PTR records);
@@ -72,8 +73,7 @@ func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
 	if s == nil {
 		return nil, false
 	}
-	r, ok := s.byIP[ip]
-	return r, ok
+	return s.byIP.get(addrShard(ip), ip)
 }
 
 // EndpointByIP returns a Service that has ip as an endpoint, and that
@@ -167,8 +167,8 @@ func (s *Snapshot) ServiceRecords() iter.Seq[*ServiceRecord] {
 		if s == nil {
 			return
 		}
-		for _, r := range s.records {
-			if !yield(r) {
+		for _, n := range s.names.all() {
+			if !yield(n.rec) {
 				return
 			}
 		}
