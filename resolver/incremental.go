@@ -45,6 +45,13 @@ type buildCache struct {
 	touched map[string]bool // Service ids
 	gone    []*svcEntry
 	copied  map[*svcEntry]bool // entries given more than once, lately
+	// pendingCopies counts the new objects given more than once.
+	pendingCopies map[*corev1.Service]int
+
+	// The last inputs, to find what changed by comparing position by
+	// position; nil when they held an object twice.
+	lastSvcs   []*corev1.Service
+	lastSlices []*discoveryv1.EndpointSlice
 
 	foldState
 }
@@ -91,15 +98,16 @@ type step struct {
 func newBuildCache(topo Topology, o buildOptions) *buildCache {
 	return &buildCache{
 		topo: topo, routed: slices.Clone(o.routed), maxAffinity: o.maxAffinity,
-		svcs:      make(map[*corev1.Service]*svcEntry),
-		byID:      make(map[string][]*svcEntry),
-		slices:    make(map[*discoveryv1.EndpointSlice]*sliceEntry),
-		bySvc:     make(map[string][]*discoveryv1.EndpointSlice),
-		bad:       make(map[*discoveryv1.EndpointSlice]bool),
-		owners:    make(map[netip.Addr]string),
-		touched:   make(map[string]bool),
-		copied:    make(map[*svcEntry]bool),
-		foldState: newFoldState(),
+		svcs:          make(map[*corev1.Service]*svcEntry),
+		byID:          make(map[string][]*svcEntry),
+		slices:        make(map[*discoveryv1.EndpointSlice]*sliceEntry),
+		bySvc:         make(map[string][]*discoveryv1.EndpointSlice),
+		bad:           make(map[*discoveryv1.EndpointSlice]bool),
+		owners:        make(map[netip.Addr]string),
+		touched:       make(map[string]bool),
+		copied:        make(map[*svcEntry]bool),
+		pendingCopies: make(map[*corev1.Service]int),
+		foldState:     newFoldState(),
 	}
 }
 
@@ -113,18 +121,24 @@ func (c *buildCache) fits(topo Topology, o buildOptions) bool {
 func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.EndpointSlice, prev *Snapshot) {
 	c.epoch++
 	changed := make(map[string]bool) // Service ids whose slices changed
+	var dirty []*svcEntry
 
-	seen := 0
-	for _, es := range list {
-		if e, ok := c.slices[es]; ok {
-			if e.seen != c.epoch {
-				e.seen = c.epoch
-				seen++
-			}
+	added, removed := diffSlices(c, list)
+	for _, es := range removed {
+		e := c.slices[es]
+		delete(c.slices, es)
+		if e.id == "" {
+			delete(c.bad, es)
 			continue
 		}
+		c.bySvc[e.id] = slices.DeleteFunc(c.bySvc[e.id], func(x *discoveryv1.EndpointSlice) bool { return x == es })
+		if len(c.bySvc[e.id]) == 0 {
+			delete(c.bySvc, e.id)
+		}
+		changed[e.id] = true
+	}
+	for _, es := range added {
 		e := &sliceEntry{seen: c.epoch}
-		seen++
 		switch name := es.Labels[discoveryv1.LabelServiceName]; {
 		case name == "":
 			e.problem = Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
@@ -143,23 +157,6 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		c.bySvc[e.id] = append(c.bySvc[e.id], es)
 		changed[e.id] = true
 	}
-	if seen != len(c.slices) {
-		for es, e := range c.slices {
-			if e.seen == c.epoch {
-				continue
-			}
-			delete(c.slices, es)
-			if e.id == "" {
-				delete(c.bad, es)
-				continue
-			}
-			c.bySvc[e.id] = slices.DeleteFunc(c.bySvc[e.id], func(x *discoveryv1.EndpointSlice) bool { return x == es })
-			if len(c.bySvc[e.id]) == 0 {
-				delete(c.bySvc, e.id)
-			}
-			changed[e.id] = true
-		}
-	}
 	for id := range changed {
 		if l := c.bySvc[id]; len(l) > 1 {
 			slices.SortFunc(l, func(a, b *discoveryv1.EndpointSlice) int {
@@ -167,56 +164,42 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 			})
 		}
 		for _, e := range c.byID[id] {
-			e.dirty = true
+			if !e.dirty {
+				e.dirty = true
+				dirty = append(dirty, e)
+			}
 		}
 	}
 
 	// Services: a new or changed one is a new entry; the order and the
 	// ClusterIP owners are worked out again only when the set changed.
-	setChanged := false
-	seen = 0
-	for _, svc := range services {
-		if e, ok := c.svcs[svc]; ok {
-			if e.seen != c.epoch {
-				e.seen, e.copies = c.epoch, 0
-				seen++
-			} else {
-				e.copies++ // one object given twice: defined twice
-				c.copied[e] = true
-				c.touched[e.id] = true
-			}
-			continue
+	addedSvcs, removedSvcs := diffServices(c, services)
+	setChanged := len(addedSvcs) > 0 || len(removedSvcs) > 0
+	for _, svc := range removedSvcs {
+		e := c.svcs[svc]
+		delete(c.svcs, svc)
+		c.gone = append(c.gone, e)
+		c.touched[e.id] = true
+		c.byID[e.id] = slices.DeleteFunc(c.byID[e.id], func(x *svcEntry) bool { return x == e })
+		if len(c.byID[e.id]) == 0 {
+			delete(c.byID, e.id)
 		}
+	}
+	for _, svc := range addedSvcs {
 		id := svc.Namespace + "/" + svc.Name
 		ips, skip := clusterIPs(svc)
 		e := &svcEntry{svc: svc, id: id, seen: c.epoch, dirty: true, ips: ips, skip: skip}
-		seen++
 		c.svcs[svc] = e
 		c.byID[id] = append(c.byID[id], e)
 		c.touched[id] = true
-		setChanged = true
+		dirty = append(dirty, e)
 	}
-	for e := range c.copied {
-		if e.copies == 0 || c.svcs[e.svc] != e {
-			delete(c.copied, e)
-			c.touched[e.id] = true
-		}
+	for svc, n := range c.pendingCopies {
+		e := c.svcs[svc]
+		e.copies = n
+		c.copied[e] = true
 	}
-	if seen != len(c.svcs) {
-		for svc, e := range c.svcs {
-			if e.seen == c.epoch {
-				continue
-			}
-			delete(c.svcs, svc)
-			c.gone = append(c.gone, e)
-			c.touched[e.id] = true
-			c.byID[e.id] = slices.DeleteFunc(c.byID[e.id], func(x *svcEntry) bool { return x == e })
-			if len(c.byID[e.id]) == 0 {
-				delete(c.byID, e.id)
-			}
-		}
-		setChanged = true
-	}
+	clear(c.pendingCopies)
 	if setChanged {
 		c.order = c.order[:0]
 		for _, e := range c.svcs {
@@ -253,19 +236,165 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 			for _, e := range c.order {
 				if !e.dirty && slices.ContainsFunc(e.addrs, func(a netip.Addr) bool { return moved[a] }) {
 					e.dirty = true
+					dirty = append(dirty, e)
 				}
 			}
 		}
 	}
 
 	policy := targetPolicy{routed: c.routed, clusterIPs: c.owners}
-	for _, e := range c.order {
-		if e.dirty {
+	for _, e := range dirty {
+		if c.svcs[e.svc] == e && e.dirty {
 			c.build(e, policy, prev)
-			e.dirty = false
+			c.touched[e.id] = true
+		}
+		e.dirty = false
+	}
+}
+
+// diffSlices returns the slices in list that c does not know and those
+// it knows that list no longer has.
+func diffSlices(c *buildCache, list []*discoveryv1.EndpointSlice) (added, removed []*discoveryv1.EndpointSlice) {
+	added, removed, ok := positional(c.lastSlices, list, func(es *discoveryv1.EndpointSlice) bool { _, ok := c.slices[es]; return ok })
+	if ok {
+		c.lastSlices = append(c.lastSlices[:0], list...)
+		return added, removed
+	}
+	seen, twice := 0, false
+	fresh := make(map[*discoveryv1.EndpointSlice]bool)
+	for _, es := range list {
+		if e, ok := c.slices[es]; ok {
+			if e.seen != c.epoch {
+				e.seen = c.epoch
+				seen++
+			} else {
+				twice = true
+			}
+			continue
+		}
+		if fresh[es] {
+			twice = true
+			continue
+		}
+		fresh[es] = true
+		added = append(added, es)
+	}
+	if seen != len(c.slices) {
+		for es, e := range c.slices {
+			if e.seen != c.epoch {
+				removed = append(removed, es)
+			}
+		}
+	}
+	c.lastSlices = nil
+	if !twice {
+		c.lastSlices = slices.Clone(list)
+	}
+	return added, removed
+}
+
+// diffServices is diffSlices for Services; it also counts the objects
+// given more than once (svcEntry.copies).
+func diffServices(c *buildCache, services []*corev1.Service) (added, removed []*corev1.Service) {
+	if len(c.copied) == 0 {
+		added, removed, ok := positional(c.lastSvcs, services, func(svc *corev1.Service) bool { _, ok := c.svcs[svc]; return ok })
+		if ok {
+			c.lastSvcs = append(c.lastSvcs[:0], services...)
+			return added, removed
+		}
+	}
+	seen := 0
+	fresh := make(map[*corev1.Service]int)
+	for _, svc := range services {
+		if e, ok := c.svcs[svc]; ok {
+			if e.seen != c.epoch {
+				e.seen, e.copies = c.epoch, 0
+				seen++
+			} else {
+				e.copies++ // one object given twice: defined twice
+				c.copied[e] = true
+				c.touched[e.id] = true
+			}
+			continue
+		}
+		if _, ok := fresh[svc]; !ok {
+			added = append(added, svc)
+		}
+		fresh[svc]++
+	}
+	if seen != len(c.svcs) {
+		for svc, e := range c.svcs {
+			if e.seen != c.epoch {
+				removed = append(removed, svc)
+			}
+		}
+	}
+	for e := range c.copied {
+		if e.copies == 0 || e.seen != c.epoch {
+			delete(c.copied, e)
 			c.touched[e.id] = true
 		}
 	}
+	c.lastSvcs = slices.Clone(services)
+	for svc, n := range fresh {
+		if n > 1 {
+			c.pendingCopies[svc] = n - 1
+		}
+	}
+	if len(c.copied) > 0 || len(c.pendingCopies) > 0 {
+		c.lastSvcs = nil
+	}
+	return added, removed
+}
+
+// positional compares the inputs of two Builds position by position, as
+// an informer cache that keeps its list in place (see resolver/kube) or a
+// caller replacing one object of its list hands them: a change of a few
+// objects costs a pass over two arrays of pointers, not a map lookup per
+// object. It reports false when the lists differ in too many places or in
+// a way it cannot tell apart from an object given twice (known says
+// whether an object is in the cache).
+func positional[T comparable](last, cur []T, known func(T) bool) (added, removed []T, ok bool) {
+	if last == nil {
+		return nil, nil, false
+	}
+	limit := 64 + len(cur)/16
+	n := min(len(last), len(cur))
+	var was, is []T
+	for i := range n {
+		if last[i] != cur[i] {
+			if len(was) == limit {
+				return nil, nil, false
+			}
+			was, is = append(was, last[i]), append(is, cur[i])
+		}
+	}
+	if len(was)+len(is)+len(last)-n+len(cur)-n > 2*limit {
+		return nil, nil, false
+	}
+	was, is = append(was, last[n:]...), append(is, cur[n:]...)
+	left := make(map[T]int, len(was))
+	for _, p := range was {
+		left[p]++
+	}
+	fresh := make(map[T]bool, len(is))
+	for _, p := range is {
+		if left[p] > 0 {
+			left[p]-- // moved
+			continue
+		}
+		if known(p) || fresh[p] {
+			return nil, nil, false // given twice, perhaps
+		}
+		fresh[p] = true
+		added = append(added, p)
+	}
+	for p, k := range left {
+		if k > 0 {
+			removed = append(removed, p)
+		}
+	}
+	return added, removed, true
 }
 
 // olderService orders Services oldest first: by creationTimestamp, then

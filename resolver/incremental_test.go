@@ -22,7 +22,7 @@ import (
 // the snapshot built from the previous one is the snapshot built from
 // nothing.
 func TestBuildIncrementalMatchesScratch(t *testing.T) {
-	for seed := range uint64(8) {
+	for seed := range uint64(16) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 1))
 			g := &genCluster{rng: rng}
@@ -35,7 +35,11 @@ func TestBuildIncrementalMatchesScratch(t *testing.T) {
 			var inc *Snapshot
 			topo := Topology{NodeName: "node-a"}
 			for step := range 300 {
-				switch rng.IntN(6) {
+				switch rng.IntN(8) {
+				case 6: // one object given twice
+					svcs = append(svcs, svcs[rng.IntN(len(svcs))])
+				case 7:
+					list = append(list, list[rng.IntN(len(list))])
 				case 0:
 					svcs[rng.IntN(len(svcs))] = g.service()
 				case 1:
@@ -55,9 +59,12 @@ func TestBuildIncrementalMatchesScratch(t *testing.T) {
 				default:
 					list[rng.IntN(len(list))] = g.slice()
 				}
-				// Informers list in map order.
-				rng.Shuffle(len(svcs), func(i, j int) { svcs[i], svcs[j] = svcs[j], svcs[i] })
-				rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
+				// Informers list in map order; resolver/kube keeps its
+				// lists in place.
+				if rng.IntN(4) == 0 {
+					rng.Shuffle(len(svcs), func(i, j int) { svcs[i], svcs[j] = svcs[j], svcs[i] })
+					rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
+				}
 				var incProblems []Problem
 				inc, incProblems = Build(svcs, list, inc, topo, Routed(netip.MustParsePrefix("10.96.9.0/24")))
 				scratch, problems := Build(svcs, list, nil, topo, Routed(netip.MustParsePrefix("10.96.9.0/24")))
