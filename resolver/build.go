@@ -66,7 +66,14 @@ func MaxAffinityClients(n int) Option {
 //
 // prev, if not nil, is the snapshot being replaced: round-robin cursors and
 // session affinity carry over, so frequent rebuilds do not favour the first
-// endpoint or move clients.
+// endpoint or move clients. The first Build given prev also takes over
+// what prev's Build kept, and rebuilds only the Services whose objects
+// changed: a change costs what changed, not the whole table (issue 10).
+// Objects are told apart by pointer, as informer caches hand them out: a
+// caller must not modify an object it gave Build, but give a changed copy.
+// Keeping unchanged objects at their places in the lists (a changed one
+// where its predecessor was) lets Build find the changes without a lookup
+// per object.
 //
 // Build never fails: what it cannot use it skips and reports as a Problem,
 // each once.

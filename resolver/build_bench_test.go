@@ -86,3 +86,28 @@ func cpuTime() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkBuildServiceChange is one Service changed (a new label) among
+// many.
+func BenchmarkBuildServiceChange(b *testing.B) {
+	for _, n := range []int{1000, 30000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			svcs, list := genScale(n, 3)
+			snap, _ := resolver.Build(svcs, list, nil, resolver.Topology{NodeName: "node-a"})
+			k := 0
+			c0 := cpuTime()
+			for b.Loop() {
+				i := (k * 7919) % n
+				svc := svcs[i].DeepCopy()
+				svc.Labels = map[string]string{"touched": fmt.Sprint(k)}
+				svcs[i] = svc
+				k++
+				snap, _ = resolver.Build(svcs, list, snap, resolver.Topology{NodeName: "node-a"})
+			}
+			b.ReportMetric(float64(cpuTime()-c0)/float64(b.N), "cpu-ns/op")
+			if snap.Services() != n {
+				b.Fatalf("%d Services served, want %d", snap.Services(), n)
+			}
+		})
+	}
+}

@@ -38,8 +38,9 @@ type buildCache struct {
 	bySvc  map[string][]*discoveryv1.EndpointSlice // by Service id, by name
 	bad    map[*discoveryv1.EndpointSlice]bool     // slices with a problem
 
-	order  []*svcEntry           // oldest first
-	owners map[netip.Addr]string // every ClusterIP, to its oldest Service
+	owners   map[netip.Addr]string      // every ClusterIP, to its oldest Service
+	ipOwners map[netip.Addr][]*svcEntry // every entry with each ClusterIP, oldest first
+	judged   map[netip.Addr][]*svcEntry // the entries whose endpoints have each address
 
 	// What changed since the last fold.
 	touched map[string]bool // Service ids
@@ -104,6 +105,8 @@ func newBuildCache(topo Topology, o buildOptions) *buildCache {
 		bySvc:         make(map[string][]*discoveryv1.EndpointSlice),
 		bad:           make(map[*discoveryv1.EndpointSlice]bool),
 		owners:        make(map[netip.Addr]string),
+		ipOwners:      make(map[netip.Addr][]*svcEntry),
+		judged:        make(map[netip.Addr][]*svcEntry),
 		touched:       make(map[string]bool),
 		copied:        make(map[*svcEntry]bool),
 		pendingCopies: make(map[*corev1.Service]int),
@@ -200,41 +203,53 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		c.copied[e] = true
 	}
 	clear(c.pendingCopies)
+	// Every ClusterIP, for the target policy: a Service whose endpoint is
+	// a ClusterIP (its own or another's) would send kubetun's dial back
+	// into kubetun, even before the service CIDRs are known. An entry
+	// whose endpoints were judged against a ClusterIP that came, went or
+	// changed hands is judged again.
 	if setChanged {
-		c.order = c.order[:0]
-		for _, e := range c.svcs {
-			c.order = append(c.order, e)
-		}
-		slices.SortFunc(c.order, func(a, b *svcEntry) int { return olderService(a.svc, b.svc) })
-
-		// Every ClusterIP, for the target policy: a Service whose endpoint
-		// is a ClusterIP (its own or another's) would send kubetun's dial
-		// back into kubetun, even before the service CIDRs are known.
-		owners := make(map[netip.Addr]string, len(c.owners))
-		for _, e := range c.order {
+		touchedIPs := make(map[netip.Addr]bool)
+		for _, e := range c.gone {
 			for _, ip := range e.ips {
-				if _, taken := owners[ip]; !taken {
-					owners[ip] = e.id
+				c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(x *svcEntry) bool { return x == e })
+				if len(c.ipOwners[ip]) == 0 {
+					delete(c.ipOwners, ip)
 				}
+				touchedIPs[ip] = true
+			}
+			c.unjudge(e)
+		}
+		for _, svc := range addedSvcs {
+			e := c.svcs[svc]
+			for _, ip := range e.ips {
+				cl := c.ipOwners[ip]
+				if slices.Contains(cl, e) {
+					continue
+				}
+				at := len(cl)
+				for at > 0 && olderService(e.svc, cl[at-1].svc) < 0 {
+					at--
+				}
+				c.ipOwners[ip] = slices.Insert(cl, at, e)
+				touchedIPs[ip] = true
 			}
 		}
-		// An entry whose endpoints were judged against a ClusterIP that
-		// came, went or changed hands is judged again.
-		moved := make(map[netip.Addr]bool)
-		for ip, id := range owners {
-			if c.owners[ip] != id {
-				moved[ip] = true
+		for ip := range touchedIPs {
+			owner := ""
+			if cl := c.ipOwners[ip]; len(cl) > 0 {
+				owner = cl[0].id
 			}
-		}
-		for ip := range c.owners {
-			if _, ok := owners[ip]; !ok {
-				moved[ip] = true
+			if owner == c.owners[ip] {
+				continue
 			}
-		}
-		c.owners = owners
-		if len(moved) > 0 {
-			for _, e := range c.order {
-				if !e.dirty && slices.ContainsFunc(e.addrs, func(a netip.Addr) bool { return moved[a] }) {
+			if owner == "" {
+				delete(c.owners, ip)
+			} else {
+				c.owners[ip] = owner
+			}
+			for _, e := range c.judged[ip] {
+				if !e.dirty {
 					e.dirty = true
 					dirty = append(dirty, e)
 				}
@@ -413,7 +428,11 @@ func (c *buildCache) build(e *svcEntry, policy targetPolicy, prev *Snapshot) {
 	svcSlices := c.bySvc[id]
 	e.rec = serviceRecord(svc, ips, svcSlices)
 	e.steps = e.steps[:0]
+	c.unjudge(e)
 	e.addrs = sliceAddrs(e.addrs[:0], svcSlices)
+	for _, a := range e.addrs {
+		c.judged[a] = append(c.judged[a], e)
+	}
 	problem := func(reason string) {
 		e.steps = append(e.steps, step{problem: &Problem{"Service " + id, reason}})
 	}
@@ -467,6 +486,16 @@ func (c *buildCache) build(e *svcEntry, policy targetPolicy, prev *Snapshot) {
 				}
 			}
 			e.steps = append(e.steps, step{key: key, sp: sp, problems: probs})
+		}
+	}
+}
+
+// unjudge takes e out of the index of judged addresses.
+func (c *buildCache) unjudge(e *svcEntry) {
+	for _, a := range e.addrs {
+		c.judged[a] = slices.DeleteFunc(c.judged[a], func(x *svcEntry) bool { return x == e })
+		if len(c.judged[a]) == 0 {
+			delete(c.judged, a)
 		}
 	}
 }
