@@ -174,8 +174,8 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		}
 	}
 
-	// Services: a new or changed one is a new entry; the order and the
-	// ClusterIP owners are worked out again only when the set changed.
+	// Services: a new or changed one is a new entry; the ClusterIP owners
+	// change only where an added or removed entry has its ClusterIPs.
 	addedSvcs, removedSvcs := diffServices(c, services)
 	setChanged := len(addedSvcs) > 0 || len(removedSvcs) > 0
 	for _, svc := range removedSvcs {
