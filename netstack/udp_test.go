@@ -529,8 +529,10 @@ func TestUDPIdleTimeout(t *testing.T) {
 
 	// Busy for three idle timeouts: one session, one socket towards the pod.
 	var from string
+	var last time.Time // when the last exchange was answered
 	for start := time.Now(); time.Since(start) < 3*idle; time.Sleep(idle / 4) {
 		exchange(t, c, svc, "x")
+		last = time.Now()
 		dg := received(t, pod)
 		if from == "" {
 			from = dg.from
@@ -538,7 +540,6 @@ func TestUDPIdleTimeout(t *testing.T) {
 			t.Fatalf("busy session re-dialled: pod got datagrams from %s, then %s", from, dg.from)
 		}
 	}
-	last := time.Now()
 	waitSessions(t, ns, 0)
 	if quiet := time.Since(last); quiet < idle/2 {
 		t.Errorf("session ended %v after the last datagram, want about %v", quiet, idle)

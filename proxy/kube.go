@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/resolver/kube"
 )
@@ -87,6 +88,14 @@ func (k *KubeSource) Info() SourceInfo { return k.info }
 // be read only disables zone hints (with a warning): kubetun on a laptop
 // has no Node.
 func (k *KubeSource) Topology(ctx context.Context) resolver.Topology {
+	topo, _ := k.Node(ctx)
+	return topo
+}
+
+// Node is Topology, and also returns the node's primary addresses for node
+// ports (nodeport.NodeAddresses); when the Node cannot be read or lists
+// none, the default routes' source addresses.
+func (k *KubeSource) Node(ctx context.Context) (resolver.Topology, []netip.Addr) {
 	name := k.opts.NodeName
 	topo := resolver.Topology{NodeName: name}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -94,10 +103,14 @@ func (k *KubeSource) Topology(ctx context.Context) resolver.Topology {
 	node, err := k.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		k.log.Warn("cannot read this node's Node object; topology hints by zone are off", "node", name, "err", err)
-		return topo
+		return topo, nodeport.DefaultRouteAddresses()
 	}
 	topo.Zone = node.Labels[corev1.LabelTopologyZone]
-	return topo
+	primary := nodeport.NodeAddresses(node)
+	if len(primary) == 0 {
+		primary = nodeport.DefaultRouteAddresses()
+	}
+	return topo, primary
 }
 
 // kubeClient builds a client from opts.Kubeconfig, or when that is empty

@@ -28,6 +28,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/resolver/health"
 )
@@ -73,6 +74,24 @@ type Config struct {
 	Profiling   bool   // /debug/pprof/ on MetricsAddr
 
 	DNS DNSConfig
+
+	// External serves Services from outside the cluster: node ports,
+	// health check node ports, externalIPs and load-balancer IPs, as on a
+	// node. nil serves ClusterIPs only (kubetun connect).
+	External *ExternalConfig
+}
+
+// ExternalConfig says how Services are served from outside the cluster.
+type ExternalConfig struct {
+	// NodePortAddresses are the node addresses node ports listen on
+	// (--nodeport-addresses).
+	NodePortAddresses nodeport.Addresses
+	// Primary are the node's primary addresses, for NodePortAddresses
+	// "primary".
+	Primary []netip.Addr
+	// ExternalIPRanges limits the externalIPs served; empty serves all
+	// (resolver.ExternalIPRanges).
+	ExternalIPRanges []netip.Prefix
 }
 
 // DNSConfig is the cluster DNS kubetun serves inside the service range.
@@ -201,6 +220,8 @@ type Proxy struct {
 	dnsIP   netip.Addr // where dns answers
 	closers []func()   // what start and startDNS opened, closed in reverse by stop
 
+	nodePorts *nodeport.Listeners // with Config.External, once started
+
 	// Owned by the goroutine running the Source's callbacks.
 	problems map[string]bool // reported by the last Build
 	routed   bool            // Config.ServiceCIDRs are routed
@@ -210,6 +231,7 @@ type Proxy struct {
 
 	mu        sync.Mutex     // guards the fields below, which status reads
 	cidrs     []netip.Prefix // routed into the TUN now
+	external  []netip.Prefix // externalIPs and load-balancer IPs (/32, /128) routed into the TUN
 	synced    bool           // the first whole state was applied
 	dnsStatus *DNSStatus     // where the cluster DNS answers; nil before it starts
 	flows     FlowCounter    // the data plane, if it counts flows per Service
@@ -326,6 +348,11 @@ func (p *Proxy) start() (stop func(), err error) {
 	if err := p.tracker.Register(affinityCollector(p.table)); err != nil {
 		return stop, fmt.Errorf("registering the affinity metric: %w", err)
 	}
+	if p.cfg.External != nil {
+		p.nodePorts = nodeport.New(nodeport.Config{Services: p.table, DialTimeout: p.cfg.DialTimeout,
+			Healthy: p.tracker.Healthy, Logger: p.log})
+		p.closers = append(p.closers, p.nodePorts.Close)
+	}
 	return stop, nil
 }
 
@@ -407,15 +434,19 @@ func (p *Proxy) apply(st State) {
 		cidrs = p.cidrs
 		p.mu.Unlock()
 	}
-	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology,
-		resolver.Routed(p.routedPrefixes(cidrs)...), resolver.MaxAffinityClients(p.cfg.MaxAffinityClients))
+	opts := []resolver.Option{resolver.Routed(p.routedPrefixes(cidrs)...), resolver.MaxAffinityClients(p.cfg.MaxAffinityClients)}
+	if ext := p.cfg.External; ext != nil {
+		opts = append(opts, resolver.ExternalIPRanges(ext.ExternalIPRanges...), resolver.RefuseExternal(p.refuseExternal))
+	}
+	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology, opts...)
 	for _, w := range st.Warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
 	problems = append(problems, outside(snap, cidrs)...)
-	p.reportProblems(problems)
 	before := p.table.Load()
 	p.table.Store(snap)
+	problems = append(problems, p.applyExternal(snap)...)
+	p.reportProblems(problems)
 	p.warnDNSShadow(before, snap)
 	if p.dp != nil {
 		p.dp.EndStaleSessions()
@@ -443,12 +474,16 @@ func (p *Proxy) reportProblems(problems []resolver.Problem) {
 }
 
 // routedPrefixes returns what is routed into the TUN with cidrs: cidrs,
-// and the DNS address if they do not cover it.
+// the DNS address if they do not cover it, and the external addresses.
 func (p *Proxy) routedPrefixes(cidrs []netip.Prefix) []netip.Prefix {
+	out := slices.Clone(cidrs)
 	if p.dnsIP.IsValid() && !covered(p.dnsIP, cidrs) {
-		return append(slices.Clone(cidrs), netip.PrefixFrom(p.dnsIP, p.dnsIP.BitLen()))
+		out = append(out, netip.PrefixFrom(p.dnsIP, p.dnsIP.BitLen()))
 	}
-	return cidrs
+	p.mu.Lock()
+	out = append(out, p.external...)
+	p.mu.Unlock()
+	return out
 }
 
 // setRoutes routes cidrs, and the DNS address if they do not cover it,
@@ -496,7 +531,7 @@ func outside(snap *resolver.Snapshot, cidrs []netip.Prefix) []resolver.Problem {
 	var problems []resolver.Problem
 	seen := make(map[netip.Addr]bool)
 	for _, sp := range snap.Ports() {
-		if seen[sp.ClusterIP] || covered(sp.ClusterIP, cidrs) {
+		if sp.External || seen[sp.ClusterIP] || covered(sp.ClusterIP, cidrs) {
 			continue
 		}
 		seen[sp.ClusterIP] = true

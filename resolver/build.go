@@ -20,12 +20,15 @@ type Problem struct {
 
 func (p Problem) String() string { return p.Object + ": " + p.Reason }
 
-// Option changes what Build does: see [Routed] and [MaxAffinityClients].
+// Option changes what Build does: see [Routed], [MaxAffinityClients],
+// [ExternalIPRanges] and [RefuseExternal].
 type Option func(*buildOptions)
 
 type buildOptions struct {
-	routed      []netip.Prefix
-	maxAffinity int
+	routed         []netip.Prefix
+	maxAffinity    int
+	externalRanges []netip.Prefix
+	refuseExternal func(netip.Addr) string
 }
 
 // Routed tells Build the ranges kubetun routes into its TUN (the service
@@ -91,6 +94,7 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 	} else {
 		c = newBuildCache(topo, o)
 	}
+	c.refuseExternal = o.refuseExternal
 	c.update(services, slices, prev)
 	snap, problems := c.fold()
 	snap.cache = c
@@ -328,6 +332,7 @@ func slicePort(es *discoveryv1.EndpointSlice, name string, proto corev1.Protocol
 type targetPolicy struct {
 	routed     []netip.Prefix        // what kubetun routes into its TUN
 	clusterIPs map[netip.Addr]string // every ClusterIP, to the Service that has it
+	external   map[netip.Addr]string // every served external address, to its Service
 }
 
 // refuse names why kubetun must not dial a, or returns "". Addresses on the
@@ -337,6 +342,9 @@ type targetPolicy struct {
 func (p targetPolicy) refuse(a netip.Addr) string {
 	if svc, ok := p.clusterIPs[a]; ok {
 		return "the ClusterIP of Service " + svc + " (kubetun would dial itself)"
+	}
+	if svc, ok := p.external[a]; ok {
+		return "an external address of Service " + svc + ", which kubetun routes into its TUN (kubetun would dial itself)"
 	}
 	for _, r := range p.routed {
 		if r.Contains(a) {

@@ -3,6 +3,7 @@ package resolver
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -27,9 +28,15 @@ import (
 // its prev (see Snapshot.take) updates it in place, and a second Build
 // given the same prev builds from scratch.
 type buildCache struct {
-	topo        Topology
-	routed      []netip.Prefix
-	maxAffinity int
+	topo           Topology
+	routed         []netip.Prefix
+	maxAffinity    int
+	externalRanges []netip.Prefix
+	// refuseExternal is the caller's check of this Build: what it refuses
+	// may change from one Build to the next (the node's addresses), so the
+	// external addresses of every Service that has some are judged again
+	// each Build while it is set.
+	refuseExternal func(netip.Addr) string
 
 	epoch  uint64
 	svcs   map[*corev1.Service]*svcEntry
@@ -41,6 +48,16 @@ type buildCache struct {
 	owners   map[netip.Addr]string      // every ClusterIP, to its oldest Service
 	ipOwners map[netip.Addr][]*svcEntry // every entry with each ClusterIP, oldest first
 	judged   map[netip.Addr][]*svcEntry // the entries whose endpoints have each address
+
+	// External addresses, for the target policy as ClusterIPs are: those of
+	// the oldest definition of each name that is not headless or
+	// ExternalName (contrib), the oldest such entry owning each.
+	contrib     map[string]*svcEntry
+	extIPOwners map[netip.Addr][]*svcEntry
+	extOwners   map[netip.Addr]string
+	extCand     map[*svcEntry]bool // entries with externalIPs or ingress IPs
+	extTroubled map[*svcEntry]bool // contributing entries whose external addresses have problems
+	extProblems []Problem          // theirs, oldest first
 
 	// What changed since the last fold.
 	touched map[string]bool // Service ids
@@ -72,11 +89,14 @@ type svcEntry struct {
 	seen  uint64
 	dirty bool
 
-	ips   []netip.Addr
-	skip  string
-	rec   *ServiceRecord
-	addrs []netip.Addr // endpoint addresses the target policy judged
-	steps []step       // what the Service serves, in the order Build reports it
+	ips      []netip.Addr
+	skip     string
+	rec      *ServiceRecord
+	addrs    []netip.Addr // endpoint addresses the target policy judged
+	ext      []netip.Addr // its external addresses (externalAddrs)
+	extProbs []Problem    // and what externalAddrs reported
+	contribs []netip.Addr // the external addresses it contributes to extIPOwners
+	steps    []step       // what the Service serves, in the order Build reports it
 
 	copies int // how many more times the caller gave the same object
 
@@ -85,38 +105,66 @@ type svcEntry struct {
 	served       bool // it serves at least one port
 	claimedPorts []portKey
 	claimedIPs   []netip.Addr
+	claimedNodes []nodePortKey
 }
 
 // step is one thing a Service's entry adds to the table: a problem, or a
 // Service port with the problems its endpoints gave.
+//
+// A Service port's ClusterIP step is followed by the steps serving the same
+// port from outside: on each external address (key) and on its node port
+// (node, nkey). Their parent is 1 + the index of the ClusterIP step; they
+// serve only while it does.
 type step struct {
 	problem  *Problem
 	key      portKey
 	sp       *ServicePort
 	problems []Problem
+	local    []netip.Addr // ready endpoints on this node, for health checks
+
+	parent int
+	node   bool
+	nkey   nodePortKey
 }
 
 func newBuildCache(topo Topology, o buildOptions) *buildCache {
 	return &buildCache{
 		topo: topo, routed: slices.Clone(o.routed), maxAffinity: o.maxAffinity,
-		svcs:          make(map[*corev1.Service]*svcEntry),
-		byID:          make(map[string][]*svcEntry),
-		slices:        make(map[*discoveryv1.EndpointSlice]*sliceEntry),
-		bySvc:         make(map[string][]*discoveryv1.EndpointSlice),
-		bad:           make(map[*discoveryv1.EndpointSlice]bool),
-		owners:        make(map[netip.Addr]string),
-		ipOwners:      make(map[netip.Addr][]*svcEntry),
-		judged:        make(map[netip.Addr][]*svcEntry),
-		touched:       make(map[string]bool),
-		copied:        make(map[*svcEntry]bool),
-		pendingCopies: make(map[*corev1.Service]int),
-		foldState:     newFoldState(),
+		externalRanges: slices.Clone(o.externalRanges),
+		contrib:        make(map[string]*svcEntry),
+		extIPOwners:    make(map[netip.Addr][]*svcEntry),
+		extOwners:      make(map[netip.Addr]string),
+		extCand:        make(map[*svcEntry]bool),
+		extTroubled:    make(map[*svcEntry]bool),
+		svcs:           make(map[*corev1.Service]*svcEntry),
+		byID:           make(map[string][]*svcEntry),
+		slices:         make(map[*discoveryv1.EndpointSlice]*sliceEntry),
+		bySvc:          make(map[string][]*discoveryv1.EndpointSlice),
+		bad:            make(map[*discoveryv1.EndpointSlice]bool),
+		owners:         make(map[netip.Addr]string),
+		ipOwners:       make(map[netip.Addr][]*svcEntry),
+		judged:         make(map[netip.Addr][]*svcEntry),
+		touched:        make(map[string]bool),
+		copied:         make(map[*svcEntry]bool),
+		pendingCopies:  make(map[*corev1.Service]int),
+		foldState:      newFoldState(),
 	}
 }
 
 // fits reports whether c was made for the same topology and options.
 func (c *buildCache) fits(topo Topology, o buildOptions) bool {
-	return c.maxAffinity == o.maxAffinity && slices.Equal(c.routed, o.routed) && c.topo == topo
+	return c.maxAffinity == o.maxAffinity && slices.Equal(c.routed, o.routed) && c.topo == topo &&
+		slices.Equal(c.externalRanges, o.externalRanges) && (c.refuseExternal == nil) == (o.refuseExternal == nil)
+}
+
+// extOptions are the options externalAddrs reads.
+func (c *buildCache) extOptions() buildOptions {
+	return buildOptions{externalRanges: c.externalRanges, refuseExternal: c.refuseExternal}
+}
+
+// hasExternal reports whether svc names external addresses.
+func hasExternal(svc *corev1.Service) bool {
+	return len(svc.Spec.ExternalIPs) > 0 || svc.Spec.Type == corev1.ServiceTypeLoadBalancer && len(svc.Status.LoadBalancer.Ingress) > 0
 }
 
 // update brings c to services and list, rebuilding the entries whose
@@ -178,9 +226,12 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 	// change only where an added or removed entry has its ClusterIPs.
 	addedSvcs, removedSvcs := diffServices(c, services)
 	setChanged := len(addedSvcs) > 0 || len(removedSvcs) > 0
+	extIDs := make(map[string]bool) // ids whose external addresses may have changed
 	for _, svc := range removedSvcs {
 		e := c.svcs[svc]
 		delete(c.svcs, svc)
+		delete(c.extCand, e)
+		extIDs[e.id] = true
 		c.gone = append(c.gone, e)
 		c.touched[e.id] = true
 		c.byID[e.id] = slices.DeleteFunc(c.byID[e.id], func(x *svcEntry) bool { return x == e })
@@ -192,10 +243,31 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		id := svc.Namespace + "/" + svc.Name
 		ips, skip := clusterIPs(svc)
 		e := &svcEntry{svc: svc, id: id, seen: c.epoch, dirty: true, ips: ips, skip: skip}
+		if skip == "" && hasExternal(svc) {
+			e.ext, e.extProbs = externalAddrs(svc, c.extOptions())
+			c.extCand[e] = true
+		}
+		extIDs[id] = true
 		c.svcs[svc] = e
 		c.byID[id] = append(c.byID[id], e)
 		c.touched[id] = true
 		dirty = append(dirty, e)
+	}
+	if c.refuseExternal != nil {
+		// What the caller refuses may have changed.
+		for e := range c.extCand {
+			ext, probs := externalAddrs(e.svc, c.extOptions())
+			if slices.Equal(ext, e.ext) && slices.Equal(probs, e.extProbs) {
+				continue
+			}
+			e.ext, e.extProbs = ext, probs
+			extIDs[e.id] = true
+			c.touched[e.id] = true
+			if !e.dirty {
+				e.dirty = true
+				dirty = append(dirty, e)
+			}
+		}
 	}
 	for svc, n := range c.pendingCopies {
 		e := c.svcs[svc]
@@ -257,7 +329,9 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 		}
 	}
 
-	policy := targetPolicy{routed: c.routed, clusterIPs: c.owners}
+	c.updateExternal(extIDs, &dirty)
+
+	policy := targetPolicy{routed: c.routed, clusterIPs: c.owners, external: c.extOwners}
 	for _, e := range dirty {
 		if c.svcs[e.svc] == e && e.dirty {
 			c.build(e, policy, prev)
@@ -448,7 +522,13 @@ func (c *buildCache) build(e *svcEntry, policy targetPolicy, prev *Snapshot) {
 		return
 	}
 	local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
 	affinity := affinityTimeout(svc)
+	for _, a := range e.ext {
+		if !hasFamily(ips, a) {
+			problem(fmt.Sprintf("external address %s: the Service has no ClusterIP of its family; not served", a))
+		}
+	}
 	for _, p := range svc.Spec.Ports {
 		proto, ok := protocolOf(p.Protocol)
 		if !ok {
@@ -485,7 +565,42 @@ func (c *buildCache) build(e *svcEntry, policy targetPolicy, prev *Snapshot) {
 					sp.affinity = old.affinity // clients stay where they were
 				}
 			}
-			e.steps = append(e.steps, step{key: key, sp: sp, problems: probs})
+			var localReady []netip.Addr
+			for _, ep := range eps {
+				if ep.Ready && ep.NodeName != "" && ep.NodeName == c.topo.NodeName {
+					localReady = append(localReady, ep.Addr.Addr())
+				}
+			}
+			e.steps = append(e.steps, step{key: key, sp: sp, problems: probs, local: localReady})
+			parent := len(e.steps)
+
+			// The same port reached from outside the cluster: on its
+			// external addresses of ip's family and on the node port, with
+			// externalTrafficPolicy's endpoints.
+			if len(e.ext) == 0 && p.NodePort <= 0 {
+				continue
+			}
+			extUsable := Usable(eps, externalLocal, c.topo)
+			for _, a := range e.ext {
+				if a.Is4() != ip.Is4() {
+					continue
+				}
+				ekey := portKey{proto, netip.AddrPortFrom(a, uint16(p.Port))}
+				esp := sp.external(a, extUsable)
+				if old, ok := prev.Lookup(proto, ekey.addr); ok && old.Service == id {
+					esp.next.Store(old.next.Load())
+				}
+				e.steps = append(e.steps, step{key: ekey, sp: esp, parent: parent})
+			}
+			if p.NodePort > 0 && p.NodePort <= 65535 {
+				nkey := nodePortKey{proto, ip.Is6(), uint16(p.NodePort)}
+				nsp := sp.external(ip, extUsable)
+				nsp.NodePort = uint16(p.NodePort)
+				if old, ok := prev.lookupNodePort(nkey); ok && old.Service == id {
+					nsp.next.Store(old.next.Load())
+				}
+				e.steps = append(e.steps, step{sp: nsp, parent: parent, node: true, nkey: nkey})
+			}
 		}
 	}
 }
@@ -541,4 +656,80 @@ func (s *Snapshot) endpointIndex() map[netip.Addr]endpointRef {
 		s.byEndpoint.m = m
 	})
 	return s.byEndpoint.m
+}
+
+// updateExternal brings the owners of external addresses up to date for
+// the names in ids, and marks dirty the entries whose endpoints were judged
+// against an address that changed hands.
+func (c *buildCache) updateExternal(ids map[string]bool, dirty *[]*svcEntry) {
+	touched := make(map[netip.Addr]bool)
+	again := false
+	for id := range ids {
+		if old := c.contrib[id]; old != nil {
+			for _, a := range old.contribs {
+				c.extIPOwners[a] = slices.DeleteFunc(c.extIPOwners[a], func(x *svcEntry) bool { return x == old })
+				if len(c.extIPOwners[a]) == 0 {
+					delete(c.extIPOwners, a)
+				}
+				touched[a] = true
+			}
+			old.contribs = nil
+			if c.extTroubled[old] {
+				delete(c.extTroubled, old)
+				again = true
+			}
+			delete(c.contrib, id)
+		}
+		var e *svcEntry
+		for _, x := range c.byID[id] {
+			if x.skip == "" && (e == nil || olderService(x.svc, e.svc) < 0) {
+				e = x
+			}
+		}
+		if e == nil {
+			continue
+		}
+		c.contrib[id] = e
+		if len(e.extProbs) > 0 {
+			c.extTroubled[e] = true
+			again = true
+		}
+		for _, a := range e.ext {
+			cl := c.extIPOwners[a]
+			at := len(cl)
+			for at > 0 && olderService(e.svc, cl[at-1].svc) < 0 {
+				at--
+			}
+			c.extIPOwners[a] = slices.Insert(cl, at, e)
+			e.contribs = append(e.contribs, a)
+			touched[a] = true
+		}
+	}
+	for a := range touched {
+		owner := ""
+		if cl := c.extIPOwners[a]; len(cl) > 0 {
+			owner = cl[0].id
+		}
+		if owner == c.extOwners[a] {
+			continue
+		}
+		if owner == "" {
+			delete(c.extOwners, a)
+		} else {
+			c.extOwners[a] = owner
+		}
+		for _, e := range c.judged[a] {
+			if !e.dirty {
+				e.dirty = true
+				*dirty = append(*dirty, e)
+			}
+		}
+	}
+	if again {
+		list := slices.SortedFunc(maps.Keys(c.extTroubled), func(a, b *svcEntry) int { return olderService(a.svc, b.svc) })
+		c.extProblems = c.extProblems[:0:0]
+		for _, e := range list {
+			c.extProblems = append(c.extProblems, e.extProbs...)
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 // random (shared ClusterIPs, Services defined twice, endpoints shared
 // between Services or on a ClusterIP) and checks after every change that
 // the snapshot built from the previous one is the snapshot built from
-// nothing.
+// nothing. Services have external IPs, load-balancer ingress IPs, node
+// ports and externalTrafficPolicy: Local, and what RefuseExternal refuses
+// and ExternalIPRanges change between Builds.
 func TestBuildIncrementalMatchesScratch(t *testing.T) {
 	for seed := range uint64(8) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
@@ -34,7 +37,24 @@ func TestBuildIncrementalMatchesScratch(t *testing.T) {
 			}
 			var inc *Snapshot
 			topo := Topology{NodeName: "node-a"}
+			refused := netip.Addr{}
+			var ranges []netip.Prefix
+			seen := make(map[string]int) // what the changes reached, to check they reach it
 			for step := range 300 {
+				if rng.IntN(10) == 0 { // the node's addresses changed
+					refused = netip.AddrFrom4([4]byte{203, 0, 113, byte(rng.IntN(4))})
+				}
+				if rng.IntN(40) == 0 {
+					ranges = [][]netip.Prefix{nil, {netip.MustParsePrefix("203.0.113.0/30")}}[rng.IntN(2)]
+				}
+				r := refused
+				opts := []Option{Routed(netip.MustParsePrefix("10.96.9.0/24")), ExternalIPRanges(ranges...),
+					RefuseExternal(func(a netip.Addr) string {
+						if a == r {
+							return "the node's address"
+						}
+						return ""
+					})}
 				switch rng.IntN(8) {
 				case 6: // one object given twice
 					svcs = append(svcs, svcs[rng.IntN(len(svcs))])
@@ -66,15 +86,31 @@ func TestBuildIncrementalMatchesScratch(t *testing.T) {
 					rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
 				}
 				var incProblems []Problem
-				inc, incProblems = Build(svcs, list, inc, topo, Routed(netip.MustParsePrefix("10.96.9.0/24")))
-				scratch, problems := Build(svcs, list, nil, topo, Routed(netip.MustParsePrefix("10.96.9.0/24")))
+				inc, incProblems = Build(svcs, list, inc, topo, opts...)
+				scratch, problems := Build(svcs, list, nil, topo, opts...)
 				if !reflect.DeepEqual(incProblems, problems) {
 					t.Fatalf("step %d: problems\n%v\nfrom scratch\n%v", step, incProblems, problems)
 				}
 				if d := snapshotDiff(inc, scratch); d != "" {
 					t.Fatalf("step %d: %s", step, d)
 				}
+				seen["node ports"] += len(inc.NodePorts())
+				seen["external IPs"] += len(inc.ExternalIPs())
+				seen["health checks"] += len(inc.HealthChecks())
+				for _, p := range problems {
+					for _, w := range []string{"nodePort 300", "TCP 203.0.113.", "healthCheckNodePort", "external address of Service", "the node's address"} {
+						if strings.Contains(p.Reason, w) {
+							seen[w]++
+						}
+					}
+				}
 			}
+			for _, w := range []string{"node ports", "external IPs", "health checks", "nodePort 300", "TCP 203.0.113.", "healthCheckNodePort", "external address of Service", "the node's address"} {
+				if seen[w] == 0 {
+					t.Errorf("no step had %s", w)
+				}
+			}
+			t.Log(seen)
 		})
 	}
 }
@@ -87,7 +123,13 @@ func snapshotDiff(a, b *Snapshot) string {
 	for _, d := range []string{
 		mapDiff("ports", &a.ports, &b.ports, func(x, y *ServicePort) bool {
 			return x.Service == y.Service && x.Name == y.Name && reflect.DeepEqual(x.Endpoints, y.Endpoints) &&
-				reflect.DeepEqual(x.usable, y.usable) && x.affinityTimeout == y.affinityTimeout
+				reflect.DeepEqual(x.usable, y.usable) && x.affinityTimeout == y.affinityTimeout &&
+				x.External == y.External && x.ClusterIP == y.ClusterIP && x.Port == y.Port
+		}),
+		mapDiff("nodePorts", &a.nodePorts, &b.nodePorts, func(x, y *ServicePort) bool {
+			return x.Service == y.Service && x.Name == y.Name && reflect.DeepEqual(x.Endpoints, y.Endpoints) &&
+				reflect.DeepEqual(x.usable, y.usable) && x.External && y.External && x.ClusterIP == y.ClusterIP &&
+				x.Port == y.Port && x.NodePort == y.NodePort
 		}),
 		mapDiff("ips", &a.ips, &b.ips, func(x, y bool) bool { return x == y }),
 		mapDiff("names", &a.names, &b.names, func(x, y nameEntry) bool { return x.svc == y.svc && reflect.DeepEqual(x.rec, y.rec) }),
@@ -99,6 +141,15 @@ func snapshotDiff(a, b *Snapshot) string {
 	}
 	if !reflect.DeepEqual(a.namespaces, b.namespaces) {
 		return fmt.Sprintf("namespaces %v, from scratch %v", a.namespaces, b.namespaces)
+	}
+	if !reflect.DeepEqual(a.NodePorts(), b.NodePorts()) {
+		return fmt.Sprintf("node ports %v, from scratch %v", a.NodePorts(), b.NodePorts())
+	}
+	if !reflect.DeepEqual(a.ExternalIPs(), b.ExternalIPs()) {
+		return fmt.Sprintf("external IPs %v, from scratch %v", a.ExternalIPs(), b.ExternalIPs())
+	}
+	if !reflect.DeepEqual(a.HealthChecks(), b.HealthChecks()) {
+		return fmt.Sprintf("health checks %v, from scratch %v", a.HealthChecks(), b.HealthChecks())
 	}
 	if !reflect.DeepEqual(a.endpointIndex(), b.endpointIndex()) {
 		return "endpoint index differs"
@@ -150,10 +201,54 @@ func (g *genCluster) service() *corev1.Service {
 	if g.rng.IntN(5) == 0 {
 		svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 	}
+	switch g.rng.IntN(3) {
+	case 1:
+		svc.Spec.Type = corev1.ServiceTypeNodePort
+	case 2:
+		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+		for range g.rng.IntN(3) {
+			svc.Status.LoadBalancer.Ingress = append(svc.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: g.externalIP()})
+		}
+		if g.rng.IntN(6) == 0 {
+			svc.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24"}
+		}
+	}
+	if svc.Spec.ExternalName != "" {
+		svc.Spec.Type = corev1.ServiceTypeExternalName
+	}
+	for range g.rng.IntN(3) {
+		svc.Spec.ExternalIPs = append(svc.Spec.ExternalIPs, g.externalIP())
+	}
+	if g.rng.IntN(3) == 0 {
+		svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		svc.Spec.HealthCheckNodePort = int32(32000 + g.rng.IntN(3))
+	}
 	for p := range 1 + g.rng.IntN(2) {
-		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: fmt.Sprint("p", p), Port: int32(80 + g.rng.IntN(2)), Protocol: corev1.ProtocolTCP})
+		sp := corev1.ServicePort{Name: fmt.Sprint("p", p), Port: int32(80 + g.rng.IntN(2)), Protocol: corev1.ProtocolTCP}
+		if svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			sp.NodePort = int32(30000 + g.rng.IntN(6))
+		}
+		svc.Spec.Ports = append(svc.Spec.Ports, sp)
 	}
 	return svc
+}
+
+// externalIP returns an external address that often collides with another
+// Service's, a ClusterIP or an endpoint; now and then one never served.
+func (g *genCluster) externalIP() string {
+	switch g.rng.IntN(12) {
+	case 0:
+		return fmt.Sprintf("10.96.0.%d", g.rng.IntN(25)) // a ClusterIP
+	case 1:
+		return "127.0.0.1"
+	case 2:
+		return "2001:db8::1" // no ClusterIP of its family
+	case 3:
+		return "not-an-ip"
+	case 4:
+		return fmt.Sprintf("10.244.0.%d", g.rng.IntN(12)) // an endpoint
+	}
+	return fmt.Sprintf("203.0.113.%d", g.rng.IntN(6))
 }
 
 func (g *genCluster) slice() *discoveryv1.EndpointSlice {
@@ -172,7 +267,9 @@ func (g *genCluster) slice() *discoveryv1.EndpointSlice {
 	}
 	for range g.rng.IntN(4) {
 		addr := fmt.Sprintf("10.244.0.%d", g.rng.IntN(12))
-		switch g.rng.IntN(10) {
+		switch g.rng.IntN(12) {
+		case 2:
+			addr = fmt.Sprintf("203.0.113.%d", g.rng.IntN(6)) // an external IP
 		case 0:
 			addr = fmt.Sprintf("10.96.0.%d", g.rng.IntN(25)) // a ClusterIP
 		case 1:
@@ -180,7 +277,8 @@ func (g *genCluster) slice() *discoveryv1.EndpointSlice {
 		}
 		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{addr},
 			Conditions: discoveryv1.EndpointConditions{Ready: new(g.rng.IntN(4) != 0)},
-			Hostname:   []*string{nil, new("h")}[g.rng.IntN(2)]})
+			Hostname:   []*string{nil, new("h")}[g.rng.IntN(2)],
+			NodeName:   []*string{nil, new("node-a"), new("node-b")}[g.rng.IntN(3)]})
 	}
 	return es
 }

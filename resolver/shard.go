@@ -103,3 +103,11 @@ func nameShard(k nameKey) uint8 {
 	}
 	return uint8(h ^ h>>8 ^ h>>16 ^ h>>24)
 }
+
+func nodePortShard(k nodePortKey) uint8 {
+	v := uint8(k.port) ^ uint8(k.port>>8)*7 ^ uint8(k.proto)*59
+	if k.ipv6 {
+		v ^= 0x80
+	}
+	return v
+}

@@ -57,8 +57,14 @@ type ServicePort struct {
 	Service   string
 	Name      string // the Service port's name; "" for a single unnamed port
 	Protocol  Protocol
-	ClusterIP netip.Addr
+	ClusterIP netip.Addr // or the external address, for an External port
 	Port      uint16
+
+	// External is true for the port reached from outside the cluster: on
+	// an externalIP or load-balancer IP (in ClusterIP), or on the node port
+	// NodePort. externalTrafficPolicy decides its usable endpoints.
+	External bool
+	NodePort uint16
 
 	// Endpoints lists every endpoint the EndpointSlices give for this port,
 	// in a stable order.
@@ -80,6 +86,9 @@ func (sp *ServicePort) String() string {
 	name := sp.Service
 	if sp.Name != "" {
 		name += ":" + sp.Name
+	}
+	if sp.NodePort != 0 {
+		return fmt.Sprintf("%s (%s nodePort %d)", name, sp.Protocol, sp.NodePort)
 	}
 	return fmt.Sprintf("%s (%s %s)", name, sp.Protocol, netip.AddrPortFrom(sp.ClusterIP, sp.Port))
 }
@@ -172,6 +181,12 @@ type Snapshot struct {
 
 	// For reaching pods without routes to them (PodByIP).
 	pods podIndex
+
+	// Reached from outside the cluster.
+	nodePorts    shardMap[nodePortKey, *ServicePort]
+	nodePortList []NodePort
+	externalIPs  []netip.Addr
+	healthChecks []HealthCheck
 
 	// cache lets the next Build reuse what did not change; the first Build
 	// given this snapshot as prev takes it over.

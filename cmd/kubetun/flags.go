@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
 )
@@ -40,6 +41,9 @@ type runConfig struct {
 	dnsUpstreams  []string // nil: the host's resolv.conf servers
 
 	dataPath netstack.Config // the data path's limits and timeouts only (dataPathFlags)
+
+	nodePortAddresses nodeport.Addresses
+	externalIPRanges  []netip.Prefix // empty: every externalIP is served
 }
 
 // Defaults that are kube-proxy's, so existing probes and scrapers find them.
@@ -73,6 +77,9 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	fs.StringVar(&cfg.clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS `DOMAIN`")
 	upstreams := fs.String("dns-upstream", "", "comma-separated `SERVERS` (ip or ip:port) for names outside the cluster domain; default: the host's resolv.conf")
 	fs.IntVar(&cfg.maxAffinityClients, "max-affinity-clients", resolver.DefaultMaxAffinityClients, "most `N` clients each Service port with sessionAffinity: ClientIP remembers; the least recently seen is forgotten first")
+	npAddrs := fs.StringSlice("nodeport-addresses", nil, "`CIDRs` of the node addresses node ports and health check node ports listen on (repeatable, or comma-separated), or \"primary\": the node's primary addresses, the default, as kube-proxy's flag; never loopback")
+	var extRanges prefixList
+	fs.Var(&extRanges, "external-ip-ranges", "serve only the externalIPs inside these `CIDRs` (repeatable, or comma-separated); default: all, as kube-proxy. Anyone who may create a Service may claim any address as an externalIP (CVE-2020-8554)")
 	dataPathFlags(fs, &cfg.dataPath)
 
 	return func() (runConfig, error) {
@@ -80,6 +87,12 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 			return cfg, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
 		}
 		cfg.serviceCIDRs = cidrs
+		cfg.externalIPRanges = extRanges
+		npa, err := nodeport.ParseAddresses(*npAddrs)
+		if err != nil {
+			return cfg, usageError{err}
+		}
+		cfg.nodePortAddresses = npa
 		if cfg.manifests != "" && cfg.kubeconfig != "" {
 			return cfg, usageError{errors.New("--manifests and --kubeconfig are two sources of Services; give one")}
 		}

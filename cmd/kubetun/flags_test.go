@@ -280,3 +280,32 @@ func TestLongFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestNodePortFlags(t *testing.T) {
+	base := []string{"--service-cidr", "10.3.240.0/20", "--manifests", "/etc/kubetun"}
+	for _, tc := range []struct {
+		args      []string
+		addresses string
+		ranges    []netip.Prefix
+		wantErr   string
+	}{
+		{args: nil, addresses: "primary"},
+		{args: []string{"--nodeport-addresses", "primary"}, addresses: "primary"},
+		{args: []string{"--nodeport-addresses", "10.0.3.0/24", "--nodeport-addresses", "fd00::/64"}, addresses: "[10.0.3.0/24 fd00::/64]"},
+		{args: []string{"--external-ip-ranges", "192.0.2.0/24,198.51.100.0/24"}, addresses: "primary", ranges: prefixes("192.0.2.0/24", "198.51.100.0/24")},
+		{args: []string{"--nodeport-addresses", "eth0"}, wantErr: "neither a CIDR nor \"primary\""},
+		{args: []string{"--nodeport-addresses", "primary,10.0.0.0/8"}, wantErr: "must be given alone"},
+		{args: []string{"--external-ip-ranges", "192.0.2.1"}, wantErr: "not a CIDR"},
+	} {
+		cfg, err := parseRunFlags(append(slices.Clone(base), tc.args...), io.Discard)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("parseRunFlags(%q) error = %v, want %q", tc.args, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || cfg.nodePortAddresses.String() != tc.addresses || !slices.Equal(cfg.externalIPRanges, tc.ranges) {
+			t.Errorf("parseRunFlags(%q) = %v %v, %v; want %s %v", tc.args, cfg.nodePortAddresses, cfg.externalIPRanges, err, tc.addresses, tc.ranges)
+		}
+	}
+}

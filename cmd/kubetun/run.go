@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/proxy"
 	"github.com/kubetun/kubetun/resolver"
 )
@@ -26,6 +27,10 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 		HealthAddr:         cfg.healthAddr,
 		MetricsAddr:        cfg.metricsAddr,
 		Profiling:          cfg.profiling,
+		External: &proxy.ExternalConfig{
+			NodePortAddresses: cfg.nodePortAddresses,
+			ExternalIPRanges:  cfg.externalIPRanges,
+		},
 		DNS: proxy.DNSConfig{
 			Off:       cfg.dnsOff,
 			IP:        cfg.dnsIP,
@@ -40,6 +45,7 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 			return err
 		}
 		src = m
+		pc.External.Primary = nodeport.DefaultRouteAddresses()
 	} else {
 		k, err := proxy.NewKubeSource(ctx, proxy.KubeOptions{
 			Kubeconfig:  cfg.kubeconfig,
@@ -49,7 +55,7 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		pc.Topology = k.Topology(ctx)
+		pc.Topology, pc.External.Primary = k.Node(ctx)
 		src = k
 	}
 	return proxy.New(pc, src, log).Run(ctx)

@@ -176,6 +176,14 @@ type status struct {
 	NodeEligible *bool     `json:"nodeEligible,omitempty"`
 }
 
+// Healthy reports what /healthz reports: the first state is served and no
+// change has waited longer than the timeout. Health check node ports say it
+// as serviceProxyHealthy, as kube-proxy's do.
+func (t *Tracker) Healthy() bool {
+	ok, _ := t.healthy()
+	return ok
+}
+
 // healthy reports whether no change has waited longer than the timeout.
 func (t *Tracker) healthy() (bool, status) {
 	t.mu.Lock()

@@ -24,6 +24,9 @@ type ServicePort struct {
 	// Protocol is "TCP" or "UDP" (or "SCTP"), in the Service and the
 	// EndpointSlice alike; empty means TCP, as in the API.
 	Protocol string
+	// NodePort is the port's nodePort, written when the Service's type is
+	// NodePort or LoadBalancer.
+	NodePort int
 }
 
 // SeedPorts is the seed Service's one port, unnamed: port 80, targetPort http,

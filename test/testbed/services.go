@@ -30,6 +30,19 @@ type Service struct {
 	// Endpoints are the pods behind the Service, of either family; each
 	// goes into the slice of its family. None: the slices are empty.
 	Endpoints []Endpoint
+
+	// Type is the Service's type; empty means ClusterIP. With NodePort or
+	// LoadBalancer, each port's NodePort is written.
+	Type string
+	// ExternalIPs are the Service's spec.externalIPs.
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are written as status.loadBalancer.ingress[].ip (ipMode
+	// unset), for type LoadBalancer, as a cloud's controller writes them.
+	LoadBalancerIPs []netip.Addr
+	// ExternalTrafficPolicy is "Cluster" or "Local"; empty writes none.
+	ExternalTrafficPolicy string
+	// HealthCheckNodePort is spec.healthCheckNodePort; 0 writes none.
+	HealthCheckNodePort int
 }
 
 // family is one address family of a Service: its name in the API and the
@@ -123,7 +136,7 @@ metadata:
   name: {{.Name}}
   namespace: {{.Namespace}}
 spec:
-  type: ClusterIP
+  type: {{or .Type "ClusterIP"}}
   clusterIP: {{index .ClusterIPs 0}}
   clusterIPs:
 {{- range .ClusterIPs}}
@@ -135,14 +148,38 @@ spec:
 {{- end}}
   ipFamilyPolicy: {{.Policy}}
   sessionAffinity: None
+{{- if .ExternalIPs}}
+  externalIPs:
+{{- range .ExternalIPs}}
+  - {{.}}
+{{- end}}
+{{- end}}
+{{- if .ExternalTrafficPolicy}}
+  externalTrafficPolicy: {{.ExternalTrafficPolicy}}
+{{- end}}
+{{- if .HealthCheckNodePort}}
+  healthCheckNodePort: {{.HealthCheckNodePort}}
+{{- end}}
   selector:
     app: {{.Selector}}
   ports:
+{{- $type := .Type}}
 {{- range .Ports}}
   - {{if .Name}}name: {{.Name}}
     {{end}}port: {{.Port}}
     protocol: {{or .Protocol "TCP"}}
     targetPort: {{.TargetPort}}
+{{- if and .NodePort (or (eq $type "NodePort") (eq $type "LoadBalancer"))}}
+    nodePort: {{.NodePort}}
+{{- end}}
+{{- end}}
+{{- if and .LoadBalancerIPs (eq .Type "LoadBalancer")}}
+status:
+  loadBalancer:
+    ingress:
+{{- range .LoadBalancerIPs}}
+    - ip: {{.}}
+{{- end}}
 {{- end}}
 {{- $svc := .}}
 {{- range .Families}}

@@ -100,3 +100,28 @@ func TestServicesYAMLRefuses(t *testing.T) {
 		})
 	}
 }
+
+// TestServicesYAMLExternal: the fields of a Service reached from outside
+// the cluster decode as written.
+func TestServicesYAMLExternal(t *testing.T) {
+	data, err := ServicesYAML(Service{
+		Name: "lb", ClusterIPs: []netip.Addr{netip.MustParseAddr(ClusterIP)}, Type: "LoadBalancer",
+		Ports:                 []ServicePort{{Port: 80, TargetPort: "http", EndpointPort: 8080, NodePort: 30080}},
+		ExternalIPs:           []netip.Addr{netip.MustParseAddr("192.0.2.10")},
+		LoadBalancerIPs:       []netip.Addr{netip.MustParseAddr("198.51.100.10")},
+		ExternalTrafficPolicy: "Local", HealthCheckNodePort: 32000,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := manifest.Decode("services.yaml", data)
+	if err != nil || len(objs.Warnings) > 0 || len(objs.Services) != 1 {
+		t.Fatalf("manifest.Decode: %v %q\n%s", err, objs.Warnings, data)
+	}
+	s := objs.Services[0]
+	if s.Spec.Type != corev1.ServiceTypeLoadBalancer || s.Spec.Ports[0].NodePort != 30080 ||
+		!slices.Equal(s.Spec.ExternalIPs, []string{"192.0.2.10"}) || s.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal ||
+		s.Spec.HealthCheckNodePort != 32000 || len(s.Status.LoadBalancer.Ingress) != 1 || s.Status.LoadBalancer.Ingress[0].IP != "198.51.100.10" {
+		t.Errorf("decoded Service = %+v\n%s", s, data)
+	}
+}

@@ -1,0 +1,269 @@
+package nodeport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kubetun/kubetun/resolver"
+)
+
+// Config is what Listeners need.
+type Config struct {
+	// Services is where a connection to a node port looks its Service up,
+	// on every new connection or UDP session: the packet path reads the
+	// current snapshot and takes no control-plane lock.
+	Services interface{ Load() *resolver.Snapshot }
+	// DialTimeout bounds a dial to a pod (default 3 s); on failure one
+	// other endpoint is tried.
+	DialTimeout time.Duration
+	// Healthy says whether the proxy as a whole is healthy, for the health
+	// check node ports' serviceProxyHealthy (kube-proxy answers 503 when
+	// it is not); nil means always.
+	Healthy func() bool
+	Logger  *slog.Logger
+}
+
+// Listeners holds the node port and health check node port sockets. Create
+// it with New, call Reconcile on every service table update, and Close at
+// the end.
+type Listeners struct {
+	cfg    Config
+	log    *slog.Logger
+	dialer net.Dialer
+	ctx    context.Context // cancelled by Close: ends dials and sessions
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine started
+
+	// redirect maps an endpoint to the address dialled: the identity,
+	// except in tests, which serve every endpoint on loopback.
+	redirect func(netip.AddrPort) netip.AddrPort
+
+	// dialing holds a slot for each TCP connection whose pod is being
+	// dialled: past maxDialing, new connections are reset at once rather
+	// than pile up goroutines and sockets behind slow pods.
+	dialing chan struct{}
+
+	// udpSessions counts UDP sessions over all node ports, to bound them.
+	udpSessions atomic.Int64
+
+	mu     sync.Mutex // guards the fields below; never taken by a connection
+	open   map[listenKey]socket
+	closed bool
+	conns  map[*net.TCPConn]struct{} // TCP legs being spliced, to close them on Close
+}
+
+// socket is one open socket: Close stops it (but not the connections it
+// accepted, which finish on their own, as established flows outlive a
+// kube-proxy rule), and update hands it the new snapshot's health check.
+type socket interface {
+	Close()
+}
+
+// listenKey is one socket: a node port (TCP or UDP) or a health check node
+// port (health true, TCP) on one node address.
+type listenKey struct {
+	proto  resolver.Protocol
+	health bool
+	addr   netip.AddrPort
+}
+
+func (k listenKey) String() string {
+	if k.health {
+		return fmt.Sprintf("healthCheckNodePort %d on %s", k.addr.Port(), k.addr.Addr())
+	}
+	return fmt.Sprintf("node port %d (%s) on %s", k.addr.Port(), k.proto, k.addr.Addr())
+}
+
+// New returns Listeners with nothing open yet.
+func New(cfg Config) *Listeners {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 3 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Listeners{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		ctx:      ctx,
+		cancel:   cancel,
+		open:     make(map[listenKey]socket),
+		conns:    make(map[*net.TCPConn]struct{}),
+		dialing:  make(chan struct{}, maxDialing),
+		redirect: func(a netip.AddrPort) netip.AddrPort { return a },
+	}
+}
+
+// Reconcile opens a socket on each of addrs for each node port and health
+// check node port of snap that is not open yet, and closes those snap no
+// longer has. A node port is opened only on the addresses of a family its
+// Service has. It returns what cannot be opened now (a port another process
+// holds, most often), one Problem per Service port and address, naming the
+// Service: the caller reports each once while it lasts; Reconcile tries
+// again every time, and the other ports are served meanwhile.
+func (l *Listeners) Reconcile(snap *resolver.Snapshot, addrs []netip.Addr) []resolver.Problem {
+	want := make(map[listenKey]string) // to the Service
+	for _, np := range snap.NodePorts() {
+		for _, a := range addrs {
+			if _, ok := snap.LookupNodePort(np.Protocol, a, np.Port); ok {
+				want[listenKey{proto: np.Protocol, addr: netip.AddrPortFrom(a, np.Port)}] = np.Service
+			}
+		}
+	}
+	checks := make(map[uint16]resolver.HealthCheck)
+	for _, hc := range snap.HealthChecks() {
+		checks[hc.Port] = hc
+		for _, a := range addrs {
+			want[listenKey{proto: resolver.TCP, health: true, addr: netip.AddrPortFrom(a, hc.Port)}] = hc.Namespace + "/" + hc.Name
+		}
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	for k, s := range l.open {
+		if _, ok := want[k]; !ok {
+			s.Close()
+			delete(l.open, k)
+			l.log.Info("closed", "socket", k.String())
+		}
+	}
+	var problems []resolver.Problem
+	keys := make([]listenKey, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b listenKey) int {
+		if c := a.addr.Compare(b.addr); c != 0 {
+			return c
+		}
+		return int(a.proto) - int(b.proto)
+	})
+	for _, k := range keys {
+		if s, ok := l.open[k]; ok {
+			if hs, ok := s.(*healthServer); ok {
+				hs.set(checks[k.addr.Port()])
+			}
+			continue
+		}
+		s, err := l.listen(k, checks[k.addr.Port()])
+		if err != nil {
+			problems = append(problems, resolver.Problem{Object: "Service " + want[k],
+				Reason: fmt.Sprintf("%s not served: %v", k, err)})
+			continue
+		}
+		l.open[k] = s
+		l.log.Info("listening", "socket", k.String(), "service", want[k])
+	}
+	return problems
+}
+
+// listen opens the socket for k.
+func (l *Listeners) listen(k listenKey, hc resolver.HealthCheck) (socket, error) {
+	switch {
+	case k.health:
+		return l.serveHealth(k.addr, hc)
+	case k.proto == resolver.TCP:
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(k.addr))
+		if err != nil {
+			return nil, err
+		}
+		t := &tcpListener{l: l, ln: ln, local: k.addr, done: make(chan struct{})}
+		l.wg.Add(1)
+		go t.serve()
+		return t, nil
+	case k.proto == resolver.UDP:
+		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(k.addr))
+		if err != nil {
+			return nil, err
+		}
+		u := &udpListener{l: l, conn: conn, local: k.addr, sessions: make(map[netip.AddrPort]*udpSession), done: make(chan struct{})}
+		l.wg.Add(1)
+		go u.serve()
+		return u, nil
+	}
+	return nil, fmt.Errorf("protocol %s is not served on node ports", k.proto)
+}
+
+// Open returns the sockets open now, sorted, for tests and status.
+func (l *Listeners) Open() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for k := range l.open {
+		out = append(out, k.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Close closes every socket and connection and waits for every goroutine
+// Listeners started.
+func (l *Listeners) Close() {
+	l.mu.Lock()
+	l.closed = true
+	for k, s := range l.open {
+		s.Close()
+		delete(l.open, k)
+	}
+	for c := range l.conns {
+		c.SetLinger(0)
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.cancel()
+	l.wg.Wait()
+}
+
+// track adds a spliced connection, or says Listeners are closed.
+func (l *Listeners) track(cs ...*net.TCPConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	for _, c := range cs {
+		l.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (l *Listeners) untrack(cs ...*net.TCPConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range cs {
+		delete(l.conns, c)
+	}
+}
+
+// errNoEndpoint: the Service port has no usable endpoint (none at all, or
+// none on this node with externalTrafficPolicy: Local).
+var errNoEndpoint = errors.New("no usable endpoint")
+
+// healthServer is one health check node port on one address.
+type healthServer struct {
+	srv  *http.Server
+	hc   atomic.Pointer[resolver.HealthCheck]
+	done chan struct{}
+}
+
+func (h *healthServer) set(hc resolver.HealthCheck) { h.hc.Store(&hc) }
+
+func (h *healthServer) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	h.srv.Shutdown(ctx)
+	<-h.done
+}
