@@ -102,7 +102,7 @@ controlplane:
 # Sequential on purpose: the timing checks (refused within 100 ms) should not
 # compete with 10 MiB transfers. Without root the tests skip, unless CI is set.
 e2e: controlplane
-	$(GO) test ./test/e2e -count=1 -v -timeout 15m
+	$(GO) test ./test/e2e -count=1 -v -timeout 30m
 
 test: deps controlplane vet fmt unit e2e
 

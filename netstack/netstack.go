@@ -348,11 +348,12 @@ func (s *Stack) Close() {
 
 // linkRoom is how many packets Close lets wait in the link's queue before
 // it waits for them to leave: the RSTs of many flows would not fit at once
-// (tunnel's queue holds 1024).
+// (tunnel's queue holds 1024; gVisor's channel endpoint drops what does not
+// fit).
 const linkRoom = 256
 
-// drainWait bounds each wait of drainLink: the link's reader (the TUN pump)
-// normally empties its queue in microseconds, and may be gone.
+// drainWait bounds each wait of drainLink: the link's reader normally
+// empties its queue in microseconds, and may be gone.
 const drainWait = 2 * time.Second
 
 // drainLink waits, within drainWait, until the link holds at most n queued

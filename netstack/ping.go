@@ -36,7 +36,7 @@ type pingFilter struct {
 	services Answerer
 	ipID     atomic.Uint32 // identification of the IPv4 replies and IPv6 fragments it makes
 	replies  atomic.Uint64 // echo requests answered
-	drops    atomic.Uint64 // packets the link's queue had no room for
+	drops    atomic.Uint64 // packets the link did not pass on
 }
 
 var _ stack.NetworkDispatcher = (*pingFilter)(nil)
@@ -188,8 +188,9 @@ func (f *pingFilter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 }
 
 // countDrops counts the packets of a batch of sent that the link did not
-// take: its queue was full (gVisor's channel endpoint then reports fewer
-// written, without an error, and the packets are gone).
+// take: a link that reports fewer written without an error has dropped
+// the rest (gVisor's channel endpoint when its queue is full; tunnel's link
+// makes the sender wait instead, and drops nothing).
 func (f *pingFilter) countDrops(sent, written int, err tcpip.Error) {
 	if err == nil && written < sent {
 		f.drops.Add(uint64(sent - written))

@@ -23,7 +23,7 @@ type Stats struct {
 	UDPQueued   int64  // bytes of client datagrams queued for pods now, every session together
 
 	PingReplies uint64 // echo requests answered
-	LinkDrops   uint64 // packets the stack sent that the link's queue had no room for
+	LinkDrops   uint64 // packets the stack sent that the link dropped (no room in its queue)
 }
 
 // counters are the Stats a Stack counts on the packet path, lock-free.

@@ -1,7 +1,6 @@
 package tunnel
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,9 +12,13 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
+
+// queueLen is the number of packets gVisor may queue for the TUN's writer
+// before its senders wait: enough for the RSTs of many flows at once
+// (netstack's Close waits for them to leave).
+const queueLen = 1024
 
 // DefaultMTU is the TUN's default MTU. It is as large as a TUN allows rather
 // than Ethernet's 1500: every packet costs a trip through the pump and
@@ -25,24 +28,18 @@ import (
 // so nothing is fragmented.
 const DefaultMTU = 65520
 
-// queueLen is the number of packets gVisor may queue for the TUN before it
-// drops (and TCP retransmits).
-const queueLen = 1024
-
 // Device is kubetun's TUN device: the kernel side (link, routes) and the
 // pump that carries packets between it and a gVisor link endpoint.
 type Device struct {
 	tun   tun.Device
 	name  string
 	index int
-	link  *gsoLink
+	link  *link
 	log   *slog.Logger
 	udp   atomic.Pointer[func([]byte) bool] // SetUDPHandler's
 
-	ctx    context.Context // ends the outbound pump
-	cancel context.CancelFunc
-	start  sync.Once      // Start's
-	wg     sync.WaitGroup // the pump goroutines and the event drain
+	start sync.Once      // Start's
+	wg    sync.WaitGroup // the inbound pump and the event drain
 
 	mu      sync.Mutex // guards routes, persist and closed
 	routes  []netip.Prefix
@@ -86,9 +83,10 @@ func (d *Device) lost(err error) {
 }
 
 // Open creates the TUN device name with the given MTU and brings it up.
-// Packets flow between it and the link endpoint that Link returns once
-// Start is called; until then they wait in the device's queue, or are
-// dropped there when it is full. It adds no route: call SetRoutes.
+// Packets read from it reach the link endpoint that Link returns once Start
+// is called; until then they wait in the device's queue, or are dropped
+// there when it is full. What gVisor sends through the link is written to
+// the device at once. It adds no route: call SetRoutes.
 //
 // If a persistent TUN of that name is left from an earlier kubetun (see
 // Persist), Open attaches to it instead, with the same flags, and the
@@ -125,20 +123,25 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 		return nil, fmt.Errorf("bringing up %s: %w", d.name, err)
 	}
 	d.index = l.Attrs().Index
-	d.link = newLink(mtu)
+	w, err := newFileWriter(dev.File())
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("setting up TUN %s: no access to its file descriptor: %w", d.name, err)
+	}
+	d.link = newLink(mtu, w, queueLen)
 	if existing {
 		routes, _ := linkRoutes(l)
 		log.Info("attached to the existing TUN device; its routes stay until the service CIDRs are known",
 			"tun", d.name, "routes", fmt.Sprint(routes))
 	}
 
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.drainEvents()
+	go func() { defer d.wg.Done(); d.link.write() }()
 	return d, nil
 }
 
-// Start starts pumping packets between the device and the link endpoint.
+// Start starts pumping packets from the device into the link endpoint.
 // Call it once what is behind the link can answer: a SYN read before the
 // service table is loaded would be refused, while one left in the device
 // is retransmitted by the client. Later calls do nothing.
@@ -149,9 +152,8 @@ func (d *Device) Start() {
 		if d.closed {
 			return
 		}
-		d.wg.Add(2)
+		d.wg.Add(1)
 		go d.inbound()
-		go d.outbound(d.ctx)
 	})
 }
 
@@ -185,18 +187,6 @@ func tcpOffloadsOnly(f *os.File) error {
 		}
 	})
 	return errors.Join(err, ioErr)
-}
-
-// newLink returns the gVisor link endpoint the pump feeds. It advertises RX
-// checksum offload, which makes gVisor trust the checksums of every packet
-// injected: the pump checks them itself (checksumsValid) before GRO, whose
-// coalesced packets carry stale ones. It advertises host GSO too (gsoLink):
-// gVisor's TCP sends segments of up to 64 KiB the kernel splits.
-func newLink(mtu int) *gsoLink {
-	l := channel.New(queueLen, uint32(mtu), "")
-	l.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
-	l.SupportedGSOKind = stack.HostGSOSupported
-	return &gsoLink{l}
 }
 
 // Name returns the device's name.
@@ -254,9 +244,10 @@ func (d *Device) Close() error {
 	}
 	d.mu.Unlock()
 
-	d.cancel()           // ends outbound
-	d.link.Close()       // drops what gVisor still queued
-	err := d.tun.Close() // ends inbound and the event drain; the kernel deletes a device that is not persistent
+	d.link.close() // ends the link's writer; what gVisor sends from now on is dropped
+	// Ends inbound and the event drain; the kernel deletes a device that
+	// is not persistent.
+	err := d.tun.Close()
 	d.wg.Wait()
 	errs = append(errs, err)
 	return errors.Join(errs...)

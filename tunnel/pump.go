@@ -1,15 +1,12 @@
 package tunnel
 
 import (
-	"context"
 	"errors"
-	"os"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
@@ -53,7 +50,7 @@ func (d *Device) inbound() {
 	buf := make([]byte, virtioNetHdrLen+maxPacket)
 	var g gro.GRO
 	g.Init(true)
-	g.Dispatcher = injector{d.link.Endpoint}
+	g.Dispatcher = injector{d.link}
 	var readErr error
 	// readFrames reads and hands on the frames waiting, and reports
 	// whether it read any: false makes rc.Read wait until there are.
@@ -121,7 +118,7 @@ func (d *Device) receive(g *gro.GRO, frame []byte) {
 	case unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6:
 		g.Flush() // what GRO holds of the same flow goes first
 		if proto, ok := fixGSOLength(pkt, gsoType); ok {
-			inject(d.link.Endpoint, proto, pkt)
+			inject(d.link, proto, pkt)
 		}
 	default:
 		// Only TCP offloads are enabled on the TUN (Open).
@@ -188,7 +185,7 @@ func enqueue(g *gro.GRO, pkt []byte, trusted bool) {
 }
 
 // inject hands pkt, a copy of it, to gVisor without GRO.
-func inject(link *channel.Endpoint, proto tcpip.NetworkProtocolNumber, pkt []byte) {
+func inject(link *link, proto tcpip.NetworkProtocolNumber, pkt []byte) {
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pb.NetworkProtocolNumber = proto
 	pb.RXChecksumValidated = true
@@ -212,7 +209,7 @@ func networkProtocol(pkt []byte) (tcpip.NetworkProtocolNumber, bool) {
 
 // injector is GRO's dispatcher: it injects what GRO passes on into the
 // link endpoint, whose dispatcher is the stack's NIC.
-type injector struct{ link *channel.Endpoint }
+type injector struct{ link *link }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (i injector) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
@@ -221,89 +218,3 @@ func (i injector) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *s
 
 // DeliverLinkPacket implements stack.NetworkDispatcher. GRO never calls it.
 func (injector) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
-
-// outbound moves packets from gVisor to the TUN until ctx is done. It
-// writes in batches so wireguard's tun can coalesce TCP segments (GRO)
-// into fewer, larger writes. TCP segments with GSO options (gsoLink) are
-// written one by one with their own virtio-net header (writeGSO); plain
-// packets queued before one are written first, so the order gVisor queued
-// them in is kept.
-func (d *Device) outbound(ctx context.Context) {
-	defer d.wg.Done()
-	batch := d.tun.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, headroom+maxPacket)
-	}
-	out := make([][]byte, 0, batch)
-	frames, err := newFileWriter(d.tun.File())
-	if err != nil {
-		d.log.Error("TUN: no access to its file descriptor; nothing will be written", "tun", d.name, "err", err)
-		return
-	}
-	var hdr [virtioNetHdrLen]byte
-	for {
-		pkt := d.link.ReadContext(ctx)
-		if pkt == nil {
-			return // ctx done
-		}
-		out = out[:0]
-		for n := 0; pkt != nil; {
-			if isGSO(pkt) {
-				if !d.writePlain(out) {
-					pkt.DecRef()
-					return
-				}
-				out = out[:0]
-				err := writeGSO(frames, hdr[:], pkt)
-				pkt.DecRef()
-				if err != nil {
-					if closedErr(err) {
-						return
-					}
-					d.log.Debug("TUN write", "tun", d.name, "err", err)
-				}
-			} else {
-				out = append(out, serialize(bufs[n], pkt))
-				pkt.DecRef()
-			}
-			if n++; n == batch {
-				break
-			}
-			pkt = d.link.Read() // nil when nothing more is queued
-		}
-		if !d.writePlain(out) {
-			return
-		}
-	}
-}
-
-// writePlain writes out, packets after headroom, with wireguard's
-// tun.Write. It reports false once the TUN is closed.
-func (d *Device) writePlain(out [][]byte) bool {
-	if len(out) == 0 {
-		return true
-	}
-	if _, err := d.tun.Write(out, headroom); err != nil {
-		if closedErr(err) {
-			return false
-		}
-		d.log.Debug("TUN write", "tun", d.name, "err", err)
-	}
-	return true
-}
-
-// closedErr reports whether err from a TUN write means it is closed.
-func closedErr(err error) bool {
-	return errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD)
-}
-
-// serialize copies pkt into buf after the headroom and returns the slice
-// from the start of buf to the end of the packet.
-func serialize(buf []byte, pkt *stack.PacketBuffer) []byte {
-	n := headroom
-	for _, s := range pkt.AsSlices() {
-		n += copy(buf[n:], s)
-	}
-	return buf[:n]
-}

@@ -136,7 +136,8 @@ func TestChecksumsValid(t *testing.T) {
 // checks that they arrive coalesced and intact, and that a segment with a
 // wrong checksum is dropped before gVisor.
 func TestGROIntoStack(t *testing.T) {
-	link := newLink(DefaultMTU)
+	r := make(recorder, 16)
+	link := startLink(t, r)
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
@@ -159,7 +160,7 @@ func TestGROIntoStack(t *testing.T) {
 
 	var g gro.GRO
 	g.Init(true)
-	g.Dispatcher = injector{link.Endpoint}
+	g.Dispatcher = injector{link}
 	send := func(pkts ...[]byte) {
 		for _, p := range pkts {
 			enqueue(&g, p, false)
@@ -175,13 +176,11 @@ func TestGROIntoStack(t *testing.T) {
 	send(seg(iss, 0, header.TCPFlagSyn, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	synAck := link.ReadContext(ctx)
+	synAck := r.next(ctx)
 	if synAck == nil {
 		t.Fatal("no SYN-ACK")
 	}
-	v := synAck.ToView()
-	synAck.DecRef()
-	rh := header.TCP(header.IPv4(v.AsSlice()).Payload())
+	rh := header.TCP(header.IPv4(synAck[virtioNetHdrLen:]).Payload())
 	if rh.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
 		t.Fatalf("reply flags %v, want SYN-ACK", rh.Flags())
 	}
@@ -313,12 +312,11 @@ func TestFixGSOLength(t *testing.T) {
 // installed, after the checksum check; what the handler declines, and every
 // other packet, goes on to gVisor.
 func TestUDPHandler(t *testing.T) {
-	link := newLink(DefaultMTU)
-	defer link.Close()
+	link := startLink(t, make(recorder, 16))
 	d := &Device{link: link, log: slog.New(slog.DiscardHandler)}
 	var g gro.GRO
 	g.Init(true)
-	g.Dispatcher = injector{link.Endpoint}
+	g.Dispatcher = injector{link}
 	var offered [][]byte
 	take := true
 	d.SetUDPHandler(func(pkt []byte) bool {
