@@ -69,7 +69,14 @@ func MaxAffinityClients(n int) Option {
 //
 // prev, if not nil, is the snapshot being replaced: round-robin cursors and
 // session affinity carry over, so frequent rebuilds do not favour the first
-// endpoint or move clients.
+// endpoint or move clients. The first Build given prev also takes over
+// what prev's Build kept, and rebuilds only the Services whose objects
+// changed: a change costs what changed, not the whole table (issue 10).
+// Objects are told apart by pointer, as informer caches hand them out: a
+// caller must not modify an object it gave Build, but give a changed copy.
+// Keeping unchanged objects at their places in the lists (a changed one
+// where its predecessor was) lets Build find the changes without a lookup
+// per object.
 //
 // Build never fails: what it cannot use it skips and reports as a Problem,
 // each once.
@@ -81,234 +88,18 @@ func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev
 	for _, opt := range opts {
 		opt(&o)
 	}
-	services = oldestFirst(services)
-	slices = byName(slices)
-
-	var problems []Problem
-	bySvc := make(map[string][]*discoveryv1.EndpointSlice)
-	for _, es := range slices {
-		name := es.Labels[discoveryv1.LabelServiceName]
-		if name == "" {
-			problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-				"no " + discoveryv1.LabelServiceName + " label, so it belongs to no Service"})
-			continue
-		}
-		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
-			problems = append(problems, Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-				fmt.Sprintf("addressType %q is not served (only IPv4 and IPv6 are)", es.AddressType)})
-			continue
-		}
-		key := es.Namespace + "/" + name
-		bySvc[key] = append(bySvc[key], es)
+	var c *buildCache
+	if old := prev.take(); old != nil && old.fits(topo, o) {
+		c = old
+	} else {
+		c = newBuildCache(topo, o)
 	}
-
-	// Every ClusterIP, for the target policy: a Service whose endpoint is a
-	// ClusterIP (its own or another's) would send kubetun's dial back into
-	// kubetun, even before the service CIDRs are known.
-	owners := make(map[netip.Addr]string)
-	for _, svc := range services {
-		ips, _ := clusterIPs(svc)
-		for _, ip := range ips {
-			if _, taken := owners[ip]; !taken {
-				owners[ip] = svc.Namespace + "/" + svc.Name
-			}
-		}
-	}
-	// The external addresses each Service is served on: decided before any
-	// endpoint, since an endpoint on one of them would loop like one on a
-	// ClusterIP.
-	external := make(map[string][]netip.Addr)
-	externalOwners := make(map[netip.Addr]string)
-	for _, svc := range services {
-		id := svc.Namespace + "/" + svc.Name
-		if _, done := external[id]; done {
-			continue // defined twice: the older definition is the one used
-		}
-		if _, skip := clusterIPs(svc); skip != "" {
-			continue // headless or ExternalName: nothing to proxy
-		}
-		addrs, probs := externalAddrs(svc, o)
-		problems = append(problems, probs...)
-		external[id] = addrs
-		for _, a := range addrs {
-			if _, taken := externalOwners[a]; !taken {
-				externalOwners[a] = id
-			}
-		}
-	}
-	policy := targetPolicy{routed: o.routed, clusterIPs: owners, external: externalOwners}
-
-	snap := &Snapshot{
-		ports:      make(map[portKey]*ServicePort),
-		ips:        make(map[netip.Addr]bool),
-		names:      make(map[nameKey]*ServiceRecord),
-		byIP:       make(map[netip.Addr]*ServiceRecord),
-		byEndpoint: make(map[netip.Addr]endpointRef),
-		namespaces: make(map[string]struct{}),
-		pods:       podsByIP(slices),
-		nodePorts:  make(map[nodePortKey]*ServicePort),
-	}
-	owner := make(map[portKey]*corev1.Service)             // who serves each port, for conflicts
-	nodePortOwner := make(map[nodePortKey]*corev1.Service) // who serves each node port
-	conflicts := newConflicts()
-	for _, svc := range services {
-		id := svc.Namespace + "/" + svc.Name
-		if _, dup := snap.names[nameKey{svc.Namespace, svc.Name}]; dup {
-			problems = append(problems, Problem{"Service " + id, "defined twice; using the older definition"})
-			continue
-		}
-		ips, skip := clusterIPs(svc)
-		rec := serviceRecord(svc, ips, bySvc[id])
-		snap.names[nameKey{svc.Namespace, svc.Name}] = rec
-		snap.namespaces[svc.Namespace] = struct{}{}
-		for _, ip := range rec.ClusterIPs {
-			if _, taken := snap.byIP[ip]; !taken {
-				snap.byIP[ip] = rec // the oldest Service names its ClusterIP
-			}
-		}
-		for _, ep := range rec.Endpoints {
-			if _, taken := snap.byEndpoint[ep.Addr]; !taken {
-				snap.byEndpoint[ep.Addr] = endpointRef{rec, ep}
-			}
-		}
-		if skip != "" {
-			continue // headless or ExternalName: nothing to proxy
-		}
-		if len(ips) == 0 {
-			problems = append(problems, Problem{"Service " + id, fmt.Sprintf("clusterIP %q is not an IP address", svc.Spec.ClusterIP)})
-			continue
-		}
-		if len(svc.Spec.Ports) == 0 {
-			problems = append(problems, Problem{"Service " + id, "has no ports; nothing to serve"})
-			continue
-		}
-		local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
-		externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
-		affinity := affinityTimeout(svc)
-		served := false
-		localReady := make(map[netip.Addr]bool) // for the health check node port
-		for _, a := range external[id] {
-			if !hasFamily(ips, a) {
-				problems = append(problems, Problem{"Service " + id,
-					fmt.Sprintf("external address %s: the Service has no ClusterIP of its family; not served", a)})
-			}
-		}
-		for _, p := range svc.Spec.Ports {
-			proto, ok := protocolOf(p.Protocol)
-			if !ok {
-				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: protocol %q is not supported", p.Port, p.Protocol)})
-				continue
-			}
-			if proto == SCTP {
-				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d: SCTP is not supported (gVisor has no SCTP)", p.Port)})
-				continue
-			}
-			if p.Port <= 0 || p.Port > 65535 {
-				problems = append(problems, Problem{"Service " + id, fmt.Sprintf("port %d is not a port number (1-65535); ignored", p.Port)})
-				continue
-			}
-			for _, ip := range ips {
-				key := portKey{proto, netip.AddrPortFrom(ip, uint16(p.Port))}
-				if old, ok := owner[key]; ok {
-					conflicts.add(svc, old, fmt.Sprintf("%s %s", proto, key.addr))
-					continue
-				}
-				eps, probs := endpointsFor(id, bySvc[id], p, ip, policy)
-				problems = append(problems, probs...)
-				sp := &ServicePort{
-					Service:   id,
-					Name:      p.Name,
-					Protocol:  proto,
-					ClusterIP: ip,
-					Port:      uint16(p.Port),
-					Endpoints: eps,
-					usable:    Usable(eps, local, topo),
-				}
-				if affinity > 0 {
-					sp.affinityTimeout = affinity
-					sp.affinity = newAffinityTable(o.maxAffinity)
-				}
-				if old, ok := prev.Lookup(proto, key.addr); ok && old.Service == id {
-					sp.next.Store(old.next.Load())
-					if sp.affinity != nil && old.affinity != nil {
-						sp.affinity = old.affinity // clients stay where they were
-					}
-				}
-				owner[key] = svc
-				snap.ports[key] = sp
-				snap.ips[ip] = snap.ips[ip] || len(sp.usable) > 0
-				snap.endpoints += len(sp.usable)
-				served = true
-				for _, ep := range eps {
-					if ep.Ready && ep.NodeName != "" && ep.NodeName == topo.NodeName {
-						localReady[ep.Addr.Addr()] = true
-					}
-				}
-
-				// The same port reached from outside the cluster: on its
-				// external addresses of ip's family and on the node port,
-				// with externalTrafficPolicy's endpoints.
-				extUsable := Usable(eps, externalLocal, topo)
-				for _, a := range external[id] {
-					if a.Is4() != ip.Is4() {
-						continue
-					}
-					ekey := portKey{proto, netip.AddrPortFrom(a, uint16(p.Port))}
-					if old, ok := owner[ekey]; ok {
-						conflicts.add(svc, old, fmt.Sprintf("%s %s", proto, ekey.addr))
-						continue
-					}
-					esp := sp.external(a, extUsable)
-					if old, ok := prev.Lookup(proto, ekey.addr); ok && old.Service == id {
-						esp.next.Store(old.next.Load())
-					}
-					owner[ekey] = svc
-					snap.ports[ekey] = esp
-					snap.ips[a] = snap.ips[a] || len(esp.usable) > 0
-				}
-				if p.NodePort > 0 && p.NodePort <= 65535 {
-					nkey := nodePortKey{proto, ip.Is6(), uint16(p.NodePort)}
-					if old, ok := nodePortOwner[nkey]; ok {
-						conflicts.add(svc, old, fmt.Sprintf("%s nodePort %d", proto, p.NodePort))
-						continue
-					}
-					nsp := sp.external(ip, extUsable)
-					nsp.NodePort = uint16(p.NodePort)
-					if old, ok := prev.lookupNodePort(nkey); ok && old.Service == id {
-						nsp.next.Store(old.next.Load())
-					}
-					nodePortOwner[nkey] = svc
-					snap.nodePorts[nkey] = nsp
-				}
-			}
-		}
-		if served {
-			snap.services++
-			if externalLocal && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
-				snap.healthChecks = append(snap.healthChecks, HealthCheck{
-					Namespace:      svc.Namespace,
-					Name:           svc.Name,
-					Port:           uint16(svc.Spec.HealthCheckNodePort),
-					LocalEndpoints: len(localReady),
-				})
-			}
-		}
-	}
-	problems = append(problems, conflicts.problems()...)
-	problems = append(problems, snap.finishExternal()...)
-	return snap, once(problems)
-}
-
-// oldestFirst returns services sorted by creationTimestamp, then
-// namespace/name (then UID, so that even two definitions of one name have an
-// order). The caller's slice is not changed: it may be an informer's.
-func oldestFirst(services []*corev1.Service) []*corev1.Service {
-	return slices.SortedFunc(slices.Values(services), func(a, b *corev1.Service) int {
-		if c := a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time); c != 0 {
-			return c
-		}
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
-	})
+	c.refuseExternal = o.refuseExternal
+	c.update(services, slices, prev)
+	snap, problems := c.fold()
+	snap.cache = c
+	snap.pods.slices = append([]*discoveryv1.EndpointSlice(nil), slices...) // the caller may reuse its array
+	return snap, problems
 }
 
 // byName returns slices sorted by namespace/name (then UID), without

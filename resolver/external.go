@@ -1,7 +1,6 @@
 package resolver
 
 import (
-	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -149,46 +148,6 @@ func refuseAddr(a netip.Addr) string {
 	return ""
 }
 
-// finishExternal sorts what the listeners and routes read, and reports an
-// external address that is also a ClusterIP.
-func (s *Snapshot) finishExternal() []Problem {
-	var problems []Problem
-	seen := make(map[netip.Addr]bool)
-	for k, sp := range s.ports {
-		if !sp.External || seen[k.addr.Addr()] {
-			continue
-		}
-		seen[k.addr.Addr()] = true
-		s.externalIPs = append(s.externalIPs, k.addr.Addr())
-	}
-	slices.SortFunc(s.externalIPs, netip.Addr.Compare)
-	slices.SortFunc(s.healthChecks, func(a, b HealthCheck) int {
-		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
-	// Two Services with one health check node port: the apiserver never
-	// allocates that; keep the first by port, then name.
-	s.healthChecks = slices.CompactFunc(s.healthChecks, func(a, b HealthCheck) bool {
-		if a.Port == b.Port {
-			problems = append(problems, Problem{"Service " + b.Namespace + "/" + b.Name,
-				fmt.Sprintf("healthCheckNodePort %d already served for Service %s/%s; ignored", b.Port, a.Namespace, a.Name)})
-			return true
-		}
-		return false
-	})
-	seenNP := make(map[NodePort]bool)
-	for k, sp := range s.nodePorts {
-		np := NodePort{Protocol: k.proto, Port: k.port, Service: sp.Service}
-		if !seenNP[np] {
-			seenNP[np] = true
-			s.nodePortList = append(s.nodePortList, np)
-		}
-	}
-	slices.SortFunc(s.nodePortList, func(a, b NodePort) int {
-		return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port), cmp.Compare(a.Service, b.Service))
-	})
-	return problems
-}
-
 // LookupNodePort returns the Service port behind node port port, reached on
 // the node address local: local's family chooses the endpoints.
 func (s *Snapshot) LookupNodePort(proto Protocol, local netip.Addr, port uint16) (*ServicePort, bool) {
@@ -199,8 +158,7 @@ func (s *Snapshot) lookupNodePort(k nodePortKey) (*ServicePort, bool) {
 	if s == nil {
 		return nil, false
 	}
-	sp, ok := s.nodePorts[k]
-	return sp, ok
+	return s.nodePorts.get(nodePortShard(k), k)
 }
 
 // NodePorts returns every node port to listen on, sorted by protocol and

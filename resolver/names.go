@@ -4,6 +4,7 @@ import (
 	"iter"
 	"net/netip"
 	"slices"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -61,8 +62,9 @@ func (s *Snapshot) Service(namespace, name string) (*ServiceRecord, bool) {
 	if s == nil {
 		return nil, false
 	}
-	r, ok := s.names[nameKey{namespace, name}]
-	return r, ok
+	k := nameKey{namespace, name}
+	n, ok := s.names.get(nameShard(k), k)
+	return n.rec, ok
 }
 
 // ServiceByIP returns the Service whose ClusterIP is ip (for PTR records);
@@ -71,8 +73,7 @@ func (s *Snapshot) ServiceByIP(ip netip.Addr) (*ServiceRecord, bool) {
 	if s == nil {
 		return nil, false
 	}
-	r, ok := s.byIP[ip]
-	return r, ok
+	return s.byIP.get(addrShard(ip), ip)
 }
 
 // EndpointByIP returns a Service that has ip as an endpoint, and that
@@ -83,7 +84,7 @@ func (s *Snapshot) EndpointByIP(ip netip.Addr) (*ServiceRecord, EndpointRecord, 
 	if s == nil {
 		return nil, EndpointRecord{}, false
 	}
-	ref, ok := s.byEndpoint[ip]
+	ref, ok := s.endpointIndex()[ip]
 	return ref.rec, ref.ep, ok
 }
 
@@ -95,8 +96,25 @@ func (s *Snapshot) PodByIP(ip netip.Addr) (namespace, name string, ok bool) {
 	if s == nil {
 		return "", "", false
 	}
-	ref, ok := s.pods[ip.Unmap()]
+	ref, ok := s.pods.index()[ip.Unmap()]
 	return ref.Namespace, ref.Name, ok
+}
+
+// podIndex is podsByIP of a snapshot's slices, made on first use: only
+// dials to pods without a route need it, and a change of one slice must
+// not cost a pass over every endpoint.
+type podIndex struct {
+	once   sync.Once
+	slices []*discoveryv1.EndpointSlice // as Build was given them
+	m      map[netip.Addr]PodRef
+}
+
+func (p *podIndex) index() map[netip.Addr]PodRef {
+	p.once.Do(func() {
+		p.m = podsByIP(byName(p.slices))
+		p.slices = nil
+	})
+	return p.m
 }
 
 // podsByIP maps every endpoint address of slices to its Pod.
@@ -149,8 +167,8 @@ func (s *Snapshot) ServiceRecords() iter.Seq[*ServiceRecord] {
 		if s == nil {
 			return
 		}
-		for _, r := range s.names {
-			if !yield(r) {
+		for _, n := range s.names.all() {
+			if !yield(n.rec) {
 				return
 			}
 		}

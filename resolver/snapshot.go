@@ -164,27 +164,42 @@ type portKey struct {
 
 // Snapshot is the immutable service table at one point in time.
 type Snapshot struct {
-	ports map[portKey]*ServicePort
+	// The maps are split in shards that later snapshots share until a
+	// change touches them (see shardMap).
+	ports shardMap[portKey, *ServicePort]
 	// ips maps each ClusterIP to whether any of its ports has a usable
 	// endpoint.
-	ips       map[netip.Addr]bool
+	ips       shardMap[netip.Addr, bool]
 	services  int
 	endpoints int
 
 	// For DNS.
-	names      map[nameKey]*ServiceRecord
-	byIP       map[netip.Addr]*ServiceRecord
-	byEndpoint map[netip.Addr]endpointRef // headless Services' endpoints
+	names      shardMap[nameKey, nameEntry]
+	byIP       shardMap[netip.Addr, *ServiceRecord]
+	byEndpoint endpointIndex
 	namespaces map[string]struct{}
 
 	// For reaching pods without routes to them (PodByIP).
-	pods map[netip.Addr]PodRef
+	pods podIndex
 
 	// Reached from outside the cluster.
-	nodePorts    map[nodePortKey]*ServicePort
+	nodePorts    shardMap[nodePortKey, *ServicePort]
 	nodePortList []NodePort
 	externalIPs  []netip.Addr
 	healthChecks []HealthCheck
+
+	// cache lets the next Build reuse what did not change; the first Build
+	// given this snapshot as prev takes it over.
+	cache *buildCache
+	taken atomic.Bool
+}
+
+// take hands s's build cache to the one Build replacing s, or returns nil.
+func (s *Snapshot) take() *buildCache {
+	if s == nil || s.cache == nil || !s.taken.CompareAndSwap(false, true) {
+		return nil
+	}
+	return s.cache
 }
 
 // Lookup returns the Service port owning proto/addr, if any.
@@ -192,8 +207,8 @@ func (s *Snapshot) Lookup(proto Protocol, addr netip.AddrPort) (*ServicePort, bo
 	if s == nil {
 		return nil, false
 	}
-	sp, ok := s.ports[portKey{proto, addr}]
-	return sp, ok
+	k := portKey{proto, addr}
+	return s.ports.get(portShard(k), k)
 }
 
 // HasIP reports whether any Service port uses ip as its ClusterIP.
@@ -201,7 +216,7 @@ func (s *Snapshot) HasIP(ip netip.Addr) bool {
 	if s == nil {
 		return false
 	}
-	_, ok := s.ips[ip]
+	_, ok := s.ips.get(addrShard(ip), ip)
 	return ok
 }
 
@@ -211,7 +226,8 @@ func (s *Snapshot) Answers(ip netip.Addr) bool {
 	if s == nil {
 		return false
 	}
-	return s.ips[ip]
+	usable, _ := s.ips.get(addrShard(ip), ip)
+	return usable
 }
 
 // Ports returns every Service port in the snapshot, in no particular order.
@@ -219,8 +235,8 @@ func (s *Snapshot) Ports() []*ServicePort {
 	if s == nil {
 		return nil
 	}
-	out := make([]*ServicePort, 0, len(s.ports))
-	for _, sp := range s.ports {
+	out := make([]*ServicePort, 0, s.ports.len)
+	for _, sp := range s.ports.all() {
 		out = append(out, sp)
 	}
 	return out
@@ -251,7 +267,7 @@ func (s *Snapshot) AffinityEntries() int {
 		return 0
 	}
 	n := 0
-	for _, sp := range s.ports {
+	for _, sp := range s.ports.all() {
 		if sp.affinity != nil {
 			n += sp.affinity.len()
 		}

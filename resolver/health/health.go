@@ -28,8 +28,9 @@ type Tracker struct {
 	mu          sync.Mutex // guards the fields below
 	ready       bool       // the first full state has been applied
 	lastUpdated time.Time
-	queued      time.Time            // when the oldest unapplied change arrived; zero if none
-	triggers    map[string]time.Time // EndpointSlice "ns/name" -> last-change-trigger-time observed
+	queued      time.Time                    // when the oldest unapplied change arrived; zero if none
+	triggers    map[string]time.Time         // EndpointSlice "ns/name" -> last-change-trigger-time observed
+	last        []*discoveryv1.EndpointSlice // as the last Synced was given them
 
 	registry      *prometheus.Registry
 	syncDuration  prometheus.Histogram
@@ -104,31 +105,68 @@ func (t *Tracker) Synced(start time.Time, services, endpoints int, slices []*dis
 	t.ready = true
 	t.lastUpdated = now
 	t.queued = time.Time{}
-	seen := make(map[string]bool, len(slices))
-	for _, es := range slices {
-		key := es.Namespace + "/" + es.Name
-		seen[key] = true
-		v, ok := es.Annotations[corev1.EndpointsLastChangeTriggerTime]
-		if !ok {
-			continue
+	if changed, ok := samePlaces(t.last, slices); ok {
+		// Only the slices that changed can carry a new trigger time: a
+		// pass over every slice, parsing each one's, cost more than the
+		// rebuild of the table it follows (issue 10).
+		for _, i := range changed {
+			t.observe(slices[i], now)
 		}
-		trigger, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil || trigger.Equal(t.triggers[key]) {
-			continue
+	} else {
+		seen := make(map[string]bool, len(slices))
+		for _, es := range slices {
+			seen[es.Namespace+"/"+es.Name] = true
+			t.observe(es, now)
 		}
-		t.triggers[key] = trigger
-		if trigger.Before(t.started) {
-			// Like kube-proxy: a change made before kubetun started is
-			// not a programming latency, just the initial listing.
-			continue
-		}
-		t.programming.Observe(now.Sub(trigger).Seconds())
-	}
-	for key := range t.triggers {
-		if !seen[key] {
-			delete(t.triggers, key)
+		for key := range t.triggers {
+			if !seen[key] {
+				delete(t.triggers, key)
+			}
 		}
 	}
+	t.last = append(t.last[:0], slices...)
+}
+
+// observe records the last-change-trigger-time of es and how long ago it
+// was, once per trigger time.
+func (t *Tracker) observe(es *discoveryv1.EndpointSlice, now time.Time) {
+	key := es.Namespace + "/" + es.Name
+	v, ok := es.Annotations[corev1.EndpointsLastChangeTriggerTime]
+	if !ok {
+		return
+	}
+	trigger, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil || trigger.Equal(t.triggers[key]) {
+		return
+	}
+	t.triggers[key] = trigger
+	if trigger.Before(t.started) {
+		// Like kube-proxy: a change made before kubetun started is
+		// not a programming latency, just the initial listing.
+		return
+	}
+	t.programming.Observe(now.Sub(trigger).Seconds())
+}
+
+// samePlaces returns the positions where cur holds another object than
+// last, if the two lists differ only in a few objects, each replaced by
+// one of the same namespace and name (the informer lists keep changed
+// objects in place); otherwise false, and the caller looks at all.
+func samePlaces(last, cur []*discoveryv1.EndpointSlice) ([]int, bool) {
+	if last == nil || len(last) != len(cur) {
+		return nil, false
+	}
+	var changed []int
+	for i := range cur {
+		if last[i] == cur[i] {
+			continue
+		}
+		if len(changed) > 64+len(cur)/16 || last[i].Namespace != cur[i].Namespace || last[i].Name != cur[i].Name {
+			return nil, false
+		}
+		changed = append(changed, i)
+	}
+	return changed, true
 }
 
 // status is /healthz's body, the same fields kube-proxy serves.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -75,8 +77,10 @@ type Source struct {
 	services  cache.SharedIndexInformer
 	slices    cache.SharedIndexInformer
 	cidrs     cache.SharedIndexInformer // nil unless opts.ServiceCIDRs
-	changed   chan struct{}             // a change is pending; capacity 1
-	cidrsDiff chan struct{}             // a ServiceCIDR change is pending; capacity 1
+	svcList   *stableList[*corev1.Service]
+	sliceList *stableList[*discoveryv1.EndpointSlice]
+	changed   chan struct{} // a change is pending; capacity 1
+	cidrsDiff chan struct{} // a ServiceCIDR change is pending; capacity 1
 
 	reach *Reachability
 
@@ -113,6 +117,13 @@ func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 	if s.reach == nil {
 		s.reach = NewReachability(log)
 	}
+	s.svcList = newStableList[*corev1.Service](s.services.GetStore())
+	s.sliceList = newStableList[*discoveryv1.EndpointSlice](s.slices.GetStore())
+	// Managed fields are often the largest part of an object and kubetun
+	// reads none of them (kube-proxy drops them too).
+	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices} {
+		_ = inf.SetTransform(stripManagedFields) // fails only once started
+	}
 	if opts.ServiceCIDRs {
 		// ServiceCIDRs carry none of those labels, but the factory's
 		// selector would still apply: give them an informer of their own.
@@ -139,7 +150,16 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 			// it (a health tracker would wait for a sync that never comes).
 			ch, onChange = s.cidrsDiff, nil
 		}
-		if _, err := inf.AddEventHandler(notifier(ch, onChange)); err != nil {
+		var h cache.ResourceEventHandlerFuncs
+		switch inf {
+		case s.services:
+			h = listNotifier(ch, onChange, s.svcList.changed, sameService)
+		case s.slices:
+			h = listNotifier(ch, onChange, s.sliceList.changed, sameSlice)
+		default:
+			h = notifier(ch, onChange)
+		}
+		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("adding event handler: %w", err)
 		}
 		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
@@ -171,6 +191,8 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	// would be applied again at once.
 	drain(s.changed)
 	drain(s.cidrsDiff)
+	s.svcList.reset()
+	s.sliceList.reset()
 	apply(s.state())
 	if s.cidrs != nil {
 		applyCIDRs(s.serviceCIDRs())
@@ -191,7 +213,19 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 // An update that does not change the object's resourceVersion (a resync, a
 // relist) is not a change.
 func notifier(ch chan struct{}, onChange func()) cache.ResourceEventHandlerFuncs {
-	poke := func() {
+	return listNotifier(ch, onChange, nil, nil)
+}
+
+// listNotifier is notifier that also records each changed object in a
+// stableList (record), and takes an update that same says changes nothing
+// kubetun reads for no change (CoreDNS's endpointsEquivalent idea: a
+// slice's annotation or a Service's managed fields changing must not
+// rebuild the table).
+func listNotifier(ch chan struct{}, onChange func(), record func(any), same func(a, b any) bool) cache.ResourceEventHandlerFuncs {
+	poke := func(obj any) {
+		if record != nil {
+			record(obj)
+		}
 		if onChange != nil {
 			onChange()
 		}
@@ -201,16 +235,19 @@ func notifier(ch chan struct{}, onChange func()) cache.ResourceEventHandlerFuncs
 		}
 	}
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { poke() },
+		AddFunc: poke,
 		UpdateFunc: func(oldObj, newObj any) {
 			o, ok1 := oldObj.(metav1.Object)
 			n, ok2 := newObj.(metav1.Object)
 			if ok1 && ok2 && o.GetResourceVersion() == n.GetResourceVersion() {
 				return
 			}
-			poke()
+			if same != nil && same(oldObj, newObj) {
+				return
+			}
+			poke(newObj)
 		},
-		DeleteFunc: func(any) { poke() },
+		DeleteFunc: poke,
 	}
 }
 
@@ -222,20 +259,42 @@ func drain(ch chan struct{}) {
 	}
 }
 
-// state copies the caches' object pointers into a State.
+// state copies the caches' object pointers into a State, each list in
+// the order of the last one with changed objects in place (see
+// stableList).
 func (s *Source) state() State {
-	var st State
-	for _, o := range s.services.GetStore().List() {
-		if svc, ok := o.(*corev1.Service); ok {
-			st.Services = append(st.Services, svc)
-		}
+	return State{Services: s.svcList.list(), Slices: s.sliceList.list()}
+}
+
+// sameService reports whether an update of a Service changes nothing
+// kubetun reads: its spec, status, labels and identity.
+func sameService(a, b any) bool {
+	o, ok1 := a.(*corev1.Service)
+	n, ok2 := b.(*corev1.Service)
+	return ok1 && ok2 && sameIdentity(&o.ObjectMeta, &n.ObjectMeta) &&
+		equality.Semantic.DeepEqual(o.Spec, n.Spec) && equality.Semantic.DeepEqual(o.Status, n.Status)
+}
+
+// sameSlice reports whether an update of an EndpointSlice changes nothing
+// kubetun reads: its address type, ports, endpoints, labels and identity.
+func sameSlice(a, b any) bool {
+	o, ok1 := a.(*discoveryv1.EndpointSlice)
+	n, ok2 := b.(*discoveryv1.EndpointSlice)
+	return ok1 && ok2 && sameIdentity(&o.ObjectMeta, &n.ObjectMeta) && o.AddressType == n.AddressType &&
+		equality.Semantic.DeepEqual(o.Ports, n.Ports) && equality.Semantic.DeepEqual(o.Endpoints, n.Endpoints)
+}
+
+func sameIdentity(o, n *metav1.ObjectMeta) bool {
+	return o.Namespace == n.Namespace && o.Name == n.Name && o.UID == n.UID &&
+		o.CreationTimestamp.Equal(&n.CreationTimestamp) && maps.Equal(o.Labels, n.Labels)
+}
+
+// stripManagedFields is the informers' transform.
+func stripManagedFields(obj any) (any, error) {
+	if o, ok := obj.(metav1.Object); ok {
+		o.SetManagedFields(nil)
 	}
-	for _, o := range s.slices.GetStore().List() {
-		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-			st.Slices = append(st.Slices, es)
-		}
-	}
-	return st
+	return obj, nil
 }
 
 // serviceCIDRs returns every range of every ServiceCIDR, sorted, without
