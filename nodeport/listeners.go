@@ -65,7 +65,7 @@ type Listeners struct {
 	// stopped: StopAccepting closed the TCP and health check sockets;
 	// Reconcile opens and closes nothing any more.
 	stopped bool
-	conns  map[*net.TCPConn]struct{} // TCP legs being spliced, to close them on Close
+	conns   map[*net.TCPConn]struct{} // TCP legs being spliced, to close them on Close
 }
 
 // socket is one open socket: Close stops it (but not the connections it
