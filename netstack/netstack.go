@@ -200,6 +200,8 @@ type Stack struct {
 
 	pending sync.Map // stack.TransportEndpointID -> context.CancelFunc of its dial
 
+	refuseNew atomic.Bool // StopAccepting was called: new SYNs are reset
+
 	udp udpTimers // UDP session timings: the package's constants, shortened by tests
 
 	link  *pingFilter // between gVisor and cfg.Link

@@ -28,6 +28,11 @@ import (
 // its own for each new SYN: look up, pick, dial, then complete the handshake
 // or reset. r.Complete is called exactly once on every path.
 func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
+	if s.refuseNew.Load() {
+		s.count.tcpRefused.Add(1)
+		r.Complete(true)
+		return
+	}
 	if !s.track() {
 		r.Complete(true)
 		return

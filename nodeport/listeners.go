@@ -55,10 +55,17 @@ type Listeners struct {
 	// udpSessions counts UDP sessions over all node ports, to bound them.
 	udpSessions atomic.Int64
 
+	// tcpActive counts the TCP node port connections accepted and not yet
+	// ended, being dialled or spliced, for Drain.
+	tcpActive atomic.Int64
+
 	mu     sync.Mutex // guards the fields below; never taken by a connection
 	open   map[listenKey]socket
 	closed bool
-	conns  map[*net.TCPConn]struct{} // TCP legs being spliced, to close them on Close
+	// stopped: StopAccepting closed the TCP and health check sockets;
+	// Reconcile opens and closes nothing any more.
+	stopped bool
+	conns   map[*net.TCPConn]struct{} // TCP legs being spliced, to close them on Close
 }
 
 // socket is one open socket: Close stops it (but not the connections it
@@ -130,7 +137,7 @@ func (l *Listeners) Reconcile(snap *resolver.Snapshot, addrs []netip.Addr) []res
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if l.closed || l.stopped {
 		return nil
 	}
 	for k, s := range l.open {
@@ -207,6 +214,45 @@ func (l *Listeners) Open() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// StopAccepting closes the TCP node port and health check node port
+// sockets: new connections are refused (the kernel resets them), and a load
+// balancer's health check fails, so it sends new clients elsewhere. The
+// connections accepted already go on, and so do the UDP node ports, whose
+// one socket carries every session's replies. Reconcile changes nothing
+// from now on. It is the first step of a graceful shutdown; Close ends what
+// is left.
+func (l *Listeners) StopAccepting() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
+	for k, s := range l.open {
+		if k.proto == resolver.TCP {
+			s.Close()
+			delete(l.open, k)
+		}
+	}
+}
+
+// drainPoll is how often Drain counts the connections left.
+const drainPoll = 20 * time.Millisecond
+
+// Drain stops accepting (StopAccepting) and waits until every TCP node port
+// connection accepted has ended, or ctx is done. It reports whether they
+// all ended.
+func (l *Listeners) Drain(ctx context.Context) bool {
+	l.StopAccepting()
+	t := time.NewTicker(drainPoll)
+	defer t.Stop()
+	for l.tcpActive.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return true
 }
 
 // Close closes every socket and connection and waits for every goroutine

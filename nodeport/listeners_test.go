@@ -2,6 +2,7 @@ package nodeport
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -398,5 +399,54 @@ func TestParseAddresses(t *testing.T) {
 	lo, _ := ParseAddresses([]string{"127.0.0.0/8"})
 	if got, err := lo.Resolve(nil); err != nil || len(got) != 0 {
 		t.Errorf("Resolve(127.0.0.0/8) = %v, %v; want nothing", got, err)
+	}
+}
+
+// TestDrain: Drain closes the TCP node port and its health check at once,
+// while a connection accepted before goes on to its answer; Drain returns
+// false at its deadline while it is open, true once it ended.
+func TestDrain(t *testing.T) {
+	f := newFixture(t, corev1.ServiceExternalTrafficPolicyLocal)
+	f.apply(t)
+	c, err := net.Dial("tcp", netip.AddrPortFrom(loopback, f.tcpPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "abc")
+	// Wait until the connection is accepted and counted.
+	for deadline := time.Now().Add(5 * time.Second); f.l.tcpActive.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection was not accepted")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if f.l.Drain(ctx) {
+		t.Fatal("Drain = true with a connection open")
+	}
+	if _, err := get(t, f.tcpPort, "x"); err == nil {
+		t.Error("the node port accepted a connection during the drain")
+	}
+	if open := f.l.Open(); len(open) != 1 || !strings.Contains(open[0], "UDP") {
+		t.Errorf("Open() during the drain = %v, want the UDP node port only", open)
+	}
+	if got := udpAsk(t, f.udpPort); got != "pod1" {
+		t.Errorf("UDP node port during the drain answered %q, want pod1", got)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "pod1 3" {
+		t.Fatalf("answer on the drained connection = %q, %v; want \"pod1 3\"", line, err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if !f.l.Drain(ctx2) {
+		t.Fatal("Drain = false after the last connection ended")
+	}
+	f.apply(t)
+	if open := f.l.Open(); len(open) != 1 {
+		t.Errorf("Reconcile during the drain changed the sockets: %v", open)
 	}
 }

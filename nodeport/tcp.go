@@ -40,8 +40,10 @@ func (t *tcpListener) serve() {
 			continue
 		}
 		t.l.wg.Add(1)
+		t.l.tcpActive.Add(1)
 		go func() {
 			defer t.l.wg.Done()
+			defer t.l.tcpActive.Add(-1)
 			t.forward(c)
 		}()
 	}

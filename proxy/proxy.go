@@ -41,6 +41,10 @@ const healthTimeout = 2 * 30 * time.Second
 type Config struct {
 	// Mode is the subcommand serving, "run" or "connect", as status shows it.
 	Mode string
+	// DrainTimeout is how long a graceful shutdown (ctx of Run done) lets
+	// the open TCP connections finish, new ones refused meanwhile, before
+	// what is left is reset; 0 resets them at once.
+	DrainTimeout time.Duration
 	// ServiceCIDRs are routed into the TUN once the source's first whole
 	// state is applied. Empty: the ranges the source reports are followed
 	// (Receiver.ApplyCIDRs).
@@ -193,6 +197,13 @@ type Listener interface {
 	ListenTCP(addr netip.AddrPort) (net.Listener, error)
 }
 
+// Drainer is implemented by a Dataplane that can stop accepting new
+// connections and wait for the open ones to end (netstack.Stack.Drain): it
+// reports whether they all ended before ctx was done.
+type Drainer interface {
+	Drain(ctx context.Context) bool
+}
+
 // FlowCounter is implemented by a Dataplane that counts the flows being
 // forwarded now per Service ("namespace/name"); status shows them. netstack
 // counts flows only in total today, so its Dataplane does not implement it.
@@ -286,12 +297,50 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
+	p.drain()
 	if p.cfg.Persist {
 		p.log.Info("shutting down: closing connections; the TUN device and its routes stay (--persist) for the next kubetun", "tun", p.cfg.TUN)
 	} else {
 		p.log.Info("shutting down: closing connections, removing routes and the TUN device")
 	}
 	return nil
+}
+
+// drain is the graceful part of a shutdown: new TCP connections, to
+// ClusterIPs and node ports alike, are refused (the stack resets their SYN,
+// the node port sockets close), while the open ones go on for up to
+// Config.DrainTimeout; Close then resets what is left. UDP is served until
+// Close. The source has stopped: the service table stays as it last was.
+func (p *Proxy) drain() {
+	if p.cfg.DrainTimeout <= 0 || p.dp == nil {
+		return
+	}
+	d, ok := p.dp.(Drainer)
+	if !ok && p.nodePorts == nil {
+		return
+	}
+	start := time.Now()
+	p.log.Info("draining: refusing new connections, waiting for the open ones to finish",
+		"timeout", p.cfg.DrainTimeout, "open", p.dp.Stats().TCPActive)
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var dpDone, npDone atomic.Bool
+	dpDone.Store(true)
+	npDone.Store(true)
+	if ok {
+		wg.Go(func() { dpDone.Store(d.Drain(ctx)) })
+	}
+	if p.nodePorts != nil {
+		wg.Go(func() { npDone.Store(p.nodePorts.Drain(ctx)) })
+	}
+	wg.Wait()
+	if dpDone.Load() && npDone.Load() {
+		p.log.Info("drained: every connection finished", "took", time.Since(start).Round(time.Millisecond))
+		return
+	}
+	p.log.Warn("drain timeout: resetting the connections still open",
+		"timeout", p.cfg.DrainTimeout, "open", p.dp.Stats().TCPActive)
 }
 
 // start opens the health and metrics servers, the TUN and the stack. The

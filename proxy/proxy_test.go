@@ -76,10 +76,28 @@ type fakeDataplane struct {
 	startedWith int
 	starts      int
 
+	// flowsLeft: Drain waits for its context's end and reports false, as
+	// with connections that never finish.
+	flowsLeft bool
+
 	mu     sync.Mutex // guards the fields below
 	routes [][]netip.Prefix
 	closed bool
 	stale  int
+	drains int  // calls of Drain
+	late   bool // Drain was called after Close
+}
+
+func (d *fakeDataplane) Drain(ctx context.Context) bool {
+	d.mu.Lock()
+	d.drains++
+	d.late = d.late || d.closed
+	d.mu.Unlock()
+	if d.flowsLeft {
+		<-ctx.Done()
+		return false
+	}
+	return true
 }
 
 func (d *fakeDataplane) SetRoutes(cidrs []netip.Prefix) error {
@@ -733,5 +751,39 @@ func TestHealthzFailsWhenTUNGone(t *testing.T) {
 		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "TUN device gone") {
 			t.Errorf("GET %s after the TUN went = %d %q, want 503 naming the TUN", path, rec.Code, rec.Body.String())
 		}
+	}
+}
+
+// TestDrain: the end of Run's context drains the data plane for
+// DrainTimeout before it is closed; at the deadline what is left is
+// reset, and the log says so.
+func TestDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		timeout   time.Duration
+		flowsLeft bool
+		drains    int
+		logged    string
+	}{
+		{"finished", time.Minute, false, 1, "drained: every connection finished"},
+		{"timeout", 50 * time.Millisecond, true, 1, "drain timeout: resetting the connections still open"},
+		{"off", 0, true, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBed(t, Config{ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.3.240.0/20")}, DrainTimeout: tc.timeout,
+				External: &ExternalConfig{}})
+			b.dp.flowsLeft = tc.flowsLeft
+			b.run(t)
+			b.shutdown(t)
+			b.dp.mu.Lock()
+			drains, late := b.dp.drains, b.dp.late
+			b.dp.mu.Unlock()
+			if drains != tc.drains || late {
+				t.Errorf("Drain called %d times (after Close: %v), want %d, before Close", drains, late, tc.drains)
+			}
+			if tc.logged != "" && !strings.Contains(b.logged(), tc.logged) {
+				t.Errorf("log lacks %q", tc.logged)
+			}
+		})
 	}
 }

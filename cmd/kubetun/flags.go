@@ -27,9 +27,10 @@ type runConfig struct {
 	tun          string
 	mtu          int
 	dialTimeout  time.Duration
-	healthAddr   string // "" disables
-	metricsAddr  string // "" disables
-	profiling    bool   // /debug/pprof/ on metricsAddr
+	drainTimeout time.Duration // how long SIGTERM lets open connections finish
+	healthAddr   string        // "" disables
+	metricsAddr  string        // "" disables
+	profiling    bool          // /debug/pprof/ on metricsAddr
 	logLevel     slog.Level
 	persist      bool // the TUN and its routes outlive the process
 
@@ -52,6 +53,10 @@ const (
 	defaultMetricsAddr = "127.0.0.1:10249"
 )
 
+// defaultDrainTimeout fits well inside Kubernetes' default
+// terminationGracePeriodSeconds (30 s), after which the kubelet kills.
+const defaultDrainTimeout = 10 * time.Second
+
 // runFlags defines the flags of `kubetun run` on fs. After fs is parsed,
 // the returned func checks them and builds the runConfig. Every flag of
 // run is defined here, and lands in runConfig.
@@ -72,6 +77,7 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	fs.BoolVar(&cfg.persist, "persist", false, "keep the TUN device and its routes when kubetun exits or crashes, so service traffic waits for the next kubetun instead of leaving by another route; a restart re-attaches to them. 'kubetun cleanup' removes them")
 	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
+	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM or SIGINT, how long open TCP connections may finish, new ones refused, before the rest are reset and kubetun exits; 0 resets them at once")
 	fs.StringVar(&level, "log-level", level, "log `LEVEL`: debug, info, warn or error")
 	dnsIP := fs.String("dns-ip", "", "`IP` kubetun's cluster DNS answers on (UDP and TCP 53); default: the 10th address of the first service CIDR, as kube-dns (10.3.240.10 for 10.3.240.0/20); \"off\" disables DNS")
 	fs.StringVar(&cfg.clusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS `DOMAIN`")
@@ -113,6 +119,9 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 		}
 		if cfg.maxAffinityClients < 1 {
 			return cfg, usageError{fmt.Errorf("--max-affinity-clients %d: want 1 or more", cfg.maxAffinityClients)}
+		}
+		if cfg.drainTimeout < 0 {
+			return cfg, usageError{fmt.Errorf("--drain-timeout %v: want 0 or a positive duration such as 10s", cfg.drainTimeout)}
 		}
 		if cfg.dialTimeout <= 0 {
 			return cfg, usageError{fmt.Errorf("--dial-timeout %v: want a positive duration such as 3s", cfg.dialTimeout)}

@@ -37,6 +37,7 @@ func TestParseRunFlags(t *testing.T) {
 		tun:          "kubetun0",
 		mtu:          tunnel.DefaultMTU,
 		dialTimeout:  netstack.DefaultDialTimeout,
+		drainTimeout: defaultDrainTimeout,
 		logLevel:     slog.LevelInfo,
 		nodeName:     defaultNodeName(),
 		healthAddr:   defaultHealthAddr,
@@ -61,7 +62,7 @@ func TestParseRunFlags(t *testing.T) {
 			args: []string{"--service-cidr=10.3.240.0/20", "-manifests", "services.yaml", "--tun", "kt1",
 				"--mtu", "1500", "--dial-timeout", "500ms", "--log-level", "debug",
 				"--node-name", "node-1", "--health-addr", "", "--metrics-addr", "127.0.0.1:9999", "--persist",
-				"--max-affinity-clients", "100"},
+				"--max-affinity-clients", "100", "--drain-timeout", "5s"},
 			want: runConfig{
 				persist:            true,
 				maxAffinityClients: 100,
@@ -70,6 +71,7 @@ func TestParseRunFlags(t *testing.T) {
 				tun:                "kt1",
 				mtu:                1500,
 				dialTimeout:        500 * time.Millisecond,
+				drainTimeout:       5 * time.Second,
 				logLevel:           slog.LevelDebug,
 				nodeName:           "node-1",
 				healthAddr:         "",
@@ -115,6 +117,9 @@ func TestParseRunFlags(t *testing.T) {
 		{name: "--mtu too small", args: with("--mtu", "1279"), err: "--mtu 1279: want 1280 to 65535"},
 		{name: "--mtu too large", args: with("--mtu", "65536"), err: "--mtu 65536: want 1280 to 65535"},
 		{name: "--mtu not a number", args: with("--mtu", "big"), err: "-mtu"},
+		{name: "--drain-timeout 0", args: with("--drain-timeout", "0"), want: withCfg(func(c *runConfig) { c.drainTimeout = 0 })},
+		{name: "--drain-timeout 30s", args: with("--drain-timeout", "30s"), want: withCfg(func(c *runConfig) { c.drainTimeout = 30 * time.Second })},
+		{name: "--drain-timeout negative", args: with("--drain-timeout", "-1s"), err: "--drain-timeout -1s: want 0 or a positive duration"},
 		{name: "--dial-timeout 0", args: with("--dial-timeout", "0"), err: "--dial-timeout 0s: want a positive duration"},
 		{name: "--dial-timeout negative", args: with("--dial-timeout", "-1s"), err: "--dial-timeout -1s: want a positive duration"},
 		{name: "--dial-timeout without a unit", args: with("--dial-timeout", "3"), err: "-dial-timeout"},
@@ -151,6 +156,7 @@ func TestParseRunFlags(t *testing.T) {
 			}
 			if !slices.Equal(got.serviceCIDRs, tt.want.serviceCIDRs) || got.manifests != tt.want.manifests ||
 				got.tun != tt.want.tun || got.mtu != tt.want.mtu || got.dialTimeout != tt.want.dialTimeout ||
+				got.drainTimeout != tt.want.drainTimeout ||
 				got.logLevel != tt.want.logLevel || got.profiling != tt.want.profiling {
 				t.Errorf("parseRunFlags(%q) = %+v, want %+v", tt.args, got, tt.want)
 			}

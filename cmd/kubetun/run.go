@@ -16,6 +16,7 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.logLevel}))
 	pc := proxy.Config{
 		Mode:               "run",
+		DrainTimeout:       cfg.drainTimeout,
 		ServiceCIDRs:       cfg.serviceCIDRs,
 		Topology:           resolver.Topology{NodeName: cfg.nodeName},
 		TUN:                cfg.tun,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -56,7 +57,11 @@ type iperfJSON struct {
 // iperf runs one iperf3 client in namespace ns against target:iperfPort for
 // --time, one stream, and returns what it measured.
 func (b *bench) iperf(ctx context.Context, ns, target string, args ...string) (iperfResult, error) {
-	argv := []string{"iperf3", "-c", target, "-p", strconv.Itoa(iperfPort), "-P", "1",
+	host, port := target, iperfPort
+	if ap, err := netip.ParseAddrPort(target); err == nil {
+		host, port = ap.Addr().String(), int(ap.Port())
+	}
+	argv := []string{"iperf3", "-c", host, "-p", strconv.Itoa(port), "-P", "1",
 		"-t", strconv.Itoa(int(b.cfg.duration / time.Second)), "--connect-timeout", "3000", "--json"}
 	argv = append(argv, args...)
 	reverse := false

@@ -8,7 +8,10 @@
 // the table shows both and their ratio:
 //
 //   - TCP, one iperf3 stream: client pod → pod (upload), pod → client
-//     (iperf3 -R, download), and an iperf3 client in the node namespace;
+//     (iperf3 -R, download), both also through the Service's node port on
+//     the node's address (the client pod's gateway; type NodePort, kubetun
+//     --nodeport-addresses) instead of the ClusterIP, and an iperf3 client
+//     in the node namespace;
 //   - TCP connection rate: short connections, each one HTTP request and its
 //     answer from podserver, made by this program inside the client's
 //     namespace, one at a time and several in parallel;
@@ -71,6 +74,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,12 +93,17 @@ const iperfPort = 5201
 // benchPorts is the Service the bench runs against: the seed's HTTP port for
 // the connection rate, and iperf3's port in both protocols (iperf3's UDP test
 // keeps its control connection on TCP).
+// The Service is of type NodePort, so that iperf3 also runs through its
+// node port on the node's address (iperfNodePort).
 var benchPorts = []testbed.ServicePort{
-	{Name: "http", Port: 80, TargetPort: "http", EndpointPort: 8080},
-	{Name: "iperf", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort},
-	{Name: "iperf-udp", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort, Protocol: "UDP"},
-	{Name: "rr", Port: rrPort, TargetPort: strconv.Itoa(rrPort), EndpointPort: rrPort},
+	{Name: "http", Port: 80, TargetPort: "http", EndpointPort: 8080, NodePort: 30080},
+	{Name: "iperf", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort, NodePort: iperfNodePort},
+	{Name: "iperf-udp", Port: iperfPort, TargetPort: strconv.Itoa(iperfPort), EndpointPort: iperfPort, Protocol: "UDP", NodePort: iperfNodePort},
+	{Name: "rr", Port: rrPort, TargetPort: strconv.Itoa(rrPort), EndpointPort: rrPort, NodePort: 30202},
 }
+
+// iperfNodePort is iperf3's node port.
+const iperfNodePort = 30201
 
 // config is the command line.
 type config struct {
@@ -394,9 +403,15 @@ func (b *bench) bed(ctx context.Context) error {
 	}
 	// Only pod1: iperf3's control connection and its data (a second TCP
 	// connection, or UDP) must reach the same server.
-	m := testbed.Manifest{Ports: benchPorts, Endpoints: []testbed.Endpoint{testbed.EndpointOf(b.seed.Pod1)}}
 	b.manifestPath = filepath.Join(b.tmp, "service-test.yaml")
-	return m.Write(b.manifestPath)
+	return testbed.WriteServices(b.manifestPath, testbed.Service{
+		Name:       "service-test",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr(testbed.ClusterIP)},
+		Selector:   "service_test_pod",
+		Type:       "NodePort",
+		Ports:      benchPorts,
+		Endpoints:  []testbed.Endpoint{testbed.EndpointOf(b.seed.Pod1)},
+	})
 }
 
 func (b *bench) startDefault(ctx context.Context) error {
@@ -417,7 +432,9 @@ func (b *bench) startKubetun(ctx context.Context, extra ...string) error {
 		}
 		b.kt = nil
 	}
-	extra = append(slices.Clone(b.cfg.ktFlags), extra...)
+	// The node ports listen on the client pod's gateway, the node side of
+	// its veth.
+	extra = append(append(slices.Clone(b.cfg.ktFlags), "--nodeport-addresses", b.seed.Client.Gateway.String()+"/32"), extra...)
 	var err error
 	if b.cfg.gctrace {
 		// env execs kubetun, so the pid stays kubetun's, as with StartKubetun.
@@ -440,21 +457,26 @@ func (b *bench) startKubetun(ctx context.Context, extra ...string) error {
 func (b *bench) measure(ctx context.Context) error {
 	client, node := b.seed.Client.Namespace, b.tb.Node
 	pod := b.seed.Pod1.IP.String()
+	cip := testbed.ClusterIP
+	np := netip.AddrPortFrom(b.seed.Client.Gateway, iperfNodePort).String()
 	streams := []struct {
 		name string
 		ns   string
+		via  string // what the client reaches kubetun at
 		args []string
 	}{
-		{"TCP upload, client pod → pod", client, nil},
-		{"TCP download, pod → client pod (-R)", client, []string{"-R"}},
-		{"TCP upload, node-local client → pod", node, nil},
-		{"TCP download, pod → node-local client (-R)", node, []string{"-R"}},
+		{"TCP upload, client pod → pod", client, cip, nil},
+		{"TCP download, pod → client pod (-R)", client, cip, []string{"-R"}},
+		{"TCP upload via NodePort, client pod → node:" + strconv.Itoa(iperfNodePort), client, np, nil},
+		{"TCP download via NodePort, node:" + strconv.Itoa(iperfNodePort) + " → client pod (-R)", client, np, []string{"-R"}},
+		{"TCP upload, node-local client → pod", node, cip, nil},
+		{"TCP download, pod → node-local client (-R)", node, cip, []string{"-R"}},
 	}
 	for _, s := range streams {
 		if !b.cfg.cases["stream"] {
 			break
 		}
-		if err := b.tcpStream(ctx, s.name, s.ns, pod, s.args...); err != nil {
+		if err := b.tcpStream(ctx, s.name, s.ns, pod, s.via, s.args...); err != nil {
 			return err
 		}
 	}
@@ -503,17 +525,18 @@ func (b *bench) measureMTU(ctx context.Context) error {
 		{"TCP download, pod → client pod, --mtu " + mtu, client, []string{"-R"}},
 		{"TCP upload, node-local → pod, --mtu " + mtu, node, nil},
 	} {
-		if err := b.tcpStream(ctx, s.name, s.ns, pod, s.args...); err != nil {
+		if err := b.tcpStream(ctx, s.name, s.ns, pod, testbed.ClusterIP, s.args...); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// tcpStream measures one iperf3 TCP case, direct to pod and through the ClusterIP.
-func (b *bench) tcpStream(ctx context.Context, name, ns, pod string, args ...string) error {
+// tcpStream measures one iperf3 TCP case, direct to pod and through kubetun
+// at via: the ClusterIP, or a node port (ip:port).
+func (b *bench) tcpStream(ctx context.Context, name, ns, pod, via string, args ...string) error {
 	r := row{name: name}
-	for i, target := range []string{pod, testbed.ClusterIP} {
+	for i, target := range []string{pod, via} {
 		progress("%s: %s", name, []string{"direct", "through kubetun"}[i])
 		res, use, dropped, err := b.iperfWatched(ctx, ns, target, args...)
 		if err != nil {

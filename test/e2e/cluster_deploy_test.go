@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,8 +64,8 @@ func TestClusterDeployManifests(t *testing.T) {
 // TestClusterDeployRBAC runs kubetun as the ServiceAccount deploy/rbac.yaml
 // makes, with a token from `kubectl create token`, and nothing else: the
 // ClusterRole must let it follow the ServiceCIDRs, read its Node, and watch
-// Services and EndpointSlices. A forbidden request would leave it unready
-// or log it.
+// Services and EndpointSlices, and serve them on ClusterIPs and node ports
+// alike. A forbidden request would leave it unready or log it.
 func TestClusterDeployRBAC(t *testing.T) {
 	ct := newClusterTest(t, "rbac", 0)
 	rbac, err := filepath.Abs("../../deploy/rbac.yaml")
@@ -92,11 +94,19 @@ func TestClusterDeployRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ct.apply(webService("web", "rbac"))
+	ct.apply(webService("web", "rbac", "type: NodePort"))
 	ct.addPod(podSpec{Name: "rbac-1", App: "rbac"})
 	ct.addPod(podSpec{Name: "rbac-2", App: "rbac"})
-	p := ct.startKubetunAs(kubeconfig)
+	nodePort := strings.TrimSpace(ct.kubectl("get", "service", "web", "-o", `jsonpath={.spec.ports[?(@.name=="http")].nodePort}`))
+	if nodePort == "" {
+		t.Fatal("Service web of type NodePort has no nodePort")
+	}
+	// The node port listens on the node side of the client's veth, where
+	// the client reaches the node.
+	gw := ct.Client.Gateway
+	p := ct.startKubetunAs(kubeconfig, "--nodeport-addresses", netip.PrefixFrom(gw, gw.BitLen()).String())
 	ct.waitServed(ct.clusterIP("web")+":80", 5*time.Second, "rbac-1", "rbac-2")
+	ct.waitServed(net.JoinHostPort(gw.String(), nodePort), 5*time.Second, "rbac-1", "rbac-2")
 	if out := p.Output(); strings.Contains(strings.ToLower(out), "forbidden") {
 		t.Errorf("kubetun, as the ServiceAccount of deploy/rbac.yaml, was refused something:\n%s", out)
 	}

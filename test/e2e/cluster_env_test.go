@@ -321,15 +321,16 @@ func (ct *clusterTest) startKubetun() *testbed.Process {
 
 // startKubetunAs is startKubetun with the kubeconfig given, e.g. one for
 // kubetun's own ServiceAccount.
-func (ct *clusterTest) startKubetunAs(kubeconfig string) *testbed.Process {
+func (ct *clusterTest) startKubetunAs(kubeconfig string, extra ...string) *testbed.Process {
 	ct.t.Helper()
 	ct.KubetunStarted = time.Now()
-	p, err := ct.tb.StartKubetunArgs("run",
+	args := append([]string{"run",
 		"--kubeconfig", kubeconfig,
 		"--node-name", testbed.NodeName,
 		"--tun", testbed.TUN,
 		"--health-addr", healthAddr,
-		"--metrics-addr", metricsAddr)
+		"--metrics-addr", metricsAddr}, extra...)
+	p, err := ct.tb.StartKubetunArgs(args...)
 	ct.Kubetun = p
 	if p != nil {
 		ct.t.Cleanup(func() {

@@ -91,11 +91,13 @@ func TestPodResetReachesClient(t *testing.T) {
 	}
 }
 
-// TestSIGTERMTellsEveryClient: with 20 connections open, SIGTERM makes
-// kubetun tell every client (FIN or RST) before its TUN goes away; none is
-// left waiting on a connection that no longer exists.
+// TestSIGTERMTellsEveryClient: with 20 connections open that never end,
+// SIGTERM makes kubetun drain: the connections go on and a new one is
+// refused; at --drain-timeout it tells every client (FIN or RST) before its
+// TUN goes away, and exits 0; none is left waiting on a connection that no
+// longer exists.
 func TestSIGTERMTellsEveryClient(t *testing.T) {
-	c := startCluster(t, testbed.TestPorts)
+	c := startCluster(t, testbed.TestPorts, "--drain-timeout", "1s")
 	const n = 20
 	var conns []net.Conn
 	for i := range n {
@@ -116,8 +118,24 @@ func TestSIGTERMTellsEveryClient(t *testing.T) {
 	if err := c.Kubetun.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Kubetun.WaitOutput("draining: refusing new connections", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	dialFails(t, c.Client.Namespace, testbed.ClusterIP+":7")
+	// The open connections still work during the drain.
+	for i, conn := range conns {
+		if _, err := conn.Write([]byte("y")); err != nil {
+			t.Fatalf("connection %d: write during the drain: %v", i, err)
+		}
+		if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
+			t.Fatalf("connection %d: echo during the drain: %v", i, err)
+		}
+	}
 	if err := c.Kubetun.Wait(10 * time.Second); err != nil {
 		t.Fatalf("kubetun after SIGTERM: %v, want exit 0", err)
+	}
+	if out := c.Kubetun.Output(); !strings.Contains(out, "drain timeout") {
+		t.Errorf("kubetun's log does not say the drain timed out:\n%s", out)
 	}
 	told := 0
 	for i, conn := range conns {
@@ -134,6 +152,92 @@ func TestSIGTERMTellsEveryClient(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d clients told", told, n)
+}
+
+// TestSIGTERMDrains: SIGTERM with 5 connections in the middle of a slow
+// transfer (about 2 s each): a new connection is refused at once, the open
+// ones finish byte-complete within the drain timeout, and kubetun exits 0
+// as soon as they did.
+func TestSIGTERMDrains(t *testing.T) {
+	c := startCluster(t, testbed.TestPorts, "--drain-timeout", "20s")
+	const (
+		n      = 5
+		chunks = 10
+		chunk  = 32 << 10
+		pause  = 200 * time.Millisecond // chunks*pause: about 2 s per transfer
+	)
+	var conns []net.Conn
+	for i := range n {
+		conn, err := testbed.DialIn(c.Client.Namespace, "tcp", testbed.ClusterIP+":7", 5*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+	}
+	// Each connection sends its chunks through the echo port, one every
+	// pause, reads back each echo whole, then half-closes and reads to EOF.
+	errs := make(chan error, n)
+	started := make(chan struct{}, n)
+	for i, conn := range conns {
+		go func() {
+			errs <- func() error {
+				conn.SetDeadline(time.Now().Add(30 * time.Second))
+				buf := make([]byte, chunk)
+				got := make([]byte, chunk)
+				for k := range chunks {
+					for j := range buf {
+						buf[j] = byte(i*chunks + k + j)
+					}
+					if _, err := conn.Write(buf); err != nil {
+						return fmt.Errorf("connection %d: chunk %d: write: %w", i, k, err)
+					}
+					if _, err := io.ReadFull(conn, got); err != nil {
+						return fmt.Errorf("connection %d: chunk %d: read: %w", i, k, err)
+					}
+					if !bytes.Equal(got, buf) {
+						return fmt.Errorf("connection %d: chunk %d: echo differs", i, k)
+					}
+					if k == 0 {
+						started <- struct{}{}
+					}
+					time.Sleep(pause)
+				}
+				conn.(interface{ CloseWrite() error }).CloseWrite()
+				if rest, err := io.ReadAll(conn); err != nil || len(rest) > 0 {
+					return fmt.Errorf("connection %d: after the half-close: %d bytes, %v; want EOF", i, len(rest), err)
+				}
+				return nil
+			}()
+		}()
+	}
+	for range n {
+		select {
+		case <-started:
+		case err := <-errs:
+			t.Fatal(err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the transfers did not start")
+		}
+	}
+	if err := c.Kubetun.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kubetun.WaitOutput("draining: refusing new connections", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	dialFails(t, c.Client.Namespace, testbed.ClusterIP+":7")
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := c.Kubetun.Wait(15 * time.Second); err != nil {
+		t.Fatalf("kubetun after SIGTERM: %v, want exit 0", err)
+	}
+	if out := c.Kubetun.Output(); !strings.Contains(out, "drained: every connection finished") {
+		t.Errorf("kubetun's log does not say every connection finished:\n%s", out)
+	}
 }
 
 // TestTUNDeleted: the TUN deleted underneath (ip link del) is noticed at
