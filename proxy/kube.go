@@ -37,6 +37,9 @@ type KubeOptions struct {
 	FollowCIDRs bool
 	// NodeName is this node, whose zone is read for topology hints.
 	NodeName string
+	// ProxyName, if set, limits the Services to those labelled
+	// service.kubernetes.io/service-proxy-name=ProxyName (kube.Options).
+	ProxyName string
 }
 
 // KubeSource is the Kubernetes API as a Source: informers over Services,
@@ -77,7 +80,7 @@ func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*Ku
 // Run implements Source: it delivers only after both informer caches have
 // synced.
 func (k *KubeSource) Run(ctx context.Context, r Receiver) error {
-	src := kube.New(k.client, kube.Options{ServiceCIDRs: k.opts.FollowCIDRs, OnChange: r.Changed, Reachability: k.reach}, k.log)
+	src := kube.New(k.client, kube.Options{ServiceCIDRs: k.opts.FollowCIDRs, OnChange: r.Changed, Reachability: k.reach, ProxyName: k.opts.ProxyName}, k.log)
 	return src.Run(ctx, func(st kube.State) {
 		r.Apply(State{Services: st.Services, Slices: st.Slices})
 	}, func(cidrs []netip.Prefix) {

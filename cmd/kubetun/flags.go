@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -24,6 +25,7 @@ type runConfig struct {
 	manifests    string         // the static source; "" means the Kubernetes API
 	kubeconfig   string         // "" means kubectl's discovery order
 	nodeName     string
+	proxyName    string // serve only Services with this service-proxy-name label
 	tun          string
 	mtu          int
 	dialTimeout  time.Duration
@@ -70,6 +72,7 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	fs.StringVar(&cfg.manifests, "manifests", "", "static source: `PATH` of a YAML/JSON file, or a directory of them, holding v1 Services and discovery.k8s.io/v1 EndpointSlices; watched for changes. Without it, kubetun watches the Kubernetes API")
 	fs.StringVar(&cfg.kubeconfig, "kubeconfig", "", "kubeconfig `PATH` for the Kubernetes API; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
 	fs.StringVar(&cfg.nodeName, "node-name", defaultNodeName(), "this node's `NAME`, for internalTrafficPolicy: Local and topology hints")
+	fs.StringVar(&cfg.proxyName, "service-proxy-name", "", "serve only the Services labelled service.kubernetes.io/service-proxy-name=`NAME`, the ones kube-proxy leaves alone (to run beside kube-proxy while migrating); default: the unlabelled ones, as kube-proxy")
 	fs.StringVar(&cfg.healthAddr, "health-addr", defaultHealthAddr, "`ADDR` serving /healthz, /livez, /readyz and /statusz (\"\" to disable)")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, "`ADDR` serving Prometheus /metrics (\"\" to disable)")
 	fs.BoolVar(&cfg.profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on --metrics-addr, as kube-proxy's --profiling does")
@@ -107,6 +110,14 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 		}
 		if cfg.nodeName == "" {
 			return cfg, usageError{errors.New("--node-name is empty and the hostname is unknown; give --node-name")}
+		}
+		if cfg.proxyName != "" {
+			if cfg.manifests != "" {
+				return cfg, usageError{errors.New("--service-proxy-name selects Services of the Kubernetes API; with --manifests every Service in the files is served")}
+			}
+			if errs := validation.IsValidLabelValue(cfg.proxyName); len(errs) > 0 {
+				return cfg, usageError{fmt.Errorf("--service-proxy-name %q: not a label value: %s", cfg.proxyName, strings.Join(errs, "; "))}
+			}
 		}
 		if cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n") {
 			return cfg, usageError{fmt.Errorf("--tun %q: an interface name is 1 to 15 characters, without '/' or spaces", cfg.tun)}

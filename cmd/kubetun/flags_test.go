@@ -205,6 +205,8 @@ func TestRunMain(t *testing.T) {
 		{name: "run -h", args: []string{"run", "-h"}, code: 0, stdout: "kubetun run [--kubeconfig PATH"},
 		{name: "run --help", args: []string{"run", "--help"}, code: 0, stdout: "--service-cidr CIDR"},
 		{name: "run, a long flag with one dash", args: []string{"run", "-mtu", "9"}, code: 2, stderr: "kubetun run: --mtu 9: want 1280 to 65535"},
+		{name: "run with a bad --service-proxy-name", args: []string{"run", "--service-proxy-name", "not a label"}, code: 2, stderr: `kubetun run: --service-proxy-name "not a label": not a label value`},
+		{name: "run --service-proxy-name with --manifests", args: []string{"run", "--service-proxy-name", "kubetun", "--manifests", "x.yaml", "--service-cidr", "10.3.240.0/20"}, code: 2, stderr: "kubetun run: --service-proxy-name selects Services of the Kubernetes API"},
 		{name: "run with an unknown flag", args: []string{"run", "--verbose"}, code: 2, stderr: "kubetun run: unknown flag: --verbose (see 'kubetun run --help')"},
 		{name: "-version", args: []string{"-version"}, code: 0, stdout: "kubetun "},
 		{name: "--help", args: []string{"--help"}, code: 0, stdout: "kubetun status"},

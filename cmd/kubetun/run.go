@@ -52,6 +52,7 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 			Kubeconfig:  cfg.kubeconfig,
 			FollowCIDRs: len(cfg.serviceCIDRs) == 0,
 			NodeName:    cfg.nodeName,
+			ProxyName:   cfg.proxyName,
 		}, log)
 		if err != nil {
 			return err

@@ -65,6 +65,11 @@ type Options struct {
 	// change arrives, before it is applied (for health tracking). It must
 	// not block.
 	OnChange func()
+	// ProxyName, if set, makes the Source serve only the Services labelled
+	// service.kubernetes.io/service-proxy-name=ProxyName (and their slices):
+	// the ones kube-proxy leaves alone, for running beside it. Empty: the
+	// unlabelled ones, as kube-proxy serves.
+	ProxyName string
 }
 
 // Source watches the API and reports the state after every change.
@@ -95,6 +100,13 @@ func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 	// because its DNS answers headless names with them; resolver.Build
 	// leaves them out of the proxy's table, as kube-proxy does.
 	noProxyName, _ := labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
+	if opts.ProxyName != "" {
+		// kubetun run checks the name is a label value; a bad one here keeps
+		// kube-proxy's selection.
+		if r, err := labels.NewRequirement(LabelServiceProxyName, selection.Equals, []string{opts.ProxyName}); err == nil {
+			noProxyName = r
+		}
+	}
 	noHeadless, _ := labels.NewRequirement(LabelHeadless, selection.DoesNotExist, nil)
 	withSelector := func(sel labels.Selector) informers.SharedInformerFactory {
 		return informers.NewSharedInformerFactoryWithOptions(client, opts.Resync,

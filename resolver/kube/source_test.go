@@ -286,6 +286,26 @@ func TestRunSelectors(t *testing.T) {
 	}
 }
 
+// TestRunProxyName: with ProxyName, only the Services labelled with it (and
+// their slices) are listed, the ones kube-proxy leaves alone.
+func TestRunProxyName(t *testing.T) {
+	client := fake.NewClientset(
+		svc("default", "web", nil),
+		svc("default", "moved", map[string]string{LabelServiceProxyName: "kubetun"}),
+		svc("default", "other-proxy", map[string]string{LabelServiceProxyName: "someone-else"}),
+		endpointSlice("default", "web-abc", "web", nil),
+		endpointSlice("default", "moved-abc", "moved", map[string]string{LabelServiceProxyName: "kubetun"}),
+	)
+	r := start(t, client, Options{ProxyName: "kubetun"})
+	gotSvc, gotSlices := names(r.next(t))
+	if want := []string{"default/moved"}; !slices.Equal(gotSvc, want) {
+		t.Errorf("Services %v, want %v (only those labelled %s=kubetun)", gotSvc, want, LabelServiceProxyName)
+	}
+	if want := []string{"default/moved-abc"}; !slices.Equal(gotSlices, want) {
+		t.Errorf("slices %v, want %v", gotSlices, want)
+	}
+}
+
 func TestRunChanges(t *testing.T) {
 	ctx := t.Context()
 	client := fake.NewClientset(svc("default", "web", nil), endpointSlice("default", "web-abc", "web", nil))
