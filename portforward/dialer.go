@@ -53,7 +53,9 @@ type Options struct {
 	// the DialContext's context: client-go's dialers take none.) A connection that does not answer in
 	// time is closed (a silent connection, e.g. after the laptop slept, would
 	// otherwise hold every flow until TCP gives up) and the flow is tried
-	// once more on a new one. Zero means DefaultOpenTimeout.
+	// once more on a new one. On a connection made before the flow, the
+	// wait is at most half of what is left of the DialContext's deadline,
+	// so that the second try fits in it. Zero means DefaultOpenTimeout.
 	OpenTimeout time.Duration
 	// Confirm is the margin DialContext waits, beyond one round trip to the
 	// kubelet, for the pod to refuse the port before it returns the
@@ -189,7 +191,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		if err != nil {
 			return nil, fmt.Errorf("portforward: dial %s (pod %s): %w", address, pod, err)
 		}
-		c, err := d.open(ctx, pc, ap)
+		c, err := d.open(ctx, pc, ap, d.openLimit(ctx, reused))
 		if err == nil {
 			return c, nil
 		}
@@ -289,9 +291,25 @@ func (d *Dialer) drop(pc *podConn) {
 	pc.conn.Close()
 }
 
-// open opens a stream pair for one flow to ap on pc and waits for the pod's
-// refusal as Options.Confirm says.
-func (d *Dialer) open(ctx context.Context, pc *podConn, ap netip.AddrPort) (net.Conn, error) {
+// openLimit is how long a flow waits for its stream pair on a connection:
+// the OpenTimeout, but on a connection made before this flow at most half
+// of what is left of ctx. A connection cut on the far side (a kubelet
+// restart, a network change) can leave the stream open unanswered while
+// it still looks open here; a caller's dial timeout shorter than
+// OpenTimeout would then fail every flow on it without the second try on a
+// new connection, which gets the other half.
+func (d *Dialer) openLimit(ctx context.Context, reused bool) time.Duration {
+	limit := d.openTimeout
+	if deadline, ok := ctx.Deadline(); ok && reused {
+		limit = min(limit, time.Until(deadline)/2)
+	}
+	return limit
+}
+
+// open opens a stream pair for one flow to ap on pc, waiting up to limit
+// for the kubelet's answer, and waits for the pod's refusal as
+// Options.Confirm says.
+func (d *Dialer) open(ctx context.Context, pc *podConn, ap netip.AddrPort, limit time.Duration) (net.Conn, error) {
 	type result struct {
 		errStream, data httpstream.Stream
 		err             error
@@ -305,7 +323,7 @@ func (d *Dialer) open(ctx context.Context, pc *podConn, ap netip.AddrPort) (net.
 		r.errStream, r.data, r.err = createPair(pc.conn, ap.Port(), d.nextID.Add(1))
 		ch <- r
 	}()
-	timer := time.NewTimer(d.openTimeout)
+	timer := time.NewTimer(limit)
 	defer timer.Stop()
 	var r result
 	select {
@@ -313,9 +331,9 @@ func (d *Dialer) open(ctx context.Context, pc *podConn, ap netip.AddrPort) (net.
 	case <-timer.C:
 		// A connection that does not open a stream in time is dead to every
 		// flow: closing it fails the pending CreateStream too.
-		d.logf("portforward: pod %s: no answer to a stream open within %v; closing the connection", pc.pod, d.openTimeout)
+		d.logf("portforward: pod %s: no answer to a stream open within %v; closing the connection", pc.pod, limit.Round(time.Millisecond))
 		d.drop(pc)
-		return nil, fmt.Errorf("open streams: no answer within %v", d.openTimeout)
+		return nil, fmt.Errorf("open streams: no answer within %v", limit.Round(time.Millisecond))
 	case <-ctx.Done():
 		// The streams may still open: reset them then.
 		d.wg.Add(1)

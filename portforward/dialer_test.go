@@ -416,3 +416,40 @@ func TestCloseWaits(t *testing.T) {
 		t.Errorf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// TestSilentConnectionShortDeadline: a caller whose dial deadline is shorter
+// than OpenTimeout (kubetun's proxy dials with a few seconds) still gets the
+// second try on a new connection when the one it found open is silent, as
+// after a cut on the kubelet's side.
+func TestSilentConnectionShortDeadline(t *testing.T) {
+	k := newKubeletServer(t)
+	real := newTestDialer(t, k, Options{}).connect
+	port := echoServer(t)
+	var connects atomic.Int32
+	d := newDialer(func(namespace, name string) (httpstream.Connection, error) {
+		if connects.Add(1) == 1 {
+			return &silentConn{closed: make(chan bool)}, nil
+		}
+		return real(namespace, name)
+	}, podMap{podIP: {"default", "pod1"}}, Options{OpenTimeout: time.Minute, Logf: t.Logf})
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	_, err := d.DialContext(ctx, "tcp", addr(port))
+	cancel()
+	if err == nil {
+		t.Fatal("DialContext on a new silent connection succeeded")
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr(port))
+	if err != nil {
+		t.Fatalf("DialContext with a 2 s deadline on a silent connection found open = %v, want a second try on a new one", err)
+	}
+	defer c.Close()
+	if got, err := roundTrip(c, []byte("x")); err != nil || string(got) != "echo: x" {
+		t.Fatalf("round trip on the new connection = %q, %v", got, err)
+	}
+	if n := connects.Load(); n != 2 {
+		t.Errorf("%d connections made, want 2", n)
+	}
+}
