@@ -150,11 +150,7 @@ func (c *buildCache) fold() (*Snapshot, []Problem) {
 			if slices.Contains(cl, e) {
 				continue // a ClusterIP listed twice
 			}
-			at := len(cl)
-			for at > 0 && olderService(e.svc, cl[at-1].svc) < 0 {
-				at--
-			}
-			c.ipClaims[ip] = slices.Insert(cl, at, e)
+			c.ipClaims[ip] = insertByAge(cl, e)
 			e.claimedIPs = append(e.claimedIPs, ip)
 			affIPs[ip] = true
 		}

@@ -299,33 +299,12 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 				if slices.Contains(cl, e) {
 					continue
 				}
-				at := len(cl)
-				for at > 0 && olderService(e.svc, cl[at-1].svc) < 0 {
-					at--
-				}
-				c.ipOwners[ip] = slices.Insert(cl, at, e)
+				c.ipOwners[ip] = insertByAge(cl, e)
 				touchedIPs[ip] = true
 			}
 		}
 		for ip := range touchedIPs {
-			owner := ""
-			if cl := c.ipOwners[ip]; len(cl) > 0 {
-				owner = cl[0].id
-			}
-			if owner == c.owners[ip] {
-				continue
-			}
-			if owner == "" {
-				delete(c.owners, ip)
-			} else {
-				c.owners[ip] = owner
-			}
-			for _, e := range c.judged[ip] {
-				if !e.dirty {
-					e.dirty = true
-					dirty = append(dirty, e)
-				}
-			}
+			dirty = c.settleOwner(ip, c.ipOwners, c.owners, dirty)
 		}
 	}
 
@@ -696,34 +675,13 @@ func (c *buildCache) updateExternal(ids map[string]bool, dirty *[]*svcEntry) {
 		}
 		for _, a := range e.ext {
 			cl := c.extIPOwners[a]
-			at := len(cl)
-			for at > 0 && olderService(e.svc, cl[at-1].svc) < 0 {
-				at--
-			}
-			c.extIPOwners[a] = slices.Insert(cl, at, e)
+			c.extIPOwners[a] = insertByAge(cl, e)
 			e.contribs = append(e.contribs, a)
 			touched[a] = true
 		}
 	}
 	for a := range touched {
-		owner := ""
-		if cl := c.extIPOwners[a]; len(cl) > 0 {
-			owner = cl[0].id
-		}
-		if owner == c.extOwners[a] {
-			continue
-		}
-		if owner == "" {
-			delete(c.extOwners, a)
-		} else {
-			c.extOwners[a] = owner
-		}
-		for _, e := range c.judged[a] {
-			if !e.dirty {
-				e.dirty = true
-				*dirty = append(*dirty, e)
-			}
-		}
+		*dirty = c.settleOwner(a, c.extIPOwners, c.extOwners, *dirty)
 	}
 	if again {
 		list := slices.SortedFunc(maps.Keys(c.extTroubled), func(a, b *svcEntry) int { return olderService(a.svc, b.svc) })
@@ -732,4 +690,38 @@ func (c *buildCache) updateExternal(ids map[string]bool, dirty *[]*svcEntry) {
 			c.extProblems = append(c.extProblems, e.extProbs...)
 		}
 	}
+}
+
+// insertByAge inserts e into cl, which is sorted oldest Service first.
+func insertByAge(cl []*svcEntry, e *svcEntry) []*svcEntry {
+	at := len(cl)
+	for at > 0 && olderService(e.svc, cl[at-1].svc) < 0 {
+		at--
+	}
+	return slices.Insert(cl, at, e)
+}
+
+// settleOwner makes owners[a] the oldest of lists[a] (none: deleted) and,
+// when that changed hands, marks dirty every entry whose endpoints were
+// judged against a, appending them to dirty.
+func (c *buildCache) settleOwner(a netip.Addr, lists map[netip.Addr][]*svcEntry, owners map[netip.Addr]string, dirty []*svcEntry) []*svcEntry {
+	owner := ""
+	if cl := lists[a]; len(cl) > 0 {
+		owner = cl[0].id
+	}
+	if owner == owners[a] {
+		return dirty
+	}
+	if owner == "" {
+		delete(owners, a)
+	} else {
+		owners[a] = owner
+	}
+	for _, e := range c.judged[a] {
+		if !e.dirty {
+			e.dirty = true
+			dirty = append(dirty, e)
+		}
+	}
+	return dirty
 }
