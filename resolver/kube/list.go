@@ -62,6 +62,9 @@ func (l *stableList[T]) list() []T {
 	}
 	clear(l.pending)
 	l.mu.Unlock()
+	// In key order, so the same changes give the same list whatever order
+	// the map kept them in.
+	slices.Sort(keys)
 	for _, k := range keys {
 		l.apply(k)
 	}

@@ -43,12 +43,14 @@ func TestStableList(t *testing.T) {
 		l.changed(o)
 	}
 	got := l.list()
+	// Pending changes apply in key order: a's place goes to the last
+	// object, b2 takes b's, e goes at the end.
 	want := slices.Clone(first)
-	want[slices.Index(want, objs[1])] = b2
-	want = append(want, e)
 	at := slices.Index(want, objs[0])
 	want[at] = want[len(want)-1]
 	want = want[:len(want)-1]
+	want[slices.Index(want, objs[1])] = b2
+	want = append(want, e)
 	if !slices.Equal(got, want) {
 		t.Errorf("list = %v, want %v", svcNames(got), svcNames(want))
 	}
