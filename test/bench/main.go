@@ -670,6 +670,14 @@ func (b *bench) vethMTU(ctx context.Context) string {
 // cleanup stops everything and removes the namespaces and files.
 func (b *bench) cleanup() error {
 	var errs []error
+	// The kube-proxy beds too: their pods' servers and rules go with them.
+	for _, bed := range b.kp {
+		if bed != nil {
+			if err := bed.tb.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if b.tb != nil {
 		if err := b.tb.Close(); err != nil {
 			errs = append(errs, err)
