@@ -399,8 +399,15 @@ func (ct *clusterTest) clusterIP(name string) string {
 func (ct *clusterTest) waitReadyEndpoints(svc string, n int) {
 	ct.t.Helper()
 	eventually(ct.t, 10*time.Second, 20*time.Millisecond, fmt.Sprintf("EndpointSlices of %s list %d ready endpoints", svc, n), func() (bool, string) {
-		out := ct.kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name="+svc, "-o",
+		ctx, cancel := context.WithTimeout(ct.t.Context(), kubectlTimeout)
+		defer cancel()
+		// A slice the controller made before any endpoint has "endpoints":
+		// null, where kubectl's jsonpath filter fails: not yet, not an error.
+		out, err := ct.cp.Kubectl(ctx, "-n", ct.NS, "get", "endpointslices", "-l", "kubernetes.io/service-name="+svc, "-o",
 			`jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]} {end}`)
+		if err != nil {
+			return false, err.Error()
+		}
 		return len(strings.Fields(out)) == n, out
 	})
 }
