@@ -1,5 +1,12 @@
 package e2e
 
+// The tests that take kube-apiserver away live in files named outage_*, so
+// that go test, which runs a package's tests in file-name order, runs them
+// after every other test of the shared control plane: after a restart,
+// kube-controller-manager's informers back off (up to 30 s between retries)
+// and its EndpointSlice controller was seen to need up to a minute before it
+// wrote new Services' slices again.
+
 import (
 	"context"
 	"fmt"
