@@ -353,15 +353,5 @@ func (p targetPolicy) refuse(a netip.Addr) string {
 	}
 	// CVE-2020-8558: a Service must never become a way into the node's own
 	// loopback or link-local services.
-	switch {
-	case a.IsLoopback():
-		return "a loopback address"
-	case a.IsLinkLocalUnicast():
-		return "a link-local address"
-	case a.IsUnspecified():
-		return "an unspecified address"
-	case a.IsMulticast(), a.IsLinkLocalMulticast(), a.IsInterfaceLocalMulticast():
-		return "a multicast address"
-	}
-	return ""
+	return refuseAddr(a)
 }

@@ -132,8 +132,9 @@ func externalAddrs(svc *corev1.Service, o buildOptions) ([]netip.Addr, []Problem
 	return out, problems
 }
 
-// refuseAddr names why an address can never be an external address, or
-// returns "": routing it into the TUN would take it from the host.
+// refuseAddr names why an address can be neither an endpoint kubetun dials
+// nor an external address it routes into its TUN, or returns "": loopback,
+// link-local, unspecified and multicast addresses belong to the host.
 func refuseAddr(a netip.Addr) string {
 	switch {
 	case a.IsLoopback():
