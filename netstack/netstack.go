@@ -208,6 +208,8 @@ type Stack struct {
 	count counters
 	fast  sync.Map // flowKey -> *udpSession: the sessions DeliverUDP feeds
 
+	byService serviceFlows // TCP flows spliced and UDP sessions open now, per Service
+
 	mu           sync.Mutex // guards the fields below; held per connection or session, never per packet
 	closed       bool
 	flows        map[*flow]struct{}

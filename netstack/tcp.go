@@ -47,6 +47,8 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	defer s.removeFlow(f)
+	// Counted from here until splice returns, whatever ends the flow.
+	defer s.byService.end(s.byService.start(f.service))
 	f.splice()
 }
 
@@ -132,7 +134,11 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 		cep.SetSockOpt(&ut)
 	}
 	s.log.Debug("forwarding", "service", target, "src", src, "endpoint", ep)
-	return newFlow(gonet.NewTCPConn(&wq, cep), cep, &wq, backend, s.halfClosedTimeout)
+	f := newFlow(gonet.NewTCPConn(&wq, cep), cep, &wq, backend, s.halfClosedTimeout)
+	if ok {
+		f.service = sp.Service
+	}
+	return f
 }
 
 // handleSegment is the stack's handler for TCP segments no endpoint takes:
@@ -298,6 +304,9 @@ type flow struct {
 	// backendRC is backendTCP's, set by the backend-to-client pipe, the
 	// only one that uses it.
 	backendRC syscall.RawConn
+	// service is the Service ("namespace/name") the flow is counted
+	// under; "" for a pod's own address (Config.Pods), counted under none.
+	service string
 
 	// halfClosedTimeout ends a flow one of whose directions has ended
 	// (EOF) when no byte has moved the other way for that long; zero

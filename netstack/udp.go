@@ -98,6 +98,9 @@ type udpSession struct {
 	// which may still hold the session, then empties what it queued
 	// (drainQueue), so that the Stack's count of queued bytes stays true.
 	ended atomic.Bool
+	// active is the counter of the session's Service (serviceFlows): the
+	// session counts in it from its start until run ends.
+	active *atomic.Int64
 }
 
 // handleUDP is the UDP forwarder's handler, run on the packet path for the
@@ -145,6 +148,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		return true
 	}
 	s.count.udpSessions.Add(1)
+	sess.active = s.byService.start(sp.Service)
 	// From the next datagram on, the pump hands this flow's datagrams to
 	// the session directly (DeliverUDP). This runs on the packet path, so
 	// no later datagram can pass the first, which gVisor holds.
@@ -225,6 +229,7 @@ func (sess *udpSession) run() {
 		delete(s.sessions, sess)
 		s.mu.Unlock()
 		s.releaseUDP(sess.src.Addr())
+		s.byService.end(sess.active)
 	}()
 
 	// Registered before the first read, so no wake-up is lost between a
