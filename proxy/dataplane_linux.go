@@ -29,7 +29,10 @@ type dataplane struct {
 	*netstack.Stack
 }
 
-var _ Dataplane = dataplane{}
+var (
+	_ Dataplane   = dataplane{}
+	_ FlowCounter = dataplane{}
+)
 
 // openDataplane creates the TUN device and the netstack serving table.
 func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error) {

@@ -205,8 +205,9 @@ type Drainer interface {
 }
 
 // FlowCounter is implemented by a Dataplane that counts the flows being
-// forwarded now per Service ("namespace/name"); status shows them. netstack
-// counts flows only in total today, so its Dataplane does not implement it.
+// forwarded now per Service ("namespace/name"); status shows them, 0 for a
+// Service the map leaves out. The host's data plane implements it through
+// its *netstack.Stack.
 type FlowCounter interface {
 	ActiveFlowsByService() map[string]int
 }

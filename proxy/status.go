@@ -81,7 +81,9 @@ func (p *Proxy) Status() Status {
 	}
 	var flows map[string]int
 	if fc != nil {
-		flows = fc.ActiveFlowsByService()
+		if flows = fc.ActiveFlowsByService(); flows == nil {
+			flows = map[string]int{} // counted, and none now
+		}
 	}
 	st.Services = services(p.table.Load(), flows)
 	return st

@@ -33,8 +33,8 @@ service CIDRs routed into it, its cluster DNS, how it reaches pods, and every
 Service with its ClusterIPs, ports and usable endpoints. It asks the running
 kubetun's health address (its --health-addr) for ` + proxy.StatusPath + `.
 
-FLOWS, the connections and UDP sessions being forwarded per Service, shows -
-while the data path counts flows only in total.`,
+FLOWS are the TCP connections being forwarded and the UDP sessions open now,
+per Service; - from a kubetun that does not count them per Service.`,
 		Example: `  # As a table
   kubetun status
 
