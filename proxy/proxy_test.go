@@ -585,23 +585,36 @@ func TestHealthAddrTaken(t *testing.T) {
 	}
 }
 
-// countingDataplane counts flows per Service, as FlowCounter asks.
-type countingDataplane struct{ *fakeDataplane }
-
-func (countingDataplane) ActiveFlowsByService() map[string]int {
-	return map[string]int{"default/service-test": 3}
+// countingDataplane counts flows per Service, as FlowCounter asks: flows.
+type countingDataplane struct {
+	*fakeDataplane
+	flows map[string]int
 }
 
+func (d countingDataplane) ActiveFlowsByService() map[string]int { return d.flows }
+
 // TestStatusFlows checks that a data plane counting flows per Service gets
-// them into status, and that one that does not leaves them out.
+// them into status, 0 for a Service it leaves out (a nil map too), and that
+// one that does not count leaves them out.
 func TestStatusFlows(t *testing.T) {
-	for _, counting := range []bool{false, true} {
-		t.Run(fmt.Sprint("counting=", counting), func(t *testing.T) {
+	three := 3
+	for _, tt := range []struct {
+		name     string
+		counting bool
+		flows    map[string]int
+		want     *int
+	}{
+		{name: "not counting"},
+		{name: "counting", counting: true, flows: map[string]int{"default/service-test": 3}, want: &three},
+		{name: "counting, other Service", counting: true, flows: map[string]int{"default/other": 3}, want: new(int)},
+		{name: "counting, nil map", counting: true, want: new(int)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
 			b := newBed(t, Config{ServiceCIDRs: prefixes("10.3.240.0/20"), DNS: DNSConfig{Off: true}})
-			if counting {
+			if tt.counting {
 				b.p.env.open = func(_ Config, table *resolver.Table, _ *slog.Logger) (Dataplane, error) {
 					b.dp.table = table
-					return countingDataplane{b.dp}, nil
+					return countingDataplane{b.dp, tt.flows}, nil
 				}
 			}
 			b.run(t)
@@ -612,10 +625,10 @@ func TestStatusFlows(t *testing.T) {
 			}
 			got := st.Services[0].ActiveFlows
 			switch {
-			case !counting && got != nil:
+			case tt.want == nil && got != nil:
 				t.Errorf("activeFlows = %d, want none: the data plane does not count", *got)
-			case counting && (got == nil || *got != 3):
-				t.Errorf("activeFlows = %v, want 3", got)
+			case tt.want != nil && (got == nil || *got != *tt.want):
+				t.Errorf("activeFlows = %v, want %d", got, *tt.want)
 			}
 		})
 	}
