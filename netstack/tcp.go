@@ -296,7 +296,7 @@ var (
 type flow struct {
 	client   *gonet.TCPConn
 	clientEP tcpip.Endpoint // client's, to wait on without reading
-	clientWQ *waiter.Queue  // clientEP's
+	clientWQ *waiter.Queue  // clientEP's, whose readable events start pumpToPod
 	backend  halfCloser
 	// backendTCP is backend if it is a host TCP socket: then it is waited
 	// on without reading (waitReadable), and reset with SO_LINGER 0.
@@ -317,6 +317,12 @@ type flow struct {
 	idle              *time.Timer  // the half-closed timer, once a direction ended
 	spliced           bool         // splice has returned: the timer must not be re-armed
 
+	// The client-to-pod direction: pumpToPod is running (or the direction
+	// has ended), the pumps started, and closed when the direction ended.
+	toPodRunning atomic.Bool
+	pumps        sync.WaitGroup
+	toPodDone    chan struct{}
+
 	once sync.Once
 }
 
@@ -331,12 +337,17 @@ func newFlow(client *gonet.TCPConn, cep tcpip.Endpoint, wq *waiter.Queue, backen
 // side still reads the whole response); one that ends with an error resets
 // both legs (abort): a client must not take a pod's failure for the end of
 // its data.
+//
+// The pod-to-client direction runs in splice's goroutine. The
+// client-to-pod one runs only while the client's endpoint has something to
+// read: gVisor's notification starts a goroutine (kickToPod) that copies
+// until the endpoint is empty and then ends, so an idle flow holds one
+// goroutine, not two (`go run ./test/bench --cases idle`).
 func (f *flow) splice() {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.pipe(f.backend, f.client, f.waitClient, &toPodBufs)
-	}()
+	f.toPodDone = make(chan struct{})
+	entry := waiter.NewFunctionEntry(clientReadable, func(waiter.EventMask) { f.kickToPod() })
+	f.clientWQ.EventRegister(&entry)
+	f.kickToPod() // what came before the registration
 	waitBackend := f.waitBackend
 	if f.backendTCP == nil {
 		// Nothing to wait on without reading: the read itself waits,
@@ -344,7 +355,9 @@ func (f *flow) splice() {
 		waitBackend = func() error { return nil }
 	}
 	f.pipe(f.client, f.backend, waitBackend, &toClientBufs)
-	<-done
+	<-f.toPodDone
+	f.clientWQ.EventUnregister(&entry)
+	f.pumps.Wait()
 	f.idleMu.Lock()
 	f.spliced = true
 	if f.idle != nil {
@@ -352,6 +365,43 @@ func (f *flow) splice() {
 	}
 	f.idleMu.Unlock()
 	f.close()
+}
+
+// clientReadable are the events after which a Read of the client's
+// endpoint does not block: bytes, EOF, or an error.
+const clientReadable = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+
+// kickToPod starts pumpToPod unless it runs: called by gVisor's
+// notification that the client's endpoint became readable, in the
+// notifying goroutine (which may hold the endpoint's locks, so it only
+// starts one).
+func (f *flow) kickToPod() {
+	if f.toPodRunning.CompareAndSwap(false, true) {
+		f.pumps.Add(1)
+		go f.pumpToPod()
+	}
+}
+
+// pumpToPod copies the client's bytes to the pod until the client's
+// endpoint is empty, then ends. A notification that comes while it runs
+// starts nothing (toPodRunning): before it ends, it clears toPodRunning and
+// looks once more, so no readable event is lost between its last look and
+// the end. Once the direction has ended it leaves toPodRunning set: nothing
+// starts it again.
+func (f *flow) pumpToPod() {
+	defer f.pumps.Done()
+	for {
+		for f.clientEP.Readiness(clientReadable) != 0 {
+			if !f.copyOnce(f.backend, f.client, &toPodBufs) {
+				close(f.toPodDone)
+				return
+			}
+		}
+		f.toPodRunning.Store(false)
+		if f.clientEP.Readiness(clientReadable) == 0 || !f.toPodRunning.CompareAndSwap(false, true) {
+			return
+		}
+	}
 }
 
 // pipe copies src to dst until src ends. It holds a copy buffer only while
@@ -364,25 +414,35 @@ func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool) {
 			f.abort()
 			return
 		}
-		bufp := bufs.Get().(*[]byte)
-		n, err := src.Read(*bufp)
-		if n > 0 {
-			f.last.Store(time.Now().UnixNano())
-			if _, werr := dst.Write((*bufp)[:n]); werr != nil {
-				err = werr
-			}
-		}
-		bufs.Put(bufp)
-		switch {
-		case err == io.EOF:
-			dst.CloseWrite()
-			f.halfClosed()
-			return
-		case err != nil:
-			f.abort()
+		if !f.copyOnce(dst, src, bufs) {
 			return
 		}
 	}
+}
+
+// copyOnce copies what one Read of src returns to dst, with a buffer from
+// bufs. It reports false once the direction has ended: EOF half-closes dst,
+// an error aborts the flow.
+func (f *flow) copyOnce(dst, src halfCloser, bufs *sync.Pool) bool {
+	bufp := bufs.Get().(*[]byte)
+	n, err := src.Read(*bufp)
+	if n > 0 {
+		f.last.Store(time.Now().UnixNano())
+		if _, werr := dst.Write((*bufp)[:n]); werr != nil {
+			err = werr
+		}
+	}
+	bufs.Put(bufp)
+	switch {
+	case err == io.EOF:
+		dst.CloseWrite()
+		f.halfClosed()
+		return false
+	case err != nil:
+		f.abort()
+		return false
+	}
+	return true
 }
 
 // halfClosed starts the half-closed timer when the first direction ends
@@ -463,22 +523,6 @@ func waitReadable(rc syscall.RawConn) error {
 		return err
 	}
 	return peekErr
-}
-
-// waitClient waits until the client's gVisor endpoint has bytes or EOF to
-// read, or has failed or closed.
-func (f *flow) waitClient() error {
-	const mask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-	if f.clientEP.Readiness(mask) != 0 {
-		return nil
-	}
-	entry, ready := waiter.NewChannelEntry(mask)
-	f.clientWQ.EventRegister(&entry)
-	defer f.clientWQ.EventUnregister(&entry)
-	for f.clientEP.Readiness(mask) == 0 {
-		<-ready
-	}
-	return nil
 }
 
 // abort ends the flow at once, with a RST on both legs: to the client, as
