@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,7 +35,7 @@ import (
 // Bounds of the API case.
 const (
 	apiStartLimit  = 2 * time.Minute  // the control plane's start
-	apiCreateLimit = 10 * time.Minute // creating the Services and slices of all sizes
+	apiCreateLimit = 5 * time.Minute // creating the Services and slices of all sizes
 	apiServedLimit = 2 * time.Minute  // kubetun serving every Service created
 	apiChangeLimit = 10 * time.Second // one change until served
 	apiPoll        = 2 * time.Millisecond
@@ -185,6 +186,21 @@ func (b *bench) apiCreate(ctx context.Context, cs kubernetes.Interface, from, to
 		first error
 	)
 	next := make(chan int)
+	var done atomic.Int64
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a line every 10 s: creating 10 000 takes a minute or more
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				progress("api: created %d of %d Services", from+int(done.Load()), to)
+			}
+		}
+	}()
 	for range apiWorkers {
 		wg.Add(1)
 		go func() {
@@ -194,6 +210,7 @@ func (b *bench) apiCreate(ctx context.Context, cs kubernetes.Interface, from, to
 				if err == nil {
 					_, err = cs.DiscoveryV1().EndpointSlices(apiNamespace).Create(ctx, slices[i], metav1.CreateOptions{})
 				}
+				done.Add(1)
 				if err != nil {
 					mu.Lock()
 					if first == nil {
