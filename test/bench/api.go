@@ -35,7 +35,7 @@ import (
 // Bounds of the API case.
 const (
 	apiStartLimit  = 2 * time.Minute  // the control plane's start
-	apiCreateLimit = 5 * time.Minute // creating the Services and slices of all sizes
+	apiCreateLimit = 5 * time.Minute  // creating the Services and slices of all sizes
 	apiServedLimit = 2 * time.Minute  // kubetun serving every Service created
 	apiChangeLimit = 10 * time.Second // one change until served
 	apiPoll        = 2 * time.Millisecond
