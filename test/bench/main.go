@@ -131,6 +131,8 @@ type config struct {
 	idleConns    int
 	buildSizes   []int // Services in the in-process table cases
 	kubetunSizes []int // Services in the kubetun table cases
+	apiSizes     []int // Services in the API case, ascending
+	apiChanges   int   // endpoint changes timed per API case size
 }
 
 func main() {
@@ -161,12 +163,17 @@ func main() {
 	flag.IntVar(&cfg.idleConns, "idle-conns", 10000, "idle connections held through kubetun to weigh one (--short: 2000)")
 	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Build's cost")
 	kubetunSizes := flag.String("kubetun-services", "1000,30000", "comma-separated numbers of generated Services kubetun is restarted with (--short: 1000)")
+	apiSizes := flag.String("api-services", "1000,10000", "ascending comma-separated numbers of Services created through kube-apiserver in the api case; creating them takes about a minute per 10 000 (--short: 1000)")
+	flag.IntVar(&cfg.apiChanges, "api-changes", 40, "endpoint changes timed per size in the api case (--short: 20)")
 	flag.Parse()
 	cfg.ktFlags = strings.Fields(*ktFlags)
 	if cfg.short {
 		cfg.shorten()
 		if !flagGiven("kubetun-services") {
 			*kubetunSizes = "1000"
+		}
+		if !flagGiven("api-services") {
+			*apiSizes = "1000"
 		}
 	}
 	err := cfg.parseCases(*cases)
@@ -178,6 +185,9 @@ func main() {
 	}
 	if err == nil {
 		cfg.kubetunSizes, err = parseSizes("--kubetun-services", *kubetunSizes)
+	}
+	if err == nil {
+		cfg.apiSizes, err = parseAPISizes(*apiSizes)
 	}
 	if err == nil {
 		err = cfg.check()
@@ -204,7 +214,7 @@ func main() {
 }
 
 // caseNames are the groups of cases --cases selects.
-var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table"}
+var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table", "api"}
 
 func (c *config) parseCases(list string) error {
 	c.cases = map[string]bool{}
@@ -248,10 +258,12 @@ func (c *config) check() error {
 		return fmt.Errorf("--rr-requests %d: want 1000 to 10000000", c.rrRequests)
 	case c.connectCount < 10 || c.connectCount > 20000:
 		return fmt.Errorf("--connect-count %d: want 10 to 20000", c.connectCount)
+	case c.apiChanges < 2 || c.apiChanges > 1000:
+		return fmt.Errorf("--api-changes %d: want 2 to 1000", c.apiChanges)
 	case c.idleConns < 100 || c.idleConns > 20000:
 		return fmt.Errorf("--idle-conns %d: want 100 to 20000 (the client's ports to one address run out near 28000)", c.idleConns)
 	}
-	for _, n := range append(slices.Clone(c.buildSizes), c.kubetunSizes...) {
+	for _, n := range slices.Concat(c.buildSizes, c.kubetunSizes, c.apiSizes) {
 		if n < 1 || n > 60000 {
 			return fmt.Errorf("%d Services: want 1 to 60000", n)
 		}
@@ -295,7 +307,10 @@ func (b *bench) run(ctx context.Context) error {
 		steps = append(steps, b.measureMTU)
 	}
 	if b.cfg.cases["table"] {
-		steps = append(steps, b.measureTable) // last: it restarts kubetun with other manifests
+		steps = append(steps, b.measureTable) // it restarts kubetun with other manifests
+	}
+	if b.cfg.cases["api"] {
+		steps = append(steps, b.measureAPI) // last: it restarts kubetun on a control plane
 	}
 	if err := testbed.RunSteps(ctx, steps...); err != nil {
 		return err
@@ -728,6 +743,7 @@ func (c *config) shorten() {
 	set("rr-requests", func() { c.rrRequests = 40000 })
 	set("connect-count", func() { c.connectCount = 300 })
 	set("idle-conns", func() { c.idleConns = 2000 })
+	set("api-changes", func() { c.apiChanges = 20 })
 }
 
 // flagGiven says whether the flag was on the command line.
