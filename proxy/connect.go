@@ -156,5 +156,10 @@ func hostDNS(ctx context.Context, st Status, namespace string, out io.Writer, lo
 	}
 	log.Info("host DNS: the cluster domain goes to kubetun through systemd-resolved, on the TUN only",
 		"link", st.TUN, "server", server, "search", strings.Join(hostdns.SearchDomains(st.DNS.Domain, namespace), " "))
+	if mode, err := hostdns.ResolvConfMode(ctx); err == nil && hostdns.ResolvConfBypassed(mode) {
+		log.Warn("host DNS: /etc/resolv.conf does not lead to systemd-resolved, so programs that read it will not resolve cluster names "+
+			"(only those using nss-resolve will); kubetun changes no global setting: point /etc/resolv.conf at /run/systemd/resolve/stub-resolv.conf yourself, or ask kubetun's DNS directly",
+			"resolvConfMode", mode, "server", server)
+	}
 	return revert
 }

@@ -135,6 +135,19 @@ func TestHostDNSSplit(t *testing.T) {
 	wantAnswer("laptop.example.com.", "192.0.2.7", false)
 
 	revert := configure()
+	t.Run("resolv.conf mode", func(t *testing.T) {
+		// The bed's /etc/resolv.conf is a file of its own, not resolved's
+		// stub: resolved calls it foreign, and connect warns that programs
+		// reading it will not see the link's settings.
+		var mode string
+		err := testbed.InNamespace(tb.Node, func() (err error) {
+			mode, err = hostdns.ResolvConfMode(t.Context())
+			return err
+		})
+		if err != nil || mode != "foreign" || !hostdns.ResolvConfBypassed(mode) {
+			t.Errorf("ResolvConfMode() = %q, %v; want foreign", mode, err)
+		}
+	})
 	t.Run("cluster names go to the link", func(t *testing.T) {
 		wantAnswer(clusterName, testbed.ClusterIP, true)
 		wantAnswer("db.other.svc.cluster.local.", "10.3.241.160", true)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -247,3 +248,39 @@ func isError(err error, name string) bool {
 	var pe *dbus.Error
 	return errors.As(err, &pe) && pe.Name == name
 }
+
+// ResolvConfMode returns systemd-resolved's ResolvConfMode property (systemd
+// 246 and later, org.freedesktop.resolve1(5)): how /etc/resolv.conf relates
+// to resolved. "stub", "static" and "uplink" mean resolved manages the file;
+// "foreign" means something else does and "missing" that there is none. Then
+// programs that read /etc/resolv.conf never ask resolved, and the settings
+// Configure made on the link reach only programs that use glibc's
+// nss-resolve (nsswitch.conf's "resolve"). An older resolved, without the
+// property, gives "".
+func ResolvConfMode(ctx context.Context) (string, error) {
+	conn, err := connect(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	var mode dbus.Variant
+	err = conn.Object(resolvedName, resolvedPath).CallWithContext(ctx, "org.freedesktop.DBus.Properties.Get", 0,
+		strings.TrimSuffix(resolvedManager, "."), "ResolvConfMode").Store(&mode)
+	switch {
+	case isError(err, "org.freedesktop.DBus.Error.UnknownProperty"), // sd-bus's
+		isError(err, "org.freedesktop.DBus.Properties.Error.PropertyNotFound"), // godbus's
+		isError(err, "org.freedesktop.DBus.Error.InvalidArgs"):
+		return "", nil
+	case err != nil:
+		return "", fmt.Errorf("hostdns: systemd-resolved ResolvConfMode: %w", err)
+	}
+	s, ok := mode.Value().(string)
+	if !ok {
+		return "", fmt.Errorf("hostdns: systemd-resolved ResolvConfMode: a %s, not a string", mode.Signature())
+	}
+	return s, nil
+}
+
+// ResolvConfBypassed reports whether mode (ResolvConfMode) means that
+// /etc/resolv.conf does not lead to resolved.
+func ResolvConfBypassed(mode string) bool { return mode == "foreign" || mode == "missing" }

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/prop"
 )
 
 // testBus starts a dbus-daemon of the test's own (a bus in a temporary
@@ -92,10 +93,43 @@ func startFakeResolved(t *testing.T, addr string, missing []string, fail map[str
 	if err := conn.ExportMethodTable(methods, resolvedPath, "org.freedesktop.resolve1.Manager"); err != nil {
 		t.Fatal(err)
 	}
+	// Properties: an older resolved has some, but not ResolvConfMode.
+	props := map[string]*prop.Prop{"LLMNR": {Value: "yes", Emit: prop.EmitFalse}}
+	if !slices.Contains(missing, "ResolvConfMode") {
+		props["ResolvConfMode"] = &prop.Prop{Value: "foreign", Emit: prop.EmitFalse}
+	}
+	if _, err := prop.Export(conn, resolvedPath, prop.Map{"org.freedesktop.resolve1.Manager": props}); err != nil {
+		t.Fatal(err)
+	}
 	if reply, err := conn.RequestName(resolvedName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
 		t.Fatalf("RequestName(%s) = %v, %v", resolvedName, reply, err)
 	}
 	return f
+}
+
+// TestResolvConfMode reads the property, and gives "" for a resolved
+// older than systemd 246, which has none.
+func TestResolvConfMode(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		missing []string
+		want    string
+	}{
+		{"foreign", nil, "foreign"},
+		{"older resolved", []string{"ResolvConfMode"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := testBus(t)
+			startFakeResolved(t, addr, tc.missing, nil)
+			got, err := ResolvConfMode(t.Context())
+			if err != nil || got != tc.want {
+				t.Fatalf("ResolvConfMode() = %q, %v; want %q", got, err, tc.want)
+			}
+			if ResolvConfBypassed(got) != (tc.want == "foreign") {
+				t.Errorf("ResolvConfBypassed(%q) = %v", got, ResolvConfBypassed(got))
+			}
+		})
+	}
 }
 
 func (f *fakeResolved) Calls() []string {
