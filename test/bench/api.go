@@ -89,7 +89,7 @@ func (b *bench) measureAPI(ctx context.Context) (err error) {
 		return fmt.Errorf("stopping kubetun: %w", err)
 	}
 	argv := append([]string{b.cfg.kubetun, "run", "--kubeconfig", cp.Kubeconfig, "--node-name", testbed.NodeName,
-		"--service-cidr", scaleCIDR.String(), "--tun", testbed.TUN}, b.cfg.ktFlags...)
+		"--service-cidr", scaleCIDR.String(), "--tun", testbed.TUN, "--profiling"}, b.cfg.ktFlags...)
 	kt, err := b.tb.Start(b.tb.Node, "kubetun-api", argv...)
 	if err != nil {
 		return err
@@ -97,6 +97,11 @@ func (b *bench) measureAPI(ctx context.Context) (err error) {
 	b.kt = kt
 	if err := kt.WaitOutput("msg=ready", kubetunReady); err != nil {
 		return fmt.Errorf("api: kubetun: %w; its output:\n%s", err, kt.Output())
+	}
+	time.Sleep(time.Second)
+	base, err := b.memory(ctx)
+	if err != nil {
+		return fmt.Errorf("api: kubetun's memory before the Services: %w", err)
 	}
 
 	cctx, cancel := context.WithTimeout(ctx, apiCreateLimit)
@@ -117,6 +122,13 @@ func (b *bench) measureAPI(ctx context.Context) (err error) {
 			return nil
 		}
 		progress("api: %s: kubetun serves all %v after the first create", label, time.Since(t0).Round(time.Millisecond))
+		if mem, err := b.memory(ctx); err == nil {
+			r := row{name: "kubetun memory per Service through the API, " + label, lowerBetter: true}
+			r.results[pathKubetun] = result{value: (mem.rss - base.rss) / float64(n) / 1024, unit: "KiB RSS",
+				detail: fmt.Sprintf("RSS %.0f → %.0f MiB, Go heap in use %.0f → %.0f MiB (%.2f KiB per Service; the informers' caches included); heap %s",
+					base.rss/(1<<20), mem.rss/(1<<20), base.heap/(1<<20), mem.heap/(1<<20), (mem.heap-base.heap)/float64(n)/1024, mem.gcNote())}
+			b.add(r)
+		}
 		if err := b.apiChanges(ctx, cs, &probeSlice, label); err != nil {
 			return err
 		}
