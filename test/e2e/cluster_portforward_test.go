@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"regexp"
 	"strings"
 	"sync"
@@ -285,57 +284,9 @@ func (ct *clusterTest) relayedConfig() *rest.Config {
 // names 127.0.0.1, so l on a 127.0.0.1 (of any namespace) serves as the
 // apiserver's address.
 func (ct *clusterTest) relayAPIServer(l net.Listener) {
-	t := ct.t
-	server, err := url.Parse(ct.cp.Server)
-	must(t, err)
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]bool{}
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns[c] = true
-		mu.Unlock()
-	}
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				defer c.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				up, err := ct.cp.DialContext(ctx, "tcp", server.Host)
-				cancel()
-				if err != nil {
-					return
-				}
-				track(up)
-				defer up.Close()
-				done := make(chan struct{})
-				go func() {
-					io.Copy(up, c)
-					up.(*net.TCPConn).CloseWrite()
-					close(done)
-				}()
-				io.Copy(c, up)
-				c.(*net.TCPConn).CloseWrite()
-				<-done
-			})
-		}
-	})
+	stop, err := ct.cp.RelayAPIServer(l)
+	must(ct.t, err)
+	ct.t.Cleanup(stop)
 }
 
 // pfHello dials addr with d, sends the seed's request and returns the
