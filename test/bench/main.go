@@ -42,6 +42,12 @@
 // that many Services: its memory, the first connection to a Service, and the
 // time from one endpoint change in a manifest to the connection it serves.
 //
+// Group laptop (only with --cases laptop: it starts the real control plane
+// from test/controlplane, and is skipped with a note when its binaries are
+// missing) compares `kubetun connect --via portforward` with `kubectl
+// port-forward` to the same pod, both in a laptop namespace without routes
+// to pods: TCP throughput both ways and connections/s one at a time.
+//
 // Then, unless --also-mtu 0, kubetun is restarted with that MTU and the TCP
 // stream cases run again. While kubetun carries each case, its CPU time is
 // read from /proc/PID/stat: CPU seconds per GB moved, per connection or per
@@ -61,7 +67,7 @@
 // Usage:
 //
 //	bench [--kubetun bin/kubetun] [--time 5s] [--conns 2000] [--parallel 8]
-//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp,rr,idle,table]
+//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp,rr,idle,table,laptop]
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
 //	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
@@ -147,7 +153,7 @@ func main() {
 	flag.IntVar(&cfg.parallel, "parallel", 8, "connections in flight at once in the parallel connection-rate case (1 to 64)")
 	flag.IntVar(&cfg.udpLen, "udp-len", 64, "UDP datagram payload in bytes (iperf3 needs 16 at least)")
 	flag.IntVar(&cfg.alsoMTU, "also-mtu", 1500, "also run the TCP stream cases with kubetun --mtu `N` (0: skip)")
-	cases := flag.String("cases", strings.Join(caseNames, ","), "comma-separated `CASES` to run: "+strings.Join(caseNames, ", "))
+	cases := flag.String("cases", strings.Join(defaultCases, ","), "comma-separated `CASES` to run: "+strings.Join(caseNames, ", "))
 	ktFlags := flag.String("kubetun-flags", "", "space-separated `FLAGS` added to kubetun's command line, e.g. \"--profiling\"")
 	flag.BoolVar(&cfg.gctrace, "gctrace", false, "run kubetun with GODEBUG=gctrace=1 and count its GC cycles per case")
 	flag.BoolVar(&cfg.keepFiles, "keep", false, "keep the logs and manifest (printed at the end) instead of removing them")
@@ -214,7 +220,11 @@ func main() {
 }
 
 // caseNames are the groups of cases --cases selects.
-var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table", "api"}
+var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table", "api", "laptop"}
+
+// defaultCases are the groups run without --cases: laptop, which starts a
+// control plane, runs only when asked.
+var defaultCases = []string{"stream", "conn", "udp", "rr", "idle", "table", "api"}
 
 func (c *config) parseCases(list string) error {
 	c.cases = map[string]bool{}
@@ -288,7 +298,8 @@ type bench struct {
 	ktVersion    string // `kubetun version` and the work tree's commit
 	defaultMTU   string // kubetun0's MTU without --mtu
 
-	rows []row
+	rows  []row
+	notes []string // printed above the table
 }
 
 func (b *bench) run(ctx context.Context) error {
@@ -305,6 +316,9 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	if b.cfg.alsoMTU != 0 && b.cfg.cases["stream"] {
 		steps = append(steps, b.measureMTU)
+	}
+	if b.cfg.cases["laptop"] {
+		steps = append(steps, b.measureLaptop)
 	}
 	if b.cfg.cases["table"] {
 		steps = append(steps, b.measureTable) // it restarts kubetun with other manifests
@@ -328,6 +342,12 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	loadEnd := loadAverage()
 	fmt.Printf("load:    %s at the end; the run took %v\n\n", loadEnd, time.Since(b.start).Round(time.Second))
+	for _, n := range b.notes {
+		fmt.Println(n)
+	}
+	if len(b.notes) > 0 {
+		fmt.Println()
+	}
 	printTable(os.Stdout, b.rows)
 	if b.cfg.jsonPath == "" {
 		return nil

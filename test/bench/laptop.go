@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kubetun/kubetun/test/controlplane"
+	"github.com/kubetun/kubetun/test/testbed"
+)
+
+// The laptop case (issue https://github.com/kubetun/kubetun/issues/7):
+// the real control plane (package controlplane) in the bed's node
+// namespace, pod1 as a Pod whose port-forward the kubelet stand-in serves
+// in pod1's namespace, and a laptop namespace with no route to any pod,
+// reaching kube-apiserver through a relay on its 127.0.0.1. In the laptop,
+// `kubetun connect --via portforward` and `kubectl port-forward` to the same
+// pod carry the same clients in turn.
+
+// laptopSubnet is the laptop's 10.0.N.0/24; the seed has 1 to 3.
+const laptopSubnet = 20
+
+// laptopNS is the Kubernetes namespace of the laptop case.
+const laptopNS = "bench"
+
+// laptopHTTPPort is podserver's port in pod1, the Service's port too.
+const laptopHTTPPort = 8080
+
+// laptopReadyTimeout bounds each wait of the laptop case's set-up.
+const laptopReadyTimeout = 30 * time.Second
+
+// laptopObjects are pod1 as a Pod and a Service in front of it.
+var laptopObjects = fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: pod1
+  labels:
+    app: bench
+spec:
+  nodeName: %s
+  containers:
+  - name: server
+    image: kubetun/podserver # never pulled: the bench runs podserver and iperf3 in the pod's namespace
+    ports:
+    - name: http
+      containerPort: %d
+    - name: iperf
+      containerPort: %d
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: bench
+spec:
+  selector:
+    app: bench
+  ports:
+  - name: http
+    port: %d
+    targetPort: http
+  - name: iperf
+    port: %d
+    targetPort: iperf
+`, testbed.NodeName, laptopHTTPPort, iperfPort, laptopHTTPPort, iperfPort)
+
+// measureLaptop runs the laptop case, or skips it with a note when the
+// control-plane binaries are missing.
+func (b *bench) measureLaptop(ctx context.Context) (err error) {
+	bins, err := controlplane.Find()
+	if err != nil {
+		progress("laptop: skipped, control-plane binaries missing ('make controlplane' builds them): %v", err)
+		b.notes = append(b.notes, fmt.Sprintf("laptop: skipped, control-plane binaries missing ('make controlplane' builds them): %v", err))
+		return nil
+	}
+	progress("laptop: starting the control plane in %s", b.tb.Node)
+	began := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cp, err := controlplane.Start(sctx, controlplane.Options{Namespace: b.tb.Node, Bins: bins, Dir: filepath.Join(b.tmp, "controlplane")})
+	if err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	defer func() {
+		if cerr := cp.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("laptop: control plane: Close: %w", cerr)
+		}
+	}()
+	pod := b.seed.Pod1
+	if err := cp.CreateNode(sctx, testbed.NodeName, nil); err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	if err := cp.CreateNamespace(sctx, laptopNS); err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	if _, err := cp.Apply(sctx, laptopObjects, "-n", laptopNS); err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	cp.SetPodNetns(laptopNS, "pod1", pod.Namespace)
+	if err := cp.SetPodRunning(sctx, laptopNS, "pod1", true, pod.IP.String()); err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	clusterIP, err := cp.Kubectl(sctx, "-n", laptopNS, "get", "service", "bench", "-o", "jsonpath={.spec.clusterIP}")
+	if err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	clusterIP = strings.TrimSpace(clusterIP)
+	if err := waitEndpoints(sctx, cp); err != nil {
+		return err
+	}
+	progress("laptop: control plane and pod1 ready in %v", time.Since(began).Round(time.Millisecond))
+
+	lap, err := b.tb.AddHost("laptop", laptopSubnet)
+	if err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	if _, err := b.tb.Run(sctx, lap.Namespace, "ip", "route", "del", "default"); err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	var l net.Listener
+	if err := testbed.InNamespace(lap.Namespace, func() error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		return fmt.Errorf("laptop: listen for the apiserver relay: %w", err)
+	}
+	stop, err := cp.RelayAPIServer(l)
+	if err != nil {
+		l.Close()
+		return err
+	}
+	defer stop()
+	kubeconfig := filepath.Join(b.tmp, "laptop-kubeconfig")
+	if err := writeLaptopKubeconfig(kubeconfig, l.Addr().String(), cp); err != nil {
+		return err
+	}
+
+	connectBegan := time.Now()
+	kt, err := b.tb.Start(lap.Namespace, "kubetun-connect", b.cfg.kubetun, "connect", "--kubeconfig", kubeconfig,
+		"--via", "portforward", "--tun", testbed.TUN, "--host-dns=false", "--dns-upstream", lap.Gateway.String(),
+		"--health-addr", "127.0.0.1:10256", "--metrics-addr", "")
+	if err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	defer kt.Stop(10 * time.Second)
+	if err := kt.WaitOutput("connected to ", laptopReadyTimeout); err != nil {
+		return fmt.Errorf("laptop: kubetun connect: %w; its output:\n%s", err, kt.Output())
+	}
+	connectReady := time.Since(connectBegan)
+	// kubectl on the same ports of the laptop's loopback as the Service's.
+	pf, err := b.tb.Start(lap.Namespace, "kubectl-port-forward", bins.Kubectl, "--kubeconfig", kubeconfig,
+		"--cache-dir", filepath.Join(b.tmp, "kubectl-cache"), "port-forward", "pod/pod1", "--address", "127.0.0.1",
+		fmt.Sprintf("%d:%d", iperfPort, iperfPort), fmt.Sprintf("%d:%d", laptopHTTPPort, laptopHTTPPort))
+	if err != nil {
+		return fmt.Errorf("laptop: %w", err)
+	}
+	defer pf.Stop(5 * time.Second)
+	if err := pf.WaitOutput(fmt.Sprintf("Forwarding from 127.0.0.1:%d", laptopHTTPPort), laptopReadyTimeout); err != nil {
+		return fmt.Errorf("laptop: kubectl port-forward: %w; its output:\n%s", err, pf.Output())
+	}
+	progress("laptop: kubetun connect ready in %v; Service bench at %s; kubectl port-forward on 127.0.0.1:%d and :%d",
+		connectReady.Round(time.Millisecond), clusterIP, iperfPort, laptopHTTPPort)
+
+	targets := [2]string{"127.0.0.1", clusterIP} // by pathDirect, pathKubetun
+	names := [2]string{"kubectl port-forward", "kubetun connect"}
+	for _, s := range []struct {
+		name string
+		args []string
+	}{
+		{"laptop: TCP upload, laptop → pod via kubetun connect (port-forward) vs kubectl port-forward", nil},
+		{"laptop: TCP download, pod → laptop (-R) via kubetun connect (port-forward) vs kubectl port-forward", []string{"-R"}},
+	} {
+		r := row{name: s.name}
+		for i, target := range targets {
+			progress("%s: %s", s.name, names[i])
+			before, _ := readCPU(kt.Pid())
+			res, err := b.iperf(ctx, lap.Namespace, target, s.args...)
+			if err != nil {
+				r.failures = append(r.failures, fmt.Sprintf("%s: %v", names[i], err))
+				continue
+			}
+			r.results[i] = result{value: res.received.BitsPerSecond / 1e9, unit: "Gbit/s",
+				detail: fmt.Sprintf("%s: retr %d", names[i], res.sent.Retransmits)}
+			if i == pathKubetun {
+				after, _ := readCPU(kt.Pid())
+				r.cpu = after.since(before).per(float64(res.received.Bytes)/1e9, "s/GB", 1)
+			}
+		}
+		b.add(r)
+	}
+	r := row{name: "laptop: TCP connections/s, 1 at a time, via kubetun connect (port-forward) vs kubectl port-forward"}
+	for i, target := range targets {
+		addr := net.JoinHostPort(target, strconv.Itoa(laptopHTTPPort))
+		progress("%s: %s (%d connections, at most %v)", r.name, names[i], b.cfg.conns, b.cfg.connTime)
+		before, _ := readCPU(kt.Pid())
+		res, err := connRate(ctx, lap.Namespace, addr, b.cfg.conns, 1, b.cfg.connTime)
+		if err != nil {
+			r.failures = append(r.failures, fmt.Sprintf("%s to %s: %v", names[i], addr, err))
+			continue
+		}
+		r.results[i] = result{value: res.rate(), unit: "conn/s", detail: names[i] + ": " + res.String()}
+		if res.failed > 0 {
+			r.results[i].note = fmt.Sprintf("%d failed", res.failed)
+		}
+		if i == pathKubetun {
+			after, _ := readCPU(kt.Pid())
+			r.cpu = after.since(before).per(float64(res.done), "µs/conn", 1e6)
+		}
+	}
+	b.add(r)
+	b.notes = append(b.notes, fmt.Sprintf("laptop: rows \"laptop: …\": column direct is kubectl port-forward pod/pod1, column kubetun is kubetun connect --via portforward to the Service's ClusterIP %s, both in a laptop namespace with no route to pods; kubetun connect ready in %v; CPU is kubetun connect's",
+		clusterIP, connectReady.Round(time.Millisecond)))
+	return nil
+}
+
+// waitEndpoints waits, bounded, until the EndpointSlice controller lists
+// pod1 ready behind the Service bench.
+func waitEndpoints(ctx context.Context, cp *controlplane.ControlPlane) error {
+	deadline := time.Now().Add(laptopReadyTimeout)
+	var out string
+	for time.Now().Before(deadline) {
+		var err error
+		out, err = cp.Kubectl(ctx, "-n", laptopNS, "get", "endpointslices", "-l", "kubernetes.io/service-name=bench", "-o",
+			`jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]} {end}`)
+		if err == nil && len(strings.Fields(out)) == 1 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("laptop: the Service bench has no ready endpoint after %v (last: %q)", laptopReadyTimeout, out)
+}
+
+// writeLaptopKubeconfig writes the laptop's kubeconfig: kube-apiserver at
+// server (the relay), namespace laptopNS.
+func writeLaptopKubeconfig(path, server string, cp *controlplane.ControlPlane) error {
+	data := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: bench
+  cluster:
+    server: https://%s
+    certificate-authority-data: %s
+users:
+- name: dev
+  user:
+    token: %s
+contexts:
+- name: laptop
+  context:
+    cluster: bench
+    user: dev
+    namespace: %s
+current-context: laptop
+`, server, base64.StdEncoding.EncodeToString(cp.CACert), cp.Token, laptopNS)
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		return fmt.Errorf("laptop: write kubeconfig: %w", err)
+	}
+	return nil
+}
