@@ -183,6 +183,7 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 			res, err := b.iperf(ctx, lap.Namespace, target, s.args...)
 			if err != nil {
 				r.failures = append(r.failures, fmt.Sprintf("%s: %v", names[i], err))
+				progress("  failed: %s: %v", names[i], err)
 				continue
 			}
 			r.results[i] = result{value: res.received.BitsPerSecond / 1e9, unit: "Gbit/s",
@@ -202,6 +203,7 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 		res, err := connRate(ctx, lap.Namespace, addr, b.cfg.conns, 1, b.cfg.connTime)
 		if err != nil {
 			r.failures = append(r.failures, fmt.Sprintf("%s to %s: %v", names[i], addr, err))
+			progress("  failed: %s to %s: %v", names[i], addr, err)
 			continue
 		}
 		r.results[i] = result{value: res.rate(), unit: "conn/s", detail: names[i] + ": " + res.String()}

@@ -49,13 +49,14 @@ type kubelet struct {
 	netns  map[podKey]string
 	conns  map[net.Conn]struct{} // kube-apiserver's and the pods' connections
 	closed bool
+	quit   chan struct{} // closed by close
 }
 
 type podKey struct{ namespace, name string }
 
 // startKubelet listens on kubeletAddr:KubeletPort in the namespace and serves.
 func (cp *ControlPlane) startKubelet(keys *pki) error {
-	k := &kubelet{cp: cp, netns: make(map[podKey]string), conns: make(map[net.Conn]struct{})}
+	k := &kubelet{cp: cp, netns: make(map[podKey]string), conns: make(map[net.Conn]struct{}), quit: make(chan struct{})}
 	ln, err := listenIn(cp.Namespace, "tcp", net.JoinHostPort(kubeletAddr, strconv.Itoa(KubeletPort)))
 	if err != nil {
 		return fmt.Errorf("controlplane: kubelet stand-in: listen in netns %s: %w", cp.Namespace, err)
@@ -110,6 +111,7 @@ func (k *kubelet) close() error {
 	k.mu.Lock()
 	k.closed = true
 	k.mu.Unlock()
+	close(k.quit)
 	err := k.server.Close() // the listener; upgraded connections are ours
 	k.cp.CutPortForwards()
 	k.wg.Wait()
@@ -212,7 +214,17 @@ func (f forwarder) PortForward(ctx context.Context, _, _ string, port int32, str
 	}()
 	io.Copy(stream, c)
 	stream.Close() // the data stream's write side: the client reads EOF
-	<-done
+	select {
+	case <-done:
+	case <-f.k.quit:
+		// A stream whose client went away without closing its side
+		// is not ended by closing the SPDY connection under it: its
+		// read waits until the stream is reset.
+		if r, ok := stream.(interface{ Reset() error }); ok {
+			r.Reset()
+		}
+		<-done
+	}
 	return nil
 }
 
