@@ -192,14 +192,28 @@ type forwarder struct {
 
 // PortForward connects to port in the pod and copies both ways, passing
 // each side's half-close on, until both are done.
+//
+// The data stream is read until the client half-closes it, or else reset:
+// spdystream hands a stream's data frames over one at a time on the
+// connection's frame workers, shared by every stream, so data nobody reads
+// stops every stream of the connection, and its close too
+// (https://github.com/moby/spdystream, connection.go, handleDataFrame).
+// The kubelet resets a forward's streams when the runtime's PortForward
+// fails for the same reason (k8s.io/cri-streaming, httpstream.go).
 func (f forwarder) PortForward(ctx context.Context, _, _ string, port int32, stream io.ReadWriteCloser) error {
 	f.k.wg.Add(1)
 	defer f.k.wg.Done()
+	reset := func() {
+		if r, ok := stream.(interface{ Reset() error }); ok {
+			r.Reset()
+		}
+	}
 	c, err := f.k.dialPod(ctx, f.pod, port)
 	if err != nil {
-		return err
+		return err // the kubelet resets the streams
 	}
 	if !f.k.track(c) {
+		c.Close()
 		return errors.New("kubelet stand-in closed")
 	}
 	defer func() {
@@ -209,20 +223,28 @@ func (f forwarder) PortForward(ctx context.Context, _, _ string, port int32, str
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(c, stream)
-		c.(*net.TCPConn).CloseWrite()
+		_, err := io.Copy(c, stream)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		if err != nil {
+			// The pod takes no more: what the client still sends
+			// is dropped, not left unread.
+			reset()
+			c.Close()
+		}
 	}()
-	io.Copy(stream, c)
-	stream.Close() // the data stream's write side: the client reads EOF
+	if _, err := io.Copy(stream, c); err != nil {
+		reset() // the pod's connection broke, or the stream did
+	} else {
+		stream.Close() // the data stream's write side: the client reads EOF
+	}
 	select {
 	case <-done:
 	case <-f.k.quit:
 		// A stream whose client went away without closing its side
-		// is not ended by closing the SPDY connection under it: its
-		// read waits until the stream is reset.
-		if r, ok := stream.(interface{ Reset() error }); ok {
-			r.Reset()
-		}
+		// is not ended by closing the SPDY connection under it.
+		reset()
 		<-done
 	}
 	return nil

@@ -124,6 +124,51 @@ func TestKubeletPortForward(t *testing.T) {
 		t.Errorf("error stream of a good forward: %q", msg)
 	}
 
+	// A pod that closes at once while the client sends 8 MiB: the stand-in
+	// must drop the rest, not leave it unread, which would stop every
+	// stream of the connection (spdystream) and the stand-in's close.
+	quitter, err := listenIn(netns, "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer quitter.Close()
+	go func() {
+		for {
+			c, err := quitter.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	_, flood := pair(3, quitter.Addr().(*net.TCPAddr).Port)
+	defer flood.Reset()
+	flooded := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 32<<10)
+		for range 256 {
+			if _, err := flood.Write(buf); err != nil {
+				flooded <- err
+				return
+			}
+		}
+		flooded <- nil
+	}()
+	select {
+	case <-flooded: // written, or refused once the stream was reset
+	case <-time.After(30 * time.Second):
+		t.Fatal("8 MiB to a pod that closed at once: writing still blocked after 30 s")
+	}
+	_, data = pair(4, echoPort)
+	io.WriteString(data, "again")
+	data.Close()
+	timer := time.AfterFunc(30*time.Second, func() { conn.Close() })
+	got, err = io.ReadAll(data)
+	timer.Stop()
+	if err != nil || string(got) != "again" {
+		t.Errorf("echo on the same connection after the flood = %q, %v, want again", got, err)
+	}
+
 	closed, err := listenIn(netns, "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
