@@ -32,6 +32,10 @@ const laptopNS = "bench"
 // laptopHTTPPort is podserver's port in pod1, the Service's port too.
 const laptopHTTPPort = 8080
 
+// laptopVersus ends the laptop rows' names: their direct column is kubectl
+// port-forward, their kubetun column kubetun connect.
+const laptopVersus = "kubectl port-forward vs kubetun connect"
+
 // laptopReadyTimeout bounds each wait of the laptop case's set-up.
 const laptopReadyTimeout = 30 * time.Second
 
@@ -70,14 +74,29 @@ spec:
 `, testbed.NodeName, laptopHTTPPort, iperfPort, laptopHTTPPort, iperfPort)
 
 // measureLaptop runs the laptop case, or skips it with a note when the
-// control-plane binaries are missing.
-func (b *bench) measureLaptop(ctx context.Context) (err error) {
+// control-plane binaries are missing. A failure of the case is a note too,
+// so that the groups after it still run: it has more parts than the others
+// (a control plane, kubectl, kubetun connect).
+func (b *bench) measureLaptop(ctx context.Context) error {
 	bins, err := controlplane.Find()
 	if err != nil {
-		progress("laptop: skipped, control-plane binaries missing ('make controlplane' builds them): %v", err)
-		b.notes = append(b.notes, fmt.Sprintf("laptop: skipped, control-plane binaries missing ('make controlplane' builds them): %v", err))
+		b.notes = append(b.notes, fmt.Sprintf("laptop: skipped, control-plane binaries missing: %v", err))
+		progress("%s", b.notes[len(b.notes)-1])
 		return nil
 	}
+	if err := b.laptop(ctx, bins); err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		b.notes = append(b.notes, fmt.Sprintf("laptop: failed: %v", err))
+		progress("%s", b.notes[len(b.notes)-1])
+	}
+	return nil
+}
+
+// laptop runs the laptop case with the control-plane binaries bins; it
+// removes what it started, also on failure.
+func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) {
 	progress("laptop: starting the control plane in %s", b.tb.Node)
 	began := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -141,7 +160,7 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 		return err
 	}
 
-	connectBegan := time.Now()
+	began = time.Now()
 	kt, err := b.tb.Start(lap.Namespace, "kubetun-connect", b.cfg.kubetun, "connect", "--kubeconfig", kubeconfig,
 		"--via", "portforward", "--tun", testbed.TUN, "--host-dns=false", "--dns-upstream", lap.Gateway.String(),
 		"--health-addr", "127.0.0.1:10256", "--metrics-addr", "")
@@ -152,8 +171,9 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 	if err := kt.WaitOutput("connected to ", laptopReadyTimeout); err != nil {
 		return fmt.Errorf("laptop: kubetun connect: %w; its output:\n%s", err, kt.Output())
 	}
-	connectReady := time.Since(connectBegan)
+	connectReady := time.Since(began)
 	// kubectl on the same ports of the laptop's loopback as the Service's.
+	began = time.Now()
 	pf, err := b.tb.Start(lap.Namespace, "kubectl-port-forward", bins.Kubectl, "--kubeconfig", kubeconfig,
 		"--cache-dir", filepath.Join(b.tmp, "kubectl-cache"), "port-forward", "pod/pod1", "--address", "127.0.0.1",
 		fmt.Sprintf("%d:%d", iperfPort, iperfPort), fmt.Sprintf("%d:%d", laptopHTTPPort, laptopHTTPPort))
@@ -164,8 +184,13 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 	if err := pf.WaitOutput(fmt.Sprintf("Forwarding from 127.0.0.1:%d", laptopHTTPPort), laptopReadyTimeout); err != nil {
 		return fmt.Errorf("laptop: kubectl port-forward: %w; its output:\n%s", err, pf.Output())
 	}
-	progress("laptop: kubetun connect ready in %v; Service bench at %s; kubectl port-forward on 127.0.0.1:%d and :%d",
-		connectReady.Round(time.Millisecond), clusterIP, iperfPort, laptopHTTPPort)
+	pfReady := time.Since(began)
+	progress("laptop: kubetun connect ready in %v, kubectl port-forward in %v; Service bench at %s; kubectl port-forward on 127.0.0.1:%d and :%d",
+		connectReady.Round(time.Millisecond), pfReady.Round(time.Millisecond), clusterIP, iperfPort, laptopHTTPPort)
+	b.add(row{name: "laptop: start to ready, " + laptopVersus, lowerBetter: true, results: [numPaths]result{
+		pathDirect:  {value: float64(pfReady) / 1e6, unit: "ms", detail: "kubectl port-forward: start to its \"Forwarding from\" line"},
+		pathKubetun: {value: float64(connectReady) / 1e6, unit: "ms", detail: "kubetun connect: start to its \"connected to\" line (Services synced, TUN up)"},
+	}})
 
 	targets := [2]string{"127.0.0.1", clusterIP} // by pathDirect, pathKubetun
 	names := [2]string{"kubectl port-forward", "kubetun connect"}
@@ -173,8 +198,8 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 		name string
 		args []string
 	}{
-		{"laptop: TCP upload, laptop → pod via kubetun connect (port-forward) vs kubectl port-forward", nil},
-		{"laptop: TCP download, pod → laptop (-R) via kubetun connect (port-forward) vs kubectl port-forward", []string{"-R"}},
+		{"laptop: TCP upload laptop → pod, iperf3, " + laptopVersus, nil},
+		{"laptop: TCP download pod → laptop, iperf3 -R, " + laptopVersus, []string{"-R"}},
 	} {
 		r := row{name: s.name}
 		for i, target := range targets {
@@ -187,7 +212,7 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 				continue
 			}
 			r.results[i] = result{value: res.received.BitsPerSecond / 1e9, unit: "Gbit/s",
-				detail: fmt.Sprintf("%s: retr %d", names[i], res.sent.Retransmits)}
+				detail: fmt.Sprintf("%s: %.0f MB in %.1fs, retr %d", names[i], float64(res.received.Bytes)/1e6, res.received.Seconds, res.sent.Retransmits)}
 			if i == pathKubetun {
 				after, _ := readCPU(kt.Pid())
 				r.cpu = after.since(before).per(float64(res.received.Bytes)/1e9, "s/GB", 1)
@@ -195,12 +220,12 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 		}
 		b.add(r)
 	}
-	r := row{name: "laptop: TCP connections/s, 1 at a time, via kubetun connect (port-forward) vs kubectl port-forward"}
+	r := row{name: "laptop: TCP connections/s, 1 at a time, " + laptopVersus}
 	for i, target := range targets {
 		addr := net.JoinHostPort(target, strconv.Itoa(laptopHTTPPort))
-		progress("%s: %s (%d connections, at most %v)", r.name, names[i], b.cfg.conns, b.cfg.connTime)
+		progress("%s: %s (%d connections, at most %v)", r.name, names[i], b.cfg.laptopConns, b.cfg.connTime)
 		before, _ := readCPU(kt.Pid())
-		res, err := connRate(ctx, lap.Namespace, addr, b.cfg.conns, 1, b.cfg.connTime)
+		res, err := connRate(ctx, lap.Namespace, addr, b.cfg.laptopConns, 1, b.cfg.connTime)
 		if err != nil {
 			r.failures = append(r.failures, fmt.Sprintf("%s to %s: %v", names[i], addr, err))
 			progress("  failed: %s to %s: %v", names[i], addr, err)
@@ -216,8 +241,9 @@ func (b *bench) measureLaptop(ctx context.Context) (err error) {
 		}
 	}
 	b.add(r)
-	b.notes = append(b.notes, fmt.Sprintf("laptop: rows \"laptop: …\": column direct is kubectl port-forward pod/pod1, column kubetun is kubetun connect --via portforward to the Service's ClusterIP %s, both in a laptop namespace with no route to pods; kubetun connect ready in %v; CPU is kubetun connect's",
-		clusterIP, connectReady.Round(time.Millisecond)))
+	b.notes = append(b.notes, fmt.Sprintf("laptop: in rows \"laptop: …\" column direct is kubectl port-forward pod/pod1 (127.0.0.1 in the laptop), "+
+		"column kubetun is kubetun connect --via portforward (the Service's ClusterIP %s), both through kube-apiserver's pods/portforward "+
+		"from a laptop namespace with no route to pods; kubetun CPU is kubetun connect's", clusterIP))
 	return nil
 }
 

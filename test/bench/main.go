@@ -42,11 +42,13 @@
 // that many Services: its memory, the first connection to a Service, and the
 // time from one endpoint change in a manifest to the connection it serves.
 //
-// Group laptop (only with --cases laptop: it starts the real control plane
-// from test/controlplane, and is skipped with a note when its binaries are
-// missing) compares `kubetun connect --via portforward` with `kubectl
-// port-forward` to the same pod, both in a laptop namespace without routes
-// to pods: TCP throughput both ways and connections/s one at a time.
+// Group laptop starts the real control plane from test/controlplane (it is
+// skipped with a note when its binaries are missing, see `make
+// controlplane`) and compares `kubetun connect --via portforward` with
+// `kubectl port-forward` to the same pod, both in a laptop namespace without
+// routes to pods: time from start to ready, TCP throughput both ways
+// (iperf3) and connections/s one at a time (--laptop-conns). There the
+// direct column is kubectl port-forward's.
 //
 // Then, unless --also-mtu 0, kubetun is restarted with that MTU and the TCP
 // stream cases run again. While kubetun carries each case, its CPU time is
@@ -71,7 +73,7 @@
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
 //	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
-//	      [--connect-count 2000] [--idle-conns 10000]
+//	      [--connect-count 2000] [--idle-conns 10000] [--laptop-conns 1000]
 //	      [--build-services 1000,30000] [--kubetun-services 1000,30000]
 package main
 
@@ -135,6 +137,7 @@ type config struct {
 	rrRequests   int             // bounds each keep-alive request-rate run
 	connectCount int             // connections per connect-latency run
 	idleConns    int
+	laptopConns  int   // connections per path in the laptop case
 	buildSizes   []int // Services in the in-process table cases
 	kubetunSizes []int // Services in the kubetun table cases
 	apiSizes     []int // Services in the API case, ascending
@@ -153,7 +156,7 @@ func main() {
 	flag.IntVar(&cfg.parallel, "parallel", 8, "connections in flight at once in the parallel connection-rate case (1 to 64)")
 	flag.IntVar(&cfg.udpLen, "udp-len", 64, "UDP datagram payload in bytes (iperf3 needs 16 at least)")
 	flag.IntVar(&cfg.alsoMTU, "also-mtu", 1500, "also run the TCP stream cases with kubetun --mtu `N` (0: skip)")
-	cases := flag.String("cases", strings.Join(defaultCases, ","), "comma-separated `CASES` to run: "+strings.Join(caseNames, ", "))
+	cases := flag.String("cases", strings.Join(caseNames, ","), "comma-separated `CASES` to run: "+strings.Join(caseNames, ", "))
 	ktFlags := flag.String("kubetun-flags", "", "space-separated `FLAGS` added to kubetun's command line, e.g. \"--profiling\"")
 	flag.BoolVar(&cfg.gctrace, "gctrace", false, "run kubetun with GODEBUG=gctrace=1 and count its GC cycles per case")
 	flag.BoolVar(&cfg.keepFiles, "keep", false, "keep the logs and manifest (printed at the end) instead of removing them")
@@ -167,6 +170,7 @@ func main() {
 	flag.IntVar(&cfg.rrRequests, "rr-requests", 200000, "at most this many requests per keep-alive request-rate run, a twentieth with 1 MiB answers (--short: 40000)")
 	flag.IntVar(&cfg.connectCount, "connect-count", 2000, "connections per connect-latency run (--short: 300)")
 	flag.IntVar(&cfg.idleConns, "idle-conns", 10000, "idle connections held through kubetun to weigh one (--short: 2000)")
+	flag.IntVar(&cfg.laptopConns, "laptop-conns", 1000, "connections per path in the laptop case's connection rate, at most --conn-time (--short: 200)")
 	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Build's cost")
 	kubetunSizes := flag.String("kubetun-services", "1000,30000", "comma-separated numbers of generated Services kubetun is restarted with (--short: 1000)")
 	apiSizes := flag.String("api-services", "1000,10000", "ascending comma-separated numbers of Services created through kube-apiserver in the api case; creating them takes about a minute per 10 000 (--short: 1000)")
@@ -222,10 +226,6 @@ func main() {
 // caseNames are the groups of cases --cases selects.
 var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table", "api", "laptop"}
 
-// defaultCases are the groups run without --cases: laptop, which starts a
-// control plane, runs only when asked.
-var defaultCases = []string{"stream", "conn", "udp", "rr", "idle", "table", "api"}
-
 func (c *config) parseCases(list string) error {
 	c.cases = map[string]bool{}
 	for name := range strings.SplitSeq(list, ",") {
@@ -272,6 +272,8 @@ func (c *config) check() error {
 		return fmt.Errorf("--api-changes %d: want 2 to 1000", c.apiChanges)
 	case c.idleConns < 100 || c.idleConns > 20000:
 		return fmt.Errorf("--idle-conns %d: want 100 to 20000 (the client's ports to one address run out near 28000)", c.idleConns)
+	case c.laptopConns < 10 || c.laptopConns > 20000:
+		return fmt.Errorf("--laptop-conns %d: want 10 to 20000", c.laptopConns)
 	}
 	for _, n := range slices.Concat(c.buildSizes, c.kubetunSizes, c.apiSizes) {
 		if n < 1 || n > 60000 {
@@ -340,6 +342,10 @@ func (b *bench) run(ctx context.Context) error {
 		fmt.Printf("rr:      64-byte requests, answers of 64 B or 1 MiB; per case and path %v, at most %d round trips or %d requests, in %d rounds the paths take turns in; kube-proxy beds: both seed pods behind the ClusterIP, %s\n",
 			b.cfg.rrTime, b.cfg.rrCount, b.cfg.rrRequests, b.cfg.rounds, strings.Join(b.kpVersions, ", "))
 	}
+	if b.cfg.cases["laptop"] {
+		fmt.Printf("laptop:  %d connections per path in its rate case (at most %v); direct = kubectl port-forward in the laptop rows\n",
+			b.cfg.laptopConns, b.cfg.connTime)
+	}
 	loadEnd := loadAverage()
 	fmt.Printf("load:    %s at the end; the run took %v\n\n", loadEnd, time.Since(b.start).Round(time.Second))
 	for _, n := range b.notes {
@@ -354,6 +360,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	rep := report{Time: b.start.UTC().Format(time.RFC3339), Go: runtime.Version(), Kubetun: b.ktVersion, Short: b.cfg.short,
 		Machine: map[string]string{"nproc": strconv.Itoa(runtime.NumCPU()), "load_start": loadStart, "load_end": loadEnd, "cpu_busy_start": busy}}
+	rep.Notes = b.notes
 	if err := writeJSON(b.cfg.jsonPath, rep, b.rows); err != nil {
 		return err
 	}
@@ -764,6 +771,7 @@ func (c *config) shorten() {
 	set("connect-count", func() { c.connectCount = 300 })
 	set("idle-conns", func() { c.idleConns = 2000 })
 	set("api-changes", func() { c.apiChanges = 20 })
+	set("laptop-conns", func() { c.laptopConns = 200 })
 }
 
 // flagGiven says whether the flag was on the command line.

@@ -142,6 +142,7 @@ type report struct {
 	Kubetun string            `json:"kubetun"`
 	Short   bool              `json:"short"`
 	Machine map[string]string `json:"machine"` // nproc, load averages, CPU busy
+	Notes   []string          `json:"notes,omitempty"`
 	Rows    []jsonRow         `json:"rows"`
 }
 
