@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,6 +33,11 @@ const laptopNS = "bench"
 // laptopHTTPPort is podserver's port in pod1, the Service's port too.
 const laptopHTTPPort = 8080
 
+// laptopBytesPort is podserver's bytes port in pod1, the Service's port
+// too: for a request "N\n" it sends the first N bytes of package pattern's
+// stream and closes.
+const laptopBytesPort = 9001
+
 // laptopVersus ends the laptop rows' names: their direct column is kubectl
 // port-forward, their kubetun column kubetun connect.
 const laptopVersus = "kubectl port-forward vs kubetun connect"
@@ -56,6 +62,8 @@ spec:
       containerPort: %d
     - name: iperf
       containerPort: %d
+    - name: bytes
+      containerPort: %d
 ---
 apiVersion: v1
 kind: Service
@@ -71,7 +79,10 @@ spec:
   - name: iperf
     port: %d
     targetPort: iperf
-`, testbed.NodeName, laptopHTTPPort, iperfPort, laptopHTTPPort, iperfPort)
+  - name: bytes
+    port: %d
+    targetPort: bytes
+`, testbed.NodeName, laptopHTTPPort, iperfPort, laptopBytesPort, laptopHTTPPort, iperfPort, laptopBytesPort)
 
 // measureLaptop runs the laptop case, or skips it with a note when the
 // control-plane binaries are missing. A failure of the case is a note too,
@@ -176,17 +187,18 @@ func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) 
 	began = time.Now()
 	pf, err := b.tb.Start(lap.Namespace, "kubectl-port-forward", bins.Kubectl, "--kubeconfig", kubeconfig,
 		"--cache-dir", filepath.Join(b.tmp, "kubectl-cache"), "port-forward", "pod/pod1", "--address", "127.0.0.1",
-		fmt.Sprintf("%d:%d", iperfPort, iperfPort), fmt.Sprintf("%d:%d", laptopHTTPPort, laptopHTTPPort))
+		fmt.Sprintf("%d:%d", iperfPort, iperfPort), fmt.Sprintf("%d:%d", laptopHTTPPort, laptopHTTPPort),
+		fmt.Sprintf("%d:%d", laptopBytesPort, laptopBytesPort))
 	if err != nil {
 		return fmt.Errorf("laptop: %w", err)
 	}
 	defer pf.Stop(5 * time.Second)
-	if err := pf.WaitOutput(fmt.Sprintf("Forwarding from 127.0.0.1:%d", laptopHTTPPort), laptopReadyTimeout); err != nil {
+	if err := pf.WaitOutput(fmt.Sprintf("Forwarding from 127.0.0.1:%d", laptopBytesPort), laptopReadyTimeout); err != nil {
 		return fmt.Errorf("laptop: kubectl port-forward: %w; its output:\n%s", err, pf.Output())
 	}
 	pfReady := time.Since(began)
-	progress("laptop: kubetun connect ready in %v, kubectl port-forward in %v; Service bench at %s; kubectl port-forward on 127.0.0.1:%d and :%d",
-		connectReady.Round(time.Millisecond), pfReady.Round(time.Millisecond), clusterIP, iperfPort, laptopHTTPPort)
+	progress("laptop: kubetun connect ready in %v, kubectl port-forward in %v; Service bench at %s; kubectl port-forward on 127.0.0.1:%d, :%d and :%d",
+		connectReady.Round(time.Millisecond), pfReady.Round(time.Millisecond), clusterIP, iperfPort, laptopHTTPPort, laptopBytesPort)
 	b.add(row{name: "laptop: start to ready, " + laptopVersus, lowerBetter: true, results: [numPaths]result{
 		pathDirect:  {value: float64(pfReady) / 1e6, unit: "ms", detail: "kubectl port-forward: start to its \"Forwarding from\" line"},
 		pathKubetun: {value: float64(connectReady) / 1e6, unit: "ms", detail: "kubetun connect: start to its \"connected to\" line (Services synced, TUN up)"},
@@ -194,32 +206,51 @@ func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) 
 
 	targets := [2]string{"127.0.0.1", clusterIP} // by pathDirect, pathKubetun
 	names := [2]string{"kubectl port-forward", "kubetun connect"}
-	for _, s := range []struct {
-		name string
-		args []string
-	}{
-		{"laptop: TCP upload laptop → pod, iperf3, " + laptopVersus, nil},
-		{"laptop: TCP download pod → laptop, iperf3 -R, " + laptopVersus, []string{"-R"}},
-	} {
-		r := row{name: s.name}
-		for i, target := range targets {
-			progress("%s: %s", s.name, names[i])
-			before, _ := readCPU(kt.Pid())
-			res, err := b.iperf(ctx, lap.Namespace, target, s.args...)
-			if err != nil {
-				r.failures = append(r.failures, fmt.Sprintf("%s: %v", names[i], err))
-				progress("  failed: %s: %v", names[i], err)
-				continue
-			}
-			r.results[i] = result{value: res.received.BitsPerSecond / 1e9, unit: "Gbit/s",
-				detail: fmt.Sprintf("%s: %.0f MB in %.1fs, retr %d", names[i], float64(res.received.Bytes)/1e6, res.received.Seconds, res.sent.Retransmits)}
-			if i == pathKubetun {
-				after, _ := readCPU(kt.Pid())
-				r.cpu = after.since(before).per(float64(res.received.Bytes)/1e9, "s/GB", 1)
-			}
+	// Upload: one iperf3 stream. Download: one connection reading
+	// --laptop-mib from podserver, not iperf3 -R: every flow of a
+	// port-forward shares one SPDY connection, in which a stream's data
+	// nobody reads holds up the others (spdystream has no per-stream flow
+	// control), and iperf3's client stops reading its data connection at
+	// the end of a -R test while it waits for the results on its control
+	// connection; that stalled some runs until they were killed.
+	up := row{name: "laptop: TCP upload laptop → pod, iperf3, " + laptopVersus}
+	for i, target := range targets {
+		progress("%s: %s", up.name, names[i])
+		before, _ := readCPU(kt.Pid())
+		res, err := b.iperf(ctx, lap.Namespace, target)
+		if err != nil {
+			up.failures = append(up.failures, fmt.Sprintf("%s: %v", names[i], err))
+			progress("  failed: %s: %v", names[i], err)
+			continue
 		}
-		b.add(r)
+		up.results[i] = result{value: res.received.BitsPerSecond / 1e9, unit: "Gbit/s",
+			detail: fmt.Sprintf("%s: %.0f MB in %.1fs, retr %d", names[i], float64(res.received.Bytes)/1e6, res.received.Seconds, res.sent.Retransmits)}
+		if i == pathKubetun {
+			after, _ := readCPU(kt.Pid())
+			up.cpu = after.since(before).per(float64(res.received.Bytes)/1e9, "s/GB", 1)
+		}
 	}
+	b.add(up)
+	n := int64(b.cfg.laptopMiB) << 20
+	down := row{name: fmt.Sprintf("laptop: TCP download pod → laptop, %d MiB on one connection, %s", b.cfg.laptopMiB, laptopVersus)}
+	for i, target := range targets {
+		addr := net.JoinHostPort(target, strconv.Itoa(laptopBytesPort))
+		progress("%s: %s", down.name, names[i])
+		before, _ := readCPU(kt.Pid())
+		took, err := download(ctx, lap.Namespace, addr, n, laptopDownloadTimeout)
+		if err != nil {
+			down.failures = append(down.failures, fmt.Sprintf("%s: %v", names[i], err))
+			progress("  failed: %s: %v", names[i], err)
+			continue
+		}
+		down.results[i] = result{value: float64(n) * 8 / took.Seconds() / 1e9, unit: "Gbit/s",
+			detail: fmt.Sprintf("%s: %d MiB in %v, request to last byte", names[i], b.cfg.laptopMiB, took.Round(time.Millisecond))}
+		if i == pathKubetun {
+			after, _ := readCPU(kt.Pid())
+			down.cpu = after.since(before).per(float64(n)/1e9, "s/GB", 1)
+		}
+	}
+	b.add(down)
 	r := row{name: "laptop: TCP connections/s, 1 at a time, " + laptopVersus}
 	for i, target := range targets {
 		addr := net.JoinHostPort(target, strconv.Itoa(laptopHTTPPort))
@@ -245,6 +276,49 @@ func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) 
 		"column kubetun is kubetun connect --via portforward (the Service's ClusterIP %s), both through kube-apiserver's pods/portforward "+
 		"from a laptop namespace with no route to pods; kubetun CPU is kubetun connect's", clusterIP))
 	return nil
+}
+
+// laptopDownloadTimeout bounds one download of the laptop case.
+const laptopDownloadTimeout = time.Minute
+
+// download asks podserver's bytes port at addr, from namespace ns, for n
+// bytes and reads them to the end, within limit. It returns the time from
+// the request to the end of the answer.
+func download(ctx context.Context, ns, addr string, n int64, limit time.Duration) (time.Duration, error) {
+	var c net.Conn
+	err := testbed.InNamespace(ns, func() error {
+		d := net.Dialer{Timeout: connTimeout}
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("dial %s in netns %s: %w", addr, ns, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(limit))
+	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })()
+	began := time.Now()
+	if _, err := fmt.Fprintf(c, "%d\n", n); err != nil {
+		return 0, fmt.Errorf("%s: write the request: %w", addr, err)
+	}
+	buf := make([]byte, 256<<10)
+	var got int64
+	for {
+		m, err := c.Read(buf)
+		got += int64(m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%s: read after %d of %d bytes (limit %v): %w", addr, got, n, limit, err)
+		}
+	}
+	took := time.Since(began)
+	if got != n {
+		return 0, fmt.Errorf("%s: EOF after %d bytes, want %d", addr, got, n)
+	}
+	return took, nil
 }
 
 // waitEndpoints waits, bounded, until the EndpointSlice controller lists

@@ -46,9 +46,10 @@
 // skipped with a note when its binaries are missing, see `make
 // controlplane`) and compares `kubetun connect --via portforward` with
 // `kubectl port-forward` to the same pod, both in a laptop namespace without
-// routes to pods: time from start to ready, TCP throughput both ways
-// (iperf3) and connections/s one at a time (--laptop-conns). There the
-// direct column is kubectl port-forward's.
+// routes to pods: time from start to ready, TCP upload (iperf3), download
+// (--laptop-mib from podserver on one connection) and connections/s one at
+// a time (--laptop-conns). There the direct column is kubectl
+// port-forward's.
 //
 // Then, unless --also-mtu 0, kubetun is restarted with that MTU and the TCP
 // stream cases run again. While kubetun carries each case, its CPU time is
@@ -73,7 +74,7 @@
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
 //	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
-//	      [--connect-count 2000] [--idle-conns 10000] [--laptop-conns 1000]
+//	      [--connect-count 2000] [--idle-conns 10000] [--laptop-conns 1000] [--laptop-mib 512]
 //	      [--build-services 1000,30000] [--kubetun-services 1000,30000]
 package main
 
@@ -138,6 +139,7 @@ type config struct {
 	connectCount int             // connections per connect-latency run
 	idleConns    int
 	laptopConns  int   // connections per path in the laptop case
+	laptopMiB    int   // download per path in the laptop case
 	buildSizes   []int // Services in the in-process table cases
 	kubetunSizes []int // Services in the kubetun table cases
 	apiSizes     []int // Services in the API case, ascending
@@ -171,6 +173,7 @@ func main() {
 	flag.IntVar(&cfg.connectCount, "connect-count", 2000, "connections per connect-latency run (--short: 300)")
 	flag.IntVar(&cfg.idleConns, "idle-conns", 10000, "idle connections held through kubetun to weigh one (--short: 2000)")
 	flag.IntVar(&cfg.laptopConns, "laptop-conns", 1000, "connections per path in the laptop case's connection rate, at most --conn-time (--short: 200)")
+	flag.IntVar(&cfg.laptopMiB, "laptop-mib", 512, "MiB per path in the laptop case's download (--short: 128)")
 	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Build's cost")
 	kubetunSizes := flag.String("kubetun-services", "1000,30000", "comma-separated numbers of generated Services kubetun is restarted with (--short: 1000)")
 	apiSizes := flag.String("api-services", "1000,10000", "ascending comma-separated numbers of Services created through kube-apiserver in the api case; creating them takes about a minute per 10 000 (--short: 1000)")
@@ -274,6 +277,8 @@ func (c *config) check() error {
 		return fmt.Errorf("--idle-conns %d: want 100 to 20000 (the client's ports to one address run out near 28000)", c.idleConns)
 	case c.laptopConns < 10 || c.laptopConns > 20000:
 		return fmt.Errorf("--laptop-conns %d: want 10 to 20000", c.laptopConns)
+	case c.laptopMiB < 1 || c.laptopMiB > 1024:
+		return fmt.Errorf("--laptop-mib %d: want 1 to 1024 (podserver sends 1 GiB at most)", c.laptopMiB)
 	}
 	for _, n := range slices.Concat(c.buildSizes, c.kubetunSizes, c.apiSizes) {
 		if n < 1 || n > 60000 {
@@ -343,8 +348,8 @@ func (b *bench) run(ctx context.Context) error {
 			b.cfg.rrTime, b.cfg.rrCount, b.cfg.rrRequests, b.cfg.rounds, strings.Join(b.kpVersions, ", "))
 	}
 	if b.cfg.cases["laptop"] {
-		fmt.Printf("laptop:  %d connections per path in its rate case (at most %v); direct = kubectl port-forward in the laptop rows\n",
-			b.cfg.laptopConns, b.cfg.connTime)
+		fmt.Printf("laptop:  %d connections per path in its rate case (at most %v), %d MiB per download; direct = kubectl port-forward in the laptop rows\n",
+			b.cfg.laptopConns, b.cfg.connTime, b.cfg.laptopMiB)
 	}
 	loadEnd := loadAverage()
 	fmt.Printf("load:    %s at the end; the run took %v\n\n", loadEnd, time.Since(b.start).Round(time.Second))
@@ -772,6 +777,7 @@ func (c *config) shorten() {
 	set("idle-conns", func() { c.idleConns = 2000 })
 	set("api-changes", func() { c.apiChanges = 20 })
 	set("laptop-conns", func() { c.laptopConns = 200 })
+	set("laptop-mib", func() { c.laptopMiB = 128 })
 }
 
 // flagGiven says whether the flag was on the command line.
