@@ -70,7 +70,7 @@
 // Usage:
 //
 //	bench [--kubetun bin/kubetun] [--time 5s] [--conns 2000] [--parallel 8]
-//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp,rr,idle,table,laptop]
+//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp,rr,idle,table,api,laptop]
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
 //	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
