@@ -278,3 +278,56 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 	t.Fatalf("not %s within 5s", what)
 }
+
+// TestStalledClientReset: with a backend that is not a TCP socket (a
+// port-forward stream), a client that reads nothing while the pod sends is
+// reset after StalledClientTimeout, so that it cannot hold up the
+// connection its stream shares with other flows; a TCP backend is left to
+// the kernel's flow control, as before.
+func TestStalledClientReset(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		stream    bool
+		wantReset bool
+	}{
+		{"stream backend", true, true},
+		{"TCP backend", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := new(fakeDialer)
+			stop := make(chan struct{})
+			// The pod sends until its writes block, then waits for the test's end.
+			startPod(t, d, pod1, func(c net.Conn) {
+				go func() { <-stop; c.Close() }()
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			})
+			t.Cleanup(func() { close(stop) }) // runs before startPod's cleanup waits
+			var dialer Dialer = d
+			if tc.stream {
+				dialer = streamDialer{d}
+			}
+			ns, link := newTestStackConfig(t, seedTable(t, []netip.AddrPort{pod1}), dialer, nil, 1500, func(c *Config) {
+				c.StalledClientTimeout = 300 * time.Millisecond
+			})
+			cs := clientStack(t, link)
+			c, err := dialService(t, cs, netip.AddrPortFrom(clusterIP, 80))
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer c.Close()
+			if !tc.wantReset {
+				time.Sleep(time.Second)
+				if st := ns.Stats(); st.TCPActive != 1 {
+					t.Fatalf("Stats().TCPActive = %d after a second of a client reading nothing, want 1 (no reset)", st.TCPActive)
+				}
+				return
+			}
+			waitFor(t, "the stalled flow reset", func() bool { return ns.Stats().TCPActive == 0 })
+		})
+	}
+}

@@ -162,6 +162,15 @@ type Config struct {
 	MaxUDPSessions          int
 	MaxUDPSessionsPerSource int
 	MaxUDPQueuedBytes       int64
+
+	// StalledClientTimeout applies to flows whose backend is not a host
+	// TCP socket (a port-forward stream): a write to a client that takes no
+	// byte for this long resets the flow. The streams of a port-forward
+	// connection share it without flow control of their own (SPDY as
+	// github.com/moby/spdystream speaks it): one stream whose data nobody
+	// reads stops the connection's reader, and with it every other flow to
+	// that pod. Zero waits for ever, as kubectl port-forward does.
+	StalledClientTimeout time.Duration
 }
 
 // orDefault returns v, or def if v is zero.
@@ -193,6 +202,7 @@ type Stack struct {
 	handshakeTimeout        time.Duration
 	userTimeout             time.Duration // <= 0: not set
 	halfClosedTimeout       time.Duration // <= 0: never
+	stalledClientTimeout    time.Duration // 0: never
 	maxUDPSessions          int
 	maxUDPSessionsPerSource int
 	maxUDPQueued            int64
@@ -281,6 +291,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		handshakeTimeout:        orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		userTimeout:             orDefault(cfg.TCPUserTimeout, DefaultTCPUserTimeout),
 		halfClosedTimeout:       orDefault(cfg.HalfClosedTimeout, DefaultHalfClosedTimeout),
+		stalledClientTimeout:    max(cfg.StalledClientTimeout, 0),
 		maxUDPSessions:          orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions),
 		maxUDPSessionsPerSource: orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource),
 		maxUDPQueued:            orDefault(cfg.MaxUDPQueuedBytes, DefaultMaxUDPQueuedBytes),

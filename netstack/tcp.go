@@ -135,6 +135,13 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 	}
 	s.log.Debug("forwarding", "service", target, "src", src, "endpoint", ep)
 	f := newFlow(gonet.NewTCPConn(&wq, cep), cep, &wq, backend, s.halfClosedTimeout)
+	if f.backendTCP == nil && s.stalledClientTimeout > 0 {
+		f.stallTimeout = s.stalledClientTimeout
+		f.stalled = func() {
+			s.log.Warn("flow reset: its client took no byte for the stall timeout, and its stream shares the connection to the pod with every other flow there",
+				"service", target, "src", src, "endpoint", ep, "timeout", s.stalledClientTimeout)
+		}
+	}
 	if ok {
 		f.service = sp.Service
 	}
@@ -312,10 +319,14 @@ type flow struct {
 	// (EOF) when no byte has moved the other way for that long; zero
 	// never does.
 	halfClosedTimeout time.Duration
-	last              atomic.Int64 // UnixNano of the last bytes read either way
-	idleMu            sync.Mutex   // guards idle and spliced
-	idle              *time.Timer  // the half-closed timer, once a direction ended
-	spliced           bool         // splice has returned: the timer must not be re-armed
+	// stallTimeout, if not zero, bounds each write to the client
+	// (Config.StalledClientTimeout); stalled is called when one timed out.
+	stallTimeout time.Duration
+	stalled      func()
+	last         atomic.Int64 // UnixNano of the last bytes read either way
+	idleMu       sync.Mutex   // guards idle and spliced
+	idle         *time.Timer  // the half-closed timer, once a direction ended
+	spliced      bool         // splice has returned: the timer must not be re-armed
 
 	// The client-to-pod direction: pumpToPod is running (or the direction
 	// has ended), the pumps started, and closed when the direction ended.
@@ -354,7 +365,7 @@ func (f *flow) splice() {
 		// holding its buffer.
 		waitBackend = func() error { return nil }
 	}
-	f.pipe(f.client, f.backend, waitBackend, &toClientBufs)
+	f.pipe(f.client, f.backend, waitBackend, &toClientBufs, f.stallTimeout)
 	<-f.toPodDone
 	f.clientWQ.EventUnregister(&entry)
 	f.pumps.Wait()
@@ -392,7 +403,7 @@ func (f *flow) pumpToPod() {
 	defer f.pumps.Done()
 	for {
 		for f.clientEP.Readiness(clientReadable) != 0 {
-			if !f.copyOnce(f.backend, f.client, &toPodBufs) {
+			if !f.copyOnce(f.backend, f.client, &toPodBufs, 0) {
 				close(f.toPodDone)
 				return
 			}
@@ -408,28 +419,36 @@ func (f *flow) pumpToPod() {
 // bytes move: between them it waits with wait, which returns once a Read of
 // src will not block (bytes, EOF or an error are there). An idle connection,
 // the common case for pooled and long-lived ones, then costs no buffer.
-func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool) {
+func (f *flow) pipe(dst, src halfCloser, wait func() error, bufs *sync.Pool, writeTimeout time.Duration) {
 	for {
 		if err := wait(); err != nil {
 			f.abort()
 			return
 		}
-		if !f.copyOnce(dst, src, bufs) {
+		if !f.copyOnce(dst, src, bufs, writeTimeout) {
 			return
 		}
 	}
 }
 
 // copyOnce copies what one Read of src returns to dst, with a buffer from
-// bufs. It reports false once the direction has ended: EOF half-closes dst,
-// an error aborts the flow.
-func (f *flow) copyOnce(dst, src halfCloser, bufs *sync.Pool) bool {
+// bufs, the write bounded by writeTimeout unless it is zero. It reports
+// false once the direction has ended: EOF half-closes dst, an error aborts
+// the flow.
+func (f *flow) copyOnce(dst, src halfCloser, bufs *sync.Pool, writeTimeout time.Duration) bool {
 	bufp := bufs.Get().(*[]byte)
 	n, err := src.Read(*bufp)
 	if n > 0 {
-		f.last.Store(time.Now().UnixNano())
+		now := time.Now()
+		f.last.Store(now.UnixNano())
+		if writeTimeout > 0 {
+			dst.SetWriteDeadline(now.Add(writeTimeout))
+		}
 		if _, werr := dst.Write((*bufp)[:n]); werr != nil {
 			err = werr
+			if writeTimeout > 0 && isTimeout(werr) && f.stalled != nil {
+				f.stalled()
+			}
 		}
 	}
 	bufs.Put(bufp)

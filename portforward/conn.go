@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/streaming/pkg/httpstream"
@@ -22,6 +23,7 @@ const refusalWait = 100 * time.Millisecond
 // watched for the pod's refusal.
 type conn struct {
 	pc              httpstream.Connection
+	dropped         *atomic.Bool // the Dialer dropped pc; nil: never
 	errStream, data httpstream.Stream
 	remote          net.Addr
 
@@ -142,11 +144,28 @@ func (c *conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// ErrConnectionLost is what a flow's Read returns when the port-forward
+// connection it was on closed (cut, or dropped as dead) before the pod side
+// ended the flow: the stream then ends as if the pod had finished, and a
+// client must not take a cut answer for a whole one.
+var ErrConnectionLost = errors.New("portforward: the connection to the pod closed under the flow")
+
 // readErr is the error a Read returns for err of the data stream: the pod's
-// refusal if it said one.
+// refusal if it said one; ErrConnectionLost for an end that came with the
+// connection's.
 func (c *conn) readErr(err error) error {
 	if r := c.refused(); r != nil {
 		return r
+	}
+	if errors.Is(err, io.EOF) {
+		if c.dropped != nil && c.dropped.Load() {
+			return ErrConnectionLost
+		}
+		select {
+		case <-c.pc.CloseChan():
+			return ErrConnectionLost
+		default:
+		}
 	}
 	return err
 }

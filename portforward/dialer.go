@@ -101,6 +101,10 @@ type podConn struct {
 	ready chan struct{} // closed once conn or err is set
 	conn  httpstream.Connection
 	err   error
+	// dropped is set before drop closes conn: its flows' streams then end
+	// as if the pod had finished, before the connection reports itself
+	// closed (conn.readErr).
+	dropped atomic.Bool
 }
 
 // ErrClosed is returned by DialContext after Close.
@@ -288,6 +292,7 @@ func (d *Dialer) forget(pc *podConn) {
 // drop forgets pc and closes its connection, ending every flow on it.
 func (d *Dialer) drop(pc *podConn) {
 	d.forget(pc)
+	pc.dropped.Store(true)
 	pc.conn.Close()
 }
 
@@ -351,6 +356,7 @@ func (d *Dialer) open(ctx context.Context, pc *podConn, ap netip.AddrPort, limit
 		return nil, fmt.Errorf("open streams: %w", r.err)
 	}
 	c := newConn(pc.conn, r.errStream, r.data, ap)
+	c.dropped = &pc.dropped
 	if d.confirm < 0 {
 		return c, nil
 	}

@@ -340,6 +340,37 @@ func TestRedialAfterCut(t *testing.T) {
 	}
 }
 
+// TestCutFlowIsNoCleanEnd: a flow whose connection is cut under it reads
+// ErrConnectionLost, not EOF, so that its client is reset rather than told
+// the answer was whole.
+func TestCutFlowIsNoCleanEnd(t *testing.T) {
+	k := newKubeletServer(t)
+	d := newTestDialer(t, k, Options{})
+	c, err := d.DialContext(t.Context(), "tcp", addr(echoServer(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, len("echo: "))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("reading the greeting: %v", err)
+	}
+	k.cut()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 1))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrConnectionLost) {
+			t.Fatalf("Read after the cut = %v, want ErrConnectionLost (not EOF)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still blocked 10 s after the connection was cut")
+	}
+}
+
 // silentConn is a pod connection that never answers a stream open.
 type silentConn struct {
 	closed chan bool

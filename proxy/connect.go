@@ -25,6 +25,12 @@ const (
 // DefaultProbeTimeout bounds each probe dial of ViaAuto.
 const DefaultProbeTimeout = time.Second
 
+// DefaultStallTimeout is ConnectOptions.StallTimeout's default: long enough
+// for a client that is slow or briefly busy, short enough that the other
+// flows to the same pod are not held up for long by one that stopped
+// reading.
+const DefaultStallTimeout = 15 * time.Second
+
 // udpOverPortForward is why UDP to a Service is refused in port-forward
 // mode, as the log says it once per Service.
 const udpOverPortForward = "pods are reached over port-forward, which carries TCP only; cluster DNS names are still answered by kubetun itself"
@@ -37,6 +43,12 @@ type ConnectOptions struct {
 	// ProbeTimeout bounds each probe dial of ViaAuto; zero means
 	// DefaultProbeTimeout.
 	ProbeTimeout time.Duration
+	// StallTimeout, in port-forward mode, resets a flow whose client takes
+	// no byte for this long (netstack.Config.StalledClientTimeout): the
+	// flows to one pod share one port-forward connection, which a stream
+	// nobody reads would stop. Zero means DefaultStallTimeout; negative
+	// waits for ever, as kubectl port-forward does.
+	StallTimeout time.Duration
 	// HostDNS sends the cluster domain, and only it, from the host's
 	// systemd-resolved to kubetun's DNS (package hostdns), reverted on
 	// exit; without resolved, it prints what to add by hand.
@@ -109,6 +121,12 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		p.cfg.Dialer = d
 		p.cfg.RoutePods = true
 		p.cfg.DataPath.RefuseUDP = udpOverPortForward
+		switch {
+		case opts.StallTimeout == 0:
+			p.cfg.DataPath.StalledClientTimeout = DefaultStallTimeout
+		case opts.StallTimeout > 0:
+			p.cfg.DataPath.StalledClientTimeout = opts.StallTimeout
+		}
 	}
 	err = p.Run(ctx)
 	// The TUN is gone by now, and resolved forgot the link's settings with

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -42,6 +43,7 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 	kubeContext := fs.String("context", "", "the kubeconfig context to use; default: its current context")
 	via := fs.String("via", proxy.ViaAuto, "how pods are reached: direct (dial pod IPs), portforward (the API server's pods/portforward), or auto (direct if a probe dial to a ready endpoint succeeds within --probe-timeout)")
 	probe := fs.Duration("probe-timeout", proxy.DefaultProbeTimeout, "how long each probe dial of --via auto may take")
+	stall := fs.Duration("portforward-stall-timeout", proxy.DefaultStallTimeout, "with port-forward, reset a connection whose client reads nothing for this long: every connection to a pod shares one port-forward connection, which one unread stream stops; 0 waits for ever, as kubectl port-forward does")
 	hostDNS := fs.Bool("host-dns", true, "send the cluster domain, and only it, from systemd-resolved to kubetun (per-link DNS on the TUN, gone with it); without resolved, print what to add by hand")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := finish()
@@ -78,9 +80,20 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 			Kube:         proxy.KubeOptions{Kubeconfig: cfg.kubeconfig, Context: *kubeContext},
 			Via:          *via,
 			ProbeTimeout: *probe,
+			StallTimeout: stallOption(*stall),
 			HostDNS:      *hostDNS,
 			Out:          stderr,
 		}, log)
 	}
 	return cmd
+}
+
+// stallOption turns --portforward-stall-timeout into
+// ConnectOptions.StallTimeout, whose zero is the default: 0 on the command
+// line waits for ever.
+func stallOption(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

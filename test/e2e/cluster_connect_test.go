@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -114,6 +115,10 @@ func (ct *clusterTest) startConnect(h *testbed.Host, argv ...string) (*testbed.P
 
 // connectArgs is the command line of kubetun connect for the laptop, with
 // extra flags.
+// stallTimeout is TestClusterConnectPortForward's
+// --portforward-stall-timeout: short, so that the stalled-client check is.
+const stallTimeout = 3 * time.Second
+
 func connectArgs(kubeconfig string, extra ...string) []string {
 	return append([]string{kubetunBin, "connect", "--kubeconfig", kubeconfig, "--tun", testbed.TUN,
 		"--health-addr", healthAddr, "--metrics-addr", ""}, extra...)
@@ -182,7 +187,7 @@ spec:
 `)
 	c1 := ct.addPod(podSpec{Name: "conn-1", App: "conn"})
 	ct.addPod(podSpec{Name: "conn-2", App: "conn"})
-	ct.addPod(podSpec{Name: "db-0", App: "conndb", Hostname: "db-0", Subdomain: "db"})
+	db0 := ct.addPod(podSpec{Name: "db-0", App: "conndb", Hostname: "db-0", Subdomain: "db"})
 	ct.waitReadyEndpoints("web", 2)
 	ct.waitReadyEndpoints("db", 1)
 	webIP := ct.clusterIP("web")
@@ -196,7 +201,8 @@ spec:
 	must(t, err)
 	t.Cleanup(func() { removeConf() })
 
-	p, summary, took := ct.startConnect(lap, connectArgs(kubeconfig, "--host-dns=false", "--dns-upstream", lap.Gateway.String())...)
+	p, summary, took := ct.startConnect(lap, connectArgs(kubeconfig, "--host-dns=false", "--dns-upstream", lap.Gateway.String(),
+		"--portforward-stall-timeout", stallTimeout.String())...)
 	t.Logf("kubetun connect ready in %v: %s", took.Round(time.Millisecond), summary)
 	for _, want := range []string{"connected to laptop (https://127.0.0.1:", "services 10.3.240.0/20", "DNS cluster.local at " + laptopDNS, "pods via portforward"} {
 		if !strings.Contains(summary, want) {
@@ -273,6 +279,34 @@ spec:
 			t.Error(err)
 		}
 		t.Logf("%d parallel connections of 64 KiB each way in %v", n, time.Since(began).Round(time.Millisecond))
+	})
+
+	t.Run("stalled client", func(t *testing.T) {
+		// Flow A asks db-0's bytes port for 1 GiB and reads none of it. Every
+		// flow to db-0 shares one port-forward connection, whose streams have
+		// no flow control of their own: A's unread stream stops it. Flow B, to
+		// the same pod, finds the connection not answering its stream open,
+		// and gets a new one (kubectl port-forward would wait for ever); A,
+		// cut with the old one, is reset, not ended as if the pod had
+		// finished. Had no new flow come, --portforward-stall-timeout would
+		// have reset A.
+		a, err := testbed.DialIn(lap.Namespace, "tcp", hostPort(db0.IP.String(), 9001), 10*time.Second)
+		must(t, err)
+		defer a.Close()
+		fmt.Fprintf(a, "%d\n", 1<<30)
+		time.Sleep(time.Second) // the buffers on the way fill
+		began := time.Now()
+		pod, err := ct.curlHello(lap.Namespace, "http://"+hostPort(db0.IP.String(), 8080)+"/")
+		if err != nil || pod != "db-0" {
+			t.Fatalf("with flow A stalled, curl to db-0 = %q, %v; want Hello from db-0 within curl's 10 s", pod, err)
+		}
+		t.Logf("with a flow to db-0 whose client reads nothing, a new flow there answered in %v (stall timeout %v)",
+			time.Since(began).Round(time.Millisecond), stallTimeout)
+		a.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := io.Copy(io.Discard, a)
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("flow A ended after %d bytes with %v; want a reset", n, err)
+		}
 	})
 
 	t.Run("headless pod name", func(t *testing.T) {
