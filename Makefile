@@ -8,7 +8,9 @@
 #   make fuzz    each fuzz target in turn for FUZZTIME (default 30s)
 #   make demo    the seed scenario through kubetun, explained step by step (root)
 #   make bench   kubetun vs. direct and kube-proxy's iptables/nftables rules, same run (root);
-#                the table also goes to bin/bench.json; BENCH_FLAGS=--short for a 2-minute run
+#                the laptop case against kubectl port-forward and the api case on the real
+#                control plane; the table also goes to bin/bench.json; BENCH_FLAGS=--short
+#                for a 2-minute run
 
 GO      ?= go
 # Debian packages the e2e tests and the demo run: ip, nc, curl, iptables-save,
@@ -112,7 +114,9 @@ demo: deps build
 # Throughput, connection rate and UDP packet rate through kubetun against the
 # direct path, measured in the same run (root: namespaces, TUN). Not part of
 # 'make test': numbers are shown, never asserted.
-bench: deps build
+# The control plane is for the laptop and api groups (the first build takes
+# minutes and says so); without it they are skipped with a note.
+bench: deps build controlplane
 	$(GO) run ./test/bench --kubetun bin/kubetun --json bin/bench.json $(BENCH_FLAGS)
 
 clean:
