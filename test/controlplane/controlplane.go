@@ -90,10 +90,11 @@ type ControlPlane struct {
 	// Bins are the binaries it runs.
 	Bins Bins
 
-	opts          Options
-	removeDir     bool     // Dir is ours: Close removes it
-	apiserverArgs []string // argv, to restart it
-	client        *http.Client
+	opts           Options
+	removeDir      bool     // Dir is ours: Close removes it
+	apiserverArgs  []string // argv, to restart it
+	controllerArgs []string // kube-controller-manager's argv, to restart it
+	client         *http.Client
 
 	mu         sync.Mutex // guards the fields below
 	etcd       *process
@@ -231,7 +232,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 
 	begin = time.Now()
-	p, err := startProcess(cp.Namespace, "kube-controller-manager", filepath.Join(logs, "kube-controller-manager.log"), []string{
+	cp.controllerArgs = []string{
 		opts.Bins.KubeControllerManager,
 		"--kubeconfig", cp.Kubeconfig,
 		// service-cidr-controller marks added ServiceCIDRs Ready (and finalizes
@@ -240,14 +241,15 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--leader-elect=false",
 		"--secure-port", "0",
 		"--v", "2", // for controllerReadyLog
-	})
+	}
+	p, err := startProcess(cp.Namespace, "kube-controller-manager", filepath.Join(logs, "kube-controller-manager.log"), cp.controllerArgs)
 	if err != nil {
 		return nil, err
 	}
 	cp.mu.Lock()
 	cp.controller = p
 	cp.mu.Unlock()
-	if err := waitLog(ctx, p, controllerReadyLog, controllerReadyTimeout); err != nil {
+	if err := waitLog(ctx, p, controllerReadyLog, controllerReadyTimeout, 0); err != nil {
 		return nil, err
 	}
 	cp.logf("controlplane %s: kube-controller-manager's EndpointSlice controller running in %v", cp.Namespace, time.Since(begin).Round(time.Millisecond))
@@ -279,6 +281,41 @@ func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
 		return err
 	}
 	cp.logf("controlplane %s: kube-apiserver ready at %s in %v", cp.Namespace, cp.Server, time.Since(begin).Round(time.Millisecond))
+	return nil
+}
+
+// RestartControllerManager stops kube-controller-manager and starts it again
+// with the same flags, and waits until its EndpointSlice controller runs.
+// After a kube-apiserver restart its informers back off (up to half a minute
+// between tries, and over a minute seen on a loaded machine); a harness that
+// needs the controller at once restarts it instead of waiting.
+func (cp *ControlPlane) RestartControllerManager(ctx context.Context) error {
+	cp.mu.Lock()
+	if cp.closed || cp.controller == nil {
+		cp.mu.Unlock()
+		return fmt.Errorf("controlplane %s: RestartControllerManager: not running", cp.Namespace)
+	}
+	old := cp.controller
+	cp.mu.Unlock()
+	begin := time.Now()
+	if err := old.stop(stopGrace); err != nil {
+		return err
+	}
+	var from int64
+	if fi, err := os.Stat(old.logPath); err == nil {
+		from = fi.Size()
+	}
+	p, err := startProcess(cp.Namespace, "kube-controller-manager", old.logPath, cp.controllerArgs)
+	if err != nil {
+		return err
+	}
+	cp.mu.Lock()
+	cp.controller = p
+	cp.mu.Unlock()
+	if err := waitLog(ctx, p, controllerReadyLog, controllerReadyTimeout, from); err != nil {
+		return err
+	}
+	cp.logf("controlplane %s: kube-controller-manager restarted in %v", cp.Namespace, time.Since(begin).Round(time.Millisecond))
 	return nil
 }
 
@@ -422,12 +459,13 @@ func (cp *ControlPlane) waitHTTP(ctx context.Context, p *process, url string, au
 	}
 }
 
-// waitLog polls p's log until it contains substr, failing early if p exits.
-func waitLog(ctx context.Context, p *process, substr string, timeout time.Duration) error {
+// waitLog polls p's log, from byte from on (a restarted process appends to
+// its predecessor's), until it contains substr, failing early if p exits.
+func waitLog(ctx context.Context, p *process, substr string, timeout time.Duration, from int64) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		if data, err := os.ReadFile(p.logPath); err == nil && strings.Contains(string(data), substr) {
+		if data, err := os.ReadFile(p.logPath); err == nil && int64(len(data)) >= from && strings.Contains(string(data[from:]), substr) {
 			return nil
 		}
 		select {
