@@ -495,7 +495,8 @@ func (p *Proxy) apply(st State) {
 		cidrs = p.cidrs
 		p.mu.Unlock()
 	}
-	opts := []resolver.Option{resolver.Routed(p.routedPrefixes(cidrs)...), resolver.MaxAffinityClients(p.cfg.MaxAffinityClients)}
+	opts := []resolver.Option{resolver.Routed(p.routedPrefixes(cidrs)...), resolver.ServiceCIDRs(cidrs...),
+		resolver.MaxAffinityClients(p.cfg.MaxAffinityClients)}
 	if ext := p.cfg.External; ext != nil {
 		opts = append(opts, resolver.ExternalIPRanges(ext.ExternalIPRanges...), resolver.RefuseExternal(p.refuseExternal))
 	}
@@ -503,7 +504,6 @@ func (p *Proxy) apply(st State) {
 	for _, w := range st.Warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
-	problems = append(problems, outside(snap, cidrs)...)
 	before := p.table.Load()
 	p.table.Store(snap)
 	problems = append(problems, p.applyExternal(snap)...)
@@ -638,26 +638,6 @@ func podPrefixes(snap *resolver.Snapshot) []netip.Prefix {
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
 	return out
-}
-
-// outside reports the ClusterIPs no service CIDR covers: the host never
-// routes them into the TUN, so kubetun cannot serve them. Like every
-// problem, each is logged once while it lasts (reportProblems).
-func outside(snap *resolver.Snapshot, cidrs []netip.Prefix) []resolver.Problem {
-	if len(cidrs) == 0 {
-		return nil // not routed yet
-	}
-	var problems []resolver.Problem
-	seen := make(map[netip.Addr]bool)
-	for _, sp := range snap.Ports() {
-		if sp.External || seen[sp.ClusterIP] || covered(sp.ClusterIP, cidrs) {
-			continue
-		}
-		seen[sp.ClusterIP] = true
-		problems = append(problems, resolver.Problem{Object: "Service " + sp.Service,
-			Reason: fmt.Sprintf("clusterIP %s is outside every service CIDR; it is not routed to kubetun", sp.ClusterIP)})
-	}
-	return problems
 }
 
 func covered(ip netip.Addr, cidrs []netip.Prefix) bool {

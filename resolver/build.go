@@ -26,6 +26,7 @@ type Option func(*buildOptions)
 
 type buildOptions struct {
 	routed         []netip.Prefix
+	serviceCIDRs   []netip.Prefix
 	maxAffinity    int
 	externalRanges []netip.Prefix
 	refuseExternal func(netip.Addr) string
@@ -37,6 +38,15 @@ type buildOptions struct {
 // back through the TUN as a new one.
 func Routed(prefixes ...netip.Prefix) Option {
 	return func(o *buildOptions) { o.routed = append(o.routed, prefixes...) }
+}
+
+// ServiceCIDRs tells Build the service CIDRs routed into the TUN: a
+// ClusterIP outside all of them is reported as a problem, as the host never
+// routes it to kubetun. Without it (nothing routed yet) nothing is reported.
+// Being judged with its Service, it costs nothing for Services that did not
+// change.
+func ServiceCIDRs(prefixes ...netip.Prefix) Option {
+	return func(o *buildOptions) { o.serviceCIDRs = append(o.serviceCIDRs, prefixes...) }
 }
 
 // MaxAffinityClients caps each ClientIP session affinity table at n clients

@@ -309,3 +309,26 @@ func TestBuildUnusable(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildServiceCIDRs: a ClusterIP outside every service CIDR is reported
+// with its Service; nothing is reported without ServiceCIDRs (nothing routed
+// yet); and the incremental build judges again when the CIDRs change.
+func TestBuildServiceCIDRs(t *testing.T) {
+	tcp := corev1.ProtocolTCP
+	in := service("a", "in", []string{"10.3.240.40"}, servicePort("http", tcp, 80, intstr.FromInt32(8080)))
+	out := service("a", "out", []string{"192.168.7.7"}, servicePort("http", tcp, 80, intstr.FromInt32(8080)))
+	svcs := []*corev1.Service{in, out}
+	seed := netip.MustParsePrefix("10.3.240.0/20")
+	const want = "Service a/out: clusterIP 192.168.7.7 is outside every service CIDR; it is not routed to kubetun"
+
+	_, problems := resolver.Build(svcs, nil, nil, resolver.Topology{})
+	checkProblems(t, problems, nil)
+	snap, problems := resolver.Build(svcs, nil, nil, resolver.Topology{}, resolver.ServiceCIDRs(seed))
+	checkProblems(t, problems, []string{want})
+	// Unchanged Services: the problem stays, from the cache.
+	snap, problems = resolver.Build(svcs, nil, snap, resolver.Topology{}, resolver.ServiceCIDRs(seed))
+	checkProblems(t, problems, []string{want})
+	// Another CIDR that covers it: judged again, no problem.
+	_, problems = resolver.Build(svcs, nil, snap, resolver.Topology{}, resolver.ServiceCIDRs(seed, netip.MustParsePrefix("192.168.0.0/16")))
+	checkProblems(t, problems, nil)
+}

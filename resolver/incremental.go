@@ -30,6 +30,7 @@ import (
 type buildCache struct {
 	topo           Topology
 	routed         []netip.Prefix
+	serviceCIDRs   []netip.Prefix
 	maxAffinity    int
 	externalRanges []netip.Prefix
 	// refuseExternal is the caller's check of this Build: what it refuses
@@ -129,7 +130,7 @@ type step struct {
 
 func newBuildCache(topo Topology, o buildOptions) *buildCache {
 	return &buildCache{
-		topo: topo, routed: slices.Clone(o.routed), maxAffinity: o.maxAffinity,
+		topo: topo, routed: slices.Clone(o.routed), serviceCIDRs: slices.Clone(o.serviceCIDRs), maxAffinity: o.maxAffinity,
 		externalRanges: slices.Clone(o.externalRanges),
 		contrib:        make(map[string]*svcEntry),
 		extIPOwners:    make(map[netip.Addr][]*svcEntry),
@@ -153,7 +154,7 @@ func newBuildCache(topo Topology, o buildOptions) *buildCache {
 
 // fits reports whether c was made for the same topology and options.
 func (c *buildCache) fits(topo Topology, o buildOptions) bool {
-	return c.maxAffinity == o.maxAffinity && slices.Equal(c.routed, o.routed) && c.topo == topo &&
+	return c.maxAffinity == o.maxAffinity && slices.Equal(c.routed, o.routed) && slices.Equal(c.serviceCIDRs, o.serviceCIDRs) && c.topo == topo &&
 		slices.Equal(c.externalRanges, o.externalRanges) && (c.refuseExternal == nil) == (o.refuseExternal == nil)
 }
 
@@ -499,6 +500,11 @@ func (c *buildCache) build(e *svcEntry, policy targetPolicy, prev *Snapshot) {
 	if len(svc.Spec.Ports) == 0 {
 		problem("has no ports; nothing to serve")
 		return
+	}
+	for _, ip := range ips {
+		if len(c.serviceCIDRs) > 0 && !slices.ContainsFunc(c.serviceCIDRs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			problem(fmt.Sprintf("clusterIP %s is outside every service CIDR; it is not routed to kubetun", ip))
+		}
 	}
 	local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal

@@ -151,17 +151,24 @@ func (t *Tracker) observe(es *discoveryv1.EndpointSlice, now time.Time) {
 // samePlaces returns the positions where cur holds another object than
 // last, if the two lists differ only in a few objects, each replaced by
 // one of the same namespace and name (the informer lists keep changed
-// objects in place); otherwise false, and the caller looks at all.
+// objects in place), or added at the end (where they append new ones);
+// otherwise false, and the caller looks at all. A list that shrank is
+// looked at whole: a removal moves the last object into its place.
 func samePlaces(last, cur []*discoveryv1.EndpointSlice) ([]int, bool) {
-	if last == nil || len(last) != len(cur) {
+	if last == nil || len(cur) < len(last) {
 		return nil, false
 	}
 	var changed []int
 	for i := range cur {
-		if last[i] == cur[i] {
-			continue
+		if i < len(last) {
+			if last[i] == cur[i] {
+				continue
+			}
+			if last[i].Namespace != cur[i].Namespace || last[i].Name != cur[i].Name {
+				return nil, false
+			}
 		}
-		if len(changed) > 64+len(cur)/16 || last[i].Namespace != cur[i].Namespace || last[i].Name != cur[i].Name {
+		if len(changed) > 64+len(cur)/16 {
 			return nil, false
 		}
 		changed = append(changed, i)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -370,5 +371,42 @@ func TestNewTracker(t *testing.T) {
 	}
 	if got := metric(t, tr.MetricsHandler(), "kubeproxy_network_programming_duration_seconds_count"); got != 0 {
 		t.Errorf("programming duration count after listing an old change = %v, want 0", got)
+	}
+}
+
+// TestSamePlaces: changes in place and additions at the end are found
+// without a pass over every slice; a removal, a reorder or too many changes
+// ask for one.
+func TestSamePlaces(t *testing.T) {
+	mk := func(names ...string) []*discoveryv1.EndpointSlice {
+		var out []*discoveryv1.EndpointSlice
+		for _, n := range names {
+			out = append(out, &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: n}})
+		}
+		return out
+	}
+	last := mk("a", "b", "c")
+	replaced := slices.Clone(last)
+	replaced[1] = mk("b")[0]
+	for _, tc := range []struct {
+		name string
+		cur  []*discoveryv1.EndpointSlice
+		want []int
+		ok   bool
+	}{
+		{"same", slices.Clone(last), nil, true},
+		{"one replaced in place", replaced, []int{1}, true},
+		{"two added at the end", append(slices.Clone(last), mk("d", "e")...), []int{3, 4}, true},
+		{"replaced and added", append(slices.Clone(replaced), mk("d")...), []int{1, 3}, true},
+		{"one removed", []*discoveryv1.EndpointSlice{last[0], last[2]}, nil, false},
+		{"reordered", []*discoveryv1.EndpointSlice{last[1], last[0], last[2]}, nil, false},
+	} {
+		got, ok := samePlaces(last, tc.cur)
+		if ok != tc.ok || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: samePlaces = %v, %v; want %v, %v", tc.name, got, ok, tc.want, tc.ok)
+		}
+	}
+	if _, ok := samePlaces(nil, last); ok {
+		t.Error("samePlaces(nil, ...) = ok; want a pass over every slice the first time")
 	}
 }
