@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -167,8 +165,9 @@ func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) 
 	}
 	defer stop()
 	kubeconfig := filepath.Join(b.tmp, "laptop-kubeconfig")
-	if err := writeLaptopKubeconfig(kubeconfig, l.Addr().String(), cp); err != nil {
-		return err
+	if err := cp.WriteKubeconfigFor(kubeconfig, controlplane.Kubeconfig{
+		Server: "https://" + l.Addr().String(), Context: "laptop", Namespace: laptopNS}); err != nil {
+		return fmt.Errorf("laptop: %w", err)
 	}
 
 	began = time.Now()
@@ -340,32 +339,4 @@ func waitEndpoints(ctx context.Context, cp *controlplane.ControlPlane) error {
 		}
 	}
 	return fmt.Errorf("laptop: the Service bench has no ready endpoint after %v (last: %q)", laptopReadyTimeout, out)
-}
-
-// writeLaptopKubeconfig writes the laptop's kubeconfig: kube-apiserver at
-// server (the relay), namespace laptopNS.
-func writeLaptopKubeconfig(path, server string, cp *controlplane.ControlPlane) error {
-	data := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: bench
-  cluster:
-    server: https://%s
-    certificate-authority-data: %s
-users:
-- name: dev
-  user:
-    token: %s
-contexts:
-- name: laptop
-  context:
-    cluster: bench
-    user: dev
-    namespace: %s
-current-context: laptop
-`, server, base64.StdEncoding.EncodeToString(cp.CACert), cp.Token, laptopNS)
-	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
-		return fmt.Errorf("laptop: write kubeconfig: %w", err)
-	}
-	return nil
 }

@@ -14,6 +14,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -400,24 +401,50 @@ func (cp *ControlPlane) writeKubeconfig() error {
 // authenticates with token, e.g. a ServiceAccount's from `kubectl create
 // token`.
 func (cp *ControlPlane) WriteKubeconfig(path, token string) error {
+	return cp.WriteKubeconfigFor(path, Kubeconfig{Token: token})
+}
+
+// Kubeconfig is what WriteKubeconfigFor writes; zero fields take defaults.
+type Kubeconfig struct {
+	// Server is kube-apiserver's URL; default Server. A relay's
+	// (RelayAPIServer) on another namespace's 127.0.0.1 works as well.
+	Server string
+	// Token authenticates; default the admin's, Token.
+	Token string
+	// Context names the context and its cluster; default "kubetun-test".
+	// kubetun connect says it in its summary line.
+	Context string
+	// Namespace is the context's namespace; default none.
+	Namespace string
+}
+
+// WriteKubeconfigFor writes k to path as a kubeconfig file.
+func (cp *ControlPlane) WriteKubeconfigFor(path string, k Kubeconfig) error {
+	k.Server = cmp.Or(k.Server, cp.Server)
+	k.Token = cmp.Or(k.Token, cp.Token)
+	k.Context = cmp.Or(k.Context, "kubetun-test")
+	namespace := ""
+	if k.Namespace != "" {
+		namespace = "\n    namespace: " + k.Namespace
+	}
 	data := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
-- name: kubetun-test
+- name: %[1]s
   cluster:
-    server: %s
-    certificate-authority-data: %s
+    server: %[2]s
+    certificate-authority-data: %[3]s
 users:
 - name: admin
   user:
-    token: %s
+    token: %[4]s
 contexts:
-- name: kubetun-test
+- name: %[1]s
   context:
-    cluster: kubetun-test
-    user: admin
-current-context: kubetun-test
-`, cp.Server, base64.StdEncoding.EncodeToString(cp.CACert), token)
+    cluster: %[1]s
+    user: admin%[5]s
+current-context: %[1]s
+`, k.Context, k.Server, base64.StdEncoding.EncodeToString(cp.CACert), k.Token, namespace)
 	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 		return fmt.Errorf("controlplane: write kubeconfig: %w", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubetun/kubetun/test/controlplane"
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
@@ -62,25 +62,8 @@ func (ct *clusterTest) addLaptop(name string, podRoutes bool) (*testbed.Host, st
 	}))
 	ct.relayAPIServer(l)
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	must(t, os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster:
-    server: https://%s
-    certificate-authority-data: %s
-users:
-- name: dev
-  user:
-    token: %s
-contexts:
-- name: laptop
-  context:
-    cluster: test
-    user: dev
-    namespace: %s
-current-context: laptop
-`, l.Addr(), base64.StdEncoding.EncodeToString(ct.cp.CACert), ct.cp.Token, ct.NS)), 0o644))
+	must(t, ct.cp.WriteKubeconfigFor(kubeconfig, controlplane.Kubeconfig{
+		Server: "https://" + l.Addr().String(), Context: "laptop", Namespace: ct.NS}))
 	return h, kubeconfig
 }
 
