@@ -212,6 +212,12 @@ type Stack struct {
 
 	refuseNew atomic.Bool // StopAccepting was called: new SYNs are reset
 
+	// Handing over (handover.go).
+	pred       atomic.Pointer[predecessor]  // the draining predecessor packets of its flows go to; nil: none
+	handed     handoverCounters             // what was passed to it
+	handedOver atomic.Bool                  // HandOver was called: datagrams no session takes go back
+	successor  atomic.Pointer[forwarderRef] // where they go back to
+
 	udp udpTimers // UDP session timings: the package's constants, shortened by tests
 
 	link  *pingFilter // between gVisor and cfg.Link

@@ -90,11 +90,14 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 	defer s.releaseSetup(src.Addr())
 
 	// A RST from the client during the dial (handleSegment) cancels it.
+	// The connection stays in pending until its handshake is done or
+	// failed: a successor taking over meanwhile passes its retransmitted
+	// SYN here (HandOver).
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	s.pending.Store(id, cancel)
+	defer s.pending.Delete(id)
 	backend, ep, err := dial(ctx)
-	s.pending.Delete(id)
 	if err != nil {
 		s.log.Debug("refused", "service", target, "src", src, "err", err)
 		switch {
@@ -150,15 +153,25 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 
 // handleSegment is the stack's handler for TCP segments no endpoint takes:
 // a SYN goes to the forwarder; a RST for a connection still being dialled
-// cancels its dial, as the client has given up on it. Everything else the
-// forwarder ignores too, and gVisor answers with a RST.
+// cancels its dial, as the client has given up on it; a segment of a flow
+// of the predecessor this stack took over from goes to it. Everything else
+// the forwarder ignores too, and gVisor answers with a RST.
 func (s *Stack) handleSegment(fwd *tcp.Forwarder) func(stack.TransportEndpointID, *stack.PacketBuffer) bool {
 	return func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-		if h := header.TCP(pkt.TransportHeader().Slice()); len(h) >= header.TCPMinimumSize && h.Flags().Contains(header.TCPFlagRst) {
+		h := header.TCP(pkt.TransportHeader().Slice())
+		if len(h) < header.TCPMinimumSize {
+			return fwd.HandlePacket(id, pkt)
+		}
+		if h.Flags().Contains(header.TCPFlagRst) {
 			if cancel, ok := s.pending.Load(id); ok {
 				cancel.(context.CancelFunc)()
 				return true
 			}
+		}
+		// A flow of the predecessor this stack took over from, if any
+		// (handover.go): what gVisor would otherwise reset.
+		if s.forwardSegment(id, h.Flags(), pkt) {
+			return true
 		}
 		return fwd.HandlePacket(id, pkt)
 	}

@@ -35,7 +35,9 @@ func (s *Stack) DeliverUDP(pkt []byte) bool {
 	}
 	v, ok := s.fast.Load(key)
 	if !ok {
-		return false
+		// Not a session of this stack: one of the predecessor's, or a
+		// new one for the successor once handed over (handover.go).
+		return s.forwardUDP(key, pkt) || s.returnUDP(pkt)
 	}
 	sess := v.(*udpSession)
 	n := int64(len(payload))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -38,13 +39,14 @@ type Device struct {
 	log   *slog.Logger
 	udp   atomic.Pointer[func([]byte) bool] // SetUDPHandler's
 
-	start sync.Once      // Start's
-	wg    sync.WaitGroup // the inbound pump and the event drain
+	wg sync.WaitGroup // the inbound pump and the event drain
 
-	mu      sync.Mutex // guards routes, persist and closed
+	mu      sync.Mutex // guards the fields below
 	routes  []netip.Prefix
 	persist bool // Persist was called: Close leaves the device and its routes
+	handoff bool // HandOff was called: Close leaves the device and its routes to the new owner
 	closed  bool
+	reading chan struct{} // the inbound pump runs, and closes this when it ends; nil when it does not
 
 	gone     chan struct{} // closed when the TUN is lost without Close
 	goneErr  error         // why; set before gone is closed
@@ -102,10 +104,57 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 		case errors.Is(err, os.ErrPermission), errors.Is(err, unix.EPERM):
 			return nil, fmt.Errorf("creating TUN %s: %w (kubetun needs root or CAP_NET_ADMIN)", name, err)
 		case errors.Is(err, unix.EBUSY):
-			return nil, fmt.Errorf("creating TUN %s: %w (is another kubetun running with --tun %s?)", name, err, name)
+			return nil, fmt.Errorf("creating TUN %s: %w (another process holds it: a kubetun running with --tun %s that cannot hand it over, or another program)", name, err, name)
 		}
 		return nil, fmt.Errorf("creating TUN %s: %w", name, err)
 	}
+	d, err := newDevice(dev, name, mtu, log)
+	if err != nil {
+		return nil, err
+	}
+	if existing {
+		l, _ := netlink.LinkByIndex(d.index)
+		routes, _ := linkRoutes(l)
+		log.Info("attached to the existing TUN device; its routes stay until the service CIDRs are known",
+			"tun", d.name, "routes", fmt.Sprint(routes))
+	}
+	return d, nil
+}
+
+// OpenFile is Open for a TUN file descriptor another process opened and
+// passed on (a kubetun handing over to its successor): the device, its
+// routes and the packets waiting in its queue stay as they are. The
+// descriptor must carry virtio-net headers (IFF_VNET_HDR), as Open's do.
+// f belongs to the Device from now on.
+func OpenFile(f *os.File, mtu int, log *slog.Logger) (*Device, error) {
+	if mtu < 1280 || mtu > 65535 {
+		f.Close()
+		return nil, fmt.Errorf("MTU %d out of range [1280, 65535]", mtu)
+	}
+	// The poller needs a non-blocking descriptor; the flag belongs to the
+	// open file, which the old owner shares, and is set there already.
+	rc, err := f.SyscallConn()
+	if err == nil {
+		var nbErr error
+		err = rc.Control(func(fd uintptr) { nbErr = unix.SetNonblock(int(fd), true) })
+		err = errors.Join(err, nbErr)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("TUN descriptor passed on: %w", err)
+	}
+	dev, err := tun.CreateTUNFromFile(f, mtu)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("TUN descriptor passed on: %w", err)
+	}
+	name, _ := dev.Name()
+	return newDevice(dev, name, mtu, log)
+}
+
+// newDevice sets dev up as kubetun's Device: offloads, link up, the link
+// endpoint and its writer.
+func newDevice(dev tun.Device, name string, mtu int, log *slog.Logger) (*Device, error) {
 	if err := tcpOffloadsOnly(dev.File()); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("setting up TUN %s: %w", name, err)
@@ -129,11 +178,6 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 		return nil, fmt.Errorf("setting up TUN %s: no access to its file descriptor: %w", d.name, err)
 	}
 	d.link = newLink(mtu, w, queueLen)
-	if existing {
-		routes, _ := linkRoutes(l)
-		log.Info("attached to the existing TUN device; its routes stay until the service CIDRs are known",
-			"tun", d.name, "routes", fmt.Sprint(routes))
-	}
 
 	d.wg.Add(2)
 	go d.drainEvents()
@@ -144,17 +188,72 @@ func Open(name string, mtu int, log *slog.Logger) (*Device, error) {
 // Start starts pumping packets from the device into the link endpoint.
 // Call it once what is behind the link can answer: a SYN read before the
 // service table is loaded would be refused, while one left in the device
-// is retransmitted by the client. Later calls do nothing.
+// is retransmitted by the client. Calls while the pump runs do nothing;
+// after Pause, Start starts it again.
 func (d *Device) Start() {
-	d.start.Do(func() {
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		if d.closed {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.reading != nil {
+		return
+	}
+	d.tun.File().SetReadDeadline(time.Time{})
+	done := make(chan struct{})
+	d.reading = done
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(done)
+		d.inbound()
+	}()
+}
+
+// Pause stops the pump and returns once it has handed what it read to
+// gVisor: from then on packets wait in the device's queue, for Start or
+// for another process that holds the device (HandOff). The link still
+// writes what gVisor sends.
+func (d *Device) Pause() {
+	d.mu.Lock()
+	done := d.reading
+	if done == nil {
+		d.mu.Unlock()
+		return
+	}
+	d.mu.Unlock()
+	// The pump waits in the poller; a deadline in the past wakes it.
+	d.tun.File().SetReadDeadline(time.Now())
+	<-done
+	d.mu.Lock()
+	d.reading = nil
+	d.mu.Unlock()
+}
+
+// File returns the TUN's file, to pass its descriptor to another process
+// (HandOff). The Device keeps it.
+func (d *Device) File() *os.File { return d.tun.File() }
+
+// HandOff leaves the device and its routes to another process that holds
+// the device's descriptor: Close then only closes this process's
+// descriptor, whatever Persist said.
+func (d *Device) HandOff() {
+	d.mu.Lock()
+	d.handoff = true
+	d.mu.Unlock()
+}
+
+// Inject hands pkt, a whole IP packet from elsewhere than the TUN (the
+// process the device was handed to passes on packets of flows this one
+// still serves), to gVisor, or to the UDP handler first (SetUDPHandler),
+// as the pump does with what it reads. Its checksums are trusted: the
+// sender read it from the TUN and checked them.
+func (d *Device) Inject(pkt []byte) {
+	if isUDP(pkt) {
+		if h := d.udp.Load(); h != nil && (*h)(pkt) {
 			return
 		}
-		d.wg.Add(1)
-		go d.inbound()
-	})
+	}
+	if proto, ok := networkProtocol(pkt); ok {
+		inject(d.link, proto, pkt)
+	}
 }
 
 // tcpOffloadsOnly checks that the TUN frames its packets with virtio-net
@@ -231,7 +330,7 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	var errs []error
-	if !d.persist {
+	if !d.persist && !d.handoff {
 		// Also removes what an earlier kubetun --persist left: the device
 		// Open attached to may be persistent, and fallback routes may be
 		// there though this process added none.

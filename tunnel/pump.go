@@ -41,7 +41,6 @@ const readBatch = 64
 // before GRO, unless the kernel vouches for them: without the offload gVisor
 // re-checks them and drops every coalesced packet as malformed.
 func (d *Device) inbound() {
-	defer d.wg.Done()
 	rc, err := d.tun.File().SyscallConn()
 	if err != nil {
 		d.log.Error("TUN: no access to its file descriptor; nothing will be read", "tun", d.name, "err", err)
@@ -76,7 +75,7 @@ func (d *Device) inbound() {
 		// Hand what GRO still holds to gVisor before waiting for more.
 		g.Flush()
 		if err != nil {
-			return // the TUN is closed
+			return // the TUN is closed, or Pause set a deadline
 		}
 		if readErr != nil {
 			if errors.Is(readErr, unix.EBADF) || errors.Is(readErr, unix.EBADFD) {
