@@ -37,6 +37,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -111,13 +112,23 @@ type conn struct {
 	c *net.UnixConn
 }
 
-// send writes one message of type t.
-func (c conn) send(t byte, payload []byte, files ...*os.File) error {
+// send writes one message of type t, passing the descriptors of conns
+// with it (SCM_RIGHTS). Their descriptors are read through SyscallConn,
+// never os.File.Fd, which may put a descriptor the poller uses into
+// blocking mode; the open file's flags are shared with the process that
+// receives it.
+func (c conn) send(t byte, payload []byte, conns ...syscall.Conn) error {
 	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
+	if len(conns) > 0 {
+		fds := make([]int, len(conns))
+		for i, sc := range conns {
+			rc, err := sc.SyscallConn()
+			if err != nil {
+				return err
+			}
+			if err := rc.Control(func(fd uintptr) { fds[i] = int(fd) }); err != nil {
+				return err
+			}
 		}
 		oob = unix.UnixRights(fds...)
 	}
@@ -126,12 +137,12 @@ func (c conn) send(t byte, payload []byte, files ...*os.File) error {
 }
 
 // sendJSON writes one message of type t carrying v.
-func (c conn) sendJSON(t byte, v any, files ...*os.File) error {
+func (c conn) sendJSON(t byte, v any, conns ...syscall.Conn) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return c.send(t, b, files...)
+	return c.send(t, b, conns...)
 }
 
 // recv reads one message, and the descriptors it carries as files.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func TestHandover(t *testing.T) {
 	go func() {
 		succ, err := srv.Accept()
 		if err == nil {
-			err = succ.Offer([]string{"pipe"}, []*os.File{w})
+			err = succ.Offer([]string{"pipe"}, []syscall.Conn{w})
 		}
 		if err == nil {
 			err = succ.WaitCommit()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -130,9 +131,10 @@ func (s *Successor) Refuse(reason string) {
 	s.c.Close()
 }
 
-// Offer says hello and passes the descriptors, each under its name; the
-// successor then prepares. The files stay this process's too.
-func (s *Successor) Offer(names []string, files []*os.File) error {
+// Offer says hello and passes the descriptors of conns (a TUN's file, a
+// listener), each under its name; the successor then prepares. They stay
+// this process's too.
+func (s *Successor) Offer(names []string, files []syscall.Conn) error {
 	s.c.SetDeadline(time.Now().Add(handshakeTimeout))
 	defer s.c.SetDeadline(time.Time{})
 	if err := s.sendJSON(msgHello, s.me); err != nil {

@@ -15,12 +15,8 @@ import (
 // serveHealth serves a Service's healthCheckNodePort on addr. Cloud load
 // balancers probe it on every node to send a Service with
 // externalTrafficPolicy: Local only to nodes with a local endpoint.
-func (l *Listeners) serveHealth(addr netip.AddrPort, hc resolver.HealthCheck) (*healthServer, error) {
-	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(addr))
-	if err != nil {
-		return nil, err
-	}
-	h := &healthServer{done: make(chan struct{})}
+func (l *Listeners) serveHealth(ln *net.TCPListener, addr netip.AddrPort, hc resolver.HealthCheck) *healthServer {
+	h := &healthServer{ln: ln, done: make(chan struct{})}
 	h.set(hc)
 	h.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		healthy := l.cfg.Healthy == nil || l.cfg.Healthy()
@@ -34,7 +30,7 @@ func (l *Listeners) serveHealth(addr netip.AddrPort, hc resolver.HealthCheck) (*
 			l.log.Error("health check node port", "addr", addr, "err", err)
 		}
 	}()
-	return h, nil
+	return h
 }
 
 // writeHealth answers as kube-proxy's service health server does

@@ -8,9 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kubetun/kubetun/resolver"
@@ -30,6 +32,10 @@ type Config struct {
 	// it is not); nil means always.
 	Healthy func() bool
 	Logger  *slog.Logger
+	// Inherit returns the socket a kubetun this one takes over from
+	// passed under name (Sockets), or nil: it is used instead of opening a
+	// new one, so no connection to it is refused in between. nil: none.
+	Inherit func(name string) *os.File
 }
 
 // Listeners holds the node port and health check node port sockets. Create
@@ -73,6 +79,8 @@ type Listeners struct {
 // kube-proxy rule), and update hands it the new snapshot's health check.
 type socket interface {
 	Close()
+	// sock is the socket itself, to pass it on (Sockets).
+	sock() syscall.Conn
 }
 
 // listenKey is one socket: a node port (TCP or UDP) or a health check node
@@ -82,6 +90,9 @@ type listenKey struct {
 	health bool
 	addr   netip.AddrPort
 }
+
+// handoverName names k's socket when it is passed to a successor.
+func (k listenKey) handoverName() string { return "nodeport " + k.String() }
 
 func (k listenKey) String() string {
 	if k.health {
@@ -177,13 +188,17 @@ func (l *Listeners) Reconcile(snap *resolver.Snapshot, addrs []netip.Addr) []res
 	return problems
 }
 
-// listen opens the socket for k.
+// listen opens the socket for k, or takes the one a predecessor passed.
 func (l *Listeners) listen(k listenKey, hc resolver.HealthCheck) (socket, error) {
 	switch {
 	case k.health:
-		return l.serveHealth(k.addr, hc)
+		ln, err := l.listenTCP(k)
+		if err != nil {
+			return nil, err
+		}
+		return l.serveHealth(ln, k.addr, hc), nil
 	case k.proto == resolver.TCP:
-		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(k.addr))
+		ln, err := l.listenTCP(k)
 		if err != nil {
 			return nil, err
 		}
@@ -192,7 +207,7 @@ func (l *Listeners) listen(k listenKey, hc resolver.HealthCheck) (socket, error)
 		go t.serve()
 		return t, nil
 	case k.proto == resolver.UDP:
-		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(k.addr))
+		conn, err := l.listenUDP(k)
 		if err != nil {
 			return nil, err
 		}
@@ -202,6 +217,73 @@ func (l *Listeners) listen(k listenKey, hc resolver.HealthCheck) (socket, error)
 		return u, nil
 	}
 	return nil, fmt.Errorf("protocol %s is not served on node ports", k.proto)
+}
+
+// inherited returns the socket a predecessor passed for k, if any.
+func (l *Listeners) inherited(k listenKey) *os.File {
+	if l.cfg.Inherit == nil {
+		return nil
+	}
+	return l.cfg.Inherit(k.handoverName())
+}
+
+func (l *Listeners) listenTCP(k listenKey) (*net.TCPListener, error) {
+	if f := l.inherited(k); f != nil {
+		defer f.Close()
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("socket passed on: %w", err)
+		}
+		if tl, ok := ln.(*net.TCPListener); ok {
+			return tl, nil
+		}
+		ln.Close()
+		return nil, fmt.Errorf("socket passed on is a %T, not a TCP listener", ln)
+	}
+	return net.ListenTCP("tcp", net.TCPAddrFromAddrPort(k.addr))
+}
+
+func (l *Listeners) listenUDP(k listenKey) (*net.UDPConn, error) {
+	if f := l.inherited(k); f != nil {
+		defer f.Close()
+		c, err := net.FilePacketConn(f)
+		if err != nil {
+			return nil, fmt.Errorf("socket passed on: %w", err)
+		}
+		if uc, ok := c.(*net.UDPConn); ok {
+			return uc, nil
+		}
+		c.Close()
+		return nil, fmt.Errorf("socket passed on is a %T, not a UDP socket", c)
+	}
+	return net.ListenUDP("udp", net.UDPAddrFromAddrPort(k.addr))
+}
+
+// Sockets returns the sockets open now, each under the name a successor
+// finds it by (Config.Inherit), to pass them on.
+func (l *Listeners) Sockets() (names []string, socks []syscall.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, s := range l.open {
+		names = append(names, k.handoverName())
+		socks = append(socks, s.sock())
+	}
+	return names, socks
+}
+
+// HandOff closes every socket, UDP ones too, once a successor holds them
+// (Sockets): it accepts and reads from then on. The TCP connections
+// accepted already go on here until they end; the UDP sessions end, as
+// their replies left by the socket (the successor starts new ones on the
+// clients' next datagrams). Reconcile changes nothing from now on.
+func (l *Listeners) HandOff() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
+	for k, s := range l.open {
+		s.Close()
+		delete(l.open, k)
+	}
 }
 
 // Open returns the sockets open now, sorted, for tests and status.
@@ -300,12 +382,15 @@ var errNoEndpoint = errors.New("no usable endpoint")
 
 // healthServer is one health check node port on one address.
 type healthServer struct {
+	ln   *net.TCPListener
 	srv  *http.Server
 	hc   atomic.Pointer[resolver.HealthCheck]
 	done chan struct{}
 }
 
 func (h *healthServer) set(hc resolver.HealthCheck) { h.hc.Store(&hc) }
+
+func (h *healthServer) sock() syscall.Conn { return h.ln }
 
 func (h *healthServer) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

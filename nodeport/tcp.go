@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"syscall"
 
 	"github.com/kubetun/kubetun/resolver"
 )
@@ -20,6 +21,8 @@ type tcpListener struct {
 	local netip.AddrPort
 	done  chan struct{}
 }
+
+func (t *tcpListener) sock() syscall.Conn { return t.ln }
 
 func (t *tcpListener) Close() {
 	t.ln.Close()

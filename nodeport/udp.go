@@ -48,6 +48,8 @@ type udpSession struct {
 	last    atomic.Int64 // unix nanoseconds of the last datagram either way
 }
 
+func (u *udpListener) sock() syscall.Conn { return u.conn }
+
 func (u *udpListener) Close() {
 	u.conn.Close()
 	<-u.done

@@ -30,13 +30,22 @@ type dataplane struct {
 }
 
 var (
-	_ Dataplane   = dataplane{}
-	_ FlowCounter = dataplane{}
+	_ Dataplane         = dataplane{}
+	_ FlowCounter       = dataplane{}
+	_ handoverDataplane = dataplane{}
 )
 
 // openDataplane creates the TUN device and the netstack serving table.
 func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error) {
-	dev, err := tunnel.Open(cfg.TUN, cfg.MTU, log)
+	var (
+		dev *tunnel.Device
+		err error
+	)
+	if cfg.tunFile != nil {
+		dev, err = tunnel.OpenFile(cfg.tunFile, cfg.MTU, log)
+	} else {
+		dev, err = tunnel.Open(cfg.TUN, cfg.MTU, log)
+	}
 	if err != nil {
 		return nil, err
 	}

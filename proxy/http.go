@@ -12,11 +12,12 @@ import (
 )
 
 // serveHTTP listens on addr at once (so a taken port fails the start) and
-// serves h until the returned func is called.
-func serveHTTP(listen func(network, addr string) (net.Listener, error), flag, addr string, h http.Handler, log *slog.Logger) (func(), error) {
+// serves h until the returned func is called. It returns the listener too,
+// to pass it on to a successor.
+func serveHTTP(listen func(network, addr string) (net.Listener, error), flag, addr string, h http.Handler, log *slog.Logger) (net.Listener, func(), error) {
 	ln, err := listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+		return nil, nil, fmt.Errorf("%s %s: %w", flag, addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
@@ -26,7 +27,7 @@ func serveHTTP(listen func(network, addr string) (net.Listener, error), flag, ad
 			log.Error("HTTP server", "flag", flag, "addr", addr, "err", err)
 		}
 	}()
-	return func() {
+	return ln, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)

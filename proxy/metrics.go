@@ -83,3 +83,52 @@ func (c netstackCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(tcpSetupsPerSourceDesc, prometheus.GaugeValue, float64(st.TCPSetupsMax))
 	ch <- prometheus.MustNewConstMetric(udpQueuedDesc, prometheus.GaugeValue, float64(st.UDPQueued))
 }
+
+// The handover's metrics, read from handoverStatus at each scrape.
+var (
+	predecessorFlowsDesc = prometheus.NewDesc("kubetun_handover_predecessor_flows",
+		"Flows the kubetun this one took over from still holds, as it last said (0 once it has exited).", []string{"protocol"}, nil)
+	handedPacketsDesc = prometheus.NewDesc("kubetun_handover_passed_packets_total",
+		"Packets of the predecessor's flows passed to it since the takeover.", nil, nil)
+	handedBytesDesc = prometheus.NewDesc("kubetun_handover_passed_bytes_total",
+		"Bytes of the predecessor's flows passed to it since the takeover.", nil, nil)
+	takeoverDesc = prometheus.NewDesc("kubetun_handover_takeover_seconds",
+		"How long this kubetun took to take over from its predecessor, from its start to serving.", nil, nil)
+	successorDesc = prometheus.NewDesc("kubetun_handover_draining",
+		"1 while this kubetun has handed over to a new one and drains its own flows.", nil, nil)
+)
+
+// handoverCollector is a prometheus.Collector of a Proxy's handover.
+type handoverCollector struct{ p *Proxy }
+
+// Describe implements prometheus.Collector.
+func (handoverCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{predecessorFlowsDesc, handedPacketsDesc, handedBytesDesc, takeoverDesc, successorDesc} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c handoverCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.p.handoverStatus()
+	var pred PeerStatus
+	draining := 0.0
+	if st != nil && st.Predecessor != nil {
+		pred = *st.Predecessor
+	}
+	if st != nil && st.Successor != nil {
+		draining = 1
+	}
+	ch <- prometheus.MustNewConstMetric(predecessorFlowsDesc, prometheus.GaugeValue, float64(pred.TCPFlows), "tcp")
+	ch <- prometheus.MustNewConstMetric(predecessorFlowsDesc, prometheus.GaugeValue, float64(pred.UDPSessions), "udp")
+	if hd, ok := c.p.dp.(handoverDataplane); ok {
+		hs := hd.HandedStats()
+		ch <- prometheus.MustNewConstMetric(handedPacketsDesc, prometheus.CounterValue, float64(hs.Packets))
+		ch <- prometheus.MustNewConstMetric(handedBytesDesc, prometheus.CounterValue, float64(hs.Bytes))
+	}
+	c.p.ho.mu.Lock()
+	took := c.p.ho.predTook
+	c.p.ho.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(takeoverDesc, prometheus.GaugeValue, took.Seconds())
+	ch <- prometheus.MustNewConstMetric(successorDesc, prometheus.GaugeValue, draining)
+}

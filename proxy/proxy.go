@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -88,6 +89,16 @@ type Config struct {
 	Profiling   bool   // /debug/pprof/ on MetricsAddr
 
 	DNS DNSConfig
+
+	// StateDir holds the handover socket of this Proxy's TUN (package
+	// handover): a Proxy started on a TUN another one serves takes over
+	// from it, and one serving lets the next take over. "" does neither.
+	StateDir string
+	// Version is kubetun's, told to the other side of a handover.
+	Version string
+
+	// tunFile is the TUN a predecessor passed on; nil opens it by name.
+	tunFile *os.File
 
 	// External serves Services from outside the cluster: node ports,
 	// health check node ports, externalIPs and load-balancer IPs, as on a
@@ -260,6 +271,10 @@ type Proxy struct {
 	flows     FlowCounter    // the data plane, if it counts flows per Service
 
 	tunLost atomic.Bool // the TUN is gone: /healthz fails until the process exits
+
+	ho            handoverState
+	httpListeners map[string]net.Listener // the health and metrics listeners by address, guarded by ho.mu
+	stopSource    func()                  // ends the source's Run: handed over
 }
 
 // New returns a Proxy serving src as cfg says, on the host's TUN and routes.
@@ -271,13 +286,21 @@ func newProxy(cfg Config, src Source, log *slog.Logger, e env) *Proxy {
 	if cfg.PodsVia == "" {
 		cfg.PodsVia = "direct"
 	}
-	return &Proxy{cfg: cfg, src: src, env: e, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout)}
+	return &Proxy{cfg: cfg, src: src, env: e, log: log, table: new(resolver.Table), tracker: health.NewTracker(healthTimeout),
+		ho:            handoverState{closing: make(chan struct{}), retired: make(chan struct{})},
+		httpListeners: make(map[string]net.Listener)}
 }
 
 // Run serves until ctx is done, then closes every connection and removes
 // the routes and the TUN. It fails at once if a fixed service CIDR overlaps
 // a route of the host, before anything is created.
 func (p *Proxy) Run(ctx context.Context) error {
+	if p.cfg.StateDir != "" {
+		if err := p.dialPredecessor(); err != nil {
+			return err
+		}
+	}
+	defer p.closeHandover()
 	if len(p.cfg.ServiceCIDRs) > 0 {
 		if err := p.env.checkOverlap(p.cfg.TUN, p.cfg.ServiceCIDRs); err != nil {
 			return err
@@ -291,7 +314,17 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	defer stop()
-	err = p.src.Run(runCtx, p)
+	srcCtx, stopSource := context.WithCancel(runCtx)
+	defer stopSource()
+	p.stopSource = stopSource
+	err = p.src.Run(srcCtx, p)
+	if ctx.Err() != nil {
+		p.waitHandover()
+	}
+	if p.isRetired() {
+		p.drainRetired(ctx)
+		return nil
+	}
 	if cause := context.Cause(runCtx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause // a fixed CIDR could not be routed
 	}
@@ -369,14 +402,20 @@ func (p *Proxy) start() (stop func(), err error) {
 		if srv.addr == "" {
 			continue
 		}
-		closeSrv, err := serveHTTP(p.env.listen, srv.flag, srv.addr, srv.h, p.log)
+		ln, closeSrv, err := serveHTTP(p.listenHTTP, srv.flag, srv.addr, srv.h, p.log)
 		if err != nil {
 			return stop, err
 		}
 		p.closers = append(p.closers, closeSrv)
+		p.ho.mu.Lock()
+		p.httpListeners[srv.addr] = ln
+		p.ho.httpOff = append(p.ho.httpOff, closeSrv)
+		p.ho.mu.Unlock()
 	}
 
-	dp, err := p.env.open(p.cfg, p.table, p.log)
+	cfg := p.cfg
+	cfg.tunFile = p.inherited(handoverTUN)
+	dp, err := p.env.open(cfg, p.table, p.log)
 	if err != nil {
 		return stop, err
 	}
@@ -406,12 +445,15 @@ func (p *Proxy) start() (stop func(), err error) {
 	if err := p.tracker.Register(netstackCollector{dp.Stats}); err != nil {
 		return stop, fmt.Errorf("registering the data path's metrics: %w", err)
 	}
+	if err := p.tracker.Register(handoverCollector{p}); err != nil {
+		return stop, fmt.Errorf("registering the handover's metrics: %w", err)
+	}
 	if err := p.tracker.Register(affinityCollector(p.table)); err != nil {
 		return stop, fmt.Errorf("registering the affinity metric: %w", err)
 	}
 	if p.cfg.External != nil {
 		p.nodePorts = nodeport.New(nodeport.Config{Services: p.table, DialTimeout: p.cfg.DialTimeout,
-			Healthy: p.tracker.Healthy, Logger: p.log})
+			Healthy: p.tracker.Healthy, Logger: p.log, Inherit: p.inherited})
 		p.closers = append(p.closers, p.nodePorts.Close)
 	}
 	return stop, nil
@@ -574,8 +616,16 @@ func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
 // serve starts the data plane once the service table is loaded and the
 // routes are in place, and says so.
 func (p *Proxy) serve() {
-	p.dp.Start()
+	if p.ho.pred != nil {
+		if err := p.takeOver(); err != nil {
+			p.fail(err)
+			return
+		}
+	} else {
+		p.dp.Start()
+	}
 	p.logReady()
+	p.listenForSuccessors()
 }
 
 func (p *Proxy) logReady() {

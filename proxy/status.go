@@ -30,6 +30,9 @@ type Status struct {
 	// network) or "portforward" (through the API server, kubetun connect).
 	Pods     string          `json:"pods"`
 	Services []ServiceStatus `json:"services"`
+	// Handover is a takeover in progress: the kubetun this one took over
+	// from while it drains, or the one this one handed over to.
+	Handover *HandoverStatus `json:"handover,omitempty"`
 }
 
 // DNSStatus is where the cluster DNS answers.
@@ -72,6 +75,7 @@ func (p *Proxy) Status() Status {
 		TUN:          p.cfg.TUN,
 		ServiceCIDRs: make([]string, 0, len(cidrs)),
 		Pods:         p.cfg.PodsVia,
+		Handover:     p.handoverStatus(),
 	}
 	for _, c := range cidrs {
 		st.ServiceCIDRs = append(st.ServiceCIDRs, c.String())

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/kubetun/kubetun/handover"
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/resolver"
@@ -34,7 +35,8 @@ type runConfig struct {
 	metricsAddr  string        // "" disables
 	profiling    bool          // /debug/pprof/ on metricsAddr
 	logLevel     slog.Level
-	persist      bool // the TUN and its routes outlive the process
+	persist      bool   // the TUN and its routes outlive the process
+	stateDir     string // the handover socket's directory; "" disables handing over
 
 	maxAffinityClients int // per ClientIP affinity table
 
@@ -78,6 +80,7 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	fs.BoolVar(&cfg.profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on --metrics-addr, as kube-proxy's --profiling does")
 	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")
 	fs.BoolVar(&cfg.persist, "persist", false, "keep the TUN device and its routes when kubetun exits or crashes, so service traffic waits for the next kubetun instead of leaving by another route; a restart re-attaches to them. 'kubetun cleanup' removes them")
+	fs.StringVar(&cfg.stateDir, "state-dir", handover.DefaultStateDir, "`DIR` of the handover socket (one per --tun, root only): a kubetun started on a --tun another one serves takes over from it there, and the old one keeps its connections until they end; \"\" disables taking over and handing over")
 	fs.IntVar(&cfg.mtu, "mtu", tunnel.DefaultMTU, "MTU of the TUN device (large by default: fewer packets through the userspace stack)")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", netstack.DefaultDialTimeout, "how long to wait for a pod to accept a connection")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM or SIGINT, how long open TCP connections may finish, new ones refused, before the rest are reset and kubetun exits; 0 resets them at once")

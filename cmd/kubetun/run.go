@@ -21,6 +21,8 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 		Topology:           resolver.Topology{NodeName: cfg.nodeName},
 		TUN:                cfg.tun,
 		Persist:            cfg.persist,
+		StateDir:           cfg.stateDir,
+		Version:            version(),
 		MaxAffinityClients: cfg.maxAffinityClients,
 		MTU:                cfg.mtu,
 		DialTimeout:        cfg.dialTimeout,

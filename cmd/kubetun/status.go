@@ -116,6 +116,14 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 	}
 	fmt.Fprintf(tw, "DNS:\t%s\n", dns)
 	fmt.Fprintf(tw, "Pods:\t%s\n", st.Pods)
+	if h := st.Handover; h != nil && h.Predecessor != nil {
+		pr := h.Predecessor
+		fmt.Fprintf(tw, "Took over from:\tpid %d (%s) in %d ms; it drains %d TCP flows, %d UDP sessions; passed to it %d packets, %d bytes\n",
+			pr.PID, pr.Version, pr.TookMillis, pr.TCPFlows, pr.UDPSessions, pr.Packets, pr.Bytes)
+	}
+	if h := st.Handover; h != nil && h.Successor != nil {
+		fmt.Fprintf(tw, "Handed over to:\tpid %d (%s); draining its own flows\n", h.Successor.PID, h.Successor.Version)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
