@@ -194,15 +194,18 @@ func (s *Stack) returnUDP(pkt []byte) bool {
 	return true // dropped if there is nobody to take it: not this stack's any more
 }
 
-// WaitIdle waits until every TCP flow and UDP session of the stack has
-// ended, or ctx is done, and reports whether they all ended. A
-// predecessor that handed over waits with it for its last flow.
+// WaitIdle waits until every TCP connection of the stack, spliced or being
+// set up, has ended, or ctx is done, and reports whether they all ended. A
+// predecessor that handed over waits with it for its last connection. Its
+// UDP sessions do not hold it: they end only by going idle (UDPIdleTimeout),
+// and once the predecessor has exited their clients' next datagrams start
+// sessions in the successor.
 func (s *Stack) WaitIdle(ctx context.Context) bool {
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
 	for {
 		s.mu.Lock()
-		left := len(s.flows) + s.setupTotal + len(s.sessions)
+		left := len(s.flows) + s.setupTotal
 		s.mu.Unlock()
 		if left == 0 {
 			return true

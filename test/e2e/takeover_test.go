@@ -1,0 +1,357 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kubetun/kubetun/test/testbed"
+)
+
+// takeoverBed is the seed Service as a NodePort, with TCP and UDP echo
+// ports, served by a kubetun with a handover socket of its own.
+type takeoverBed struct {
+	*testbed.Testbed
+	seed     testbed.Seed
+	path     string   // the manifest
+	args     []string // every kubetun's flags after the manifest
+	node     string   // the node's address the client reaches node ports at
+	stateDir string
+}
+
+const (
+	takeoverNodePortHTTP = 30180
+	takeoverNodePortEcho = 30107
+)
+
+func newTakeoverBed(t *testing.T) *takeoverBed {
+	t.Helper()
+	needKubetun(t)
+	tb, seed := newBed(t)
+	b := &takeoverBed{Testbed: tb, seed: seed, path: filepath.Join(tb.Dir, "services.yaml"),
+		node: seed.Client.Gateway.String(), stateDir: filepath.Join(tb.Dir, "state")}
+	svc := testbed.Service{
+		Name:       "service-test",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr(testbed.ClusterIP)},
+		Selector:   "service_test_pod",
+		Type:       "NodePort",
+		Ports: []testbed.ServicePort{
+			{Name: "http", Port: 80, TargetPort: "http", EndpointPort: 8080, NodePort: takeoverNodePortHTTP},
+			{Name: "echo", Port: 7, TargetPort: "9000", EndpointPort: 9000, NodePort: takeoverNodePortEcho},
+			{Name: "echo-udp", Port: 7, TargetPort: "9002", EndpointPort: 9002, Protocol: "UDP"},
+		},
+		Endpoints: []testbed.Endpoint{testbed.EndpointOf(seed.Pod1), testbed.EndpointOf(seed.Pod2)},
+	}
+	if err := testbed.WriteServices(b.path, svc); err != nil {
+		t.Fatal(err)
+	}
+	b.args = []string{"--node-name", testbed.NodeName, "--nodeport-addresses", b.node + "/24",
+		"--state-dir", b.stateDir, "--drain-timeout", "30s"}
+	return b
+}
+
+// start runs a kubetun and waits until it is ready; its output is logged
+// if the test fails.
+func (b *takeoverBed) start(t *testing.T, name string, extra ...string) *testbed.Process {
+	t.Helper()
+	p, err := b.StartKubetun(b.path, append(append([]string(nil), b.args...), extra...)...)
+	t.Cleanup(func() {
+		if t.Failed() && p != nil {
+			t.Logf("kubetun %s (%s) output:\n%s", name, p.CommandLine(), p.Output())
+		}
+	})
+	if err != nil {
+		t.Fatalf("starting kubetun %s: %v", name, err)
+	}
+	return p
+}
+
+// echoConn is a long-lived connection that sends a numbered line every
+// interval and checks that the same bytes come back.
+type echoConn struct {
+	addr   string
+	rounds atomic.Int64
+	err    atomic.Pointer[error]
+}
+
+func (e *echoConn) fail(err error) { e.err.CompareAndSwap(nil, &err) }
+
+// run exchanges lines until stop is closed, then closes the connection.
+func (e *echoConn) run(ns string, id int, interval time.Duration, stop <-chan struct{}) {
+	conn, err := testbed.DialIn(ns, "tcp", e.addr, 5*time.Second)
+	if err != nil {
+		e.fail(err)
+		return
+	}
+	defer conn.Close()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	buf := make([]byte, 256)
+	for i := 0; ; i++ {
+		line := fmt.Appendf(nil, "connection %d line %d %s\n", id, i, strings.Repeat("x", i%97))
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := conn.Write(line); err != nil {
+			e.fail(fmt.Errorf("line %d: write: %w", i, err))
+			return
+		}
+		got := buf[:len(line)]
+		if _, err := readFull(conn, got); err != nil {
+			e.fail(fmt.Errorf("line %d: read: %w", i, err))
+			return
+		}
+		if !bytes.Equal(got, line) {
+			e.fail(fmt.Errorf("line %d: echoed %q, want %q", i, got, line))
+			return
+		}
+		e.rounds.Add(1)
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func readFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := c.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// udpSession is a client socket that sends a numbered datagram every
+// interval to the UDP echo and counts the answers.
+type udpSession struct {
+	sent, answered atomic.Int64
+	longestGap     atomic.Int64 // nanoseconds between two answers
+}
+
+func (u *udpSession) run(ns, addr string, id int, interval time.Duration, stop <-chan struct{}) error {
+	var conn net.Conn
+	err := testbed.InNamespace(ns, func() error {
+		var err error
+		conn, err = net.Dial("udp", addr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	last := time.Now()
+	buf := make([]byte, 512)
+	for i := 0; ; i++ {
+		msg := fmt.Sprintf("session %d datagram %d", id, i)
+		conn.Write([]byte(msg))
+		u.sent.Add(1)
+		conn.SetReadDeadline(time.Now().Add(interval))
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				break
+			}
+			if strings.HasSuffix(string(buf[:n]), ": "+msg) {
+				u.answered.Add(1)
+				if gap := time.Since(last); int64(gap) > u.longestGap.Load() {
+					u.longestGap.Store(int64(gap))
+				}
+				last = time.Now()
+				time.Sleep(time.Until(last.Add(interval)))
+				break
+			}
+		}
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+	}
+}
+
+// TestTakeover replaces a running kubetun with a new one under load, as a
+// rolling update does: the new one starts and takes over, then the old one
+// gets SIGTERM. Twenty long-lived TCP connections (ClusterIP and node port)
+// keep echoing byte-identical through it all and until they close, when
+// the old kubetun exits; a new connection every 50 ms is answered, whoever
+// serves it; UDP sessions keep their answers; every DNS question is
+// answered.
+func TestTakeover(t *testing.T) {
+	b := newTakeoverBed(t)
+	ns := b.seed.Client.Namespace
+	old := b.start(t, "old")
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var long []*echoConn
+	for i := range 20 {
+		addr := testbed.ClusterIP + ":7"
+		if i%4 == 3 {
+			addr = fmt.Sprintf("%s:%d", b.node, takeoverNodePortEcho)
+		}
+		e := &echoConn{addr: addr}
+		long = append(long, e)
+		wg.Go(func() { e.run(ns, i, 100*time.Millisecond, stop) })
+	}
+	var sessions []*udpSession
+	var udpErrs sync.Map
+	for i := range 5 {
+		u := &udpSession{}
+		sessions = append(sessions, u)
+		wg.Go(func() {
+			if err := u.run(ns, testbed.ClusterIP+":7", i, 100*time.Millisecond, stop); err != nil {
+				udpErrs.Store(i, err)
+			}
+		})
+	}
+	// New connections, one every 50 ms, in turn to the ClusterIP and the
+	// node port; DNS questions, one every 50 ms.
+	type newConn struct {
+		took time.Duration
+		err  error
+	}
+	var (
+		connMu  sync.Mutex
+		conns   []newConn
+		dnsOK   atomic.Int64
+		dnsErrs []error
+	)
+	loops := make(chan struct{})
+	wg.Go(func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		var inner sync.WaitGroup
+		defer inner.Wait()
+		for i := 0; ; i++ {
+			addr := testbed.ClusterIP + ":80"
+			if i%2 == 1 {
+				addr = fmt.Sprintf("%s:%d", b.node, takeoverNodePortHTTP)
+			}
+			inner.Go(func() {
+				_, took, connErr, err := servedRequest(ns, addr, 10*time.Second)
+				connMu.Lock()
+				conns = append(conns, newConn{took, cmpErr(connErr, err, addr)})
+				connMu.Unlock()
+			})
+			inner.Go(func() {
+				r, err := dig(context.Background(), b.Testbed, ns, dnsIP, "service-test.default.svc.cluster.local", "A")
+				if err == nil && (r.Status != "NOERROR" || len(r.Answer) != 1 || r.Answer[0] != "A "+testbed.ClusterIP) {
+					err = fmt.Errorf("dig service-test.default.svc.cluster.local = %s %q, want NOERROR A %s", r.Status, r.Answer, testbed.ClusterIP)
+				}
+				connMu.Lock()
+				if err != nil {
+					dnsErrs = append(dnsErrs, err)
+				} else {
+					dnsOK.Add(1)
+				}
+				connMu.Unlock()
+			})
+			select {
+			case <-loops:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+
+	time.Sleep(time.Second)
+	started := time.Now()
+	next := b.start(t, "new")
+	t.Logf("new kubetun: start to ready %v", time.Since(started).Round(time.Millisecond))
+	if !strings.Contains(next.Output(), "took over") {
+		t.Errorf("the new kubetun did not say it took over:\n%s", next.Output())
+	}
+	if err := old.WaitOutput("handed over", 5*time.Second); err != nil {
+		t.Errorf("the old kubetun did not say it handed over: %v", err)
+	}
+	time.Sleep(time.Second)
+	if err := old.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	if old.Exited() {
+		t.Errorf("the old kubetun exited on SIGTERM with its connections open")
+	}
+	close(loops)
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	if err := old.Wait(15 * time.Second); err != nil {
+		t.Errorf("the old kubetun, its last flow ended: %v, want exit 0", err)
+	}
+	if !strings.Contains(old.Output(), "drained") {
+		t.Errorf("the old kubetun did not say it drained:\n%s", old.Output())
+	}
+
+	cut := 0
+	for i, e := range long {
+		if p := e.err.Load(); p != nil {
+			cut++
+			t.Errorf("long-lived connection %d (%s) after %d rounds: %v", i, e.addr, e.rounds.Load(), *p)
+		}
+	}
+	var failed int
+	var longest time.Duration
+	for _, c := range conns {
+		if c.err != nil {
+			failed++
+			if failed <= 5 {
+				t.Errorf("new connection: %v", c.err)
+			}
+		}
+		longest = max(longest, c.took)
+	}
+	for _, err := range dnsErrs {
+		t.Errorf("DNS question: %v", err)
+	}
+	udpErrs.Range(func(k, v any) bool {
+		t.Errorf("UDP session %v: %v", k, v)
+		return true
+	})
+	for i, u := range sessions {
+		gap := time.Duration(u.longestGap.Load())
+		t.Logf("UDP session %d: %d of %d datagrams answered, longest gap %v", i, u.answered.Load(), u.sent.Load(), gap.Round(time.Millisecond))
+		if u.answered.Load() < u.sent.Load()/2 || gap > 2*time.Second {
+			t.Errorf("UDP session %d lost its answers: %d of %d, longest gap %v", i, u.answered.Load(), u.sent.Load(), gap)
+		}
+	}
+	passed := regexp.MustCompile(`packets-passed=(\d+) bytes-passed=(\d+)`).FindStringSubmatch(next.Output())
+	t.Logf("takeover under load: long-lived connections kept %d, cut %d; new connections %d, failed %d, longest connect %v; DNS questions answered %d, failed %d; passed to the old kubetun: %v",
+		len(long)-cut, cut, len(conns), failed, longest.Round(time.Millisecond), dnsOK.Load(), len(dnsErrs), passed)
+
+	// The new one serves on, alone.
+	if got, err := seedRequest(t.Context(), b.Testbed, ns, testbed.ClusterIP, 80); err != nil {
+		t.Errorf("after the old kubetun exited: %q, %v", got, err)
+	}
+	if err := next.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := next.Wait(15 * time.Second); err != nil {
+		t.Errorf("new kubetun after SIGTERM: %v", err)
+	}
+	checkNoTrace(t, b.Testbed)
+}
+
+func cmpErr(connErr, err error, addr string) error {
+	switch {
+	case connErr != nil:
+		return fmt.Errorf("%s: connect: %w", addr, connErr)
+	case err != nil:
+		return fmt.Errorf("%s: %w", addr, err)
+	}
+	return nil
+}
