@@ -93,8 +93,16 @@ type Stats struct {
 	UDPSessions int `json:"udpSessions"`
 }
 
-// SocketPath is the socket of the kubetun serving tun.
-func SocketPath(dir, tun string) string { return filepath.Join(dir, tun+".sock") }
+// SocketPath is the socket of the kubetun serving tun in this process's
+// network namespace: TUN names are per namespace, and a kubetun in another
+// one (a test bed, a pod of its own) is no predecessor of this one.
+func SocketPath(dir, tun string) string {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return filepath.Join(dir, tun+".sock")
+	}
+	return filepath.Join(dir, fmt.Sprintf("%s.netns-%d.sock", tun, st.Ino))
+}
 
 // RefusedError is a predecessor's refusal to hand over, or a protocol
 // mismatch: nothing was changed.

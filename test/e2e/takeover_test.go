@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -354,4 +355,145 @@ func cmpErr(connErr, err error, addr string) error {
 		return fmt.Errorf("%s: %w", addr, err)
 	}
 	return nil
+}
+
+// holdEcho opens a long-lived echo connection from ns to addr and returns
+// a check that it still echoes, and its close.
+func holdEcho(t *testing.T, ns, addr string) (check func(what string), closeConn func()) {
+	t.Helper()
+	conn, err := testbed.DialIn(ns, "tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", addr, err)
+	}
+	i := 0
+	check = func(what string) {
+		t.Helper()
+		i++
+		line := fmt.Appendf(nil, "%s %d\n", what, i)
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, len(line))
+		if _, err := conn.Write(line); err != nil {
+			t.Errorf("%s: echo connection to %s: write: %v", what, addr, err)
+			return
+		}
+		if _, err := readFull(conn, got); err != nil || !bytes.Equal(got, line) {
+			t.Errorf("%s: echo connection to %s: read %q, %v; want %q", what, addr, got, err, line)
+		}
+	}
+	return check, func() { conn.Close() }
+}
+
+// TestTakeoverFailures: what goes wrong around a takeover costs only what
+// must be lost, and a takeover that cannot happen changes nothing.
+func TestTakeoverFailures(t *testing.T) {
+	t.Run("old_killed_mid_drain", func(t *testing.T) {
+		// The old kubetun dies while it drains: its own flows are lost,
+		// the new one's go on.
+		b := newTakeoverBed(t)
+		ns := b.seed.Client.Namespace
+		old := b.start(t, "old")
+		oldCheck, oldClose := holdEcho(t, ns, testbed.ClusterIP+":7")
+		defer oldClose()
+		next := b.start(t, "new")
+		newCheck, newClose := holdEcho(t, ns, testbed.ClusterIP+":7")
+		defer newClose()
+		oldCheck("through the old kubetun after the takeover")
+		newCheck("through the new kubetun")
+		if err := old.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		old.Wait(5 * time.Second)
+		if err := next.WaitOutput("the predecessor has exited", 5*time.Second); err != nil {
+			t.Errorf("the new kubetun did not notice its predecessor's death: %v", err)
+		}
+		newCheck("through the new kubetun after the old one's kill -9")
+		if got, err := seedRequest(t.Context(), b.Testbed, ns, testbed.ClusterIP, 80); err != nil {
+			t.Errorf("a new connection after the old kubetun's kill -9: %q, %v", got, err)
+		}
+	})
+
+	t.Run("new_killed_during_takeover", func(t *testing.T) {
+		// The new kubetun gets the descriptors, then dies before it is
+		// ready (its apiserver never answers): the old one serves on.
+		b := newTakeoverBed(t)
+		ns := b.seed.Client.Namespace
+		old := b.start(t, "old")
+		check, closeConn := holdEcho(t, ns, testbed.ClusterIP+":7")
+		defer closeConn()
+		kubeconfig := filepath.Join(b.Dir, "nowhere.kubeconfig")
+		writeFile(t, kubeconfig, "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\ncurrent-context: c\n")
+		next, err := b.Start(b.Node, "kubetun-new", append([]string{kubetunBin, "run", "--service-cidr", testbed.ServiceCIDR,
+			"--kubeconfig", kubeconfig, "--tun", testbed.TUN}, b.args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("new kubetun output:\n%s", next.Output())
+			}
+		})
+		if err := next.WaitOutput("taking over from the running kubetun", 20*time.Second); err != nil {
+			t.Fatalf("the new kubetun did not start taking over: %v", err)
+		}
+		if err := next.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		next.Wait(5 * time.Second)
+		if err := old.WaitOutput("did not take over", 5*time.Second); err != nil {
+			t.Errorf("the old kubetun did not notice the failed takeover: %v", err)
+		}
+		check("through the old kubetun after the failed takeover")
+		if got, err := seedRequest(t.Context(), b.Testbed, ns, testbed.ClusterIP, 80); err != nil {
+			t.Errorf("a new connection after the failed takeover: %q, %v", got, err)
+		}
+		if got, err := seedRequest(t.Context(), b.Testbed, ns, b.node, takeoverNodePortHTTP); err != nil {
+			t.Errorf("a new node port connection after the failed takeover: %q, %v", got, err)
+		}
+		// And a later takeover still works.
+		b.start(t, "third")
+		check("through the old kubetun after a later takeover")
+	})
+
+	t.Run("two_in_a_row", func(t *testing.T) {
+		// A → B while A drains: C is refused, naming why; B serves on.
+		b := newTakeoverBed(t)
+		ns := b.seed.Client.Namespace
+		b.start(t, "A")
+		check, closeConn := holdEcho(t, ns, testbed.ClusterIP+":7")
+		defer closeConn()
+		b.start(t, "B")
+		out, err := b.Run(t.Context(), b.Node, append([]string{kubetunBin}, append(testbed.KubetunArgs(b.path, b.args...), "--health-addr", "", "--metrics-addr", "")...)...)
+		if testbed.ExitCode(err) != 1 || !strings.Contains(fmt.Sprint(err), "still taking over") {
+			t.Errorf("kubetun C while A drains = %q, %v; want exit 1, still taking over", out, err)
+		}
+		t.Logf("kubetun C: %v", err)
+		check("through A after C was refused")
+		if got, err := seedRequest(t.Context(), b.Testbed, ns, testbed.ClusterIP, 80); err != nil {
+			t.Errorf("a new connection after C was refused: %q, %v", got, err)
+		}
+	})
+
+	t.Run("predecessor_cannot_hand_over", func(t *testing.T) {
+		// A kubetun without a handover socket (an older one, or one run
+		// with --state-dir "") holds the TUN: the new one says so, and
+		// nothing changes.
+		b := newTakeoverBed(t)
+		ns := b.seed.Client.Namespace
+		b.start(t, "old", "--state-dir", "")
+		out, err := b.Run(t.Context(), b.Node, append([]string{kubetunBin}, append(testbed.KubetunArgs(b.path, b.args...), "--health-addr", "", "--metrics-addr", "")...)...)
+		if testbed.ExitCode(err) != 1 || !strings.Contains(fmt.Sprint(err), "cannot hand it over") {
+			t.Errorf("kubetun beside one that cannot hand over = %q, %v; want exit 1, cannot hand it over", out, err)
+		}
+		t.Logf("kubetun: %v", err)
+		if got, err := seedRequest(t.Context(), b.Testbed, ns, testbed.ClusterIP, 80); err != nil {
+			t.Errorf("after the refused start: %q, %v", got, err)
+		}
+	})
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
