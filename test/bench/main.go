@@ -34,6 +34,11 @@
 // the first one rotating, so that load from elsewhere on the machine falls
 // on all paths alike.
 //
+// Group takeover starts a second kubetun, which takes over from the running
+// one: the time from its start to serving, and the round-trip latency of a
+// connection of the old kubetun's, whose packets the new one passes on,
+// against one of the new kubetun's own, with both kubetuns' CPU.
+//
 // Group idle holds many idle connections open through kubetun and reads its
 // memory per connection (RSS, Go heap and stacks from its /metrics). Group
 // table measures the service table: resolver.Build in this process after
@@ -70,7 +75,7 @@
 // Usage:
 //
 //	bench [--kubetun bin/kubetun] [--time 5s] [--conns 2000] [--parallel 8]
-//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp,rr,idle,table,api,laptop]
+//	      [--udp-len 64] [--also-mtu 1500] [--cases stream,conn,udp,rr,takeover,idle,table,api,laptop]
 //	      [--kubetun-flags "--profiling"] [--gctrace] [-v]
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
 //	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
@@ -227,7 +232,7 @@ func main() {
 }
 
 // caseNames are the groups of cases --cases selects.
-var caseNames = []string{"stream", "conn", "udp", "rr", "idle", "table", "api", "laptop"}
+var caseNames = []string{"stream", "conn", "udp", "rr", "takeover", "idle", "table", "api", "laptop"}
 
 func (c *config) parseCases(list string) error {
 	c.cases = map[string]bool{}
@@ -318,6 +323,9 @@ func (b *bench) run(ctx context.Context) error {
 	loadStart, busy := loadAverage(), busyNow()
 	header := b.header(loadStart, busy) // before anything of ours runs
 	steps := []func(context.Context) error{b.build, b.bed, b.kubeProxyBeds, b.startDefault, b.measure}
+	if b.cfg.cases["takeover"] {
+		steps = append(steps, b.measureTakeover)
+	}
 	if b.cfg.cases["idle"] {
 		steps = append(steps, b.measureIdle)
 	}
