@@ -25,7 +25,7 @@ func (s *Stack) Drain(ctx context.Context) bool {
 	defer t.Stop()
 	for {
 		s.mu.Lock()
-		left := len(s.flows) + s.setupTotal
+		left := len(s.flows) + s.setups.Total()
 		s.mu.Unlock()
 		if left == 0 {
 			return true

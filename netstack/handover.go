@@ -205,7 +205,7 @@ func (s *Stack) WaitIdle(ctx context.Context) bool {
 	defer t.Stop()
 	for {
 		s.mu.Lock()
-		left := len(s.flows) + s.setupTotal
+		left := len(s.flows) + s.setups.Total()
 		s.mu.Unlock()
 		if left == 0 {
 			return true

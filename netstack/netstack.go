@@ -27,6 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/kubetun/kubetun/limiter"
 	"github.com/kubetun/kubetun/resolver"
 )
 
@@ -197,18 +198,20 @@ type Stack struct {
 	cancel context.CancelFunc
 
 	// Config's limits, defaults applied.
-	maxSetupsPerSource      int
 	maxFlows                int
 	handshakeTimeout        time.Duration
 	userTimeout             time.Duration // <= 0: not set
 	halfClosedTimeout       time.Duration // <= 0: never
 	stalledClientTimeout    time.Duration // 0: never
-	maxUDPSessions          int
-	maxUDPSessionsPerSource int
 	maxUDPQueued            int64
 	udpQueued               atomic.Int64 // bytes in every session's fastQ
 
 	pending sync.Map // stack.TransportEndpointID -> context.CancelFunc of its dial
+
+	// setups counts the TCP connections being set up (SYN to handshake
+	// done) per client address and in all; sessions the UDP sessions.
+	setups      *limiter.PerSource
+	udpSessions *limiter.PerSource
 
 	refuseNew atomic.Bool // StopAccepting was called: new SYNs are reset
 
@@ -230,10 +233,6 @@ type Stack struct {
 	closed       bool
 	flows        map[*flow]struct{}
 	sessions     map[*udpSession]struct{}
-	udpTotal     int
-	udpPerSource map[netip.Addr]int
-	setups       map[netip.Addr]int // TCP connections being set up per client address
-	setupTotal   int                // the sum of setups
 	wg           sync.WaitGroup     // the TCP handler and splice goroutines, the UDP sessions
 }
 
@@ -289,17 +288,14 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		link:         pf,
 		flows:        make(map[*flow]struct{}),
 		sessions:     make(map[*udpSession]struct{}),
-		udpPerSource: make(map[netip.Addr]int),
-		setups:       make(map[netip.Addr]int),
 
-		maxSetupsPerSource:      orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource),
+		setups:                  limiter.New(orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource), orDefault(cfg.MaxSetups, DefaultMaxSetups)),
+		udpSessions:             limiter.New(orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource), orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions)),
 		maxFlows:                orDefault(cfg.MaxTCPFlows, DefaultMaxTCPFlows),
 		handshakeTimeout:        orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		userTimeout:             orDefault(cfg.TCPUserTimeout, DefaultTCPUserTimeout),
 		halfClosedTimeout:       orDefault(cfg.HalfClosedTimeout, DefaultHalfClosedTimeout),
 		stalledClientTimeout:    max(cfg.StalledClientTimeout, 0),
-		maxUDPSessions:          orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions),
-		maxUDPSessionsPerSource: orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource),
 		maxUDPQueued:            orDefault(cfg.MaxUDPQueuedBytes, DefaultMaxUDPQueuedBytes),
 	}
 	fwd := tcp.NewForwarder(s, 0, orDefault(cfg.MaxSetups, DefaultMaxSetups), ns.handleTCP)
@@ -372,7 +368,7 @@ func (s *Stack) Close() {
 	s.cancel()
 	// Wait for the link only if there is something to tell a client: a
 	// link nobody reads (tests) would cost drainWait.
-	draining := len(s.flows) > 0 || s.setupTotal > 0
+	draining := len(s.flows) > 0 || s.setups.Total() > 0
 	for f := range s.flows {
 		f.abort()
 		draining = draining && s.drainLink(linkRoom)

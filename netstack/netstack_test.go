@@ -742,28 +742,41 @@ func readTCP(t testing.TB, link *channel.Endpoint) (src, dst netip.AddrPort, seg
 }
 
 // TestDialsPerSource: a client with DefaultMaxSetupsPerSource connections
-// being set up gets a RST for the next SYN, without a dial; another client
-// does not; a finished setup frees a slot.
+// being set up has its next SYN dropped, without a dial and without a RST
+// (a burst is not an attack: it retransmits), at the pump already
+// (AdmitTCP) and in the stack if one gets there; another client is
+// served; a finished setup frees a slot.
 func TestDialsPerSource(t *testing.T) {
 	d := new(fakeDialer)
 	startPod(t, d, pod1, echo)
 	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
 	for range DefaultMaxSetupsPerSource {
-		if !ns.reserveSetup(client.Addr()) {
-			t.Fatalf("reserveSetup(%v) = false before the limit", client.Addr())
+		if err := ns.reserveSetup(client.Addr()); err != nil {
+			t.Fatalf("reserveSetup(%v) = %v before the limit", client.Addr(), err)
 		}
 	}
 	svc := netip.AddrPortFrom(clusterIP, 80)
 	const iss = 7000
-	inject(link, tcpPacket(client, svc, iss, 0, header.TCPFlagSyn, nil))
-	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagRst|header.TCPFlagAck {
-		t.Errorf("SYN over the per-source limit: flags %v, want RST|ACK", seg.Flags())
+	syn := tcpPacket(client, svc, iss, 0, header.TCPFlagSyn, nil)
+	if ns.AdmitTCP(syn) {
+		t.Error("AdmitTCP admitted a SYN over the per-source limit")
 	}
+	if !ns.AdmitTCP(tcpPacket(client, svc, iss, 1, header.TCPFlagAck, []byte("x"))) {
+		t.Error("AdmitTCP dropped a segment that is no SYN")
+	}
+	inject(link, syn) // as if it got past the pump
+	expectSilence(t, link, 100*time.Millisecond)
 	if calls := d.calls(); len(calls) != 0 {
 		t.Errorf("dials %v over the limit, want none", calls)
 	}
+	if st := ns.Stats(); st.TCPLimited != 2 {
+		t.Errorf("TCPLimited = %d, want 2 (the pump's drop and the stack's)", st.TCPLimited)
+	}
 
 	other := netip.MustParseAddrPort("10.0.4.2:40000")
+	if !ns.AdmitTCP(tcpPacket(other, svc, iss, 0, header.TCPFlagSyn, nil)) {
+		t.Error("AdmitTCP dropped another client's SYN")
+	}
 	inject(link, tcpPacket(other, svc, iss, 0, header.TCPFlagSyn, nil))
 	if _, seg := readSegment(t, link); seg.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
 		t.Errorf("SYN from another client: flags %v, want SYN|ACK", seg.Flags())

@@ -9,7 +9,7 @@ type Stats struct {
 	TCPForwarded   uint64 // connections completed and spliced to a pod
 	TCPRefused     uint64 // SYNs reset at once: no Service owns the address and port, or it has no usable endpoint
 	TCPUnreachable uint64 // SYNs reset because no pod answered the dial (a second endpoint tried too)
-	TCPLimited     uint64 // SYNs reset because their client had its share of connections being set up, or the flows were at their cap
+	TCPLimited     uint64 // SYNs dropped because their client had its share of connections being set up (or all clients the total), or reset because the flows were at their cap
 	TCPAborted     uint64 // clients gone (a RST, no final ACK within the handshake timeout) before their handshake completed
 	DialFailures   uint64 // dials to pods that failed, each endpoint tried counting once
 	TCPActive      int    // connections being spliced now
@@ -51,10 +51,8 @@ func (s *Stack) Stats() Stats {
 	}
 	s.mu.Lock()
 	st.TCPActive, st.UDPActive = len(s.flows), len(s.sessions)
-	st.TCPSetups = s.setupTotal
-	for _, n := range s.setups { // at most MaxSetups entries
-		st.TCPSetupsMax = max(st.TCPSetupsMax, n)
-	}
 	s.mu.Unlock()
+	st.TCPSetups = s.setups.Total()
+	st.TCPSetupsMax, _ = s.setups.Max() // at most MaxSetups sources
 	return st
 }

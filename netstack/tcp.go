@@ -81,10 +81,12 @@ func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
 			return c, ep, err
 		}
 	}
-	if !s.reserveSetup(src.Addr()) {
-		s.log.Debug("refused: too many connections from this source being set up, or too many flows", "src", src, "dst", dst)
+	if err := s.reserveSetup(src.Addr()); err != nil {
+		s.log.Debug("SYN not served", "src", src, "dst", dst, "err", err)
 		s.count.tcpLimited.Add(1)
-		r.Complete(true)
+		// Dropped (the client retransmits) over a setup limit; reset
+		// over the flow cap.
+		r.Complete(errors.Is(err, errFlowLimit))
 		return nil
 	}
 	defer s.releaseSetup(src.Addr())
@@ -213,29 +215,85 @@ func (s *Stack) podAt(ip netip.Addr) (string, bool) {
 	return ns + "/" + name, ok
 }
 
-// reserveSetup counts a connection being set up from src, or reports that
-// src already has its share (maxSetupsPerSource) being set up, or that the
-// flows and setups together reached maxFlows. The forwarder bounds the
-// setups overall (maxSetups): past that, SYNs are dropped and the client
-// retransmits them, as a kernel does when its accept queue is full.
-func (s *Stack) reserveSetup(src netip.Addr) bool {
+// reserveSetup counts a connection being set up from src. It reports
+// errSetupLimit when src already has its share being set up, or all
+// sources the total (Config.MaxSetupsPerSource, MaxSetups): the SYN is then
+// dropped and the client retransmits it, as a kernel drops a SYN its full
+// queue has no room for. Most such SYNs never get here: the pump drops them
+// before gVisor (AdmitTCP). It reports errFlowLimit when the flows and
+// setups together reached maxFlows: a RST, as for a full conntrack table
+// the connection cannot be served for a while.
+func (s *Stack) reserveSetup(src netip.Addr) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.setups[src] >= s.maxSetupsPerSource || len(s.flows)+s.setupTotal >= s.maxFlows {
+	flows := len(s.flows)
+	s.mu.Unlock()
+	if flows+s.setups.Total() >= s.maxFlows {
+		return errFlowLimit
+	}
+	if !s.setups.Reserve(src) {
+		return errSetupLimit
+	}
+	return nil
+}
+
+var (
+	errSetupLimit = errors.New("too many connections being set up from this source, or from all")
+	errFlowLimit  = errors.New("too many flows")
+)
+
+func (s *Stack) releaseSetup(src netip.Addr) { s.setups.Release(src) }
+
+// AdmitTCP reports whether the stack takes pkt, a whole IP packet, further:
+// false for a SYN (not a SYN-ACK) from a client that has its share of
+// connections being set up, or when all clients have the total, which
+// the caller then drops before gVisor sees it, as a kernel's full SYN queue
+// drops it: the client retransmits, and a flood costs one look at the
+// headers per SYN, not a trip through gVisor and a RST. Anything else is
+// admitted; it looks at no more than the IP and TCP headers, and locks
+// only for a SYN.
+func (s *Stack) AdmitTCP(pkt []byte) bool {
+	src, flags, ok := parseTCPFlags(pkt)
+	if !ok || flags&(header.TCPFlagSyn|header.TCPFlagAck|header.TCPFlagRst) != header.TCPFlagSyn {
+		return true
+	}
+	if s.setups.Full(src) {
+		s.count.tcpLimited.Add(1)
 		return false
 	}
-	s.setups[src]++
-	s.setupTotal++
 	return true
 }
 
-func (s *Stack) releaseSetup(src netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.setupTotal--
-	if s.setups[src]--; s.setups[src] <= 0 {
-		delete(s.setups, src)
+// parseTCPFlags returns the source address and the TCP flags of pkt, an
+// IPv4 packet (any header length, first fragment) or an IPv6 packet
+// without extension headers carrying TCP; false for anything else.
+func parseTCPFlags(pkt []byte) (netip.Addr, header.TCPFlags, bool) {
+	var (
+		src netip.Addr
+		l4  []byte
+	)
+	switch header.IPVersion(pkt) {
+	case header.IPv4Version:
+		if len(pkt) < header.IPv4MinimumSize {
+			return src, 0, false
+		}
+		ip := header.IPv4(pkt)
+		hlen := int(ip.HeaderLength())
+		if ip.Protocol() != uint8(header.TCPProtocolNumber) || hlen < header.IPv4MinimumSize || hlen > len(pkt) || ip.FragmentOffset() != 0 {
+			return src, 0, false
+		}
+		src, l4 = netip.AddrFrom4([4]byte(pkt[12:16])), pkt[hlen:]
+	case header.IPv6Version:
+		if len(pkt) < header.IPv6MinimumSize || header.IPv6(pkt).NextHeader() != uint8(header.TCPProtocolNumber) {
+			return src, 0, false
+		}
+		src, l4 = netip.AddrFrom16([16]byte(pkt[8:24])), pkt[header.IPv6MinimumSize:]
+	default:
+		return src, 0, false
 	}
+	if len(l4) < header.TCPMinimumSize {
+		return src, 0, false
+	}
+	return src.Unmap(), header.TCP(l4).Flags(), true
 }
 
 // dialOne dials ep within dialTimeout. The connection must half-close

@@ -159,25 +159,9 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 
 // reserveUDP counts a new session from src, or reports that a limit is
 // reached.
-func (s *Stack) reserveUDP(src netip.Addr) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.udpTotal >= s.maxUDPSessions || s.udpPerSource[src] >= s.maxUDPSessionsPerSource {
-		return false
-	}
-	s.udpTotal++
-	s.udpPerSource[src]++
-	return true
-}
+func (s *Stack) reserveUDP(src netip.Addr) bool { return s.udpSessions.Reserve(src) }
 
-func (s *Stack) releaseUDP(src netip.Addr) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.udpTotal--
-	if s.udpPerSource[src]--; s.udpPerSource[src] <= 0 {
-		delete(s.udpPerSource, src)
-	}
-}
+func (s *Stack) releaseUDP(src netip.Addr) { s.udpSessions.Release(src) }
 
 // addSession registers a session and its goroutine with the Stack; false
 // once the Stack is closing.

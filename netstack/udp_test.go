@@ -623,21 +623,13 @@ func TestUDPSessionLimits(t *testing.T) {
 
 	// Release everything: nothing is left counted.
 	ns.releaseUDP(fresh)
-	ns.mu.Lock()
-	per := make(map[netip.Addr]int)
-	for a, n := range ns.udpPerSource {
-		per[a] = n
-	}
-	ns.mu.Unlock()
-	for a, n := range per {
+	for a, n := range ns.udpSessions.Counts() {
 		for range n {
 			ns.releaseUDP(a)
 		}
 	}
-	ns.mu.Lock()
-	defer ns.mu.Unlock()
-	if ns.udpTotal != 0 || len(ns.udpPerSource) != 0 {
-		t.Errorf("after releasing all: udpTotal %d, udpPerSource %v; want 0 and empty", ns.udpTotal, ns.udpPerSource)
+	if total, per := ns.udpSessions.Total(), ns.udpSessions.Counts(); total != 0 || len(per) != 0 {
+		t.Errorf("after releasing all: %d sessions, per source %v; want 0 and empty", total, per)
 	}
 }
 
@@ -723,10 +715,7 @@ func TestUDPCloseEndsSessions(t *testing.T) {
 	if n := len(sessions(ns)); n != 0 {
 		t.Errorf("%d sessions after Close, want 0", n)
 	}
-	ns.mu.Lock()
-	total, per := ns.udpTotal, len(ns.udpPerSource)
-	ns.mu.Unlock()
-	if total != 0 || per != 0 {
+	if total, per := ns.udpSessions.Total(), len(ns.udpSessions.Counts()); total != 0 || per != 0 {
 		t.Errorf("after Close: udpTotal %d, %d sources counted; want 0", total, per)
 	}
 	checkNoLeaks(t)

@@ -66,6 +66,7 @@ func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Datapla
 		return nil, err
 	}
 	dev.SetUDPHandler(ns.DeliverUDP)
+	dev.SetTCPFilter(ns.AdmitTCP)
 	return dataplane{dev, ns}, nil
 }
 

@@ -22,7 +22,7 @@ var (
 	tcpConnectionsDesc = prometheus.NewDesc("kubetun_tcp_connections_total",
 		"TCP connections to ClusterIPs by how they ended their setup: forwarded (spliced to a pod), "+
 			"refused (no Service port or no usable endpoint: RST at once), unreachable (no pod answered the dial), "+
-			"limited (the client had its share of connections being set up, or --max-tcp-flows reached), "+
+			"limited (SYNs dropped: the client had its share of connections being set up, or all clients --max-tcp-setups; or reset: --max-tcp-flows reached), "+
 			"aborted (the client left, or did not complete the handshake in time).",
 		[]string{"result"}, nil)
 	dialFailuresDesc = prometheus.NewDesc("kubetun_pod_dial_failures_total",

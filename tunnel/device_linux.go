@@ -38,6 +38,7 @@ type Device struct {
 	link  *link
 	log   *slog.Logger
 	udp   atomic.Pointer[func([]byte) bool] // SetUDPHandler's
+	tcp   atomic.Pointer[func([]byte) bool] // SetTCPFilter's
 
 	wg sync.WaitGroup // the inbound pump and the event drain
 

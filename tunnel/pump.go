@@ -112,6 +112,8 @@ func (d *Device) receive(g *gro.GRO, frame []byte) {
 			if h := d.udp.Load(); h != nil && (*h)(pkt) {
 				return
 			}
+		} else if f := d.tcp.Load(); f != nil && !(*f)(pkt) {
+			return // a SYN over a limit: dropped, the client retransmits
 		}
 		enqueue(g, pkt, true)
 	case unix.VIRTIO_NET_HDR_GSO_TCPV4, unix.VIRTIO_NET_HDR_GSO_TCPV6:
@@ -131,6 +133,15 @@ func (d *Device) receive(g *gro.GRO, frame []byte) {
 // gVisor.
 func (d *Device) SetUDPHandler(h func(pkt []byte) bool) {
 	d.udp.Store(&h)
+}
+
+// SetTCPFilter makes the inbound pump ask f about every packet it reads
+// that is not UDP and not a GSO frame (a SYN never is one), before GRO and
+// gVisor: a packet f declines is dropped (netstack's AdmitTCP drops SYNs
+// over the setup limits). f runs on the pump's goroutine and must not
+// block.
+func (d *Device) SetTCPFilter(f func(pkt []byte) bool) {
+	d.tcp.Store(&f)
 }
 
 // isUDP reports whether pkt is an IPv4 packet carrying UDP, or an IPv6
