@@ -214,7 +214,7 @@ type Stack struct {
 
 	udp udpTimers // UDP session timings: the package's constants, shortened by tests
 
-	link  *pingFilter // between gVisor and cfg.Link
+	link  *linkFilter // between gVisor and cfg.Link
 	count counters
 	fast  sync.Map // flowKey -> *udpSession: the sessions DeliverUDP feeds
 
@@ -261,7 +261,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
-	pf := newPingFilter(cfg.Link, cfg.Services)
+	pf := newLinkFilter(cfg.Link, cfg.Services)
 	if err := configure(s, pf); err != nil {
 		s.Close()
 		s.Wait()
