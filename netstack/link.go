@@ -103,12 +103,23 @@ func (f *linkFilter) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error
 
 // countDrops counts the packets of a batch of sent that the link did not
 // take: a link that reports fewer written without an error has dropped
-// the rest (gVisor's channel endpoint when its queue is full; tunnel's link
-// makes the sender wait instead, and drops nothing).
+// the rest (gVisor's channel endpoint, the tests' link, when its queue is
+// full; tunnel's link makes the sender wait instead).
 func (f *linkFilter) countDrops(sent, written int, err tcpip.Error) {
 	if err == nil && written < sent {
 		f.drops.Add(uint64(sent - written))
 	}
+}
+
+// dropped returns how many packets the stack sent never left: those the
+// link did not take (countDrops), and those it took but could not write,
+// if it counts them (tunnel's link: frames the TUN refused).
+func (f *linkFilter) dropped() uint64 {
+	n := f.drops.Load()
+	if l, ok := f.Child().(interface{ Dropped() uint64 }); ok {
+		n += l.Dropped()
+	}
+	return n
 }
 
 // isLargeEchoReply6 reports whether pkt, leaving the stack, is an ICMPv6

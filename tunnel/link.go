@@ -46,6 +46,7 @@ type link struct {
 	q          chan *stack.PacketBuffer // for write; a sender waits while it is full
 	done       chan struct{}            // closed by close: ends write and the waits
 	closeOnce  sync.Once
+	dropped    atomic.Uint64 // packets taken that write could not write (Dropped)
 }
 
 // dispatcherRef holds the stack's dispatcher, so that it can be swapped
@@ -108,14 +109,17 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 
 // write writes the packets queued to the TUN, in order, until close; what
 // is still queued then is dropped. A frame the kernel refuses is dropped
-// too (it counts in no metric: the TUN does not refuse well-formed frames).
+// too, and counted (Dropped): the TUN refuses no well-formed frame, so
+// any is a fault to see.
 func (l *link) write() {
 	f := framePool.Get().(*frame)
 	defer framePool.Put(f)
 	for {
 		select {
 		case pkt := <-l.q:
-			writePacket(l.w, f, pkt)
+			if writePacket(l.w, f, pkt) != nil {
+				l.dropped.Add(1)
+			}
 			pkt.DecRef()
 		case <-l.done:
 			for {
@@ -133,6 +137,11 @@ func (l *link) write() {
 // NumQueued returns how many packets wait in q: netstack's Close waits
 // until the RSTs it sent have left.
 func (l *link) NumQueued() int { return len(l.q) }
+
+// Dropped returns how many packets WritePackets took that never reached
+// the TUN: their write failed. netstack counts them with the packets a
+// link does not take (kubetun_link_dropped_packets_total).
+func (l *link) Dropped() uint64 { return l.dropped.Load() }
 
 // MTU implements stack.LinkEndpoint.
 func (l *link) MTU() uint32 { return l.mtu.Load() }
