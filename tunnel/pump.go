@@ -12,11 +12,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
-// headroom is the space left before each packet in a write buffer:
-// wireguard's tun writes its virtio-net header (10 bytes) there, and so does
-// writeGSO.
-const headroom = 16
-
 // maxPacket is the largest packet a TUN frame may carry.
 const maxPacket = 65535
 
