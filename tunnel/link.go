@@ -19,8 +19,7 @@ import (
 // queue is full: backpressure, not drops. gVisor's channel endpoint, which
 // came before, dropped what did not fit in its 1024 packets, and 64
 // connections moving 1 MiB answers overflowed it by hundreds to thousands
-// of packets a run, which clients then waited to retransmit (kubetun issue
-// 10).
+// of packets a run, which clients then waited to retransmit.
 //
 // Writing in the sender's goroutine instead (a TCP processor, a flow's
 // copy goroutine), as fdbased does, saves a handoff per packet but cost
