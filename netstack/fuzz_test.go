@@ -72,12 +72,12 @@ func FuzzParseUDP(f *testing.F) {
 	})
 }
 
-// FuzzPingFilter: the link wrapper's ICMP classification reads any packet
+// FuzzLinkFilter: the link filter's ICMP classification reads any packet
 // without panicking; an echo request's reply, when it makes one, is a
 // well-formed packet no longer than the request; and fragment6 splits
 // what it accepts into fragments of the IPv6 minimum MTU that reassemble
 // into the packet's payload.
-func FuzzPingFilter(f *testing.F) {
+func FuzzLinkFilter(f *testing.F) {
 	for _, p := range fuzzSeeds(f) {
 		f.Add(p)
 	}
@@ -146,7 +146,7 @@ func checkFragment6(t *testing.T, pkt []byte) {
 // FuzzStack pushes a sequence of arbitrary packets through the whole stack
 // as the inbound pump hands them over: UDP first to DeliverUDP, the rest
 // into the link, into gVisor (checksums not checked again, as on the
-// pump's link, which advertises RX checksum offload), the ping filter and
+// pump's link, which advertises RX checksum offload), the link filter and
 // the TCP and UDP forwarders, which dial loopback stand-ins for the pods.
 // Nothing may panic, and once Close returns no goroutine of the stack is
 // left and the heap is bounded.

@@ -1,10 +1,13 @@
 // Package netstack terminates service traffic in a gVisor userspace TCP/IP
 // stack and connects each flow to a backend pod dialled from the host network.
 //
-// The stack sits behind a gVisor link endpoint (fed by package tunnel) in
-// promiscuous mode, so it accepts a connection to any address; a connection
-// is completed only when a Service owns its destination and a backend pod
-// answered the dial ("dial before accept"); otherwise the client gets a RST.
+// The stack sits behind a gVisor link endpoint (Config.Link: package
+// tunnel's, on the TUN) in promiscuous mode, so it accepts a connection to
+// any address; a connection is completed only when a Service owns its
+// destination and a backend pod answered the dial ("dial before accept");
+// otherwise the client gets a RST. Between the two, a linkFilter answers
+// ping and counts what the link drops. Datagrams of an established UDP
+// session skip gVisor both ways (DeliverUDP, the UDP fast path).
 package netstack
 
 import (
@@ -74,7 +77,7 @@ const (
 	DefaultHandshakeTimeout = 5 * time.Second
 	// DefaultMaxTCPFlows bounds the flows spliced at once, and with them
 	// the host sockets and gVisor endpoints: an idle flow costs about
-	// 20 KiB of resident memory and two goroutines (test/e2e
+	// 20 KiB of resident memory and one goroutine (test/e2e
 	// TestManyIdleConnections measured 19.4 KiB at 10 000), so 32768 of
 	// them take about 650 MiB, and a busy flow's buffers grow to up to
 	// tcpBufMax each way. kube-proxy's conntrack table allows 32768
@@ -223,7 +226,7 @@ type Stack struct {
 
 	udp udpTimers // UDP session timings: the package's constants, shortened by tests
 
-	link  *pingFilter // between gVisor and cfg.Link
+	link  *linkFilter // between gVisor and cfg.Link
 	count counters
 	fast  sync.Map // flowKey -> *udpSession: the sessions DeliverUDP feeds
 
@@ -266,7 +269,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
-	pf := newPingFilter(cfg.Link, cfg.Services)
+	pf := newLinkFilter(cfg.Link, cfg.Services)
 	if err := configure(s, pf); err != nil {
 		s.Close()
 		s.Wait()
@@ -389,9 +392,9 @@ func (s *Stack) Close() {
 }
 
 // linkRoom is how many packets Close lets wait in the link's queue before
-// it waits for them to leave: the RSTs of many flows would not fit at once
-// (tunnel's queue holds 1024; gVisor's channel endpoint drops what does not
-// fit).
+// it waits for them to leave: a link that drops what does not fit (gVisor's
+// channel endpoint, the tests' link) would lose some of the RSTs of many
+// flows. tunnel's link makes a sender wait while its queue is full instead.
 const linkRoom = 256
 
 // drainWait bounds each wait of drainLink: the link's reader normally
@@ -399,8 +402,9 @@ const linkRoom = 256
 const drainWait = 2 * time.Second
 
 // drainLink waits, within drainWait, until the link holds at most n queued
-// packets, if it tells (gVisor's channel endpoint does). It reports false if
-// the wait ran out: nobody reads the link, and waiting again is pointless.
+// packets, if it tells (NumQueued: tunnel's link and gVisor's channel
+// endpoint do). It reports false if the wait ran out: nobody reads the link,
+// and waiting again is pointless.
 func (s *Stack) drainLink(n int) bool {
 	q, ok := s.link.Child().(interface{ NumQueued() int })
 	if !ok {

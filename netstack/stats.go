@@ -23,7 +23,7 @@ type Stats struct {
 	UDPQueued   int64  // bytes of client datagrams queued for pods now, every session together
 
 	PingReplies uint64 // echo requests answered
-	LinkDrops   uint64 // packets the stack sent that the link dropped (no room in its queue)
+	LinkDrops   uint64 // packets the stack sent that never left: the link did not take them, or could not write them
 }
 
 // counters are the Stats a Stack counts on the packet path, lock-free.
@@ -47,7 +47,7 @@ func (s *Stack) Stats() Stats {
 		UDPLimited:     s.count.udpLimited.Load(),
 		UDPQueued:      s.udpQueued.Load(),
 		PingReplies:    s.link.replies.Load(),
-		LinkDrops:      s.link.drops.Load(),
+		LinkDrops:      s.link.dropped(),
 	}
 	s.mu.Lock()
 	st.TCPActive, st.UDPActive = len(s.flows), len(s.sessions)

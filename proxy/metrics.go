@@ -44,7 +44,7 @@ var (
 	udpQueuedDesc = prometheus.NewDesc("kubetun_udp_queued_bytes",
 		"Bytes of client datagrams queued for pods now, every UDP session together (bounded by --max-udp-queued-bytes).", nil, nil)
 	linkDropsDesc = prometheus.NewDesc("kubetun_link_dropped_packets_total",
-		"Packets from the userspace stack to the TUN that the link between them dropped (0: its queue makes senders wait).", nil, nil)
+		"Packets from the userspace stack to the TUN that the link between them dropped: its queue makes senders wait rather than drop, so only frames the TUN refused.", nil, nil)
 )
 
 // netstackCollector is a prometheus.Collector of a netstack.Stack's Stats.

@@ -81,7 +81,7 @@ func MaxAffinityClients(n int) Option {
 // session affinity carry over, so frequent rebuilds do not favour the first
 // endpoint or move clients. The first Build given prev also takes over
 // what prev's Build kept, and rebuilds only the Services whose objects
-// changed: a change costs what changed, not the whole table (issue 10).
+// changed: a change costs what changed, not the whole table.
 // Objects are told apart by pointer, as informer caches hand them out: a
 // caller must not modify an object it gave Build, but give a changed copy.
 // Keeping unchanged objects at their places in the lists (a changed one

@@ -1,8 +1,14 @@
 // Package resolver answers "where does this connection go?".
 //
-// It turns Services and EndpointSlices (from any source: the static manifest
-// source in resolver/manifest today, client-go informers later) into an
-// immutable [Snapshot], publishes it through a [Table], and picks an endpoint
-// for each new flow. The packet path only ever loads the current snapshot
-// through an atomic pointer; it never takes a lock owned by the control plane.
+// [Build] turns Services and EndpointSlices, from either source kubetun has
+// (the manifest files of resolver/manifest, or the Kubernetes API's
+// informers in resolver/kube), into an immutable [Snapshot]: each Service
+// port by ClusterIP, external IP and node port, with the endpoints its
+// traffic policies and topology leave usable, and the names and addresses
+// the cluster DNS (resolver/dns) answers from. Given the snapshot it
+// replaces, Build rebuilds only the Services whose objects changed. A
+// [Table] publishes the current snapshot, and a [ServicePort] picks an
+// endpoint for each new flow: round-robin, or by ClientIP session affinity.
+// The packet path only ever loads the current snapshot through an atomic
+// pointer; it never takes a lock owned by the control plane.
 package resolver

@@ -13,8 +13,8 @@ import (
 )
 
 // buildCache is what Build keeps from one snapshot to the next so that a
-// change costs what changed (issue 10; kube-proxy's nftables mode likewise
-// syncs only what changed): each Service's part of the table is built on
+// change costs what changed (kube-proxy's nftables mode likewise syncs only
+// what changed): each Service's part of the table is built on
 // its own and kept until its Service, its EndpointSlices or the ClusterIPs
 // its endpoints are judged against change.
 //

@@ -19,8 +19,7 @@ import (
 // queue is full: backpressure, not drops. gVisor's channel endpoint, which
 // came before, dropped what did not fit in its 1024 packets, and 64
 // connections moving 1 MiB answers overflowed it by hundreds to thousands
-// of packets a run, which clients then waited to retransmit (kubetun issue
-// 10).
+// of packets a run, which clients then waited to retransmit.
 //
 // Writing in the sender's goroutine instead (a TCP processor, a flow's
 // copy goroutine), as fdbased does, saves a handoff per packet but cost
@@ -46,6 +45,7 @@ type link struct {
 	q          chan *stack.PacketBuffer // for write; a sender waits while it is full
 	done       chan struct{}            // closed by close: ends write and the waits
 	closeOnce  sync.Once
+	dropped    atomic.Uint64 // packets taken that write could not write (Dropped)
 }
 
 // dispatcherRef holds the stack's dispatcher, so that it can be swapped
@@ -108,14 +108,17 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 
 // write writes the packets queued to the TUN, in order, until close; what
 // is still queued then is dropped. A frame the kernel refuses is dropped
-// too (it counts in no metric: the TUN does not refuse well-formed frames).
+// too, and counted (Dropped): the TUN refuses no well-formed frame, so
+// any is a fault to see.
 func (l *link) write() {
 	f := framePool.Get().(*frame)
 	defer framePool.Put(f)
 	for {
 		select {
 		case pkt := <-l.q:
-			writePacket(l.w, f, pkt)
+			if writePacket(l.w, f, pkt) != nil {
+				l.dropped.Add(1)
+			}
 			pkt.DecRef()
 		case <-l.done:
 			for {
@@ -133,6 +136,11 @@ func (l *link) write() {
 // NumQueued returns how many packets wait in q: netstack's Close waits
 // until the RSTs it sent have left.
 func (l *link) NumQueued() int { return len(l.q) }
+
+// Dropped returns how many packets WritePackets took that never reached
+// the TUN: their write failed. netstack counts them with the packets a
+// link does not take (kubetun_link_dropped_packets_total).
+func (l *link) Dropped() uint64 { return l.dropped.Load() }
 
 // MTU implements stack.LinkEndpoint.
 func (l *link) MTU() uint32 { return l.mtu.Load() }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -123,6 +124,33 @@ func TestLinkClosed(t *testing.T) {
 	}
 	if n, err := write(); n != 0 || err == nil {
 		t.Fatalf("WritePackets to a closed link = %d, %v; want 0, ErrClosedForSend", n, err)
+	}
+}
+
+// failing is a TUN file that refuses every frame.
+type failing struct{}
+
+func (failing) writeFrame(*frame) error { return unix.EIO }
+
+// TestLinkWriteErrorsDropped: a frame the TUN refuses is counted as
+// dropped, one per packet, and the writer goes on with the next.
+func TestLinkWriteErrorsDropped(t *testing.T) {
+	l := startLink(t, failing{})
+	var pkts stack.PacketBufferList
+	for range 3 {
+		pkts.PushBack(plainPacket([]byte("x")))
+	}
+	n, err := l.WritePackets(pkts)
+	pkts.DecRef()
+	if n != 3 || err != nil {
+		t.Fatalf("WritePackets of 3 = %d, %v; want 3, nil (taken; the write fails later)", n, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Dropped() < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := l.Dropped(); got != 3 {
+		t.Errorf("Dropped() = %d after 3 failed writes, want 3", got)
 	}
 }
 

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"errors"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -10,11 +11,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
-
-// headroom is the space left before each packet in a write buffer:
-// wireguard's tun writes its virtio-net header (10 bytes) there, and so does
-// writeGSO.
-const headroom = 16
 
 // maxPacket is the largest packet a TUN frame may carry.
 const maxPacket = 65535
@@ -51,6 +47,7 @@ func (d *Device) inbound() {
 	g.Init(true)
 	g.Dispatcher = injector{d.link}
 	var readErr error
+	var retry readRetry
 	// readFrames reads and hands on the frames waiting, and reports
 	// whether it read any: false makes rc.Read wait until there are.
 	readFrames := func(fd uintptr) bool {
@@ -84,8 +81,20 @@ func (d *Device) inbound() {
 				d.lost(readErr)
 				return
 			}
-			d.log.Debug("TUN read", "tun", d.name, "err", readErr)
+			// Any other error is retried, after a wait that grows while it
+			// persists, and said once per run of them.
+			if retry.failures == 0 {
+				d.log.Warn("TUN read failing; retrying, less often while it fails", "tun", d.name, "err", readErr)
+			}
 			readErr = nil
+			select {
+			case <-time.After(retry.failed()):
+			case <-d.link.done:
+				return // Close: the TUN is being closed too
+			}
+		} else if retry.failures > 0 {
+			n, took := retry.succeeded()
+			d.log.Info("TUN read works again", "tun", d.name, "errors", n, "after", took.Round(time.Millisecond))
 		}
 	}
 }

@@ -14,7 +14,7 @@
 //
 // # Why github.com/miekg/dns
 //
-// The issue allowed miekg/dns or golang.org/x/net/dns/dnsmessage. dnsmessage
+// The choice was miekg/dns or golang.org/x/net/dns/dnsmessage. dnsmessage
 // is a message codec only: it has no server (no UDP/TCP loops, no TCP
 // framing, no per-query goroutines, no graceful shutdown), no client (a
 // forwarder needs exchange, ID matching, TCP retry on truncation), no

@@ -108,7 +108,7 @@ func (t *Tracker) Synced(start time.Time, services, endpoints int, slices []*dis
 	if changed, ok := samePlaces(t.last, slices); ok {
 		// Only the slices that changed can carry a new trigger time: a
 		// pass over every slice, parsing each one's, cost more than the
-		// rebuild of the table it follows (issue 10).
+		// rebuild of the table it follows.
 		for _, i := range changed {
 			t.observe(slices[i], now)
 		}

@@ -22,15 +22,14 @@ import (
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
-// The API case (issue https://github.com/kubetun/kubetun/issues/10): how
-// long an endpoint change made through kube-apiserver takes to be served,
-// with many Services in the cluster. The real control plane (package
-// controlplane) runs in the node namespace, `kubetun run --kubeconfig`
-// watches it as a node daemon does, the bench creates the generated
-// Services with their EndpointSlices through the API, and then gives a probe
-// Service's EndpointSlice pod1's address and takes it away, in turn: from
-// the update's return until a connection to the probe's ClusterIP is
-// answered (or, once the address is gone, refused).
+// The API case: how long an endpoint change made through kube-apiserver
+// takes to be served, with many Services in the cluster. The real control
+// plane (package controlplane) runs in the node namespace, `kubetun run
+// --kubeconfig` watches it as a node daemon does, the bench creates the
+// generated Services with their EndpointSlices through the API, and then
+// gives a probe Service's EndpointSlice pod1's address and takes it away, in
+// turn: from the update's return until a connection to the probe's ClusterIP
+// is answered (or, once the address is gone, refused).
 
 // Bounds of the API case.
 const (

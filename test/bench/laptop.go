@@ -14,13 +14,12 @@ import (
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
-// The laptop case (issue https://github.com/kubetun/kubetun/issues/7):
-// the real control plane (package controlplane) in the bed's node
-// namespace, pod1 as a Pod whose port-forward the kubelet stand-in serves
-// in pod1's namespace, and a laptop namespace with no route to any pod,
-// reaching kube-apiserver through a relay on its 127.0.0.1. In the laptop,
-// `kubetun connect --via portforward` and `kubectl port-forward` to the same
-// pod carry the same clients in turn.
+// The laptop case: the real control plane (package controlplane) in the
+// bed's node namespace, pod1 as a Pod whose port-forward the kubelet
+// stand-in serves in pod1's namespace, and a laptop namespace with no route
+// to any pod, reaching kube-apiserver through a relay on its 127.0.0.1. In
+// the laptop, `kubetun connect --via portforward` and `kubectl port-forward`
+// to the same pod carry the same clients in turn.
 
 // laptopSubnet is the laptop's 10.0.N.0/24; the seed has 1 to 3.
 const laptopSubnet = 20

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -16,6 +15,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/kubetun/kubetun/test/prereq"
 )
 
 // seedManifest is the seed's Service and two Pods with a container port
@@ -65,16 +66,12 @@ spec:
 // TestSeedEndpointSlices starts the control plane in a namespace of its own,
 // plays kubelet for the seed's two Pods and checks that the real EndpointSlice
 // controller lists them; then flips a Pod's readiness and restarts
-// kube-apiserver. It needs root and the built binaries (make controlplane)
-// and skips without them.
+// kube-apiserver. It needs root and the built binaries (make controlplane):
+// without them it skips, or fails with CI set.
 func TestSeedEndpointSlices(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces")
-	}
+	prereq.Root(t, "network namespaces")
 	bins, err := Find()
-	if err != nil {
-		t.Skipf("no control plane binaries: %v", err)
-	}
+	prereq.Require(t, "the control plane binaries (make controlplane)", err)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	netns := newNetns(t)
@@ -223,6 +220,7 @@ func waitSlice(ctx context.Context, t *testing.T, cp *ControlPlane, want map[str
 // the test ends.
 func newNetns(t *testing.T) string {
 	t.Helper()
+	prereq.Commands(t, "ip")
 	b := make([]byte, 3)
 	rand.Read(b)
 	ns := "ktcp" + hex.EncodeToString(b)

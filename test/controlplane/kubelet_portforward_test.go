@@ -20,17 +20,18 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/transport/spdy"
 	"k8s.io/streaming/pkg/httpstream"
+
+	"github.com/kubetun/kubetun/test/prereq"
 )
 
 // TestKubeletPortForward speaks kubectl's SPDY port-forward protocol to the
 // kubelet stand-in directly, with kube-apiserver's client certificate, and
 // reaches an echo server on 127.0.0.1 of the pod's namespace; a closed port
 // is refused on the error stream, and a client without the certificate is
-// turned away. It needs root (a network namespace), not the binaries.
+// turned away. It needs root (a network namespace), not the binaries:
+// without root it skips, or fails with CI set.
 func TestKubeletPortForward(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces")
-	}
+	prereq.Root(t, "network namespaces")
 	netns := newNetns(t)
 	if out, err := exec.Command("ip", "-n", netns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("ip -n %s link set lo up: %v: %s", netns, err, out)

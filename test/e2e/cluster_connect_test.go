@@ -412,9 +412,8 @@ func hostPort(ip string, port int) string { return net.JoinHostPort(ip, fmt.Spri
 // exit, and after kill -9, resolved no longer sends the cluster domain
 // anywhere.
 func TestClusterConnectHostDNS(t *testing.T) {
-	if _, err := testbed.ResolvedDir(); err != nil {
-		t.Skipf("systemd-resolved not unpacked (make deps): %v", err)
-	}
+	needRoot(t)
+	needResolved(t)
 	ct := newClusterTest(t, "cdns", 0)
 	ct.apply(webService("web", "cdns"))
 	ct.addPod(podSpec{Name: "cdns-1", App: "cdns"})

@@ -39,6 +39,7 @@ import (
 	"time"
 
 	"github.com/kubetun/kubetun/test/controlplane"
+	"github.com/kubetun/kubetun/test/prereq"
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
@@ -73,11 +74,14 @@ type sharedEnv struct {
 }
 
 // sharedCluster returns the binary's control plane, starting it on first use.
-// It skips t without root (unless CI is set) and fails it when kubetun does
-// not build or the control plane cannot start.
+// It stops t as needRoot does without root or without the control plane's
+// binaries, and fails it when kubetun does not build or the control plane
+// cannot start.
 func sharedCluster(t *testing.T) *sharedEnv {
 	t.Helper()
 	needKubetun(t)
+	_, err := controlplane.Find()
+	prereq.Require(t, "the control plane binaries", err)
 	clusterOnce.Do(func() {
 		began := time.Now()
 		clusterEnv, clusterErr = startSharedEnv()

@@ -28,7 +28,7 @@ spec:
 `
 
 // changeLimit is how soon an endpoint or Service change must show in the
-// traffic (issue 3: within 1 s).
+// traffic.
 const changeLimit = time.Second
 
 // TestClusterSeed is the seed scenario on the real control plane: the

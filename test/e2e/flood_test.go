@@ -173,12 +173,19 @@ func metric(m, name string) float64 {
 	return v
 }
 
-// TestManyIdleConnections holds 10 000 idle connections through kubetun,
-// then closes them: kubetun's goroutines and heap return near where they
-// were, and the memory each connection held is logged.
+// TestManyIdleConnections holds 10 000 idle connections through kubetun:
+// each costs at most maxIdleRSS of kubetun's resident memory; then closes
+// them: kubetun's goroutines and heap return near where they were. The
+// memory each connection held is logged.
 func TestManyIdleConnections(t *testing.T) {
 	c := startCluster(t, testbed.TestPorts, "--profiling")
 	const n = 10000
+	// An idle connection measures about 20 KiB of RSS (README,
+	// Performance): gVisor's endpoint, a goroutine stack, and the Go heap's
+	// room to grow between collections. The bound is more than twice
+	// that, for another machine's noise, and still catches a copy buffer
+	// held while idle (32 KiB towards the pod, 64 KiB towards the client).
+	const maxIdleRSS = 48 << 10
 	// heap collects garbage first (pprof's gc=1), so that the heap in use
 	// is what is live.
 	heap := func() (goroutines, inuse, rss float64) {
@@ -215,6 +222,11 @@ func TestManyIdleConnections(t *testing.T) {
 	g1, h1, r1 := heap()
 	t.Logf("%d idle connections: goroutines %.0f -> %.0f (%.1f each); heap in use %.1f -> %.1f MiB (%.1f KiB each); RSS %.1f -> %.1f MiB (%.1f KiB each)",
 		n, g0, g1, (g1-g0)/n, h0/(1<<20), h1/(1<<20), (h1-h0)/n/1024, r0/(1<<20), r1/(1<<20), (r1-r0)/n/1024)
+	if perConn := (r1 - r0) / n; perConn > maxIdleRSS {
+		t.Errorf("kubetun's RSS grew %.1f KiB per idle connection (%.1f -> %.1f MiB with %d open), want at most %d KiB: "+
+			"something is held per connection while no byte moves (see the heap and goroutines above; go tool pprof the heap with --profiling)",
+			perConn/1024, r0/(1<<20), r1/(1<<20), n, maxIdleRSS>>10)
+	}
 
 	for _, conn := range conns {
 		conn.Close()

@@ -25,10 +25,7 @@ import (
 // ask them, and each server counts the questions it gets.
 func TestHostDNSSplit(t *testing.T) {
 	needRoot(t)
-	resolvedPkg, err := testbed.ResolvedDir()
-	if err != nil {
-		t.Fatal(err)
-	}
+	resolvedPkg := needResolved(t)
 	t.Logf("systemd-resolved from %s", resolvedPkg)
 	tb := testbed.New(t, testbed.Options{})
 	cluster, err := tb.AddHost("cluster", 21)

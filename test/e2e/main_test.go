@@ -1,7 +1,8 @@
 // Package e2e runs kubetun for real: network namespaces built by package
 // testbed, kubetun's TUN in the node namespace, and real clients (nc, curl) in
-// the client namespace. It needs root; without root it skips, unless CI is set,
-// where it fails, so a CI run never passes without having run it.
+// the client namespace. It needs root and the commands of `make deps`; without
+// them it skips, unless CI is set, where it fails (package prereq), so a CI
+// run never passes without having run it.
 package e2e
 
 import (
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kubetun/kubetun/test/prereq"
 	"github.com/kubetun/kubetun/test/testbed"
 )
 
@@ -55,19 +57,32 @@ func run(m *testing.M) int {
 	return code
 }
 
-// needRoot skips t when not root, unless CI is set: then it fails t.
+// commands are the programs the e2e tests run, besides the shell and
+// coreutils; `make deps` installs them (the Makefile's DEPS).
+var commands = []string{"ip", "ss", "nc", "curl", "dig", "ping", "iptables-save", "nft", "unshare"}
+
+// needRoot stops t unless it runs as root, for network namespaces and a
+// TUN, and finds every one of commands: it skips t, or fails it with CI
+// set (package prereq).
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "" {
-		t.Skip("e2e: needs root for network namespaces and a TUN (CI is unset)")
-	}
-	t.Fatal("e2e: needs root for network namespaces and a TUN, and CI is set: refusing to pass without running")
+	prereq.Root(t, "network namespaces and a TUN")
+	prereq.Commands(t, commands...)
 }
 
-// needKubetun fails t if kubetun did not build, skips it without root.
+// needResolved returns where systemd-resolved is unpacked
+// (testbed.ResolvedDir), and stops t as needRoot does when it is not, or
+// when dbus-daemon, which runs its bus, is missing.
+func needResolved(t *testing.T) string {
+	t.Helper()
+	prereq.Commands(t, "dbus-daemon")
+	dir, err := testbed.ResolvedDir()
+	prereq.Require(t, "systemd-resolved", err)
+	return dir
+}
+
+// needKubetun stops t as needRoot does, and fails it if kubetun did not
+// build.
 func needKubetun(t *testing.T) {
 	t.Helper()
 	needRoot(t)

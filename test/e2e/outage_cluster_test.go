@@ -96,8 +96,8 @@ func TestClusterAPIServerDown(t *testing.T) {
 		if n := strings.Count(log, logUnreachable); n != 1 {
 			t.Errorf("kubetun logged %q %d times in %v of outage, want once; its log since the stop:\n%s", logUnreachable, n, outage, log)
 		}
-		// Anything else kubetun said about the outage counts too: once per
-		// retry is what the issue rules out.
+		// Anything else kubetun said about the outage counts too: the
+		// outage is said once, never once per retry.
 		var noisy []string
 		for _, l := range lines {
 			if l != "" && !strings.Contains(l, logUnreachable) && (strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR")) {

@@ -57,9 +57,8 @@ func firstLine(err error) string {
 	return s
 }
 
-// TestClusterConnectRecovery is issue 7's recovery on a laptop without
-// routes to pods (`kubetun connect --via portforward`,
-// https://github.com/kubetun/kubetun/issues/7): the port-forward
+// TestClusterConnectRecovery is the recovery of `kubetun connect --via
+// portforward` on a laptop without routes to pods: the port-forward
 // connections are cut at the kubelet (as a kubelet restart or a network
 // change does), idle and under a bounded loop of requests, and
 // kube-apiserver is stopped for a few seconds. In port-forward mode every

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/prop"
+
+	"github.com/kubetun/kubetun/test/prereq"
 )
 
 // testBus starts a dbus-daemon of the test's own (a bus in a temporary
@@ -22,12 +23,7 @@ import (
 func testBus(t *testing.T) string {
 	t.Helper()
 	bin, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("dbus-daemon: %v (make deps installs it)", err)
-		}
-		t.Skipf("dbus-daemon: %v (make deps installs it)", err)
-	}
+	prereq.Require(t, "dbus-daemon (make deps installs it)", err)
 	dir := t.TempDir()
 	addr := "unix:path=" + filepath.Join(dir, "bus")
 	// A session bus's policy lets any client own any name, as the fake
