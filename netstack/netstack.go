@@ -201,13 +201,13 @@ type Stack struct {
 	cancel context.CancelFunc
 
 	// Config's limits, defaults applied.
-	maxFlows                int
-	handshakeTimeout        time.Duration
-	userTimeout             time.Duration // <= 0: not set
-	halfClosedTimeout       time.Duration // <= 0: never
-	stalledClientTimeout    time.Duration // 0: never
-	maxUDPQueued            int64
-	udpQueued               atomic.Int64 // bytes in every session's fastQ
+	maxFlows             int
+	handshakeTimeout     time.Duration
+	userTimeout          time.Duration // <= 0: not set
+	halfClosedTimeout    time.Duration // <= 0: never
+	stalledClientTimeout time.Duration // 0: never
+	maxUDPQueued         int64
+	udpQueued            atomic.Int64 // bytes in every session's fastQ
 
 	pending sync.Map // stack.TransportEndpointID -> context.CancelFunc of its dial
 
@@ -232,11 +232,11 @@ type Stack struct {
 
 	byService serviceFlows // TCP flows spliced and UDP sessions open now, per Service
 
-	mu           sync.Mutex // guards the fields below; held per connection or session, never per packet
-	closed       bool
-	flows        map[*flow]struct{}
-	sessions     map[*udpSession]struct{}
-	wg           sync.WaitGroup     // the TCP handler and splice goroutines, the UDP sessions
+	mu       sync.Mutex // guards the fields below; held per connection or session, never per packet
+	closed   bool
+	flows    map[*flow]struct{}
+	sessions map[*udpSession]struct{}
+	wg       sync.WaitGroup // the TCP handler and splice goroutines, the UDP sessions
 }
 
 // New creates the stack on cfg.Link and starts forwarding.
@@ -278,28 +278,28 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	ns := &Stack{
-		stack:        s,
-		services:     cfg.Services,
-		dialer:       dialer,
-		dialTimeout:  timeout,
-		log:          log,
-		pods:         cfg.Pods,
-		refuseUDP:    cfg.RefuseUDP,
-		ctx:          ctx,
-		cancel:       cancel,
-		udp:          udpt,
-		link:         pf,
-		flows:        make(map[*flow]struct{}),
-		sessions:     make(map[*udpSession]struct{}),
+		stack:       s,
+		services:    cfg.Services,
+		dialer:      dialer,
+		dialTimeout: timeout,
+		log:         log,
+		pods:        cfg.Pods,
+		refuseUDP:   cfg.RefuseUDP,
+		ctx:         ctx,
+		cancel:      cancel,
+		udp:         udpt,
+		link:        pf,
+		flows:       make(map[*flow]struct{}),
+		sessions:    make(map[*udpSession]struct{}),
 
-		setups:                  limiter.New(orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource), orDefault(cfg.MaxSetups, DefaultMaxSetups)),
-		udpSessions:             limiter.New(orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource), orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions)),
-		maxFlows:                orDefault(cfg.MaxTCPFlows, DefaultMaxTCPFlows),
-		handshakeTimeout:        orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
-		userTimeout:             orDefault(cfg.TCPUserTimeout, DefaultTCPUserTimeout),
-		halfClosedTimeout:       orDefault(cfg.HalfClosedTimeout, DefaultHalfClosedTimeout),
-		stalledClientTimeout:    max(cfg.StalledClientTimeout, 0),
-		maxUDPQueued:            orDefault(cfg.MaxUDPQueuedBytes, DefaultMaxUDPQueuedBytes),
+		setups:               limiter.New(orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource), orDefault(cfg.MaxSetups, DefaultMaxSetups)),
+		udpSessions:          limiter.New(orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource), orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions)),
+		maxFlows:             orDefault(cfg.MaxTCPFlows, DefaultMaxTCPFlows),
+		handshakeTimeout:     orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
+		userTimeout:          orDefault(cfg.TCPUserTimeout, DefaultTCPUserTimeout),
+		halfClosedTimeout:    orDefault(cfg.HalfClosedTimeout, DefaultHalfClosedTimeout),
+		stalledClientTimeout: max(cfg.StalledClientTimeout, 0),
+		maxUDPQueued:         orDefault(cfg.MaxUDPQueuedBytes, DefaultMaxUDPQueuedBytes),
 	}
 	fwd := tcp.NewForwarder(s, 0, orDefault(cfg.MaxSetups, DefaultMaxSetups), ns.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, ns.handleSegment(fwd))
