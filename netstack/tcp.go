@@ -179,31 +179,13 @@ func (s *Stack) handleSegment(fwd *tcp.Forwarder) func(stack.TransportEndpointID
 	}
 }
 
-// dial connects to an endpoint of sp. If the first pick fails, it tries one
-// other endpoint before giving up: a pod that just died should cost its
-// clients a retry, not an error.
+// dial connects to an endpoint of sp, or one other if the first pick
+// fails (resolver.DialEndpoint, the policy node ports share).
 func (s *Stack) dial(ctx context.Context, sp *resolver.ServicePort, client netip.Addr) (halfCloser, resolver.Endpoint, error) {
-	ep, ok := sp.PickFor(client)
-	if !ok {
-		return nil, ep, errNoEndpoint
-	}
-	c, err := s.dialOne(ctx, ep)
-	if err == nil {
-		return c, ep, nil
-	}
-	other, ok := sp.PickOtherFor(client, ep)
-	if !ok || ctx.Err() != nil {
-		return nil, ep, err
-	}
-	s.log.Debug("dial failed, trying another endpoint", "service", sp, "endpoint", ep, "err", err, "next", other)
-	c, err2 := s.dialOne(ctx, other)
-	if err2 != nil {
-		return nil, other, errors.Join(err, err2)
-	}
-	return c, other, nil
+	return resolver.DialEndpoint(ctx, sp, client, s.dialOne)
 }
 
-var errNoEndpoint = errors.New("no usable endpoint")
+var errNoEndpoint = resolver.ErrNoEndpoint
 
 // podAt returns the pod ("namespace/name") whose address ip is, if pod
 // addresses pass (Config.Pods).

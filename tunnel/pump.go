@@ -10,6 +10,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+
+	"github.com/kubetun/kubetun/backoff"
 )
 
 // maxPacket is the largest packet a TUN frame may carry.
@@ -47,7 +49,7 @@ func (d *Device) inbound() {
 	g.Init(true)
 	g.Dispatcher = injector{d.link}
 	var readErr error
-	var retry readRetry
+	var retry backoff.Retry
 	// readFrames reads and hands on the frames waiting, and reports
 	// whether it read any: false makes rc.Read wait until there are.
 	readFrames := func(fd uintptr) bool {
@@ -83,17 +85,16 @@ func (d *Device) inbound() {
 			}
 			// Any other error is retried, after a wait that grows while it
 			// persists, and said once per run of them.
-			if retry.failures == 0 {
+			if retry.Failures() == 0 {
 				d.log.Warn("TUN read failing; retrying, less often while it fails", "tun", d.name, "err", readErr)
 			}
 			readErr = nil
 			select {
-			case <-time.After(retry.failed()):
+			case <-time.After(retry.Failed()):
 			case <-d.link.done:
 				return // Close: the TUN is being closed too
 			}
-		} else if retry.failures > 0 {
-			n, took := retry.succeeded()
+		} else if n, took := retry.Succeeded(); n > 0 {
 			d.log.Info("TUN read works again", "tun", d.name, "errors", n, "after", took.Round(time.Millisecond))
 		}
 	}

@@ -16,28 +16,6 @@ import (
 	"github.com/kubetun/kubetun/test/prereq"
 )
 
-// TestReadRetryWaits: the waits double from readRetryMin to readRetryMax,
-// and a read that works starts them over, reporting the errors it ended.
-func TestReadRetryWaits(t *testing.T) {
-	var r readRetry
-	var got []time.Duration
-	for range 12 {
-		got = append(got, r.failed())
-	}
-	want := []time.Duration{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1000}
-	for i := range want {
-		if got[i] != want[i]*time.Millisecond {
-			t.Fatalf("waits = %v, want %v ms", got, want)
-		}
-	}
-	if n, _ := r.succeeded(); n != 12 {
-		t.Errorf("succeeded() after 12 errors reports %d", n)
-	}
-	if w := r.failed(); w != readRetryMin {
-		t.Errorf("the first wait after a success = %v, want %v", w, readRetryMin)
-	}
-}
-
 // fileTUN is a TUN device whose file is f.
 type fileTUN struct {
 	tun.Device
