@@ -81,7 +81,7 @@ func TestInboundReadErrorBacksOff(t *testing.T) {
 	}
 	before := readSyscalls(t)
 	d.wg.Add(1)
-	go d.inbound()
+	go func() { defer d.wg.Done(); d.inbound() }()
 	time.Sleep(500 * time.Millisecond)
 	// 1+2+...+256 ms of waits fit in 500 ms: 10 reads; other goroutines
 	// read little.
