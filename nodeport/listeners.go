@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kubetun/kubetun/limiter"
 	"github.com/kubetun/kubetun/resolver"
 )
 
@@ -32,6 +33,28 @@ type Config struct {
 	// it is not); nil means always.
 	Healthy func() bool
 	Logger  *slog.Logger
+	// The data path's limits and timeouts, the same as for ClusterIPs
+	// (netstack.Config's, which the caller passes on). A zero bound is the
+	// default of the same name (netstack's); a zero timeout is none.
+	//
+	// MaxSetups bounds the TCP connections accepted and being dialled at
+	// once: at the bound the listeners stop accepting, so the kernel's
+	// accept queue holds the next ones and, once full, drops their SYNs
+	// for the clients to retransmit, as for any busy server. A burst is
+	// slowed, never refused.
+	MaxSetups int
+	// MaxFlows bounds the TCP connections spliced at once; past it a
+	// connection is reset.
+	MaxFlows int
+	// UserTimeout is TCP_USER_TIMEOUT on both legs; HalfClosedTimeout
+	// ends a connection one direction of which ended that long ago.
+	UserTimeout       time.Duration
+	HalfClosedTimeout time.Duration
+	// MaxUDPSessions and MaxUDPSessionsPerSource bound the UDP sessions
+	// over all node ports, and one client address's.
+	MaxUDPSessions          int
+	MaxUDPSessionsPerSource int
+
 	// Inherit returns the socket a kubetun this one takes over from
 	// passed under name (Sockets), or nil: it is used instead of opening a
 	// new one, so no connection to it is refused in between. nil: none.
@@ -53,13 +76,13 @@ type Listeners struct {
 	// except in tests, which serve every endpoint on loopback.
 	redirect func(netip.AddrPort) netip.AddrPort
 
-	// dialing holds a slot for each TCP connection whose pod is being
-	// dialled: past maxDialing, new connections are reset at once rather
-	// than pile up goroutines and sockets behind slow pods.
+	// dialing holds a slot for each TCP connection accepted and being
+	// dialled (Config.MaxSetups): a listener takes one before it accepts.
 	dialing chan struct{}
 
-	// udpSessions counts UDP sessions over all node ports, to bound them.
-	udpSessions atomic.Int64
+	// udpSessions counts the UDP sessions over all node ports, per client
+	// address and in all.
+	udpSessions *limiter.PerSource
 
 	// tcpActive counts the TCP node port connections accepted and not yet
 	// ended, being dialled or spliced, for Drain.
@@ -109,6 +132,15 @@ func New(cfg Config) *Listeners {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxSetups <= 0 {
+		cfg.MaxSetups = defaultMaxSetups
+	}
+	if cfg.MaxUDPSessions <= 0 {
+		cfg.MaxUDPSessions = defaultMaxUDPSessions
+	}
+	if cfg.MaxUDPSessionsPerSource <= 0 {
+		cfg.MaxUDPSessionsPerSource = defaultMaxUDPSessionsPerSource
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Listeners{
 		cfg:      cfg,
@@ -117,7 +149,8 @@ func New(cfg Config) *Listeners {
 		cancel:   cancel,
 		open:     make(map[listenKey]socket),
 		conns:    make(map[*net.TCPConn]struct{}),
-		dialing:  make(chan struct{}, maxDialing),
+		dialing:     make(chan struct{}, cfg.MaxSetups),
+		udpSessions: limiter.New(cfg.MaxUDPSessionsPerSource, cfg.MaxUDPSessions),
 		redirect: func(a netip.AddrPort) netip.AddrPort { return a },
 	}
 }

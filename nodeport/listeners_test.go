@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,6 +106,12 @@ type fixture struct {
 
 func newFixture(t *testing.T, policy corev1.ServiceExternalTrafficPolicy) *fixture {
 	t.Helper()
+	return newFixtureConfig(t, policy, Config{})
+}
+
+// newFixtureConfig is newFixture with cfg's limits and timeouts.
+func newFixtureConfig(t *testing.T, policy corev1.ServiceExternalTrafficPolicy, cfg Config) *fixture {
+	t.Helper()
 	pods := map[netip.Addr]*pod{
 		netip.MustParseAddr("10.0.1.2"): startPod(t, "pod1"),
 		netip.MustParseAddr("10.0.2.2"): startPod(t, "pod2"),
@@ -113,7 +120,8 @@ func newFixture(t *testing.T, policy corev1.ServiceExternalTrafficPolicy) *fixtu
 		table: new(resolver.Table), tcpPort: freePort(t, "tcp"), udpPort: freePort(t, "udp"), hcPort: freePort(t, "tcp"),
 		ready: map[string]bool{"10.0.1.2": true, "10.0.2.2": true}, policy: policy, nodePort: true,
 	}
-	f.l = New(Config{Services: f.table, DialTimeout: time.Second})
+	cfg.Services, cfg.DialTimeout = f.table, time.Second
+	f.l = New(cfg)
 	f.l.redirect = func(a netip.AddrPort) netip.AddrPort {
 		p := pods[a.Addr()]
 		if a.Port() == 8080 {
@@ -448,5 +456,63 @@ func TestDrain(t *testing.T) {
 	f.apply(t)
 	if open := f.l.Open(); len(open) != 1 {
 		t.Errorf("Reconcile during the drain changed the sockets: %v", open)
+	}
+}
+
+// TestBurstNotRefused: more connections at once than MaxSetups are all
+// served; the listener stops accepting while its setup slots are taken,
+// and the kernel's queue holds the rest.
+func TestBurstNotRefused(t *testing.T) {
+	f := newFixtureConfig(t, corev1.ServiceExternalTrafficPolicyCluster, Config{MaxSetups: 4})
+	if p := f.apply(t); len(p) > 0 {
+		t.Fatalf("Reconcile: %v", p)
+	}
+	const n = 300
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			got, err := get(t, f.tcpPort, "burst")
+			if err == nil && !strings.HasSuffix(got, " 5") {
+				err = fmt.Errorf("answer %q", got)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("connection %d: %w", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// TestUDPSessionsPerSource: one client address holds at most
+// MaxUDPSessionsPerSource sessions; past it, its new sessions' datagrams
+// are dropped, and a session that ends frees its place.
+func TestUDPSessionsPerSource(t *testing.T) {
+	f := newFixtureConfig(t, corev1.ServiceExternalTrafficPolicyCluster, Config{MaxUDPSessionsPerSource: 2})
+	if p := f.apply(t); len(p) > 0 {
+		t.Fatalf("Reconcile: %v", p)
+	}
+	var conns []*net.UDPConn
+	for i := range 3 {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(loopback, f.udpPort)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		got := udpRoundTrip(c)
+		switch {
+		case i < 2 && got == "":
+			t.Errorf("session %d of a client with a share of 2: no answer", i+1)
+		case i == 2 && got != "":
+			t.Errorf("session 3 of a client with a share of 2 answered %q, want its datagrams dropped", got)
+		}
+	}
+	if n := f.l.udpSessions.Total(); n != 2 {
+		t.Errorf("%d sessions counted, want 2", n)
 	}
 }

@@ -1,18 +1,23 @@
 package nodeport
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/kubetun/kubetun/backoff"
 	"github.com/kubetun/kubetun/resolver"
 )
 
-// maxDialing bounds the TCP node port connections being set up at once, as
-// netstack's forwarder bounds SYNs in flight.
-const maxDialing = 1024
+// defaultMaxSetups is Config.MaxSetups's default, netstack's: the TCP
+// node port connections accepted and being dialled at once.
+const defaultMaxSetups = 1024
 
 // tcpListener accepts a TCP node port on one address.
 type tcpListener struct {
@@ -29,18 +34,40 @@ func (t *tcpListener) Close() {
 	<-t.done
 }
 
+// serve accepts until the socket is closed. It takes a setup slot before
+// each Accept (Config.MaxSetups): while they are all taken it accepts
+// nothing, and the kernel's accept queue, then SYN retransmissions, hold
+// the next clients. An Accept error other than the socket's close (EMFILE,
+// ENFILE, ENOBUFS) is retried after a wait that grows while it persists,
+// and said once per run of them.
 func (t *tcpListener) serve() {
 	defer t.l.wg.Done()
 	defer close(t.done)
+	var retry backoff.Retry
 	for {
+		select {
+		case t.l.dialing <- struct{}{}:
+		case <-t.l.ctx.Done():
+			return
+		}
 		c, err := t.ln.AcceptTCP()
 		if err != nil {
+			<-t.l.dialing
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// EMFILE and the like: the next Accept may work.
-			t.l.log.Warn("accepting a node port connection", "addr", t.local, "err", err)
+			if retry.Failures() == 0 {
+				t.l.log.Warn("accepting node port connections fails; retrying, less often while it fails", "addr", t.local, "err", err)
+			}
+			select {
+			case <-time.After(retry.Failed()):
+			case <-t.l.ctx.Done():
+				return
+			}
 			continue
+		}
+		if n, took := retry.Succeeded(); n > 0 {
+			t.l.log.Info("accepting node port connections works again", "addr", t.local, "errors", n, "after", took.Round(time.Millisecond))
 		}
 		t.l.wg.Add(1)
 		t.l.tcpActive.Add(1)
@@ -52,25 +79,27 @@ func (t *tcpListener) serve() {
 	}
 }
 
-// forward looks the node port up, dials an endpoint and splices. A
-// connection with no Service or no usable endpoint behind it is reset, as
-// a closed port would reset it: the kernel completed the handshake already,
-// so this is the nearest to kube-proxy's REJECT a socket can give.
+// forward looks the node port up, dials an endpoint and splices; it holds
+// a setup slot (dialing) until the dial is done. A connection with no
+// Service or no usable endpoint behind it is reset, as a closed port would
+// reset it: the kernel completed the handshake already, so this is the
+// nearest to kube-proxy's REJECT a socket can give. So is one past
+// Config.MaxFlows.
 func (t *tcpListener) forward(c *net.TCPConn) {
 	client := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 	sp, ok := t.l.cfg.Services.Load().LookupNodePort(resolver.TCP, t.local.Addr(), t.local.Port())
 	if !ok {
+		<-t.l.dialing
 		reset(c)
 		return
 	}
-	select {
-	case t.l.dialing <- struct{}{}:
-	default:
-		t.l.log.Debug("node port connection refused: too many being set up", "service", sp, "client", client)
+	if max := t.l.cfg.MaxFlows; max > 0 && t.l.tcpActive.Load() > int64(max) {
+		<-t.l.dialing
+		t.l.log.Debug("node port connection refused: too many flows", "service", sp, "client", client)
 		reset(c)
 		return
 	}
-	backend, ep, err := t.l.dial(sp, client)
+	backend, ep, err := resolver.DialEndpoint(t.l.ctx, sp, client, t.l.dialOne)
 	<-t.l.dialing
 	if err != nil {
 		t.l.log.Debug("node port connection refused", "service", sp, "client", client, "err", err)
@@ -83,35 +112,18 @@ func (t *tcpListener) forward(c *net.TCPConn) {
 		return
 	}
 	defer t.l.untrack(c, backend)
+	if ut := t.l.cfg.UserTimeout; ut > 0 {
+		setUserTimeout(c, ut)
+		setUserTimeout(backend, ut)
+	}
 	t.l.log.Debug("forwarding", "service", sp, "client", client, "endpoint", ep)
-	splice(c, backend)
+	splice(c, backend, t.l.cfg.HalfClosedTimeout)
 }
 
-// dial connects to an endpoint of sp for client; if the first fails it
-// tries one other, so a pod that just died costs a retry, not an error.
-func (l *Listeners) dial(sp *resolver.ServicePort, client netip.Addr) (*net.TCPConn, resolver.Endpoint, error) {
-	ep, ok := sp.PickFor(client)
-	if !ok {
-		return nil, ep, errNoEndpoint
-	}
-	c, err := l.dialOne(ep)
-	if err == nil {
-		return c, ep, nil
-	}
-	other, ok := sp.PickOtherFor(client, ep)
-	if !ok {
-		return nil, ep, err
-	}
-	c, err2 := l.dialOne(other)
-	if err2 != nil {
-		return nil, other, errors.Join(err, err2)
-	}
-	return c, other, nil
-}
-
-func (l *Listeners) dialOne(ep resolver.Endpoint) (*net.TCPConn, error) {
+// dialOne dials ep within Config.DialTimeout.
+func (l *Listeners) dialOne(ctx context.Context, ep resolver.Endpoint) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: l.cfg.DialTimeout}
-	c, err := d.DialContext(l.ctx, "tcp", l.redirect(ep.Addr).String())
+	c, err := d.DialContext(ctx, "tcp", l.redirect(ep.Addr).String())
 	if err != nil {
 		return nil, err
 	}
@@ -122,26 +134,50 @@ func (l *Listeners) dialOne(ep resolver.Endpoint) (*net.TCPConn, error) {
 // ends with EOF half-closes its destination, so a client that shut its
 // write side still reads the whole answer; one that ends with an error
 // resets both. Between two *net.TCPConn, io.Copy moves the bytes with
-// splice(2), without copying them through userspace.
-func splice(a, b *net.TCPConn) {
+// splice(2), without copying them through userspace. Once one direction
+// has ended, the other may go on for halfClosed (0: for ever), as
+// kube-proxy's conntrack keeps a connection in CLOSE_WAIT; then both are
+// reset. (The ClusterIP path counts that time from the last byte moved;
+// splice(2) does not say when bytes move, so here it counts from the end
+// of the first direction.)
+func splice(a, b *net.TCPConn, halfClosed time.Duration) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pipe(b, a)
+		if pipe(b, a) && halfClosed > 0 {
+			b.SetReadDeadline(time.Now().Add(halfClosed))
+		}
 	}()
-	pipe(a, b)
+	if pipe(a, b) && halfClosed > 0 {
+		a.SetReadDeadline(time.Now().Add(halfClosed))
+	}
 	<-done
 	a.Close()
 	b.Close()
 }
 
-func pipe(dst, src *net.TCPConn) {
+// pipe copies src to dst until src ends, and reports whether it ended
+// cleanly (EOF: dst is half-closed); an error resets both.
+func pipe(dst, src *net.TCPConn) bool {
 	if _, err := io.Copy(dst, src); err != nil {
 		reset(dst)
 		reset(src)
-		return
+		return false
 	}
 	dst.CloseWrite()
+	return true
+}
+
+// setUserTimeout sets TCP_USER_TIMEOUT (RFC 5482) on c: data it sent that
+// the peer has not acknowledged for d ends the connection.
+func setUserTimeout(c *net.TCPConn, d time.Duration) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+	})
 }
 
 // reset closes c with a RST rather than a FIN.

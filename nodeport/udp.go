@@ -18,11 +18,14 @@ const (
 	// long: the two minutes of a Linux conntrack entry that saw replies,
 	// as for ClusterIPs.
 	udpIdleTimeout = 2 * time.Minute
-	// maxUDPSessions bounds the sessions over all node ports (each is a
-	// socket and a goroutine), so that a flood of source ports cannot
-	// exhaust the host; past it, new clients' datagrams are dropped.
-	maxUDPSessions = 16384
-	maxDatagram    = 65535
+	// defaultMaxUDPSessions and defaultMaxUDPSessionsPerSource are
+	// Config's defaults, netstack's: the sessions over all node ports
+	// (each is a socket and a goroutine), so that a flood of source ports
+	// cannot exhaust the host; past them, new sessions' datagrams are
+	// dropped.
+	defaultMaxUDPSessions          = 4096
+	defaultMaxUDPSessionsPerSource = 1024
+	maxDatagram                    = 65535
 )
 
 // udpListener serves a UDP node port on one address: each client address
@@ -106,18 +109,17 @@ func (u *udpListener) session(client netip.AddrPort) *udpSession {
 	if !ok {
 		return nil
 	}
-	if u.l.udpSessions.Add(1) > maxUDPSessions {
-		u.l.udpSessions.Add(-1)
+	if !u.l.udpSessions.Reserve(client.Addr()) {
 		return nil
 	}
 	ep, ok := sp.PickFor(client.Addr())
 	if !ok {
-		u.l.udpSessions.Add(-1)
+		u.l.udpSessions.Release(client.Addr())
 		return nil
 	}
 	backend, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(u.l.redirect(ep.Addr)))
 	if err != nil {
-		u.l.udpSessions.Add(-1)
+		u.l.udpSessions.Release(client.Addr())
 		u.l.log.Debug("node port UDP session not started", "service", sp, "endpoint", ep, "err", err)
 		return nil
 	}
@@ -153,7 +155,7 @@ func (u *udpListener) remove(s *udpSession) {
 // is idle for udpIdleTimeout or its socket is closed.
 func (s *udpSession) replies() {
 	defer s.u.wg.Done()
-	defer s.u.l.udpSessions.Add(-1)
+	defer s.u.l.udpSessions.Release(s.client.Addr())
 	defer s.u.remove(s)
 	defer s.backend.Close()
 	buf := make([]byte, maxDatagram)

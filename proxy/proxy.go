@@ -452,8 +452,12 @@ func (p *Proxy) start() (stop func(), err error) {
 		return stop, fmt.Errorf("registering the affinity metric: %w", err)
 	}
 	if p.cfg.External != nil {
+		lim := p.cfg.DataPath
 		p.nodePorts = nodeport.New(nodeport.Config{Services: p.table, DialTimeout: p.cfg.DialTimeout,
-			Healthy: p.tracker.Healthy, Logger: p.log, Inherit: p.inherited})
+			Healthy: p.tracker.Healthy, Logger: p.log, Inherit: p.inherited,
+			// The ClusterIPs' limits and timeouts (netstack's flags).
+			MaxSetups: lim.MaxSetups, MaxFlows: lim.MaxTCPFlows, UserTimeout: lim.TCPUserTimeout, HalfClosedTimeout: lim.HalfClosedTimeout,
+			MaxUDPSessions: lim.MaxUDPSessions, MaxUDPSessionsPerSource: lim.MaxUDPSessionsPerSource})
 		p.closers = append(p.closers, p.nodePorts.Close)
 	}
 	return stop, nil
