@@ -143,15 +143,15 @@ func New(cfg Config) *Listeners {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Listeners{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		ctx:      ctx,
-		cancel:   cancel,
-		open:     make(map[listenKey]socket),
-		conns:    make(map[*net.TCPConn]struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		ctx:         ctx,
+		cancel:      cancel,
+		open:        make(map[listenKey]socket),
+		conns:       make(map[*net.TCPConn]struct{}),
 		dialing:     make(chan struct{}, cfg.MaxSetups),
 		udpSessions: limiter.New(cfg.MaxUDPSessionsPerSource, cfg.MaxUDPSessions),
-		redirect: func(a netip.AddrPort) netip.AddrPort { return a },
+		redirect:    func(a netip.AddrPort) netip.AddrPort { return a },
 	}
 }
 
