@@ -14,6 +14,9 @@ import (
 // for a SYN: one uncontended lock.
 type PerSource struct {
 	maxPer, maxTotal int
+	// lendUpTo, if above 0: a source past its share may still take more
+	// while the total is below it (NewLending).
+	lendUpTo int
 
 	mu    sync.Mutex // guards n and total
 	n     map[netip.Addr]int
@@ -24,6 +27,20 @@ type PerSource struct {
 // them maxTotal; 0 or less is no limit.
 func New(maxPer, maxTotal int) *PerSource {
 	return &PerSource{maxPer: maxPer, maxTotal: maxTotal, n: make(map[netip.Addr]int)}
+}
+
+// NewLending is New, but a source past its share may still take more
+// while all sources together hold less than three quarters of maxTotal:
+// capacity nobody uses is lent to a burst, and a quarter is always kept
+// for the other sources, each of which still has its share. A kernel's
+// listener lets one client fill its whole SYN queue; this is that, with
+// room kept for everyone else.
+func NewLending(maxPer, maxTotal int) *PerSource {
+	l := New(maxPer, maxTotal)
+	if maxPer > 0 && maxTotal > 0 {
+		l.lendUpTo = maxTotal * 3 / 4
+	}
+	return l
 }
 
 // Reserve counts one more for src, or reports false if src has its share
@@ -62,7 +79,10 @@ func (l *PerSource) Full(src netip.Addr) bool {
 }
 
 func (l *PerSource) fullLocked(src netip.Addr) bool {
-	return (l.maxPer > 0 && l.n[src] >= l.maxPer) || (l.maxTotal > 0 && l.total >= l.maxTotal)
+	if l.maxTotal > 0 && l.total >= l.maxTotal {
+		return true
+	}
+	return l.maxPer > 0 && l.n[src] >= l.maxPer && l.total >= l.lendUpTo
 }
 
 // Total returns what all sources hold.

@@ -42,3 +42,25 @@ func TestPerSource(t *testing.T) {
 		}
 	}
 }
+
+// TestLending: a lone source past its share takes what nobody uses, up to
+// three quarters of the total; another source then still gets its share.
+func TestLending(t *testing.T) {
+	a, b := netip.MustParseAddr("10.0.3.2"), netip.MustParseAddr("10.0.3.3")
+	l := NewLending(2, 8)
+	n := 0
+	for l.Reserve(a) {
+		n++
+	}
+	if n != 6 {
+		t.Errorf("a lone source took %d of 8 with a share of 2, want 6 (three quarters)", n)
+	}
+	for i := range 2 {
+		if !l.Reserve(b) {
+			t.Fatalf("another source's reservation %d refused within its share", i+1)
+		}
+	}
+	if l.Reserve(b) {
+		t.Error("the total of 8 reached, yet another reservation was counted")
+	}
+}

@@ -66,9 +66,12 @@ const (
 	// order. Past it, SYNs are dropped and clients retransmit them.
 	DefaultMaxSetups = 1024
 	// DefaultMaxSetupsPerSource is one client address's share of them:
-	// past it, that client's SYNs get a RST at once, and eight clients
-	// at their share still leave room for others. A well-behaved client
-	// has a handful under way (each takes a dial, well under a second).
+	// past it, that client's SYNs are dropped (it retransmits them) once
+	// three quarters of DefaultMaxSetups are taken; below that, capacity
+	// nobody uses is lent to a burst (limiter.NewLending). Eight clients at
+	// their share still leave room for others. A well-behaved client has a
+	// handful under way (each takes a dial, well under a second); a
+	// connection pool warming up or a load test has thousands at once.
 	DefaultMaxSetupsPerSource = 128
 	// DefaultHandshakeTimeout is how long a client may take to send its
 	// final ACK after the SYN-ACK: gVisor retransmits the SYN-ACK after
@@ -292,7 +295,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		flows:       make(map[*flow]struct{}),
 		sessions:    make(map[*udpSession]struct{}),
 
-		setups:               limiter.New(orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource), orDefault(cfg.MaxSetups, DefaultMaxSetups)),
+		setups:               limiter.NewLending(orDefault(cfg.MaxSetupsPerSource, DefaultMaxSetupsPerSource), orDefault(cfg.MaxSetups, DefaultMaxSetups)),
 		udpSessions:          limiter.New(orDefault(cfg.MaxUDPSessionsPerSource, DefaultMaxUDPSessionsPerSource), orDefault(cfg.MaxUDPSessions, DefaultMaxUDPSessions)),
 		maxFlows:             orDefault(cfg.MaxTCPFlows, DefaultMaxTCPFlows),
 		handshakeTimeout:     orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),

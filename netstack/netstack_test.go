@@ -741,8 +741,8 @@ func readTCP(t testing.TB, link *channel.Endpoint) (src, dst netip.AddrPort, seg
 	return netip.AddrPortFrom(s, seg.SourcePort()), netip.AddrPortFrom(d, seg.DestinationPort()), seg
 }
 
-// TestDialsPerSource: a client with DefaultMaxSetupsPerSource connections
-// being set up has its next SYN dropped, without a dial and without a RST
+// TestDialsPerSource: a client with its share of connections being set
+// up, and what is lent to a burst past it, has its next SYN dropped, without a dial and without a RST
 // (a burst is not an attack: it retransmits), at the pump already
 // (AdmitTCP) and in the stack if one gets there; another client is
 // served; a finished setup frees a slot.
@@ -750,7 +750,8 @@ func TestDialsPerSource(t *testing.T) {
 	d := new(fakeDialer)
 	startPod(t, d, pod1, echo)
 	ns, link := newTestStack(t, seedTable(t, []netip.AddrPort{pod1}), d)
-	for range DefaultMaxSetupsPerSource {
+	// Its share, then what is lent to a burst: three quarters of all.
+	for range DefaultMaxSetups * 3 / 4 {
 		if err := ns.reserveSetup(client.Addr()); err != nil {
 			t.Fatalf("reserveSetup(%v) = %v before the limit", client.Addr(), err)
 		}

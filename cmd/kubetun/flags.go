@@ -217,7 +217,7 @@ func longFlags(fs *pflag.FlagSet, args []string) []string {
 // into c; the defaults, netstack's, fit a node of 2 cores.
 func dataPathFlags(fs *pflag.FlagSet, c *netstack.Config) {
 	fs.IntVar(&c.MaxSetups, "max-tcp-setups", netstack.DefaultMaxSetups, "most TCP connections being set up at once (SYN received, handshake not done), all clients together; past it, SYNs are dropped and clients retransmit")
-	fs.IntVar(&c.MaxSetupsPerSource, "max-tcp-setups-per-source", netstack.DefaultMaxSetupsPerSource, "most TCP connections being set up at once from one client address; past it, its SYNs are dropped and it retransmits them, as from a full SYN queue: a burst is slowed, not refused")
+	fs.IntVar(&c.MaxSetupsPerSource, "max-tcp-setups-per-source", netstack.DefaultMaxSetupsPerSource, "most TCP connections being set up at once from one client address while three quarters of --max-tcp-setups are taken (below that, a burst may use what nobody else does); past it, its SYNs are dropped and it retransmits them, as from a full SYN queue: a burst is slowed, not refused")
 	fs.DurationVar(&c.HandshakeTimeout, "tcp-handshake-timeout", netstack.DefaultHandshakeTimeout, "how long a client may take to send its final ACK once the pod answered")
 	fs.IntVar(&c.MaxTCPFlows, "max-tcp-flows", netstack.DefaultMaxTCPFlows, "most TCP connections forwarded at once; past it, SYNs get a RST")
 	fs.DurationVar(&c.TCPUserTimeout, "tcp-user-timeout", netstack.DefaultTCPUserTimeout, "end a connection whose sent data a peer has not acknowledged for this long, on both legs (TCP_USER_TIMEOUT); 0 disables")
