@@ -3,6 +3,8 @@ package proxy
 import (
 	"cmp"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -133,10 +135,18 @@ func services(snap *resolver.Snapshot, flows map[string]int) []ServiceStatus {
 	return out
 }
 
-// statusHandler serves Status as JSON. It is read-only and local (the health
-// address is loopback by default), as kube-proxy's /healthz.
+// statusHandler serves Status as JSON. It lists every Service and endpoint,
+// so it answers clients on this host only (localClient), unless
+// Config.StatusAllowRemote: the health address it shares may be open to the
+// node's network, as the DaemonSet's is for kube-proxy's /healthz.
 func (p *Proxy) statusHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.cfg.StatusAllowRemote {
+			if why := localClient(r); why != "" {
+				http.Error(w, why, http.StatusForbidden)
+				return
+			}
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -148,4 +158,35 @@ func (p *Proxy) statusHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(p.Status())
 	})
+}
+
+// localClient returns why r may not read /statusz without
+// StatusAllowRemote, or "" if it may. The client must be on this host: it
+// comes from a loopback address, or from the very address it connected to
+// (a health address on a node address, asked from the node). And the
+// request must name an IP address or localhost as its Host: a web page
+// whose name an attacker rebinds to 127.0.0.1 is a loopback client too, but
+// its requests carry that name.
+func localClient(r *http.Request) string {
+	remote, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return fmt.Sprintf("%s: client address %q unknown", StatusPath, r.RemoteAddr)
+	}
+	ip := remote.Addr().Unmap()
+	onHost := ip.IsLoopback()
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok && !onHost {
+		onHost = la.AddrPort().Addr().Unmap() == ip
+	}
+	if !onHost {
+		return fmt.Sprintf("%s lists every Service and endpoint: it answers clients on this host only, not %s; ask from the host (kubetun status), or start kubetun with --statusz-allow-remote", StatusPath, ip)
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if _, err := netip.ParseAddr(host); err != nil && !strings.EqualFold(host, "localhost") {
+		return fmt.Sprintf("%s answers requests for an IP address or localhost, not for Host %q: a web page could have that name point at this host", StatusPath, r.Host)
+	}
+	return ""
 }
