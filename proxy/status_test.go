@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/kubetun/kubetun/resolver"
 )
 
 // TestStatusLocalOnly checks that /statusz answers clients on this host
@@ -72,5 +74,33 @@ func TestStatusLocalOnly(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStatusCache checks that status lists the Services of a snapshot once,
+// lists them again for the next snapshot, and that the flows of one request
+// never reach the cached list.
+func TestStatusCache(t *testing.T) {
+	st := seed()
+	snap1, _ := resolver.Build(st.Services, st.Slices, nil, resolver.Topology{})
+	snap2, _ := resolver.Build(st.Services, st.Slices, nil, resolver.Topology{})
+	var c statusCache
+	a, b := c.services(snap1), c.services(snap1)
+	if len(a) != 1 || len(b) != 1 || &a[0] != &b[0] {
+		t.Fatalf("the same snapshot listed twice: %p, %p, want the one list cached", a, b)
+	}
+	if n := c.services(snap2); len(n) != 1 || &n[0] == &a[0] {
+		t.Errorf("a new snapshot got the old list")
+	}
+	cached := c.services(snap2)
+	got := withFlows(cached, map[string]int{"default/service-test": 2})
+	if got[0].ActiveFlows == nil || *got[0].ActiveFlows != 2 {
+		t.Errorf("activeFlows = %v, want 2", got[0].ActiveFlows)
+	}
+	if cached[0].ActiveFlows != nil {
+		t.Errorf("the cached list got a request's flows")
+	}
+	if got := withFlows(cached, nil); got[0].ActiveFlows != nil {
+		t.Errorf("not counted, yet activeFlows = %d", *got[0].ActiveFlows)
 	}
 }
