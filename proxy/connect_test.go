@@ -1,7 +1,13 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -67,5 +73,59 @@ func TestRoutePods(t *testing.T) {
 	}
 	if len(ready) != 1 || ready[0].Pods != "portforward" || !slices.Equal(ready[0].ServiceCIDRs, []string{"10.3.240.0/20"}) || ready[0].DNS == nil {
 		t.Errorf("OnReady calls = %+v, want one, with pods via portforward, the CIDR and the DNS", ready)
+	}
+}
+
+// TestRefuseExistingTUN checks that connect refuses a device name that is
+// taken, naming it and the way out, and goes on when it is free.
+func TestRefuseExistingTUN(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		kind   string
+		exists bool
+		err    error
+		want   []string // substrings of the error; none: no error
+	}{
+		{name: "free"},
+		{name: "a TUN", kind: "tuntap", exists: true, want: []string{"TUN kubetun0 exists already", "--tun NAME", "kubetun cleanup --tun kubetun0"}},
+		{name: "another kind of device", kind: "veth", exists: true, want: []string{"a network device kubetun0 exists already (veth, not a TUN)", "--tun NAME"}},
+		{name: "the lookup fails", err: errors.New("netlink: permission denied"), want: []string{"TUN kubetun0: netlink: permission denied"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := refuseExistingTUN("kubetun0", func(name string) (string, bool, error) {
+				if name != "kubetun0" {
+					t.Errorf("looked up %q, want kubetun0", name)
+				}
+				return tt.kind, tt.exists, tt.err
+			})
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Errorf("refuseExistingTUN = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("refuseExistingTUN = nil, want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("refuseExistingTUN = %q, want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConnectRefusesExistingDevice runs Connect with --tun naming a device
+// every host has (lo): it must refuse at once, naming it, before it reads
+// the kubeconfig (which does not exist) or touches the device.
+func TestConnectRefusesExistingDevice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	err := Connect(ctx, Config{TUN: "lo", MTU: 1500}, ConnectOptions{
+		Kube: KubeOptions{Kubeconfig: filepath.Join(t.TempDir(), "none")},
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "network device lo exists already") || !strings.Contains(err.Error(), "--tun NAME") {
+		t.Errorf("Connect with --tun lo = %v, want lo refused, naming --tun NAME", err)
 	}
 }
