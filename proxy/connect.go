@@ -78,6 +78,12 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	opts.Kube.FollowCIDRs = len(cfg.ServiceCIDRs) == 0
 	src, err := NewKubeSource(ctx, opts.Kube, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Interrupted while the API was asked: its error (the
+			// context's) is no fault to report.
+			log.Info("stopped before connecting: nothing was set up")
+			return nil
+		}
 		return err
 	}
 	via := opts.Via
@@ -88,6 +94,10 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 			via = ViaDirect
 		}
 		log.Info("pods reached "+via+" (--via auto)", "probe", detail)
+	}
+	if ctx.Err() != nil {
+		log.Info("stopped before connecting: nothing was set up")
+		return nil
 	}
 	cfg.Mode, cfg.PodsVia = "connect", via
 
