@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // TestHandshakeTimeout: a client that never sends its final ACK gets a RST
@@ -330,4 +335,89 @@ func TestStalledClientReset(t *testing.T) {
 			waitFor(t, "the stalled flow reset", func() bool { return ns.Stats().TCPActive == 0 })
 		})
 	}
+}
+
+// TestCloseWaitsForTheLinkUnlocked: while Close waits for the link to pass
+// the clients' RSTs on, it holds no lock that the packet path or Stats
+// (metric scrapes) need; and each client still gets its RST before Close
+// returns.
+func TestCloseWaitsForTheLinkUnlocked(t *testing.T) {
+	d := new(fakeDialer)
+	startPod(t, d, pod1, func(c net.Conn) { io.Copy(io.Discard, c) })
+	link := channel.New(4*linkRoom, 1500, "")
+	ns, err := New(Config{Link: link, Services: seedTable(t, []netip.AddrPort{pod1}), Dialer: d, DialTimeout: time.Second,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ns.Close()
+		link.Close()
+		checkNoLeaks(t)
+	})
+	svc := netip.AddrPortFrom(clusterIP, 80)
+	const iss = 1000
+	inject(link, tcpPacket(client, svc, iss, 0, header.TCPFlagSyn, nil))
+	_, synack := readSegment(t, link)
+	inject(link, tcpPacket(client, svc, iss+1, synack.SequenceNumber()+1, header.TCPFlagAck, nil))
+	waitFor(t, "the flow spliced", func() bool { return ns.Stats().TCPActive == 1 })
+
+	// More packets than linkRoom wait for a reader that is not there yet:
+	// Close must wait for the link before it returns.
+	filler, _ := ipPacket(client.Addr(), clusterIP, header.UDPProtocolNumber, header.UDPMinimumSize)
+	for range 2 * linkRoom {
+		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(filler)})
+		var l stack.PacketBufferList
+		l.PushBack(pb)
+		if n, err := link.WritePackets(l); n != 1 || err != nil {
+			t.Fatalf("queueing a packet on the link: %d, %v", n, err)
+		}
+		pb.DecRef()
+	}
+	closed := make(chan struct{})
+	go func() { ns.Close(); close(closed) }()
+	waitFor(t, "Close begun", func() bool { return ns.ctx.Err() != nil })
+	stats := make(chan Stats, 1)
+	go func() { stats <- ns.Stats() }()
+	select {
+	case <-stats:
+	case <-time.After(drainWait / 2):
+		t.Fatalf("Stats blocked for %v while Close waited for the link", drainWait/2)
+	}
+	select {
+	case <-closed:
+		t.Fatal("Close returned before the link passed on what was queued")
+	default:
+	}
+
+	// The link's reader comes: the client's RST is among what it reads, by
+	// the time Close returns.
+	var rst atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for {
+			pb := link.ReadContext(ctx)
+			if pb == nil {
+				return
+			}
+			b := pb.ToView().AsSlice()
+			if ip := header.IPv4(b); ip.IsValid(len(b)) && ip.TransportProtocol() == header.TCPProtocolNumber {
+				seg := header.TCP(ip.Payload())
+				if seg.DestinationPort() == client.Port() && seg.Flags()&header.TCPFlagRst != 0 {
+					rst.Store(true)
+				}
+			}
+			pb.DecRef()
+		}
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return within 5 s of the link being read")
+	}
+	if link.NumQueued() != 0 {
+		t.Errorf("Close returned with %d packets still queued on the link", link.NumQueued())
+	}
+	waitFor(t, "the client's RST read from the link", rst.Load)
 }

@@ -364,6 +364,11 @@ func ptr[T any](v T) *T { return &v }
 // on what the stack queued: each client gets its RST before the link's owner
 // closes it. A RST, not a FIN: a client that reads to the end of the stream
 // must not take the cut for the end of its data.
+//
+// What to end is collected under s.mu, and ended and waited for without it:
+// the packet path (a new flow or session) and Stats, which metric scrapes
+// call, take s.mu too, and must not wait seconds for a link nobody reads.
+// Once closed is set no flow or session is added, so the lists are whole.
 func (s *Stack) Close() {
 	s.mu.Lock()
 	if s.closed {
@@ -375,14 +380,22 @@ func (s *Stack) Close() {
 	// Wait for the link only if there is something to tell a client: a
 	// link nobody reads (tests) would cost drainWait.
 	draining := len(s.flows) > 0 || s.setups.Total() > 0
+	flows := make([]*flow, 0, len(s.flows))
 	for f := range s.flows {
+		flows = append(flows, f)
+	}
+	sessions := make([]*udpSession, 0, len(s.sessions))
+	for sess := range s.sessions {
+		sessions = append(sessions, sess)
+	}
+	s.mu.Unlock()
+	for _, f := range flows {
 		f.abort()
 		draining = draining && s.drainLink(linkRoom)
 	}
-	for sess := range s.sessions {
+	for _, sess := range sessions {
 		sess.close()
 	}
-	s.mu.Unlock()
 	// Close the gVisor stack before waiting: it aborts the endpoints of
 	// handshakes in progress, on which handleTCP blocks in CreateEndpoint
 	// (TestCloseDuringHandshake).

@@ -39,6 +39,10 @@ const (
 	// DefaultConfirm is the margin DialContext waits for a refusal beyond
 	// the round trip it measured; see Options.Confirm.
 	DefaultConfirm = 25 * time.Millisecond
+	// DefaultConnectTimeout bounds the making of a pod's connection: TCP
+	// and TLS to the API server, and its answer to the upgrade, which waits
+	// for the kubelet's. client-go's own dial timeout is as long.
+	DefaultConnectTimeout = 30 * time.Second
 )
 
 // Pods names the pod that has an IP address; resolver.Snapshot is one.
@@ -49,13 +53,13 @@ type Pods interface {
 // Options configure New. The zero value is the defaults.
 type Options struct {
 	// OpenTimeout bounds how long a flow waits for its stream pair to open
-	// on a pod connection. (Making the connection itself is bounded only by
-	// the DialContext's context: client-go's dialers take none.) A connection that does not answer in
-	// time is closed (a silent connection, e.g. after the laptop slept, would
-	// otherwise hold every flow until TCP gives up) and the flow is tried
-	// once more on a new one. On a connection made before the flow, the
-	// wait is at most half of what is left of the DialContext's deadline,
-	// so that the second try fits in it. Zero means DefaultOpenTimeout.
+	// on a pod connection (making the connection is ConnectTimeout's). A
+	// connection that does not answer in time is closed (a silent
+	// connection, e.g. after the laptop slept, would otherwise hold every
+	// flow until TCP gives up) and the flow is tried once more on a new
+	// one. On a connection made before the flow, the wait is at most half
+	// of what is left of the DialContext's deadline, so that the second
+	// try fits in it. Zero means DefaultOpenTimeout.
 	OpenTimeout time.Duration
 	// Confirm is the margin DialContext waits, beyond one round trip to the
 	// kubelet, for the pod to refuse the port before it returns the
@@ -69,6 +73,11 @@ type Options struct {
 	// protocols where the client speaks first, every successful dial costs
 	// that whole wait. Zero means DefaultConfirm; negative means no wait.
 	Confirm time.Duration
+	// ConnectTimeout bounds the making of a pod's connection, which the
+	// flows to that pod wait for (each within its own DialContext's
+	// context): past it they fail, and the next flow tries anew. Zero
+	// means DefaultConnectTimeout.
+	ConnectTimeout time.Duration
 	// Logf, if set, receives one line per pod connection made or lost.
 	Logf func(format string, args ...any)
 }
@@ -76,12 +85,15 @@ type Options struct {
 // Dialer dials pod IP:port through the API server. It is safe for
 // concurrent use.
 type Dialer struct {
-	pods        Pods
-	connect     func(namespace, name string) (httpstream.Connection, error)
-	openTimeout time.Duration
-	confirm     time.Duration
-	logf        func(format string, args ...any)
+	pods           Pods
+	connect        func(ctx context.Context, namespace, name string) (httpstream.Connection, error)
+	connectTimeout time.Duration
+	openTimeout    time.Duration
+	confirm        time.Duration
+	logf           func(format string, args ...any)
 
+	ctx      context.Context // bounds every connect; cancelled by Close
+	cancel   context.CancelFunc
 	done     chan struct{} // closed by Close
 	wg       sync.WaitGroup
 	nextID   atomic.Uint64 // requestID of the next stream pair
@@ -120,13 +132,20 @@ func New(config *rest.Config, pods Pods, opts Options) (*Dialer, error) {
 			return nil, fmt.Errorf("portforward: API server URL %q: %w", config.Host, err)
 		}
 	}
-	transport, upgrader, err := spdy.RoundTripperFor(config)
-	if err != nil {
+	if _, _, err := spdy.RoundTripperFor(config); err != nil {
 		return nil, fmt.Errorf("portforward: SPDY round tripper: %w", err)
 	}
-	connect := func(namespace, name string) (httpstream.Connection, error) {
+	connect := func(ctx context.Context, namespace, name string) (httpstream.Connection, error) {
 		u := *base
 		u.Path = base.JoinPath("api", "v1", "namespaces", namespace, "pods", name, "portforward").Path
+		// client-go's port-forward dialers make their requests without a
+		// context: the transports of this connect put ctx on them.
+		config := rest.CopyConfig(config)
+		config.Wrap(func(rt http.RoundTripper) http.RoundTripper { return withContext{rt, ctx} })
+		transport, upgrader, err := spdy.RoundTripperFor(config)
+		if err != nil {
+			return nil, err
+		}
 		// kubectl's order: the WebSocket tunnel, then SPDY where the API
 		// server or a proxy on the way refuses the WebSocket upgrade.
 		spdyDialer := spdy.NewDialerForStreaming(upgrader, &http.Client{Transport: transport}, http.MethodPost, &u)
@@ -143,16 +162,36 @@ func New(config *rest.Config, pods Pods, opts Options) (*Dialer, error) {
 	return newDialer(connect, pods, opts), nil
 }
 
-// newDialer returns a Dialer that connects to pods with connect.
-func newDialer(connect func(namespace, name string) (httpstream.Connection, error), pods Pods, opts Options) *Dialer {
+// withContext sends every request with ctx, for a connect's transports:
+// the ones client-go's port-forward dialers make have none, and neither
+// Close nor ConnectTimeout could stop them.
+type withContext struct {
+	rt  http.RoundTripper
+	ctx context.Context
+}
+
+func (w withContext) RoundTrip(req *http.Request) (*http.Response, error) {
+	return w.rt.RoundTrip(req.WithContext(w.ctx))
+}
+
+// newDialer returns a Dialer that connects to pods with connect, which
+// should return when its ctx is done.
+func newDialer(connect func(ctx context.Context, namespace, name string) (httpstream.Connection, error), pods Pods, opts Options) *Dialer {
+	ctx, cancel := context.WithCancel(context.Background())
 	d := &Dialer{
-		pods:        pods,
-		connect:     connect,
-		openTimeout: opts.OpenTimeout,
-		confirm:     opts.Confirm,
-		logf:        opts.Logf,
-		done:        make(chan struct{}),
-		conns:       make(map[podKey]*podConn),
+		pods:           pods,
+		connect:        connect,
+		connectTimeout: opts.ConnectTimeout,
+		openTimeout:    opts.OpenTimeout,
+		confirm:        opts.Confirm,
+		logf:           opts.Logf,
+		ctx:            ctx,
+		cancel:         cancel,
+		done:           make(chan struct{}),
+		conns:          make(map[podKey]*podConn),
+	}
+	if d.connectTimeout <= 0 {
+		d.connectTimeout = DefaultConnectTimeout
 	}
 	if d.openTimeout <= 0 {
 		d.openTimeout = DefaultOpenTimeout
@@ -251,7 +290,7 @@ func (d *Dialer) podConn(ctx context.Context, pod podKey) (*podConn, bool, error
 func (d *Dialer) run(pc *podConn) {
 	defer d.wg.Done()
 	began := time.Now()
-	conn, err := d.connect(pc.pod.namespace, pc.pod.name)
+	conn, err := d.connectPod(pc.pod)
 	if err != nil {
 		err = fmt.Errorf("connect to pods/portforward: %w", err)
 	}
@@ -278,6 +317,42 @@ func (d *Dialer) run(pc *podConn) {
 		conn.Close()
 	}
 	d.forget(pc)
+}
+
+// connectPod makes the connection to pod, and returns within
+// connectTimeout, and at once when Close is called. client-go's dialers
+// stop at ctx's end while they dial and shake hands (TCP, TLS), and the
+// WebSocket one at its deadline while it waits for the upgrade's answer; the
+// SPDY one reads that answer regardless. So a connect that has not returned
+// when connectPod does is left to end by itself, not waited for, and the
+// connection it may still make is closed.
+func (d *Dialer) connectPod(pod podKey) (httpstream.Connection, error) {
+	ctx, cancel := context.WithTimeout(d.ctx, d.connectTimeout)
+	defer cancel()
+	type result struct {
+		conn httpstream.Connection
+		err  error
+	}
+	ch := make(chan result)
+	go func() {
+		conn, err := d.connect(ctx, pod.namespace, pod.name)
+		select {
+		case ch <- result{conn, err}:
+		case <-ctx.Done(): // connectPod returned without it
+			if err == nil {
+				conn.Close()
+			}
+		}
+	}()
+	select {
+	case r := <-ch:
+		return r.conn, r.err
+	case <-ctx.Done():
+		if d.ctx.Err() != nil {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("no answer within %v", d.connectTimeout)
+	}
 }
 
 // forget removes pc from the map unless a newer connection replaced it.
@@ -442,8 +517,9 @@ func readRefusal(errStream httpstream.Stream, wait time.Duration) string {
 }
 
 // Close closes every pod connection, which ends every flow on them, and
-// waits for the goroutines the Dialer started. A connection still being
-// made is closed once it is made: client-go's dialers take no context.
+// waits for the goroutines the Dialer started, but for a connect that does
+// not stop when told (see connectPod): the connection that one may still
+// make is closed once it is made.
 func (d *Dialer) Close() error {
 	d.mu.Lock()
 	if d.isClosed {
@@ -452,6 +528,7 @@ func (d *Dialer) Close() error {
 	}
 	d.isClosed = true
 	close(d.done)
+	d.cancel()
 	d.mu.Unlock()
 	d.wg.Wait()
 	return nil

@@ -390,7 +390,7 @@ func (s *silentConn) RemoveStreams(...httpstream.Stream) {}
 // OpenTimeout, and a flow that found it open gets a second try on a new one.
 func TestSilentConnection(t *testing.T) {
 	var connects atomic.Int32
-	d := newDialer(func(namespace, name string) (httpstream.Connection, error) {
+	d := newDialer(func(_ context.Context, namespace, name string) (httpstream.Connection, error) {
 		connects.Add(1)
 		return &silentConn{closed: make(chan bool)}, nil
 	}, podMap{podIP: {"default", "pod1"}}, Options{OpenTimeout: 100 * time.Millisecond, Logf: t.Logf})
@@ -457,11 +457,11 @@ func TestSilentConnectionShortDeadline(t *testing.T) {
 	real := newTestDialer(t, k, Options{}).connect
 	port := echoServer(t)
 	var connects atomic.Int32
-	d := newDialer(func(namespace, name string) (httpstream.Connection, error) {
+	d := newDialer(func(ctx context.Context, namespace, name string) (httpstream.Connection, error) {
 		if connects.Add(1) == 1 {
 			return &silentConn{closed: make(chan bool)}, nil
 		}
-		return real(namespace, name)
+		return real(ctx, namespace, name)
 	}, podMap{podIP: {"default", "pod1"}}, Options{OpenTimeout: time.Minute, Logf: t.Logf})
 	defer d.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
@@ -482,5 +482,150 @@ func TestSilentConnectionShortDeadline(t *testing.T) {
 	}
 	if n := connects.Load(); n != 2 {
 		t.Errorf("%d connections made, want 2", n)
+	}
+}
+
+// TestCloseDuringStubbornConnect: a connect that ignores its context (as
+// client-go's SPDY dialer does while it waits for the API server's answer)
+// does not hold up Close, and the connection it makes afterwards is closed.
+func TestCloseDuringStubbornConnect(t *testing.T) {
+	called, release := make(chan struct{}), make(chan struct{})
+	late := &silentConn{closed: make(chan bool)}
+	d := newDialer(func(context.Context, string, string) (httpstream.Connection, error) {
+		close(called)
+		<-release
+		return late, nil
+	}, podMap{podIP: {"default", "pod1"}}, Options{Logf: t.Logf})
+	defer close(release)
+	dialed := make(chan error, 1)
+	go func() {
+		_, err := d.DialContext(context.Background(), "tcp", addr(80))
+		dialed <- err
+	}()
+	<-called
+	closed := make(chan struct{})
+	go func() { d.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close still waits 2 s for a connect that ignores its context")
+	}
+	select {
+	case err := <-dialed:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("DialContext during Close = %v, want ErrClosed", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("DialContext still waits 2 s after Close")
+	}
+	release <- struct{}{}
+	select {
+	case <-late.closed:
+	case <-time.After(2 * time.Second):
+		t.Error("the connection made after Close was not closed")
+	}
+}
+
+// TestConnectTimeout: a connect that gets no answer fails the flows waiting
+// for it after ConnectTimeout, however long their own contexts, and the
+// next flow to the pod connects anew.
+func TestConnectTimeout(t *testing.T) {
+	var connects atomic.Int32
+	d := newDialer(func(ctx context.Context, _, _ string) (httpstream.Connection, error) {
+		connects.Add(1)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}, podMap{podIP: {"default", "pod1"}}, Options{ConnectTimeout: 100 * time.Millisecond, Logf: t.Logf})
+	defer d.Close()
+	for i := range 2 {
+		began := time.Now()
+		_, err := d.DialContext(t.Context(), "tcp", addr(80))
+		if err == nil || !strings.Contains(err.Error(), "no answer within 100ms") {
+			t.Errorf("DialContext %d = %v, want no answer within 100ms", i, err)
+		}
+		if took := time.Since(began); took > 2*time.Second {
+			t.Errorf("DialContext %d took %v, want about 100ms", i, took)
+		}
+	}
+	if n := connects.Load(); n != 2 {
+		t.Errorf("%d connects for two flows to a pod whose connect timed out, want 2", n)
+	}
+}
+
+// TestCloseSilentAPIServer runs the real dialers against loopback servers
+// that never answer: one that accepts TCP and says nothing (not even TLS),
+// and one that completes TLS but never answers the upgrade. A flow fails
+// within its context, Close returns at once, and the connects end too: the
+// first when Close cancels their context, the second at ConnectTimeout.
+func TestCloseSilentAPIServer(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(fmt.Sprint("tls=", tls), func(t *testing.T) {
+			var host string
+			hold := make(chan struct{})
+			if tls {
+				srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					select {
+					case <-hold:
+					case <-r.Context().Done():
+					}
+				}))
+				srv.StartTLS()
+				defer srv.Close()
+				defer close(hold)
+				host = srv.URL
+			} else {
+				l, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var conns []net.Conn
+				var mu sync.Mutex
+				go func() {
+					for {
+						c, err := l.Accept()
+						if err != nil {
+							return
+						}
+						mu.Lock()
+						conns = append(conns, c)
+						mu.Unlock()
+					}
+				}()
+				defer func() {
+					l.Close()
+					mu.Lock()
+					for _, c := range conns {
+						c.Close()
+					}
+					mu.Unlock()
+				}()
+				host = "https://" + l.Addr().String()
+			}
+			before := runtime.NumGoroutine()
+			d, err := New(&rest.Config{Host: host, TLSClientConfig: rest.TLSClientConfig{Insecure: true}},
+				podMap{podIP: {"default", "pod1"}}, Options{ConnectTimeout: time.Second, Logf: t.Logf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+			_, err = d.DialContext(ctx, "tcp", addr(80))
+			cancel()
+			if err == nil {
+				t.Fatal("DialContext through a silent API server succeeded")
+			}
+			began := time.Now()
+			d.Close()
+			if took := time.Since(began); took > time.Second {
+				t.Errorf("Close took %v with a connect to a silent API server under way", took)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n := runtime.NumGoroutine(); n > before+2 {
+				buf := make([]byte, 1<<20)
+				t.Errorf("%d goroutines 5 s after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+			}
+		})
 	}
 }

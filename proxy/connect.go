@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kubetun/kubetun/portforward"
+	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
 	"github.com/kubetun/kubetun/tunnel/hostdns"
 )
@@ -70,18 +71,20 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	if opts.ProbeTimeout <= 0 {
 		opts.ProbeTimeout = DefaultProbeTimeout
 	}
+	// Before anything else, so that the mistake costs no wait for the API.
+	if err := refuseExistingTUN(cfg.TUN, tunnel.LinkKind); err != nil {
+		return err
+	}
 	opts.Kube.FollowCIDRs = len(cfg.ServiceCIDRs) == 0
 	src, err := NewKubeSource(ctx, opts.Kube, log)
 	if err != nil {
-		return err
-	}
-	// A device of that name left by `kubetun run --persist` (connect's
-	// own go with the process): removed, unless a kubetun still runs on
-	// it, which tunnel.Open then reports.
-	if tunnel.ExistingIndex(cfg.TUN) != 0 {
-		if removed, err := tunnel.Cleanup(cfg.TUN); err == nil && len(removed) > 0 {
-			log.Info("removed what an earlier kubetun left", "removed", strings.Join(removed, "; "))
+		if ctx.Err() != nil {
+			// Interrupted while the API was asked: its error (the
+			// context's) is no fault to report.
+			log.Info("stopped before connecting: nothing was set up")
+			return nil
 		}
+		return err
 	}
 	via := opts.Via
 	if via == ViaAuto || via == "" {
@@ -91,6 +94,10 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 			via = ViaDirect
 		}
 		log.Info("pods reached "+via+" (--via auto)", "probe", detail)
+	}
+	if ctx.Err() != nil {
+		log.Info("stopped before connecting: nothing was set up")
+		return nil
 	}
 	cfg.Mode, cfg.PodsVia = "connect", via
 
@@ -110,6 +117,15 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	}
 
 	p := New(cfg, src, log)
+	open := p.env.open
+	p.env.open = func(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error) {
+		// Again just before the TUN is made: the API and the probe took
+		// time, in which a kubetun run may have started.
+		if err := refuseExistingTUN(cfg.TUN, tunnel.LinkKind); err != nil {
+			return nil, err
+		}
+		return open(cfg, table, log)
+	}
 	if via == ViaPortForward {
 		d, err := portforward.New(src.RESTConfig(), p.table, portforward.Options{
 			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
@@ -137,6 +153,26 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		}
 	}
 	return err
+}
+
+// refuseExistingTUN returns an error if a network device named name exists
+// (kind says, as tunnel.LinkKind). connect creates its TUN and deletes it on
+// exit, and tunnel.Open would attach to an existing one: the TUN a node's
+// `kubetun run --persist` keeps for its restarts, or another program's,
+// which connect would then take over and delete.
+func refuseExistingTUN(name string, kind func(string) (string, bool, error)) error {
+	k, exists, err := kind(name)
+	switch {
+	case err != nil:
+		return fmt.Errorf("TUN %s: %w", name, err)
+	case !exists:
+		return nil
+	case k == "tuntap":
+		return fmt.Errorf("TUN %s exists already (kept by a 'kubetun run --persist' or another program): connect creates a TUN of its own and deletes it on exit, so it does not use one it did not create; "+
+			"give connect another name with --tun NAME (a kubetun's leftover that nothing uses is removed by 'kubetun cleanup --tun %s')", name, name)
+	default:
+		return fmt.Errorf("a network device %s exists already (%s, not a TUN): give connect another name with --tun NAME", name, k)
+	}
 }
 
 // hostDNS sets split DNS for the cluster domain on the TUN through

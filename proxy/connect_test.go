@@ -1,8 +1,20 @@
 package proxy
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -67,5 +79,190 @@ func TestRoutePods(t *testing.T) {
 	}
 	if len(ready) != 1 || ready[0].Pods != "portforward" || !slices.Equal(ready[0].ServiceCIDRs, []string{"10.3.240.0/20"}) || ready[0].DNS == nil {
 		t.Errorf("OnReady calls = %+v, want one, with pods via portforward, the CIDR and the DNS", ready)
+	}
+}
+
+// TestRefuseExistingTUN checks that connect refuses a device name that is
+// taken, naming it and the way out, and goes on when it is free.
+func TestRefuseExistingTUN(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		kind   string
+		exists bool
+		err    error
+		want   []string // substrings of the error; none: no error
+	}{
+		{name: "free"},
+		{name: "a TUN", kind: "tuntap", exists: true, want: []string{"TUN kubetun0 exists already", "--tun NAME", "kubetun cleanup --tun kubetun0"}},
+		{name: "another kind of device", kind: "veth", exists: true, want: []string{"a network device kubetun0 exists already (veth, not a TUN)", "--tun NAME"}},
+		{name: "the lookup fails", err: errors.New("netlink: permission denied"), want: []string{"TUN kubetun0: netlink: permission denied"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := refuseExistingTUN("kubetun0", func(name string) (string, bool, error) {
+				if name != "kubetun0" {
+					t.Errorf("looked up %q, want kubetun0", name)
+				}
+				return tt.kind, tt.exists, tt.err
+			})
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Errorf("refuseExistingTUN = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("refuseExistingTUN = nil, want an error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("refuseExistingTUN = %q, want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConnectRefusesExistingDevice runs Connect with --tun naming a device
+// every host has (lo): it must refuse at once, naming it, before it reads
+// the kubeconfig (which does not exist) or touches the device.
+func TestConnectRefusesExistingDevice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	err := Connect(ctx, Config{TUN: "lo", MTU: 1500}, ConnectOptions{
+		Kube: KubeOptions{Kubeconfig: filepath.Join(t.TempDir(), "none")},
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "network device lo exists already") || !strings.Contains(err.Error(), "--tun NAME") {
+		t.Errorf("Connect with --tun lo = %v, want lo refused, naming --tun NAME", err)
+	}
+}
+
+// silentAPIServer listens on loopback, accepts every connection and never
+// answers: an apiserver that hangs. It returns a kubeconfig for it, with
+// scheme http or https.
+func silentAPIServer(t *testing.T, scheme string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: silent
+  cluster: {server: "%s://%s", insecure-skip-tls-verify: true}
+users:
+- name: u
+  user: {token: t}
+contexts:
+- name: silent
+  context: {cluster: silent, user: u}
+current-context: silent
+`, scheme, l.Addr())
+	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// nopReceiver is a Receiver that takes nothing.
+type nopReceiver struct{}
+
+func (nopReceiver) Changed()                  {}
+func (nopReceiver) Apply(State)               {}
+func (nopReceiver) ApplyCIDRs([]netip.Prefix) {}
+
+// returnsSoon runs f with a context cancelled after a moment, as Ctrl-C
+// would, and fails t unless f returns within bound of it.
+func returnsSoon(t *testing.T, what string, bound time.Duration, f func(ctx context.Context)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); f(ctx) }()
+	time.Sleep(300 * time.Millisecond) // f is waiting for the apiserver by now
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(bound):
+		t.Fatalf("%s: still running %v after its context ended, with an apiserver that never answers", what, bound)
+	}
+}
+
+// TestSilentAPIServerInterrupted checks that every wait of connect on the
+// apiserver ends with its context, against one that accepts and never
+// answers (over TLS: not even the handshake; over plain HTTP: no
+// response): the ServiceCIDR check, the --via auto probe, Connect as a
+// whole, which then sets nothing up, and the informers.
+func TestSilentAPIServerInterrupted(t *testing.T) {
+	const bound = 3 * time.Second
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	schemes := []string{"https", "http"}
+	sources := map[string]*KubeSource{}
+	for _, scheme := range schemes {
+		kubeconfig := silentAPIServer(t, scheme)
+		t.Run(scheme, func(t *testing.T) {
+			returnsSoon(t, "NewKubeSource (ServiceCIDR check)", bound, func(ctx context.Context) {
+				if _, err := NewKubeSource(ctx, KubeOptions{Kubeconfig: kubeconfig, FollowCIDRs: true}, log); err == nil {
+					t.Error("NewKubeSource against a silent apiserver succeeded")
+				}
+			})
+			src, err := NewKubeSource(t.Context(), KubeOptions{Kubeconfig: kubeconfig}, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sources[scheme] = src
+			returnsSoon(t, "ProbeDirect", bound, func(ctx context.Context) {
+				if ok, detail := src.ProbeDirect(ctx, time.Second); ok {
+					t.Errorf("ProbeDirect against a silent apiserver = ok, %q", detail)
+				}
+			})
+			for _, cidrs := range [][]netip.Prefix{nil, prefixes("10.3.240.0/20")} {
+				returnsSoon(t, fmt.Sprintf("Connect with service CIDRs %v", cidrs), bound, func(ctx context.Context) {
+					err := Connect(ctx, Config{TUN: "kt-unit-none", MTU: 1500, ServiceCIDRs: cidrs}, ConnectOptions{
+						Kube: KubeOptions{Kubeconfig: kubeconfig}, Via: ViaAuto}, log)
+					if err != nil {
+						t.Errorf("Connect interrupted = %v, want nil: nothing was set up", err)
+					}
+				})
+			}
+		})
+	}
+	// Last: a reflector leaves its list request to end by itself when its
+	// context ends, and that request reads client-go's logger, which
+	// NewKubeSource sets.
+	for _, scheme := range schemes {
+		t.Run("informers/"+scheme, func(t *testing.T) {
+			src := sources[scheme]
+			if src == nil {
+				t.Skip("no source")
+			}
+			returnsSoon(t, "KubeSource.Run", bound, func(ctx context.Context) {
+				src.Run(ctx, nopReceiver{})
+			})
+		})
 	}
 }

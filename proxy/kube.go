@@ -10,10 +10,10 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -97,8 +97,9 @@ func (k *KubeSource) RESTConfig() *rest.Config { return rest.CopyConfig(k.config
 
 // ProbeDirect reports whether this host reaches pods directly: it dials
 // ready endpoints (TCP) of the cluster's EndpointSlices, a few of them,
-// each within timeout, and succeeds at the first that answers. It returns
-// what it dialled, or why it gave up, for the log.
+// each within timeout, and succeeds at the first that answers. Only
+// endpoints the target policy lets kubetun dial are tried (probeTargets). It
+// returns what it dialled, or why it gave up, for the log.
 func (k *KubeSource) ProbeDirect(ctx context.Context, timeout time.Duration) (ok bool, detail string) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	list, err := k.client.DiscoveryV1().EndpointSlices("").List(lctx, metav1.ListOptions{Limit: 50})
@@ -106,34 +107,58 @@ func (k *KubeSource) ProbeDirect(ctx context.Context, timeout time.Duration) (ok
 	if err != nil {
 		return false, fmt.Sprintf("listing EndpointSlices: %v", err)
 	}
-	var addrs []string
-	for _, es := range list.Items {
+	targets, refused := probeTargets(list.Items)
+	if len(targets) == 0 {
+		if refused > 0 {
+			return false, fmt.Sprintf("no ready TCP endpoint to probe (%d left out: loopback, link-local, unspecified or multicast addresses are never dialled)", refused)
+		}
+		return false, "no ready TCP endpoint to probe"
+	}
+	var last error
+	for _, a := range targets[:min(len(targets), 3)] {
+		d := net.Dialer{Timeout: timeout}
+		c, err := d.DialContext(ctx, "tcp", a.String())
+		if err == nil {
+			c.Close()
+			return true, "dialled " + a.String()
+		}
+		last = err
+	}
+	return false, last.Error()
+}
+
+// probeTargets returns the addresses of the ready TCP endpoints of
+// slices, the first address of each as kube-proxy uses it, that the target
+// policy lets kubetun dial (resolver.RefuseHostAddr: an EndpointSlice may
+// name any address, and a probe must not become a way into the host's own
+// loopback or link-local services), and how many it left out for it.
+// Addresses that are no IP address (an FQDN slice) are skipped.
+func probeTargets(slices []discoveryv1.EndpointSlice) (targets []netip.AddrPort, refused int) {
+	for _, es := range slices {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
 		for _, p := range es.Ports {
-			if p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+			if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
 				continue
 			}
 			for _, e := range es.Endpoints {
 				if (e.Conditions.Ready != nil && !*e.Conditions.Ready) || len(e.Addresses) == 0 {
 					continue
 				}
-				addrs = append(addrs, net.JoinHostPort(e.Addresses[0], strconv.Itoa(int(*p.Port))))
+				a, err := netip.ParseAddr(e.Addresses[0])
+				if err != nil {
+					continue
+				}
+				if a = a.Unmap(); resolver.RefuseHostAddr(a) != "" {
+					refused++
+					continue
+				}
+				targets = append(targets, netip.AddrPortFrom(a, uint16(*p.Port)))
 			}
 		}
 	}
-	if len(addrs) == 0 {
-		return false, "no ready TCP endpoint to probe"
-	}
-	var last error
-	for _, a := range addrs[:min(len(addrs), 3)] {
-		d := net.Dialer{Timeout: timeout}
-		c, err := d.DialContext(ctx, "tcp", a)
-		if err == nil {
-			c.Close()
-			return true, "dialled " + a
-		}
-		last = err
-	}
-	return false, last.Error()
+	return targets, refused
 }
 
 // Topology reads this node's zone from its Node object. A node that cannot

@@ -87,6 +87,9 @@ type Config struct {
 	HealthAddr  string // /healthz, /livez, /readyz and /statusz; "" disables
 	MetricsAddr string // /metrics; "" disables
 	Profiling   bool   // /debug/pprof/ on MetricsAddr
+	// StatusAllowRemote serves /statusz to every client of HealthAddr;
+	// without it, to clients on this host only (see localClient).
+	StatusAllowRemote bool
 
 	DNS DNSConfig
 

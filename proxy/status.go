@@ -3,10 +3,14 @@ package proxy
 import (
 	"cmp"
 	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"weak"
 
 	"github.com/kubetun/kubetun/resolver"
 )
@@ -63,7 +67,11 @@ type PortStatus struct {
 }
 
 // Status returns what p serves now.
-func (p *Proxy) Status() Status {
+func (p *Proxy) Status() Status { return p.status(nil) }
+
+// status is Status, with the Services of the current snapshot from c when
+// it holds them (nil: none).
+func (p *Proxy) status(c *statusCache) Status {
 	p.mu.Lock()
 	cidrs := slices.Clone(p.cidrs)
 	ready, dns, fc := p.synced, p.dnsStatus, p.flows
@@ -89,24 +97,63 @@ func (p *Proxy) Status() Status {
 			flows = map[string]int{} // counted, and none now
 		}
 	}
-	st.Services = services(p.table.Load(), flows)
+	st.Services = withFlows(c.services(p.table.Load()), flows)
 	return st
 }
 
+// statusCache holds the Services of one snapshot as status lists them:
+// building and sorting the list is most of what a request costs, and the
+// table changes far less often than a busy poller asks. The snapshot is
+// held by a weak pointer, so that the cache never keeps an old table alive.
+type statusCache struct {
+	last atomic.Pointer[statusEntry]
+}
+
+type statusEntry struct {
+	snap     weak.Pointer[resolver.Snapshot]
+	services []ServiceStatus // shared by every request: read only
+}
+
+// services returns the Services of snap, sorted, without ActiveFlows. A nil
+// c builds them afresh.
+func (c *statusCache) services(snap *resolver.Snapshot) []ServiceStatus {
+	if c == nil {
+		return services(snap)
+	}
+	key := weak.Make(snap)
+	if e := c.last.Load(); e != nil && e.snap == key {
+		return e.services
+	}
+	list := services(snap)
+	c.last.Store(&statusEntry{snap: key, services: list})
+	return list
+}
+
+// withFlows returns list with each Service's ActiveFlows from flows, by
+// "namespace/name"; list itself when flows is nil (not counted). list is
+// not modified: it may be the cache's.
+func withFlows(list []ServiceStatus, flows map[string]int) []ServiceStatus {
+	if flows == nil {
+		return list
+	}
+	out := slices.Clone(list)
+	n := make([]int, len(out))
+	for i := range out {
+		n[i] = flows[out[i].Namespace+"/"+out[i].Name]
+		out[i].ActiveFlows = &n[i]
+	}
+	return out
+}
+
 // services lists the Services of snap by namespace and name, their ports by
-// ClusterIP, port and protocol. flows, if not nil, are the active flows by
-// "namespace/name".
-func services(snap *resolver.Snapshot, flows map[string]int) []ServiceStatus {
+// ClusterIP, port and protocol.
+func services(snap *resolver.Snapshot) []ServiceStatus {
 	byName := map[string]*ServiceStatus{}
 	for _, sp := range snap.Ports() {
 		s := byName[sp.Service]
 		if s == nil {
 			ns, name, _ := strings.Cut(sp.Service, "/")
 			s = &ServiceStatus{Namespace: ns, Name: name}
-			if flows != nil {
-				n := flows[sp.Service]
-				s.ActiveFlows = &n
-			}
 			byName[sp.Service] = s
 		}
 		ip := sp.ClusterIP.String()
@@ -137,10 +184,19 @@ func services(snap *resolver.Snapshot, flows map[string]int) []ServiceStatus {
 	return out
 }
 
-// statusHandler serves Status as JSON. It is read-only and local (the health
-// address is loopback by default), as kube-proxy's /healthz.
+// statusHandler serves Status as JSON. It lists every Service and endpoint,
+// so it answers clients on this host only (localClient), unless
+// Config.StatusAllowRemote: the health address it shares may be open to the
+// node's network, as the DaemonSet's is for kube-proxy's /healthz.
 func (p *Proxy) statusHandler() http.Handler {
+	var cache statusCache
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !p.cfg.StatusAllowRemote {
+			if why := localClient(r); why != "" {
+				http.Error(w, why, http.StatusForbidden)
+				return
+			}
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
@@ -150,6 +206,37 @@ func (p *Proxy) statusHandler() http.Handler {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(p.Status())
+		enc.Encode(p.status(&cache))
 	})
+}
+
+// localClient returns why r may not read /statusz without
+// StatusAllowRemote, or "" if it may. The client must be on this host: it
+// comes from a loopback address, or from the very address it connected to
+// (a health address on a node address, asked from the node). And the
+// request must name an IP address or localhost as its Host: a web page
+// whose name an attacker rebinds to 127.0.0.1 is a loopback client too, but
+// its requests carry that name.
+func localClient(r *http.Request) string {
+	remote, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return fmt.Sprintf("%s: client address %q unknown", StatusPath, r.RemoteAddr)
+	}
+	ip := remote.Addr().Unmap()
+	onHost := ip.IsLoopback()
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); ok && !onHost {
+		onHost = la.AddrPort().Addr().Unmap() == ip
+	}
+	if !onHost {
+		return fmt.Sprintf("%s lists every Service and endpoint: it answers clients on this host only, not %s; ask from the host (kubetun status), or start kubetun with --statusz-allow-remote", StatusPath, ip)
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if _, err := netip.ParseAddr(host); err != nil && !strings.EqualFold(host, "localhost") {
+		return fmt.Sprintf("%s answers requests for an IP address or localhost, not for Host %q: a web page could have that name point at this host", StatusPath, r.Host)
+	}
+	return ""
 }

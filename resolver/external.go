@@ -149,6 +149,13 @@ func refuseAddr(a netip.Addr) string {
 	return ""
 }
 
+// RefuseHostAddr names why kubetun never dials a, whatever its table holds:
+// a loopback, link-local, unspecified or multicast address (CVE-2020-8558);
+// "" if it may. It is the part of the target policy Build applies to every
+// endpoint that needs no table, for dials made outside one (kubetun
+// connect's probe of EndpointSlice addresses). a must be unmapped.
+func RefuseHostAddr(a netip.Addr) string { return refuseAddr(a) }
+
 // LookupNodePort returns the Service port behind node port port, reached on
 // the node address local: local's family chooses the endpoints.
 func (s *Snapshot) LookupNodePort(proto Protocol, local netip.Addr, port uint16) (*ServicePort, bool) {

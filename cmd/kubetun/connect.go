@@ -68,6 +68,7 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 			DialTimeout:        cfg.dialTimeout,
 			DataPath:           cfg.dataPath,
 			HealthAddr:         cfg.healthAddr,
+			StatusAllowRemote:  cfg.statusRemote,
 			MetricsAddr:        cfg.metricsAddr,
 			DNS: proxy.DNSConfig{
 				Off:       cfg.dnsOff,

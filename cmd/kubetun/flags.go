@@ -32,6 +32,7 @@ type runConfig struct {
 	dialTimeout  time.Duration
 	drainTimeout time.Duration // how long SIGTERM lets open connections finish
 	healthAddr   string        // "" disables
+	statusRemote bool          // /statusz answers clients on other hosts too
 	metricsAddr  string        // "" disables
 	profiling    bool          // /debug/pprof/ on metricsAddr
 	logLevel     slog.Level
@@ -76,6 +77,7 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 	fs.StringVar(&cfg.nodeName, "node-name", defaultNodeName(), "this node's `NAME`, for internalTrafficPolicy: Local and topology hints")
 	fs.StringVar(&cfg.proxyName, "service-proxy-name", "", "serve only the Services labelled service.kubernetes.io/service-proxy-name=`NAME`, the ones kube-proxy leaves alone (to run beside kube-proxy while migrating); default: the unlabelled ones, as kube-proxy")
 	fs.StringVar(&cfg.healthAddr, "health-addr", defaultHealthAddr, "`ADDR` serving /healthz, /livez, /readyz and /statusz (\"\" to disable)")
+	fs.BoolVar(&cfg.statusRemote, "statusz-allow-remote", false, "serve /statusz, which lists every Service and endpoint, to clients on other hosts too; without it, only to clients on this host ('kubetun status'), while /healthz, /livez and /readyz answer everyone who reaches --health-addr")
 	fs.StringVar(&cfg.metricsAddr, "metrics-addr", defaultMetricsAddr, "`ADDR` serving Prometheus /metrics (\"\" to disable)")
 	fs.BoolVar(&cfg.profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on --metrics-addr, as kube-proxy's --profiling does")
 	fs.StringVar(&cfg.tun, "tun", "kubetun0", "`NAME` of the TUN device to create")

@@ -92,6 +92,7 @@ func TestParseRunFlags(t *testing.T) {
 		{name: "--mtu at its maximum", args: with("--mtu", "65535"), want: withCfg(func(c *runConfig) { c.mtu = 65535 })},
 		{name: "--log-level in capitals", args: with("--log-level", "WARN"), want: withCfg(func(c *runConfig) { c.logLevel = slog.LevelWarn })},
 		{name: "--profiling", args: with("--profiling"), want: withCfg(func(c *runConfig) { c.profiling = true })},
+		{name: "--statusz-allow-remote", args: with("--statusz-allow-remote"), want: withCfg(func(c *runConfig) { c.statusRemote = true })},
 		{name: "--tun of 15 characters", args: with("--tun", "kubetun-0123456"), want: withCfg(func(c *runConfig) { c.tun = "kubetun-0123456" })},
 
 		{name: "a host address, not a network", args: []string{"--service-cidr", "10.3.241.152/20", "--manifests", "m"}, err: "did you mean 10.3.240.0/20"},
@@ -157,7 +158,7 @@ func TestParseRunFlags(t *testing.T) {
 			if !slices.Equal(got.serviceCIDRs, tt.want.serviceCIDRs) || got.manifests != tt.want.manifests ||
 				got.tun != tt.want.tun || got.mtu != tt.want.mtu || got.dialTimeout != tt.want.dialTimeout ||
 				got.drainTimeout != tt.want.drainTimeout ||
-				got.logLevel != tt.want.logLevel || got.profiling != tt.want.profiling {
+				got.logLevel != tt.want.logLevel || got.profiling != tt.want.profiling || got.statusRemote != tt.want.statusRemote {
 				t.Errorf("parseRunFlags(%q) = %+v, want %+v", tt.args, got, tt.want)
 			}
 		})

@@ -28,6 +28,7 @@ func runCommand(ctx context.Context, cfg runConfig, stderr io.Writer) error {
 		DialTimeout:        cfg.dialTimeout,
 		DataPath:           cfg.dataPath,
 		HealthAddr:         cfg.healthAddr,
+		StatusAllowRemote:  cfg.statusRemote,
 		MetricsAddr:        cfg.metricsAddr,
 		Profiling:          cfg.profiling,
 		External: &proxy.ExternalConfig{

@@ -79,6 +79,12 @@ func fetchStatus(ctx context.Context, addr string) (proxy.Status, error) {
 		return st, fmt.Errorf("no kubetun running at %s (%v); start one with 'kubetun run', or give --addr, its --health-addr", addr, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusForbidden {
+		// A kubetun answering a client it takes for another host's says
+		// why, and what to do, in its body.
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return st, fmt.Errorf("%s refused GET %s: %s", addr, proxy.StatusPath, strings.TrimSpace(string(msg)))
+	}
 	if resp.StatusCode != http.StatusOK {
 		return st, fmt.Errorf("%s answered GET %s with %s: not kubetun, or a kubetun without status", addr, proxy.StatusPath, resp.Status)
 	}

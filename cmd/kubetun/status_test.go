@@ -58,6 +58,10 @@ func TestStatusCommand(t *testing.T) {
 	ln.Close()
 	notKubetun := httptest.NewServer(http.NotFoundHandler())
 	defer notKubetun.Close()
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "/statusz lists every Service and endpoint: it answers clients on this host only", http.StatusForbidden)
+	}))
+	defer refusing.Close()
 
 	tests := []struct {
 		name   string
@@ -88,6 +92,8 @@ func TestStatusCommand(t *testing.T) {
 		{name: "an argument", args: []string{"status", "extra"}, code: 2, stderr: `kubetun status: unexpected argument "extra"`},
 		{name: "no kubetun running", args: []string{"status", "--addr", dead}, code: 1,
 			stderr: "kubetun status: no kubetun running at " + dead + " (dial tcp " + dead + ": connect: connection refused); start one with 'kubetun run', or give --addr"},
+		{name: "refused", args: []string{"status", "--addr", strings.TrimPrefix(refusing.URL, "http://")}, code: 1,
+			stderr: "kubetun status: " + strings.TrimPrefix(refusing.URL, "http://") + " refused GET /statusz: /statusz lists every Service and endpoint: it answers clients on this host only\n"},
 		{name: "not kubetun", args: []string{"status", "--addr", strings.TrimPrefix(notKubetun.URL, "http://")}, code: 1, stderr: "answered GET /statusz with 404 Not Found"},
 	}
 	for _, tt := range tests {

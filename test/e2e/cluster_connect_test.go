@@ -394,6 +394,39 @@ func TestClusterConnectDirect(t *testing.T) {
 	}
 	t.Logf("20 × curl http://service-test/: %v", byName)
 	checkSplit(t, byName, 20, 0.1, 0.9, "cd-1", "cd-2")
+
+	t.Run("an existing TUN refused", func(t *testing.T) {
+		// kt-keep is a persistent TUN nothing is attached to, as a node's
+		// kubetun run --persist leaves it between two runs; testbed.TUN is
+		// the running connect's. connect must refuse both, naming them,
+		// and leave them as they are.
+		const keep = "kt-keep"
+		_, err := ct.tb.Run(t.Context(), lap.Namespace, "ip", "tuntap", "add", "dev", keep, "mode", "tun")
+		must(t, err)
+		t.Cleanup(func() { ct.tb.Run(context.Background(), lap.Namespace, "ip", "link", "del", keep) })
+		for _, tun := range []string{keep, testbed.TUN} {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			began := time.Now()
+			out, err := ct.tb.Run(ctx, lap.Namespace, append(connectArgs(kubeconfig, "--host-dns=false"), "--tun", tun, "--health-addr", "")...)
+			cancel()
+			var re *testbed.RunError
+			if !errors.As(err, &re) {
+				t.Fatalf("kubetun connect --tun %s = %v, %q; want it refused", tun, err, out)
+			}
+			for _, want := range []string{"TUN " + tun + " exists already", "--tun NAME"} {
+				if !strings.Contains(re.Stderr, want) {
+					t.Errorf("kubetun connect --tun %s said %q, want it to contain %q", tun, re.Stderr, want)
+				}
+			}
+			t.Logf("kubetun connect --tun %s refused in %v: %s", tun, time.Since(began).Round(time.Millisecond), strings.TrimSpace(re.Stderr))
+			if _, err := ct.tb.Run(t.Context(), lap.Namespace, "ip", "link", "show", tun); err != nil {
+				t.Errorf("%s is gone after connect refused it: %v", tun, err)
+			}
+		}
+		if pod, err := ct.curlHello(lap.Namespace, "http://service-test/"); err != nil {
+			t.Errorf("the running connect, after the refused ones: curl http://service-test/ = %q, %v", pod, err)
+		}
+	})
 }
 
 // hostPort joins ip and port into an address for a dial.
