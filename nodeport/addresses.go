@@ -68,22 +68,31 @@ func (a Addresses) Resolve(primary []netip.Addr) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing the node's addresses: %w", err)
 	}
-	var have []netip.Addr
+	var host []netip.Addr
 	for _, ia := range ifAddrs {
 		n, ok := ia.(*net.IPNet)
 		if !ok {
 			continue
 		}
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok {
-			continue
+		if ip, ok := netip.AddrFromSlice(n.IP); ok {
+			host = append(host, ip.Unmap())
 		}
-		ip = ip.Unmap()
+	}
+	return a.ResolveFrom(primary, host), nil
+}
+
+// ResolveFrom is Resolve with the host's addresses given (AddressWatch's).
+func (a Addresses) ResolveFrom(primary, host []netip.Addr) []netip.Addr {
+	if a.Primary() {
+		return usable(primary)
+	}
+	var have []netip.Addr
+	for _, ip := range host {
 		if slices.ContainsFunc(a.cidrs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
 			have = append(have, ip)
 		}
 	}
-	return usable(have), nil
+	return usable(have)
 }
 
 // usable drops loopback, link-local and unspecified addresses and

@@ -95,6 +95,7 @@ type Listeners struct {
 	// Reconcile opens and closes nothing any more.
 	stopped bool
 	conns   map[*net.TCPConn]struct{} // TCP legs being spliced, to close them on Close
+	last    reconciled                // what the last Reconcile served
 }
 
 // socket is one open socket: Close stops it (but not the connections it
@@ -184,6 +185,13 @@ func (l *Listeners) Reconcile(snap *resolver.Snapshot, addrs []netip.Addr) []res
 	if l.closed || l.stopped {
 		return nil
 	}
+	// Most table updates change no node port: then there is nothing to
+	// open or close, unless a port could not be opened last time (tried
+	// again on every update).
+	if l.last.valid && !l.last.problems && slices.Equal(l.last.nodePorts, snap.NodePorts()) &&
+		slices.Equal(l.last.checks, snap.HealthChecks()) && slices.Equal(l.last.addrs, addrs) {
+		return nil
+	}
 	for k, s := range l.open {
 		if _, ok := want[k]; !ok {
 			s.Close()
@@ -218,7 +226,20 @@ func (l *Listeners) Reconcile(snap *resolver.Snapshot, addrs []netip.Addr) []res
 		l.open[k] = s
 		l.log.Info("listening", "socket", k.String(), "service", want[k])
 	}
+	l.last = reconciled{valid: true, problems: len(problems) > 0, nodePorts: snap.NodePorts(),
+		checks: snap.HealthChecks(), addrs: slices.Clone(addrs)}
 	return problems
+}
+
+// reconciled is what the last Reconcile served, to skip the next one when
+// nothing of it changed. (A Service's change of IP families that keeps its
+// node ports is noticed with the next change of node ports or addresses.)
+type reconciled struct {
+	valid     bool
+	problems  bool
+	nodePorts []resolver.NodePort
+	checks    []resolver.HealthCheck
+	addrs     []netip.Addr
 }
 
 // listen opens the socket for k, or takes the one a predecessor passed.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/kubetun/kubetun/netstack"
+	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
 )
@@ -20,6 +21,9 @@ func hostEnv() env {
 		newDNS:        newDNS,
 		hostUpstreams: hostUpstreams,
 		listen:        net.Listen,
+		watchAddrs: func(onChange func()) (addressWatch, error) {
+			return nodeport.WatchAddresses(onChange)
+		},
 	}
 }
 
@@ -73,6 +77,16 @@ func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Datapla
 // CheckOverlap implements Routes; the TUN's own routes do not count.
 func (d dataplane) CheckOverlap(cidrs []netip.Prefix) error {
 	return tunnel.CheckOverlap(cidrs, d.Index())
+}
+
+// OverlapChecker implements routeSnapshotter: CheckOverlap against one dump
+// of the host's routes.
+func (d dataplane) OverlapChecker() (func([]netip.Prefix) error, error) {
+	t, err := tunnel.ListRoutes()
+	if err != nil {
+		return nil, err
+	}
+	return func(cidrs []netip.Prefix) error { return t.CheckOverlap(cidrs, d.Index()) }, nil
 }
 
 // Err implements Dataplane: why the TUN is gone.

@@ -240,6 +240,16 @@ type env struct {
 	hostUpstreams func() ([]string, error)
 	// listen opens the health and metrics listeners.
 	listen func(network, addr string) (net.Listener, error)
+	// watchAddrs follows the host's addresses (nodeport.WatchAddresses),
+	// calling onChange after each change; nil: they are listed on every
+	// table update instead.
+	watchAddrs func(onChange func()) (addressWatch, error)
+}
+
+// addressWatch is the host's addresses as a watch keeps them.
+type addressWatch interface {
+	Addrs() []netip.Addr
+	Close()
 }
 
 // Proxy serves what a Source says through a TUN.
@@ -257,6 +267,7 @@ type Proxy struct {
 	closers []func()   // what start and startDNS opened, closed in reverse by stop
 
 	nodePorts *nodeport.Listeners // with Config.External, once started
+	addrs     addressWatch        // the host's addresses, for --nodeport-addresses CIDRs; nil: listed per update
 
 	// Owned by the goroutine running the Source's callbacks.
 	problems  map[string]bool // reported by the last Build
@@ -462,6 +473,15 @@ func (p *Proxy) start() (stop func(), err error) {
 			MaxSetups: lim.MaxSetups, MaxFlows: lim.MaxTCPFlows, UserTimeout: lim.TCPUserTimeout, HalfClosedTimeout: lim.HalfClosedTimeout,
 			MaxUDPSessions: lim.MaxUDPSessions, MaxUDPSessionsPerSource: lim.MaxUDPSessionsPerSource})
 		p.closers = append(p.closers, p.nodePorts.Close)
+		if !p.cfg.External.NodePortAddresses.Primary() && p.env.watchAddrs != nil {
+			w, err := p.env.watchAddrs(p.nodeAddressesChanged)
+			if err != nil {
+				p.log.Warn("the node's addresses are listed on every table update instead", "err", err)
+			} else {
+				p.addrs = w
+				p.closers = append(p.closers, w.Close)
+			}
+		}
 	}
 	return stop, nil
 }
@@ -547,7 +567,7 @@ func (p *Proxy) apply(st State) {
 	opts := []resolver.Option{resolver.Routed(p.routedPrefixes(cidrs)...), resolver.ServiceCIDRs(cidrs...),
 		resolver.MaxAffinityClients(p.cfg.MaxAffinityClients)}
 	if ext := p.cfg.External; ext != nil {
-		opts = append(opts, resolver.ExternalIPRanges(ext.ExternalIPRanges...), resolver.RefuseExternal(p.refuseExternal))
+		opts = append(opts, resolver.ExternalIPRanges(ext.ExternalIPRanges...), resolver.RefuseExternal(p.refuseExternalFunc()))
 	}
 	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology, opts...)
 	for _, w := range st.Warnings {

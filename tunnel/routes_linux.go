@@ -20,11 +20,30 @@ import (
 // (pods, a VPN, a LAN); routing them into the TUN would break that, or loop
 // kubetun's own dials back into itself.
 func CheckOverlap(cidrs []netip.Prefix, own int) error {
+	t, err := ListRoutes()
+	if err != nil {
+		return err
+	}
+	return t.CheckOverlap(cidrs, own)
+}
+
+// RouteTable is the host's routes as ListRoutes found them: one dump of
+// every table, for many checks (the external IPs of one table update).
+type RouteTable struct{ routes []netlink.Route }
+
+// ListRoutes dumps the host's routes, every table.
+func ListRoutes() (*RouteTable, error) {
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
 		&netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return fmt.Errorf("listing routes: %w", err)
+		return nil, fmt.Errorf("listing routes: %w", err)
 	}
+	return &RouteTable{routes}, nil
+}
+
+// CheckOverlap is the package's CheckOverlap against t's routes.
+func (t *RouteTable) CheckOverlap(cidrs []netip.Prefix, own int) error {
+	routes := t.routes
 	for _, cidr := range cidrs {
 		for _, r := range routes {
 			if r.Dst == nil || (own != 0 && r.LinkIndex == own) || isFallback(r) {

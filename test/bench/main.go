@@ -80,7 +80,7 @@
 //	      [--short] [--json FILE] [--kube-proxy iptables,nftables]
 //	      [--rr-time 3s] [--rounds 3] [--rr-count 20000] [--rr-requests 200000]
 //	      [--connect-count 2000] [--idle-conns 10000] [--laptop-conns 1000] [--laptop-mib 512]
-//	      [--build-services 1000,30000] [--kubetun-services 1000,30000]
+//	      [--build-services 1000,30000] [--kubetun-services 1000,30000] [--external-services 10000]
 package main
 
 import (
@@ -147,6 +147,9 @@ type config struct {
 	laptopMiB    int   // download per path in the laptop case
 	buildSizes   []int // Services in the in-process table cases
 	kubetunSizes []int // Services in the kubetun table cases
+	// externalSizes are the Services of the table group's node port case
+	// (externalNodePorts NodePort, externalLBs LoadBalancer).
+	externalSizes []int
 	apiSizes     []int // Services in the API case, ascending
 	apiChanges   int   // endpoint changes timed per API case size
 }
@@ -181,6 +184,7 @@ func main() {
 	flag.IntVar(&cfg.laptopMiB, "laptop-mib", 512, "MiB per path in the laptop case's download (--short: 128)")
 	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Build's cost")
 	kubetunSizes := flag.String("kubetun-services", "1000,30000", "comma-separated numbers of generated Services kubetun is restarted with (--short: 1000)")
+	externalSizes := flag.String("external-services", "10000", "comma-separated numbers of generated Services kubetun is restarted with in the table group's node port case: the first "+strconv.Itoa(externalNodePorts)+" of type NodePort, "+strconv.Itoa(externalLBs)+" of them LoadBalancer with an ingress IP each (--short: 1000)")
 	apiSizes := flag.String("api-services", "1000,10000", "ascending comma-separated numbers of Services created through kube-apiserver in the api case; creating them takes about a minute per 10 000 (--short: 1000)")
 	flag.IntVar(&cfg.apiChanges, "api-changes", 40, "endpoint changes timed per size in the api case (--short: 20)")
 	flag.Parse()
@@ -189,6 +193,9 @@ func main() {
 		cfg.shorten()
 		if !flagGiven("kubetun-services") {
 			*kubetunSizes = "1000"
+		}
+		if !flagGiven("external-services") {
+			*externalSizes = "1000"
 		}
 		if !flagGiven("api-services") {
 			*apiSizes = "1000"
@@ -203,6 +210,9 @@ func main() {
 	}
 	if err == nil {
 		cfg.kubetunSizes, err = parseSizes("--kubetun-services", *kubetunSizes)
+	}
+	if err == nil {
+		cfg.externalSizes, err = parseSizes("--external-services", *externalSizes)
 	}
 	if err == nil {
 		cfg.apiSizes, err = parseAPISizes(*apiSizes)
@@ -285,7 +295,7 @@ func (c *config) check() error {
 	case c.laptopMiB < 1 || c.laptopMiB > 1024:
 		return fmt.Errorf("--laptop-mib %d: want 1 to 1024 (podserver sends 1 GiB at most)", c.laptopMiB)
 	}
-	for _, n := range slices.Concat(c.buildSizes, c.kubetunSizes, c.apiSizes) {
+	for _, n := range slices.Concat(c.buildSizes, c.kubetunSizes, c.apiSizes, c.externalSizes) {
 		if n < 1 || n > 60000 {
 			return fmt.Errorf("%d Services: want 1 to 60000", n)
 		}

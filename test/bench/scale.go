@@ -180,7 +180,7 @@ func (b *bench) measureTable(ctx context.Context) error {
 			return err
 		}
 	}
-	if len(b.cfg.kubetunSizes) == 0 {
+	if len(b.cfg.kubetunSizes) == 0 && len(b.cfg.externalSizes) == 0 {
 		return nil
 	}
 	// The baseline: a fresh kubetun with the bench's Service alone, as the
@@ -194,11 +194,36 @@ func (b *bench) measureTable(ctx context.Context) error {
 		return fmt.Errorf("kubetun's memory before the table cases: %w", err)
 	}
 	for _, n := range b.cfg.kubetunSizes {
-		if err := b.kubetunScale(ctx, n, base); err != nil {
+		if err := b.kubetunScale(ctx, n, base, false); err != nil {
+			return err
+		}
+	}
+	for _, n := range b.cfg.externalSizes {
+		if err := b.kubetunScale(ctx, n, base, true); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// The table group's node port case: of its generated Services, the first
+// externalNodePorts are of type NodePort (node ports from
+// externalNodePortBase on), the first externalLBs of those LoadBalancer
+// with an ingress IP each from externalLBRange, routed into kubetun.
+const (
+	externalNodePorts    = 2000
+	externalLBs          = 1000
+	externalNodePortBase = 30300
+)
+
+// externalLBRange holds the generated load-balancer IPs: the benchmarking
+// range (RFC 2544), no real network's.
+var externalLBRange = netip.MustParsePrefix("198.18.0.0/16")
+
+func externalLBIP(i int) netip.Addr {
+	a := externalLBRange.Addr().As4()
+	a[2], a[3] = byte(i>>8), byte(i)
+	return netip.AddrFrom4(a)
 }
 
 // genObjects makes n Services, each with one port and a slice of eps
@@ -309,9 +334,17 @@ func selfRSS() string {
 // Service, n generated Services (endpoints pod1 and pod2) and a probe
 // Service without endpoints, and measures its memory, first connections,
 // and how long one endpoint change (the probe's) takes to be served.
-func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
+//
+// With external, some of them are of type NodePort and LoadBalancer
+// (externalNodePorts, externalLBs), and kubetun listens on the node ports
+// and routes the load-balancer IPs.
+func (b *bench) kubetunScale(ctx context.Context, n int, base memSample, external bool) error {
 	label := fmt.Sprintf("%d Services", n)
 	dir := filepath.Join(b.tmp, "services-"+strconv.Itoa(n))
+	if external {
+		label = fmt.Sprintf("%d Services, %d NodePort, %d LoadBalancer IPs", n, min(n, externalNodePorts), min(n, externalLBs))
+		dir += "-external"
+	}
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
@@ -325,6 +358,14 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	svcs := make([]testbed.Service, n)
 	for i := range svcs {
 		svcs[i] = testbed.Service{Name: fmt.Sprintf("svc-%05d", i), Namespace: "bench", ClusterIPs: []netip.Addr{scaleIP(i)}, Ports: rr, Endpoints: pods}
+		if external && i < externalNodePorts {
+			svcs[i].Type = "NodePort"
+			svcs[i].Ports = []testbed.ServicePort{{Name: "rr", Port: rrPort, TargetPort: strconv.Itoa(rrPort), EndpointPort: rrPort, NodePort: externalNodePortBase + i}}
+			if i < externalLBs {
+				svcs[i].Type = "LoadBalancer"
+				svcs[i].LoadBalancerIPs = []netip.Addr{externalLBIP(i)}
+			}
+		}
 	}
 	// In files of servicesPerFile Services: the manifest source refuses
 	// files over manifest.MaxFileSize.
@@ -343,7 +384,11 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample) error {
 	if err := b.kt.Stop(5 * time.Second); err != nil {
 		return fmt.Errorf("stopping kubetun: %w", err)
 	}
-	argv := append([]string{b.cfg.kubetun}, testbed.KubetunArgs(dir, append(slices.Clone(b.cfg.ktFlags), "--profiling", "--service-cidr", scaleCIDR.String())...)...)
+	flags := append(slices.Clone(b.cfg.ktFlags), "--profiling", "--service-cidr", scaleCIDR.String())
+	if external {
+		flags = append(flags, "--nodeport-addresses", b.seed.Client.Gateway.String()+"/32")
+	}
+	argv := append([]string{b.cfg.kubetun}, testbed.KubetunArgs(dir, flags...)...)
 	began := time.Now()
 	kt, err := b.tb.Start(b.tb.Node, "kubetun-"+strconv.Itoa(n), argv...)
 	if err != nil {
