@@ -77,7 +77,8 @@ type Listeners struct {
 	redirect func(netip.AddrPort) netip.AddrPort
 
 	// dialing holds a slot for each TCP connection accepted and being
-	// dialled (Config.MaxSetups): a listener takes one before it accepts.
+	// dialled (Config.MaxSetups): a listener waits for one after each
+	// Accept.
 	dialing chan struct{}
 
 	// udpSessions counts the UDP sessions over all node ports, per client
@@ -256,7 +257,7 @@ func (l *Listeners) listen(k listenKey, hc resolver.HealthCheck) (socket, error)
 		if err != nil {
 			return nil, err
 		}
-		t := &tcpListener{l: l, ln: ln, local: k.addr, done: make(chan struct{})}
+		t := &tcpListener{l: l, ln: ln, local: k.addr, stop: make(chan struct{}), done: make(chan struct{})}
 		l.wg.Add(1)
 		go t.serve()
 		return t, nil

@@ -24,35 +24,32 @@ type tcpListener struct {
 	l     *Listeners
 	ln    *net.TCPListener
 	local netip.AddrPort
-	done  chan struct{}
+	stop  chan struct{} // closed by Close: serve waits for nothing more
+	done  chan struct{} // closed when serve has returned
 }
 
 func (t *tcpListener) sock() syscall.Conn { return t.ln }
 
 func (t *tcpListener) Close() {
+	close(t.stop)
 	t.ln.Close()
 	<-t.done
 }
 
-// serve accepts until the socket is closed. It takes a setup slot before
-// each Accept (Config.MaxSetups): while they are all taken it accepts
-// nothing, and the kernel's accept queue, then SYN retransmissions, hold
-// the next clients. An Accept error other than the socket's close (EMFILE,
-// ENFILE, ENOBUFS) is retried after a wait that grows while it persists,
-// and said once per run of them.
+// serve accepts until the socket is closed. Each connection accepted
+// takes a setup slot (Config.MaxSetups) until its dial is done; while they
+// are all taken, serve waits for one before it accepts again, and the
+// kernel's accept queue, then SYN retransmissions, hold the next clients.
+// An Accept error other than the socket's close (EMFILE, ENFILE, ENOBUFS)
+// is retried after a wait that grows while it persists, and said once per
+// run of them.
 func (t *tcpListener) serve() {
 	defer t.l.wg.Done()
 	defer close(t.done)
 	var retry backoff.Retry
 	for {
-		select {
-		case t.l.dialing <- struct{}{}:
-		case <-t.l.ctx.Done():
-			return
-		}
 		c, err := t.ln.AcceptTCP()
 		if err != nil {
-			<-t.l.dialing
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -61,13 +58,19 @@ func (t *tcpListener) serve() {
 			}
 			select {
 			case <-time.After(retry.Failed()):
-			case <-t.l.ctx.Done():
+			case <-t.stop:
 				return
 			}
 			continue
 		}
 		if n, took := retry.Succeeded(); n > 0 {
 			t.l.log.Info("accepting node port connections works again", "addr", t.local, "errors", n, "after", took.Round(time.Millisecond))
+		}
+		select {
+		case t.l.dialing <- struct{}{}:
+		case <-t.stop:
+			reset(c)
+			return
 		}
 		t.l.wg.Add(1)
 		t.l.tcpActive.Add(1)

@@ -51,10 +51,10 @@ func (p *Proxy) refuseExternalFunc() func(netip.Addr) string {
 // applyExternal routes snap's external addresses into the TUN, next to the
 // service CIDRs, and opens and closes node ports and health check node
 // ports to match snap. It returns what cannot be served, for
-// reportProblems.
-func (p *Proxy) applyExternal(snap *resolver.Snapshot) []resolver.Problem {
+// reportProblems, and whether the external addresses routed changed.
+func (p *Proxy) applyExternal(snap *resolver.Snapshot) ([]resolver.Problem, bool) {
 	if p.cfg.External == nil || p.dp == nil || p.nodePorts == nil {
-		return nil
+		return nil, false
 	}
 	var problems []resolver.Problem
 	var ext []netip.Prefix
@@ -81,7 +81,7 @@ func (p *Proxy) applyExternal(snap *resolver.Snapshot) []resolver.Problem {
 		problems = append(problems, resolver.Problem{Object: "node ports",
 			Reason: fmt.Sprintf("no node address matches --nodeport-addresses %s; node ports are not served", p.cfg.External.NodePortAddresses)})
 	}
-	return append(problems, p.nodePorts.Reconcile(snap, addrs)...)
+	return append(problems, p.nodePorts.Reconcile(snap, addrs)...), changed
 }
 
 // nodeAddresses are the node's addresses node ports listen on now.

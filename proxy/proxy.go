@@ -558,6 +558,37 @@ func (p *Proxy) ApplyCIDRs(cidrs []netip.Prefix) {
 // apply builds and publishes a new service table.
 func (p *Proxy) apply(st State) {
 	start := time.Now()
+	before := p.table.Load()
+	snap, problems := p.build(st)
+	p.table.Store(snap)
+	extProblems, extChanged := p.applyExternal(snap)
+	if extChanged {
+		// The external addresses are routed now, and the table refuses
+		// endpoints inside what is routed: build it again for them at
+		// once (a change of what is routed rebuilds the whole table), so
+		// that the next change, most often an endpoint's, costs only
+		// itself.
+		snap, problems = p.build(st)
+		p.table.Store(snap)
+		extProblems, _ = p.applyExternal(snap)
+	}
+	problems = append(problems, extProblems...)
+	p.reportProblems(problems)
+	p.routePods(snap)
+	p.warnDNSShadow(before, snap)
+	if p.dp != nil {
+		p.dp.EndStaleSessions()
+	}
+	p.tracker.Synced(start, snap.Services(), snap.Endpoints(), st.Slices)
+	p.mu.Lock()
+	p.synced = true
+	p.mu.Unlock()
+	p.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
+		"took", time.Since(start).Round(time.Microsecond))
+}
+
+// build builds the service table of st for what is routed now.
+func (p *Proxy) build(st State) (*resolver.Snapshot, []resolver.Problem) {
 	cidrs := p.cfg.ServiceCIDRs
 	if len(cidrs) == 0 {
 		p.mu.Lock()
@@ -573,21 +604,7 @@ func (p *Proxy) apply(st State) {
 	for _, w := range st.Warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
-	before := p.table.Load()
-	p.table.Store(snap)
-	problems = append(problems, p.applyExternal(snap)...)
-	p.reportProblems(problems)
-	p.routePods(snap)
-	p.warnDNSShadow(before, snap)
-	if p.dp != nil {
-		p.dp.EndStaleSessions()
-	}
-	p.tracker.Synced(start, snap.Services(), snap.Endpoints(), st.Slices)
-	p.mu.Lock()
-	p.synced = true
-	p.mu.Unlock()
-	p.log.Info("service table updated", "services", snap.Services(), "endpoints", snap.Endpoints(),
-		"took", time.Since(start).Round(time.Microsecond))
+	return snap, problems
 }
 
 // reportProblems logs each problem once: when it first appears, not again
