@@ -150,8 +150,8 @@ type config struct {
 	// externalSizes are the Services of the table group's node port case
 	// (externalNodePorts NodePort, externalLBs LoadBalancer).
 	externalSizes []int
-	apiSizes     []int // Services in the API case, ascending
-	apiChanges   int   // endpoint changes timed per API case size
+	apiSizes      []int // Services in the API case, ascending
+	apiChanges    int   // endpoint changes timed per API case size
 }
 
 func main() {
