@@ -191,3 +191,48 @@ func request(fd int) error {
 	}
 	return nil
 }
+
+// TestSYNFloodNodePort floods a node port with SYNs from one source, as
+// TestSYNFlood does a ClusterIP, while another client connects: the
+// kernel's SYN queue (and its cookies) take the flood, kubetun's node port
+// listener sees no connection of it, and the other client's connects are
+// answered.
+func TestSYNFloodNodePort(t *testing.T) {
+	b := newTakeoverBed(t)
+	b.start(t, "kubetun")
+	client2, err := b.AddHost("client2", 4)
+	if err != nil {
+		t.Fatalf("AddHost: %v", err)
+	}
+	node := netip.MustParseAddr(b.node)
+	const floodFor = 5 * time.Second
+	flooder := netip.MustParseAddr("10.0.3.99")
+	floodDone := make(chan error, 1)
+	var sent atomic.Int64
+	go func() {
+		floodDone <- testbed.InNamespace(b.seed.Client.Namespace, func() error {
+			return synFlood(flooder, netip.AddrPortFrom(node, takeoverNodePortHTTP), floodFor, &sent)
+		})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	// client2 reaches the node port on the node's address of the
+	// flooder's link, through its own.
+	addr := netip.AddrPortFrom(node, takeoverNodePortHTTP).String()
+	var took []time.Duration
+	for i := range 100 {
+		_, d, connErr, err := servedRequest(client2.Namespace, addr, 5*time.Second)
+		if err := cmpErr(connErr, err, addr); err != nil {
+			t.Fatalf("connection %d of client2 during the flood: %v", i, err)
+		}
+		took = append(took, d)
+	}
+	if err := <-floodDone; err != nil {
+		t.Fatalf("flood: %v", err)
+	}
+	slices.Sort(took)
+	t.Logf("flood: %d SYNs in %v from %s to node port %d; client2: 100 requests, connect p50 %v p99 %v max %v",
+		sent.Load(), floodFor, flooder, takeoverNodePortHTTP, took[49], took[98], took[99])
+	if took[99] > 3*time.Second {
+		t.Errorf("client2's slowest connect took %v during the flood, want well under 3s", took[99])
+	}
+}
