@@ -21,19 +21,5 @@ func (s *Stack) StopAccepting() { s.refuseNew.Store(true) }
 // It reports whether they all ended.
 func (s *Stack) Drain(ctx context.Context) bool {
 	s.StopAccepting()
-	t := time.NewTicker(drainPoll)
-	defer t.Stop()
-	for {
-		s.mu.Lock()
-		left := len(s.flows) + s.setups.Total()
-		s.mu.Unlock()
-		if left == 0 {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-		}
-	}
+	return s.WaitIdle(ctx)
 }

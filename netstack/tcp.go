@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/sockopt"
 )
 
 // handleTCP is the TCP forwarder's handler, run by gVisor in a goroutine of
@@ -296,22 +297,9 @@ func (s *Stack) dialOne(ctx context.Context, ep resolver.Endpoint) (halfCloser, 
 		return nil, fmt.Errorf("dialing %s: the dialer returned a %T, which cannot half-close (no CloseWrite)", ep.Addr, c)
 	}
 	if tc, ok := c.(*net.TCPConn); ok && s.userTimeout > 0 {
-		setUserTimeout(tc, s.userTimeout)
+		sockopt.SetUserTimeout(tc, s.userTimeout)
 	}
 	return hc, nil
-}
-
-// setUserTimeout sets TCP_USER_TIMEOUT (RFC 5482, tcp(7)) on a pod socket:
-// data it sent that the pod has not acknowledged for d ends the connection,
-// where Linux would retransmit for about 15 minutes.
-func setUserTimeout(c *net.TCPConn, d time.Duration) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return
-	}
-	rc.Control(func(fd uintptr) {
-		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
-	})
 }
 
 func setKeepalive(ep tcpip.Endpoint) {

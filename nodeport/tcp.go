@@ -9,10 +9,9 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kubetun/kubetun/backoff"
 	"github.com/kubetun/kubetun/resolver"
+	"github.com/kubetun/kubetun/sockopt"
 )
 
 // defaultMaxSetups is Config.MaxSetups's default, netstack's: the TCP
@@ -116,8 +115,8 @@ func (t *tcpListener) forward(c *net.TCPConn) {
 	}
 	defer t.l.untrack(c, backend)
 	if ut := t.l.cfg.UserTimeout; ut > 0 {
-		setUserTimeout(c, ut)
-		setUserTimeout(backend, ut)
+		sockopt.SetUserTimeout(c, ut)
+		sockopt.SetUserTimeout(backend, ut)
 	}
 	t.l.log.Debug("forwarding", "service", sp, "client", client, "endpoint", ep)
 	splice(c, backend, t.l.cfg.HalfClosedTimeout)
@@ -169,18 +168,6 @@ func pipe(dst, src *net.TCPConn) bool {
 	}
 	dst.CloseWrite()
 	return true
-}
-
-// setUserTimeout sets TCP_USER_TIMEOUT (RFC 5482) on c: data it sent that
-// the peer has not acknowledged for d ends the connection.
-func setUserTimeout(c *net.TCPConn, d time.Duration) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return
-	}
-	rc.Control(func(fd uintptr) {
-		unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
-	})
 }
 
 // reset closes c with a RST rather than a FIN.
