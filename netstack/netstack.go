@@ -198,7 +198,8 @@ type Stack struct {
 	pods        Pods   // nil: no pod address passes (Config.Pods)
 	refuseUDP   string // Config.RefuseUDP
 
-	udpRefusedSaid sync.Map // Service name -> true: its UDP refusal was logged
+	udpRefusedSaid  sync.Map     // Service name -> true: its UDP refusal was logged
+	udpRefusedCount atomic.Int64 // its entries, bounded by maxUDPRefusedSaid
 
 	ctx    context.Context // cancelled by Close; bounds dials
 	cancel context.CancelFunc

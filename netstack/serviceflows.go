@@ -65,6 +65,18 @@ func (c *serviceFlows) snapshot() map[string]int {
 	return out
 }
 
+// prune takes the counters at zero out of the map, as snapshot does, so
+// that the Services which come and go do not pile up when nobody asks for
+// the counts.
+func (c *serviceFlows) prune() {
+	c.m.Range(func(k, v any) bool {
+		if n := v.(*atomic.Int64); n.CompareAndSwap(0, retired) {
+			c.m.CompareAndDelete(k, n)
+		}
+		return true
+	})
+}
+
 // ActiveFlowsByService returns, by Service ("namespace/name"), the TCP
 // connections being spliced and the UDP sessions open now; a Service with
 // none is left out, and the map is never nil. Connections to a pod's own

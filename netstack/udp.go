@@ -118,6 +118,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	}
 	if s.refuseUDP != "" {
 		if _, said := s.udpRefusedSaid.LoadOrStore(sp.Service, true); !said {
+			s.udpRefusedCount.Add(1)
 			s.log.Warn("UDP to this Service is refused (ICMP port unreachable): "+s.refuseUDP, "service", sp.Service, "dst", dst)
 		}
 		s.count.udpRefused.Add(1)
@@ -195,7 +196,18 @@ func (s *Stack) EndStaleSessions() {
 		s.log.Debug("UDP session's service is gone or has no endpoint; ended", "src", sess.src, "dst", sess.dst)
 		sess.close()
 	}
+	// What is kept per Service name goes with the Services.
+	s.byService.prune()
+	if s.udpRefusedCount.Load() > maxUDPRefusedSaid {
+		s.udpRefusedSaid.Clear()
+		s.udpRefusedCount.Store(0)
+	}
 }
+
+// maxUDPRefusedSaid bounds the Services whose UDP refusal was logged
+// (Config.RefuseUDP): past it the memory is forgotten on the next table
+// update, and each refusal is logged once more.
+const maxUDPRefusedSaid = 4096
 
 // run copies client datagrams to the pod until the session ends: idle too
 // long, its Service gone, or the Stack closing. It reads every datagram
