@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -17,20 +18,10 @@ import (
 // than inotify) sees every way a file can change: an editor's rename, a
 // ConfigMap volume's symlink swap, a file on a network filesystem. A poll
 // costs one stat per file; only a file whose size, modification time or
-// identity changed is read again, and only a file whose contents changed is
-// decoded again. Twice a second keeps a change well within the one second
-// kubetun promises.
+// identity changed is read (and hashed) again, and only a file whose
+// contents changed is decoded again. Twice a second keeps a change well
+// within the one second kubetun promises.
 const PollInterval = 500 * time.Millisecond
-
-// MaxFileSize is the largest manifest file a Source reads. 4 MiB of
-// `kubectl get -o yaml` holds about 10 000 Services with their EndpointSlices,
-// far more than a static source is for, and four times what a ConfigMap (the
-// usual way to hand a sidecar its manifests) can hold at all (1 MiB). Decoding
-// that much takes about 3 s of CPU and 45 MB of heap at its peak (measured on
-// a shared 2-core machine), once per change; a larger file is refused unread,
-// naming the file and the limit, rather than costing the node a core and
-// hundreds of MB for as long as it stays.
-const MaxFileSize = 4 << 20
 
 // verifyEvery is how many polls may trust file metadata before every file
 // is read and hashed again: an NFS client may serve cached attributes for up
@@ -200,7 +191,8 @@ func (s *Source) objects(files []string) Objects {
 
 // file returns the state of manifest file f, from the last poll if its
 // metadata says it is unchanged (and verify is false), else read again; it
-// is decoded only if its contents changed.
+// is decoded only if its contents changed. Reading and decoding stream the
+// file: neither holds it whole in memory.
 func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) {
 	info, err := os.Stat(f)
 	if err != nil {
@@ -209,25 +201,25 @@ func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) 
 	if info.IsDir() {
 		return nil, fmt.Errorf("%s is a directory, not a manifest file", f)
 	}
-	if info.Size() > MaxFileSize {
-		return nil, tooLarge(f)
-	}
 	prev := s.files[f]
 	if prev != nil && prev.trusted && !verify && sameFile(prev.info, info) {
 		return prev, nil
 	}
 	s.reads.Add(1)
-	data, err := readFile(f)
-	if err != nil {
-		return nil, err
-	}
-	st := &fileState{info: info, trusted: now.Sub(info.ModTime()) > racyWindow, sum: sha256.Sum256(data)}
-	if prev != nil && prev.sum == st.sum {
-		st.objs, st.err = prev.objs, prev.err
-		return st, nil
+	st := &fileState{info: info, trusted: now.Sub(info.ModTime()) > racyWindow}
+	if prev != nil {
+		if st.sum, err = hashFile(f); err != nil {
+			return nil, err
+		}
+		if st.sum == prev.sum {
+			st.objs, st.err = prev.objs, prev.err
+			return st, nil
+		}
 	}
 	s.decodes.Add(1)
-	st.objs, st.err = Decode(f, data)
+	if st.objs, st.sum, st.err, err = decodeFile(f); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -237,23 +229,54 @@ func sameFile(a, b fs.FileInfo) bool {
 	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
-// readFile reads f, refusing it if it grew past MaxFileSize since its stat.
-func readFile(f string) ([]byte, error) {
+// hashFile returns the digest of f's contents.
+func hashFile(f string) (sum [sha256.Size]byte, err error) {
 	file, err := os.Open(f)
 	if err != nil {
-		return nil, err
+		return sum, err
 	}
 	defer file.Close()
-	data, err := io.ReadAll(io.LimitReader(file, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", f, err)
+	h := sha256.New()
+	if _, err := io.Copy(h, file); err != nil {
+		return sum, fmt.Errorf("reading %s: %w", f, err)
 	}
-	if len(data) > MaxFileSize {
-		return nil, tooLarge(f) // it grew since its stat
-	}
-	return data, nil
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
 }
 
-func tooLarge(f string) error {
-	return fmt.Errorf("%s is larger than the %d MiB kubetun reads from a manifest file; not read", f, MaxFileSize>>20)
+// decodeFile decodes manifest file f as it reads it. It returns the
+// objects, the digest of the contents read (all of them, even when decoding
+// stopped early, so that an unchanged broken file is not decoded again),
+// why the contents do not decode (bad), and why f could not be read (err).
+func decodeFile(f string) (objs Objects, sum [sha256.Size]byte, bad, err error) {
+	file, err := os.Open(f)
+	if err != nil {
+		return objs, sum, nil, err
+	}
+	defer file.Close()
+	hr := &hashReader{r: file, h: sha256.New()}
+	objs, bad = decode(f, hr, fileLimits)
+	io.Copy(io.Discard, hr) // the rest, into the digest; an error is in hr.err
+	if hr.err != nil {
+		return Objects{}, sum, nil, fmt.Errorf("reading %s: %w", f, hr.err)
+	}
+	copy(sum[:], hr.h.Sum(nil))
+	return objs, sum, bad, nil
+}
+
+// hashReader hashes what is read through it, and keeps the first read
+// error: the file's fault, not its contents'.
+type hashReader struct {
+	r   io.Reader
+	h   hash.Hash
+	err error
+}
+
+func (r *hashReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.h.Write(p[:n])
+	if err != nil && !errors.Is(err, io.EOF) && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }

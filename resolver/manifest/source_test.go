@@ -262,21 +262,21 @@ func TestSourceFaults(t *testing.T) {
 			t.Errorf("logged %q, want the path and that it is a directory", e)
 		}
 	})
-	t.Run("huge_file", func(t *testing.T) {
+	t.Run("huge_object", func(t *testing.T) {
 		st := startSource(t)
-		backdate(t, filepath.Dir(st.slice))
-		time.Sleep(20 * time.Millisecond) // polls that trust the two files
-		reads, polls := st.src.reads.Load(), st.src.polls.Load()
+		decodes := st.src.decodes.Load()
 		big := filepath.Join(filepath.Dir(st.slice), "big.yaml")
-		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxFileSize/5+1)))
+		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxObjectSize/5+1)))
 		st.waitErrors(1)
 		st.settle(1)
-		if e := st.log.errors()[0]; !strings.Contains(e, big+" is larger than the 4 MiB") {
-			t.Errorf("logged %q, want the file and the limit", e)
+		if e := st.log.errors()[0]; !strings.Contains(e, big+": document 1: larger than 1 MiB, the largest object kubetun decodes") {
+			t.Errorf("logged %q, want the file, the document and the limit", e)
 		}
-		// The huge file is refused by its size, unread; the others are
-		// read only at the verifying polls.
-		checkReads(t, st.src, reads, polls)
+		// Read until the limit, once: polls that read it again (its
+		// modification time is too recent to trust) only hash it.
+		if n := st.src.decodes.Load() - decodes; n != 1 {
+			t.Errorf("%d decodes of a new file over 40 polls, want 1", n)
+		}
 	})
 	t.Run("broken_file_decoded_once", func(t *testing.T) {
 		st := startSource(t)
@@ -361,8 +361,8 @@ func backdate(tb testing.TB, dir string) {
 // BenchmarkPoll measures one poll of a directory of 100 unchanged manifest
 // files (about 1 MB): "trusted" is the usual poll (a stat per file),
 // "verify" the one in verifyEvery that reads and hashes every file, and
-// "decode" what a poll cost before files were remembered (read, hash and
-// decode all).
+// "decode" what a poll cost before files were remembered (read and decode
+// all, as Load does).
 func BenchmarkPoll(b *testing.B) {
 	dir := b.TempDir()
 	files := make(map[string]string)
@@ -401,13 +401,8 @@ func BenchmarkPoll(b *testing.B) {
 	})
 	b.Run("decode", func(b *testing.B) {
 		b.SetBytes(size)
-		names, _ := Files(dir)
 		for b.Loop() {
-			contents := make(map[string][]byte)
-			for _, f := range names {
-				contents[f], _ = os.ReadFile(f)
-			}
-			if _, err := decodeAll(names, contents); err != nil {
+			if _, err := Load(dir); err != nil {
 				b.Fatal(err)
 			}
 		}

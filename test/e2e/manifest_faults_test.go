@@ -134,10 +134,10 @@ func TestManifestFaults(t *testing.T) {
 		}
 	})
 
-	t.Run("huge_file", func(t *testing.T) {
+	t.Run("huge_object", func(t *testing.T) {
 		write(t, good)
 		write(t, bytes.Repeat([]byte("x: [\n"), 5<<20/5))
-		expect(t, c.ManifestPath+" is larger than the 4 MiB kubetun reads from a manifest file; not read")
+		expect(t, c.ManifestPath+": document 1: larger than 1 MiB, the largest object kubetun decodes")
 		served(t)
 	})
 
