@@ -48,6 +48,7 @@ type Source struct {
 	polls   atomic.Int64          // polls so far; atomic for tests
 	applied [sha256.Size]byte     // digest of the contents last handed to apply
 	failure string                // the error last logged, so each is logged once
+	valid   map[objectKey]any     // the last valid version of each object, as applied
 
 	reads, decodes atomic.Int64 // files read and decoded so far, for tests
 }
@@ -59,7 +60,8 @@ type fileState struct {
 	trusted bool // info was taken well after the file's last change
 	sum     [sha256.Size]byte
 	objs    Objects
-	err     error // why the contents do not decode; kept to report, not retried
+	err     error          // why the contents do not decode; kept to report, not retried
+	invalid map[any]string // why each invalid object of objs is invalid
 }
 
 // NewSource reads path once and returns the Source and what it holds. It
@@ -86,7 +88,9 @@ func NewSource(path string, log *slog.Logger) (*Source, Objects, error) {
 
 // Run polls until ctx is done, calling apply with the objects of every change
 // that parses. A change that does not parse is logged once, naming the file
-// and the problem, and the last good objects stay in force.
+// and the problem, and the last good objects stay in force. Within a change
+// that parses, an object whose new version is invalid keeps its last valid
+// version, with a warning (see keepValid).
 func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
@@ -179,14 +183,25 @@ func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, files []string, err
 	return sum, present, nil
 }
 
-// objects merges the objects of files, as the last poll found them. It is
-// called only for a change, not on every poll.
+// objects merges the objects of files, as the last poll found them, keeping
+// the last valid version of each object now invalid. It is called only for
+// a change, not on every poll.
 func (s *Source) objects(files []string) Objects {
 	decoded := make(map[string]Objects, len(files))
+	invalid := make(map[any]invalidity)
 	for _, f := range files {
-		decoded[f] = s.files[f].objs
+		st := s.files[f]
+		decoded[f] = st.objs
+		for o, why := range st.invalid {
+			invalid[o] = invalidity{f, why}
+		}
 	}
-	return merge(files, decoded)
+	all := merge(files, decoded)
+	valid := make(map[objectKey]any, len(all.Services)+len(all.Slices))
+	keepValid(all.Services, "Service", invalid, s.valid, valid, &all.Warnings)
+	keepValid(all.Slices, "EndpointSlice", invalid, s.valid, valid, &all.Warnings)
+	s.valid = valid
+	return all
 }
 
 // file returns the state of manifest file f, from the last poll if its
@@ -212,7 +227,7 @@ func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) 
 			return nil, err
 		}
 		if st.sum == prev.sum {
-			st.objs, st.err = prev.objs, prev.err
+			st.objs, st.err, st.invalid = prev.objs, prev.err, prev.invalid
 			return st, nil
 		}
 	}
@@ -220,6 +235,7 @@ func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) 
 	if st.objs, st.sum, st.err, err = decodeFile(f); err != nil {
 		return nil, err
 	}
+	st.invalid = invalidObjects(st.objs)
 	return st, nil
 }
 
