@@ -80,17 +80,24 @@ func Files(path string) ([]string, error) {
 // Multi-document YAML, JSON, and List kinds are accepted; other kinds are
 // skipped with a warning. name is used in errors only.
 func Decode(name string, data []byte) (Objects, error) {
-	return decode(name, bytes.NewReader(data), fileLimits)
+	objs, _, err := decode(name, bytes.NewReader(data), fileLimits, nil)
+	return objs, err
 }
 
 // decode is Decode reading the contents from r, an object at a time, within
-// lim (fileLimits but in tests).
-func decode(name string, r io.Reader, lim limits) (Objects, error) {
+// lim (fileLimits but in tests). If reuse is not nil, objects decoded from
+// the same text by the file's last decode are taken from it, and the objects
+// of this decode are returned in the same form, for the next (see
+// decoder.reusing).
+func decode(name string, r io.Reader, lim limits, reuse map[textKey]any) (Objects, map[textKey]any, error) {
 	d := newDecoder(name, lim)
-	if err := d.stream(r); err != nil {
-		return Objects{}, err
+	if reuse != nil {
+		d.reuse, d.cache = reuse, make(map[textKey]any, len(reuse))
 	}
-	return d.done(), nil
+	if err := d.stream(r); err != nil {
+		return Objects{}, nil, err
+	}
+	return d.done(), d.cache, nil
 }
 
 // add decodes one JSON object (or List of them) into d.objs.
@@ -100,8 +107,8 @@ func (d *decoder) add(js []byte) error {
 		return fmt.Errorf("not a Kubernetes object: %w", err)
 	}
 	if !strings.HasSuffix(tm.Kind, "List") {
-		if d.objects++; d.objects > d.lim.objects {
-			return fmt.Errorf("more than %d objects in one file, the most kubetun decodes", d.lim.objects)
+		if err := d.countObject(); err != nil {
+			return err
 		}
 	}
 	switch {
@@ -186,7 +193,7 @@ func Load(path string) (Objects, error) {
 	}
 	decoded := make(map[string]Objects, len(files))
 	for _, f := range files {
-		objs, _, bad, err := decodeFile(f)
+		objs, _, _, bad, err := decodeFile(f, nil)
 		if err == nil {
 			err = bad
 		}

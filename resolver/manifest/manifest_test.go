@@ -549,7 +549,7 @@ func TestDecodeLimits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			objs, err := decode("f.yaml", strings.NewReader(tt.data), small)
+			objs, _, err := decode("f.yaml", strings.NewReader(tt.data), small, nil)
 			if tt.err == "" {
 				if err != nil {
 					t.Fatalf("decode: %v", err)

@@ -60,8 +60,9 @@ type fileState struct {
 	trusted bool // info was taken well after the file's last change
 	sum     [sha256.Size]byte
 	objs    Objects
-	err     error          // why the contents do not decode; kept to report, not retried
-	invalid map[any]string // why each invalid object of objs is invalid
+	err     error           // why the contents do not decode; kept to report, not retried
+	invalid map[any]string  // why each invalid object of objs is invalid
+	reuse   map[textKey]any // objs by their text, for the next decode
 }
 
 // NewSource reads path once and returns the Source and what it holds. It
@@ -206,8 +207,9 @@ func (s *Source) objects(files []string) Objects {
 
 // file returns the state of manifest file f, from the last poll if its
 // metadata says it is unchanged (and verify is false), else read again; it
-// is decoded only if its contents changed. Reading and decoding stream the
-// file: neither holds it whole in memory.
+// is decoded only if its contents changed, and then only the objects whose
+// text changed (see decoder.reusing). Reading and decoding stream the file:
+// neither holds it whole in memory.
 func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) {
 	info, err := os.Stat(f)
 	if err != nil {
@@ -227,13 +229,20 @@ func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) 
 			return nil, err
 		}
 		if st.sum == prev.sum {
-			st.objs, st.err, st.invalid = prev.objs, prev.err, prev.invalid
+			st.objs, st.err, st.invalid, st.reuse = prev.objs, prev.err, prev.invalid, prev.reuse
 			return st, nil
 		}
 	}
 	s.decodes.Add(1)
-	if st.objs, st.sum, st.err, err = decodeFile(f); err != nil {
+	reuse := map[textKey]any{}
+	if prev != nil && prev.reuse != nil {
+		reuse = prev.reuse
+	}
+	if st.objs, st.reuse, st.sum, st.err, err = decodeFile(f, reuse); err != nil {
 		return nil, err
+	}
+	if st.reuse == nil {
+		st.reuse = reuse // broken: kept for when it is fixed
 	}
 	st.invalid = invalidObjects(st.objs)
 	return st, nil
@@ -260,24 +269,26 @@ func hashFile(f string) (sum [sha256.Size]byte, err error) {
 	return sum, nil
 }
 
-// decodeFile decodes manifest file f as it reads it. It returns the
-// objects, the digest of the contents read (all of them, even when decoding
-// stopped early, so that an unchanged broken file is not decoded again),
-// why the contents do not decode (bad), and why f could not be read (err).
-func decodeFile(f string) (objs Objects, sum [sha256.Size]byte, bad, err error) {
+// decodeFile decodes manifest file f as it reads it, reusing objects
+// decoded from the same text the last time (see decode). It returns the
+// objects and, if reuse is not nil, them by their text for the next decode;
+// the digest of the contents read (all of them, even when decoding stopped
+// early, so that an unchanged broken file is not decoded again); why the
+// contents do not decode (bad), and why f could not be read (err).
+func decodeFile(f string, reuse map[textKey]any) (objs Objects, next map[textKey]any, sum [sha256.Size]byte, bad, err error) {
 	file, err := os.Open(f)
 	if err != nil {
-		return objs, sum, nil, err
+		return objs, nil, sum, nil, err
 	}
 	defer file.Close()
 	hr := &hashReader{r: file, h: sha256.New()}
-	objs, bad = decode(f, hr, fileLimits)
+	objs, next, bad = decode(f, hr, fileLimits, reuse)
 	io.Copy(io.Discard, hr) // the rest, into the digest; an error is in hr.err
 	if hr.err != nil {
-		return Objects{}, sum, nil, fmt.Errorf("reading %s: %w", f, hr.err)
+		return Objects{}, nil, sum, nil, fmt.Errorf("reading %s: %w", f, hr.err)
 	}
 	copy(sum[:], hr.h.Sum(nil))
-	return objs, sum, bad, nil
+	return objs, next, sum, bad, nil
 }
 
 // hashReader hashes what is read through it, and keeps the first read

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -420,5 +422,82 @@ func checkReads(tb testing.TB, src *Source, reads, polls int64) {
 	}
 	if p < 10 {
 		tb.Errorf("only %d polls, want at least 10", p)
+	}
+}
+
+// TestSourceReusesUnchangedObjects: when a file changes, the objects whose
+// text did not change are taken from its last decode, the same pointers,
+// and only the others are decoded again.
+func TestSourceReusesUnchangedObjects(t *testing.T) {
+	var snapshot bytes.Buffer
+	if err := writeSnapshot(&snapshot, 3); err != nil {
+		t.Fatal(err)
+	}
+	doc := func(name, ip string) string {
+		return "apiVersion: v1\nkind: Service\nmetadata: {name: " + name + "}\nspec: {clusterIP: " + ip + ", ports: [{port: 80}]}\n"
+	}
+	jsonList := func(ip string) string {
+		return `{"apiVersion": "v1", "items": [` +
+			`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "10.3.240.10"}},` +
+			`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}, "spec": {"clusterIP": "` + ip + `"}}` +
+			`], "kind": "List"}`
+	}
+	tests := []struct {
+		name          string
+		before, after string
+		changed       []string // the objects decoded again
+	}{
+		{"kubectl List, one endpoint changed", snapshot.String(),
+			strings.Replace(snapshot.String(), "    - 10.4.0.2\n", "    - 10.5.0.2\n", 1), []string{"svc-00001-x7k2p"}},
+		{"documents, one changed", doc("a", "10.3.240.10") + "---\n" + doc("b", "10.3.240.11"),
+			doc("a", "10.3.240.10") + "---\n" + doc("b", "10.3.240.12"), []string{"b"}},
+		{"documents, one added", doc("a", "10.3.240.10"),
+			doc("a", "10.3.240.10") + "---\n" + doc("b", "10.3.240.11"), []string{"b"}},
+		{"JSON List, one changed", jsonList("10.3.240.11"), jsonList("10.3.240.12"), []string{"b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "services.yaml")
+			replaceFile(t, path, tt.before)
+			src, before, err := NewSource(path, discardLogger())
+			if err != nil {
+				t.Fatalf("NewSource: %v", err)
+			}
+			replaceFile(t, path, tt.after)
+			_, files, err := src.poll(time.Now())
+			if err != nil {
+				t.Fatalf("poll: %v", err)
+			}
+			after := src.objects(files)
+			old := make(map[string]any)
+			for _, o := range before.Services {
+				old[o.Name] = o
+			}
+			for _, o := range before.Slices {
+				old[o.Name] = o
+			}
+			var changed []string
+			check := func(name string, o any) {
+				if old[name] != o {
+					changed = append(changed, name)
+				}
+			}
+			for _, o := range after.Services {
+				check(o.Name, o)
+			}
+			for _, o := range after.Slices {
+				check(o.Name, o)
+			}
+			if !slices.Equal(changed, tt.changed) {
+				t.Errorf("objects decoded again: %v, want %v", changed, tt.changed)
+			}
+			fresh, err := Load(path)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if !reflect.DeepEqual(after.Services, fresh.Services) || !reflect.DeepEqual(after.Slices, fresh.Slices) {
+				t.Errorf("objects after the change differ from the file decoded afresh")
+			}
+		})
 	}
 }

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
 )
@@ -69,6 +72,11 @@ type decoder struct {
 	size     int64           // bytes of object text decoded so far
 	warned   map[string]bool // the warnings in objs
 	unwarned int             // warnings past maxWarnings
+
+	// reuse holds the objects the file's last decode decoded, by their
+	// text; cache gets this decode's, for the next (see reusing). Both
+	// are nil when nothing is kept for a next decode.
+	reuse, cache map[textKey]any
 
 	errTooLarge error // an object over lim.object
 }
@@ -166,6 +174,10 @@ func (d *decoder) object(text []byte, isYAML bool) error {
 	if err := d.count(text); err != nil {
 		return err
 	}
+	return d.reusing(text, func() error { return d.decodeObject(text, isYAML) })
+}
+
+func (d *decoder) decodeObject(text []byte, isYAML bool) error {
 	js := text
 	if isYAML {
 		var err error
@@ -185,6 +197,10 @@ func (d *decoder) item(text []byte, isYAML bool) error {
 	if err := d.count(text); err != nil {
 		return err
 	}
+	return d.reusing(text, func() error { return d.decodeItem(text, isYAML) })
+}
+
+func (d *decoder) decodeItem(text []byte, isYAML bool) error {
 	if !isYAML {
 		return d.add(text)
 	}
@@ -198,6 +214,64 @@ func (d *decoder) item(text []byte, isYAML bool) error {
 		return fmt.Errorf("not a List item: %.40q", text)
 	}
 	return d.add(js[1 : len(js)-1])
+}
+
+// textKey identifies an object's text: a hash (seeded at random, so that
+// no file can be made to collide) and the length.
+type textKey struct {
+	hash uint64
+	len  int
+}
+
+var textSeed = maphash.MakeSeed()
+
+// reusing decodes text, an object's, with decode, unless the file's last
+// decode (d.reuse) decoded the very same text into one Service or
+// EndpointSlice: that object is taken again, as it is. A change to one
+// object of a large file then costs reading the file, not decoding all of
+// it, and the objects that did not change stay the same pointers, which is
+// how resolver.Build tells what did not change. What decodes into one
+// Service or EndpointSlice, without a warning, is kept in d.cache for the
+// next decode.
+func (d *decoder) reusing(text []byte, decode func() error) error {
+	if d.cache == nil {
+		return decode()
+	}
+	k := textKey{maphash.Bytes(textSeed, text), len(text)}
+	if o, ok := d.reuse[k]; ok {
+		if err := d.countObject(); err != nil {
+			return err
+		}
+		switch o := o.(type) {
+		case *corev1.Service:
+			d.objs.Services = append(d.objs.Services, o)
+		case *discoveryv1.EndpointSlice:
+			d.objs.Slices = append(d.objs.Slices, o)
+		}
+		d.cache[k] = o
+		return nil
+	}
+	m := d.mark()
+	if err := decode(); err != nil {
+		return err
+	}
+	svcs, slices := d.objs.Services[m[0]:], d.objs.Slices[m[1]:]
+	switch {
+	case len(d.objs.Warnings) != m[2]:
+	case len(svcs) == 1 && len(slices) == 0:
+		d.cache[k] = svcs[0]
+	case len(svcs) == 0 && len(slices) == 1:
+		d.cache[k] = slices[0]
+	}
+	return nil
+}
+
+// countObject counts an object against the limit on the file's.
+func (d *decoder) countObject() error {
+	if d.objects++; d.objects > d.lim.objects {
+		return fmt.Errorf("more than %d objects in one file, the most kubetun decodes", d.lim.objects)
+	}
+	return nil
 }
 
 // count counts an object's text against the limit on the file's.
