@@ -13,9 +13,10 @@ const decodeBound = 10 * time.Second
 
 // FuzzDecode feeds the manifest decoder arbitrary file contents: YAML or
 // JSON, one or many documents, Lists. Nothing may panic; every object it
-// returns has a name and a namespace, and the service table builds from
-// them (whatever they say) without panicking. `go test` runs the seed
-// corpus; `make fuzz` fuzzes it.
+// returns has a name and a namespace, it is what decoding each document
+// whole gives (when that succeeds too: Lists are streamed item by item), and
+// the service table builds from them (whatever they say) without panicking.
+// `go test` runs the seed corpus; `make fuzz` fuzzes it.
 func FuzzDecode(f *testing.F) {
 	for _, seed := range []string{
 		seedYAML,
@@ -25,6 +26,8 @@ func FuzzDecode(f *testing.F) {
 		`{"apiVersion": "v1", "kind": "List", "items": [` + serviceJSON + `], "metadata": {"resourceVersion": ""}}`,
 		"apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: []\n",
 		"# only a comment\n",
+		"apiVersion: v1\nitems:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n  # c\n\n  -\n    kind: B\nkind: List\n",
+		`{"apiVersion": "v1", "items": [` + serviceJSON + `, {"kind": "X"}], "kind": "List"}`,
 		"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n",
 		"apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.3.240.12, ports: [{port: 80, targetport: 8080}]}\n",
 		"apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec: {type: ExternalName, externalName: example.com}\n",
@@ -40,6 +43,9 @@ func FuzzDecode(f *testing.F) {
 		objs, err := Decode("fuzz.yaml", data)
 		if err != nil {
 			return
+		}
+		if whole, err := decodeWhole(data); err == nil {
+			checkSameObjects(t, data, objs, whole)
 		}
 		for _, svc := range objs.Services {
 			if svc.Name == "" || svc.Namespace == "" {

@@ -5,7 +5,6 @@
 package manifest
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -20,7 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	kjson "sigs.k8s.io/json"
 )
 
@@ -82,44 +80,43 @@ func Files(path string) ([]string, error) {
 // Multi-document YAML, JSON, and List kinds are accepted; other kinds are
 // skipped with a warning. name is used in errors only.
 func Decode(name string, data []byte) (Objects, error) {
-	var objs Objects
-	r := yaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-	for doc := 1; ; doc++ {
-		raw, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs, nil
-		}
-		if err != nil {
-			return Objects{}, fmt.Errorf("%s: document %d: %w", name, doc, err)
-		}
-		if len(bytes.TrimSpace(raw)) == 0 {
-			continue
-		}
-		js, err := yaml.ToJSON(raw)
-		if err != nil {
-			return Objects{}, fmt.Errorf("%s: document %d: %w", name, doc, err)
-		}
-		if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
-			continue // a document of comments only
-		}
-		if err := objs.add(js); err != nil {
-			return Objects{}, fmt.Errorf("%s: document %d: %w", name, doc, err)
-		}
-	}
+	objs, _, err := decode(name, bytes.NewReader(data), fileLimits, nil)
+	return objs, err
 }
 
-// add decodes one JSON object (or List of them) into objs.
-func (objs *Objects) add(js []byte) error {
+// decode is Decode reading the contents from r, an object at a time, within
+// lim (fileLimits but in tests). If reuse is not nil, objects decoded from
+// the same text by the file's last decode are taken from it, and the objects
+// of this decode are returned in the same form, for the next (see
+// decoder.reusing).
+func decode(name string, r io.Reader, lim limits, reuse map[textKey]any) (Objects, map[textKey]any, error) {
+	d := newDecoder(name, lim)
+	if reuse != nil {
+		d.reuse, d.cache = reuse, make(map[textKey]any, len(reuse))
+	}
+	if err := d.stream(r); err != nil {
+		return Objects{}, nil, err
+	}
+	return d.done(), d.cache, nil
+}
+
+// add decodes one JSON object (or List of them) into d.objs.
+func (d *decoder) add(js []byte) error {
 	var tm metav1.TypeMeta
 	if err := json.Unmarshal(js, &tm); err != nil {
 		return fmt.Errorf("not a Kubernetes object: %w", err)
+	}
+	if !strings.HasSuffix(tm.Kind, "List") {
+		if err := d.countObject(); err != nil {
+			return err
+		}
 	}
 	switch {
 	case tm.Kind == "":
 		return errors.New("no kind: want a v1 Service, a discovery.k8s.io/v1 EndpointSlice or a List of them")
 	case tm.APIVersion == "v1" && tm.Kind == "Service":
 		svc := new(corev1.Service)
-		if err := objs.unmarshal(js, svc); err != nil {
+		if err := d.unmarshal(js, svc); err != nil {
 			return err
 		}
 		if svc.Name == "" {
@@ -128,10 +125,10 @@ func (objs *Objects) add(js []byte) error {
 		if svc.Namespace == "" {
 			svc.Namespace = metav1.NamespaceDefault
 		}
-		objs.Services = append(objs.Services, svc)
+		d.objs.Services = append(d.objs.Services, svc)
 	case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
 		es := new(discoveryv1.EndpointSlice)
-		if err := objs.unmarshal(js, es); err != nil {
+		if err := d.unmarshal(js, es); err != nil {
 			return err
 		}
 		if es.Name == "" {
@@ -140,8 +137,9 @@ func (objs *Objects) add(js []byte) error {
 		if es.Namespace == "" {
 			es.Namespace = metav1.NamespaceDefault
 		}
-		objs.Slices = append(objs.Slices, es)
+		d.objs.Slices = append(d.objs.Slices, es)
 	case strings.HasSuffix(tm.Kind, "List"):
+		// A List held whole: a small one, or one inside a List.
 		var list struct {
 			Items []json.RawMessage `json:"items"`
 		}
@@ -149,7 +147,7 @@ func (objs *Objects) add(js []byte) error {
 			return fmt.Errorf("%s: %w", tm.Kind, err)
 		}
 		for i, item := range list.Items {
-			if err := objs.add(item); err != nil {
+			if err := d.add(item); err != nil {
 				return fmt.Errorf("%s item %d: %w", tm.Kind, i, err)
 			}
 		}
@@ -157,7 +155,7 @@ func (objs *Objects) add(js []byte) error {
 		return fmt.Errorf("%s with apiVersion %q: want %s", tm.Kind, tm.APIVersion,
 			map[string]string{"Service": "v1", "EndpointSlice": "discovery.k8s.io/v1"}[tm.Kind])
 	default:
-		objs.Warnings = append(objs.Warnings, fmt.Sprintf("ignoring %s %s: kubetun reads only Services and EndpointSlices", tm.APIVersion, tm.Kind))
+		d.warn(fmt.Sprintf("ignoring %s %s: kubetun reads only Services and EndpointSlices", tm.APIVersion, tm.Kind))
 	}
 	return nil
 }
@@ -166,13 +164,13 @@ func (objs *Objects) add(js []byte) error {
 // case-sensitive (encoding/json would take "targetport" for "targetPort").
 // Fields kubetun does not know are allowed (a newer Kubernetes may add some)
 // but reported, since they are usually a typo such as "targetport".
-func (objs *Objects) unmarshal(js []byte, obj any) error {
+func (d *decoder) unmarshal(js []byte, obj any) error {
 	strict, err := kjson.UnmarshalStrict(js, obj, kjson.DisallowUnknownFields, kjson.DisallowDuplicateFields)
 	if err != nil {
 		return err
 	}
 	for _, e := range strict {
-		objs.Warnings = append(objs.Warnings, fmt.Sprintf("%s: %v (ignored)", describe(obj), e))
+		d.warn(fmt.Sprintf("%s: %v (ignored)", describe(obj), e))
 	}
 	return nil
 }
@@ -193,22 +191,12 @@ func Load(path string) (Objects, error) {
 	if err != nil {
 		return Objects{}, err
 	}
-	contents := make(map[string][]byte, len(files))
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return Objects{}, err
-		}
-		contents[f] = b
-	}
-	return decodeAll(files, contents)
-}
-
-// decodeAll decodes files in order and merges them.
-func decodeAll(files []string, contents map[string][]byte) (Objects, error) {
 	decoded := make(map[string]Objects, len(files))
 	for _, f := range files {
-		objs, err := Decode(f, contents[f])
+		objs, _, _, bad, err := decodeFile(f, nil)
+		if err == nil {
+			err = bad
+		}
 		if err != nil {
 			return Objects{}, err
 		}

@@ -1,12 +1,20 @@
 package manifest
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/kubetun/kubetun/resolver"
 )
@@ -346,6 +354,129 @@ func TestDecode(t *testing.T) {
 				"- apiVersion: v1\n  kind: Service\n  metadata: {namespace: default}\n",
 			err: []string{"f.yaml: document 1:", "List item 1:", "no metadata.name"},
 		},
+		{
+			name: "a bad List item is named by its List's kind",
+			data: "apiVersion: v1\nkind: ServiceList\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n" +
+				"- apiVersion: v1\n  kind: Service\n  spec: {ports: [{port: eighty}]}\n",
+			err: []string{"f.yaml: document 1:", "ServiceList item 1:"},
+		},
+		{
+			name: "a List with its items indented",
+			data: "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n" +
+				"  -\n    apiVersion: v1\n    kind: Service\n    metadata: {name: b}\n",
+			services: []string{"default/a", "default/b"},
+		},
+		{
+			name:     "a List in flow style",
+			data:     "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Service, metadata: {name: a}}]\n",
+			services: []string{"default/a"},
+		},
+		{
+			name:     "a List whose items are on the next lines but not a block sequence",
+			data:     "apiVersion: v1\nkind: List\nitems:\n  [{apiVersion: v1, kind: Service, metadata: {name: a}}]\n",
+			services: []string{"default/a"},
+		},
+		{
+			name: "a List without items",
+			data: "apiVersion: v1\nkind: List\nitems:\nmetadata: {}\n---\napiVersion: v1\nitems:\nkind: List\n",
+		},
+		{
+			name: "comments, blank lines and block scalars among List items",
+			data: "apiVersion: v1\nitems:\n# the web Service\n\n- apiVersion: v1\n  kind: Service\n  metadata:\n    name: a\n" +
+				"    annotations:\n      note: |\n        items:\n        - not an item\n\n        ---\n# between\n  # indented\n" +
+				"- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\n# the end\nkind: List\n",
+			services: []string{"default/a", "default/b"},
+		},
+		{
+			name:     "CRLF line ends",
+			data:     strings.ReplaceAll(kubectlList, "\n", "\r\n"),
+			services: []string{"default/service-test"},
+			slices:   []string{"default/service-test-x7k2p"},
+		},
+		{
+			name: "items under a kind that is not a List, named after them",
+			data: "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\nkind: ConfigMap\n" +
+				"---\n" + seedYAML,
+			services: []string{"default/service-test"},
+			slices:   []string{"default/service-test-x7k2p"},
+			warnings: []string{"ignoring v1 ConfigMap"},
+		},
+		{
+			name:     "items in a Service, named before them",
+			data:     "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nitems:\n- x\n",
+			services: []string{"default/a"},
+			warnings: []string{`Service a: unknown field "items" (ignored)`},
+		},
+		{
+			name:     "items in a Service, named after them",
+			data:     "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\nkind: Service\nmetadata: {name: a}\n",
+			services: []string{"default/a"},
+		},
+		{
+			name: "items and no kind",
+			data: "items:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n",
+			err:  []string{"f.yaml: document 1:", "no kind"},
+		},
+		{
+			name: "items twice",
+			data: "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\nitems:\n- x\n",
+			err:  []string{"f.yaml: document 1:", "items given twice"},
+		},
+		{
+			name:     "items: inside a quoted value is not a List",
+			data:     "apiVersion: v1\nkind: Service\nmetadata: {name: a, annotations: {note: \"x\nitems:\n- y\"}}\n",
+			services: []string{"default/a"},
+		},
+		{
+			name: "a YAML document separator with more on its line",
+			data: seedYAML + "--- {}\n",
+			err:  []string{"f.yaml: document 2:", "invalid YAML document separator"},
+		},
+		{
+			name:     "JSON values one after another",
+			data:     serviceJSON + `{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s"}, "addressType": "IPv4"}`,
+			services: []string{"default/service-test"},
+			slices:   []string{"default/s"},
+		},
+		{
+			name:     "JSON after comments",
+			data:     "# kubectl get -o json\n\n" + serviceJSON,
+			services: []string{"default/service-test"},
+		},
+		{
+			name:     "kubectl get -o json: the kind after the items",
+			data:     `{"apiVersion": "v1", "items": [` + serviceJSON + `], "kind": "List", "metadata": {"resourceVersion": ""}}`,
+			services: []string{"default/service-test"},
+		},
+		{
+			name: "a JSON List without items",
+			data: `{"apiVersion": "v1", "kind": "List", "items": null}`,
+		},
+		{
+			name:     "JSON items under a kind that is not a List",
+			data:     `{"apiVersion": "v1", "items": [` + serviceJSON + `], "kind": "ConfigMap"}`,
+			warnings: []string{"ignoring v1 ConfigMap"},
+		},
+		{
+			name: "a bad JSON List item is named",
+			data: `{"apiVersion": "v1", "kind": "List", "items": [` + serviceJSON + `, {"kind": "Service", "apiVersion": "v1"}]}`,
+			err:  []string{"f.yaml: document 1:", "List item 1:", "no metadata.name"},
+		},
+		{
+			name: "JSON items that are not a list",
+			data: `{"apiVersion": "v1", "kind": "List", "items": {}}`,
+			err:  []string{"f.yaml: document 1:", "items is not a list"},
+		},
+		{
+			name: "broken JSON",
+			data: serviceJSON + `{"apiVersion": "v1",`,
+			err:  []string{"f.yaml: document 2:"},
+		},
+		{
+			name:     "an ignored kind is warned of once",
+			data:     "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
+			warnings: []string{"ignoring v1 ConfigMap"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -371,6 +502,168 @@ func TestDecode(t *testing.T) {
 				t.Errorf("Decode slices = %v, want %v", got, tt.slices)
 			}
 			checkWarnings(t, "Decode", objs.Warnings, tt.warnings)
+		})
+	}
+}
+
+// TestDecodeLimits: a file past a limit is refused with an error naming the
+// file, where in it, and the limit.
+func TestDecodeLimits(t *testing.T) {
+	small := limits{object: 200, objects: 3, size: 400}
+	svc := func(name string) string {
+		return "- apiVersion: v1\n  kind: Service\n  metadata: {name: " + name + "}\n"
+	}
+	list := func(items ...string) string {
+		return "apiVersion: v1\nkind: List\nitems:\n" + strings.Join(items, "")
+	}
+	jsonSvc := func(name string) string {
+		return `{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "` + name + `"}}`
+	}
+	long := strings.Repeat("x", 200)
+	tests := []struct {
+		name     string
+		data     string
+		services int
+		err      string // "" for none
+	}{
+		{"within every limit", list(svc("a"), svc("b"), svc("c")), 3, ""},
+		{"a document too large", seedYAML[:150] + "\n---\nmetadata: {name: " + long + "}\n", 0,
+			"f.yaml: document 2: larger than 200 bytes, the largest object kubetun decodes"},
+		{"a List item too large", list(svc("a"), svc(long)), 0,
+			"f.yaml: document 1: List item 1: larger than 200 bytes, the largest object kubetun decodes"},
+		{"a line too long", "# " + strings.Repeat("x", 70<<10) + "\n", 0,
+			"f.yaml: document 1: larger than 200 bytes, the largest object kubetun decodes"},
+		{"the top of a List too large", "apiVersion: v1\nkind: List\nmetadata: {name: " + long + "}\nitems:\n" + svc("a"), 0,
+			"f.yaml: document 1: larger than 200 bytes"},
+		{"too many objects", list(svc("a"), svc("b"), svc("c"), svc("d")), 0,
+			"f.yaml: document 1: List item 3: more than 3 objects in one file, the most kubetun decodes"},
+		{"too many objects, in a List held whole", "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Service, metadata: {name: a}}, {kind: A}, {kind: B}, {kind: C}]\n", 0,
+			"f.yaml: document 1: List item 3: more than 3 objects in one file"},
+		{"too much decoded", list(svc(long[:100]), svc(long[:101]), svc(long[:102])), 0,
+			"f.yaml: document 1: List item 2: more than 400 bytes of objects in one file, the most kubetun decodes"},
+		{"a JSON List item too large", `{"kind": "List", "apiVersion": "v1", "items": [` + jsonSvc("a") + `, ` + jsonSvc(long) + `]}`, 0,
+			"f.yaml: document 1: List item 1: larger than 200 bytes"},
+		{"a JSON object too large", jsonSvc(long), 0,
+			"f.yaml: document 1: larger than 200 bytes"},
+		{"a JSON List within the limits", `{"kind": "List", "apiVersion": "v1", "items": [` + jsonSvc("a") + `, ` + jsonSvc("b") + `]}`, 2, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			objs, _, err := decode("f.yaml", strings.NewReader(tt.data), small, nil)
+			if tt.err == "" {
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				if len(objs.Services) != tt.services {
+					t.Errorf("decode services = %v, want %d", ids(objs.Services), tt.services)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("decode error = %v, want one containing %q", err, tt.err)
+			}
+		})
+	}
+}
+
+// TestDecodeWarningsBounded: a file gives each warning once, and at most
+// maxWarnings of them, each cut to maxWarningLen; the rest are counted.
+func TestDecodeWarningsBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+	for i := range maxWarnings + 50 {
+		fmt.Fprintf(&b, "- {apiVersion: v1, kind: Kind%d}\n- {apiVersion: v1, kind: Kind%d}\n", i, i)
+	}
+	fmt.Fprintf(&b, "---\napiVersion: v1\nkind: %s\n", strings.Repeat("K", 2*maxWarningLen))
+	objs, err := Decode("f.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	if len(objs.Warnings) != maxWarnings+1 {
+		t.Fatalf("Decode gave %d warnings, want %d", len(objs.Warnings), maxWarnings+1)
+	}
+	// 50 kinds twice each, and the long one.
+	if got, want := objs.Warnings[maxWarnings], "and 101 more warnings"; got != want {
+		t.Errorf("last warning %q, want %q", got, want)
+	}
+	if got := objs.Warnings[1]; !strings.HasPrefix(got, "ignoring v1 Kind1:") {
+		t.Errorf("second warning %q, want Kind1's: each warning once", got)
+	}
+	long, err := Decode("f.yaml", []byte(fmt.Sprintf("apiVersion: v1\nkind: %s\n", strings.Repeat("K", 2*maxWarningLen))))
+	if err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	if len(long.Warnings) != 1 || len(long.Warnings[0]) > maxWarningLen+3 {
+		t.Errorf("Decode warnings %q, want one of at most %d bytes", long.Warnings, maxWarningLen+3)
+	}
+}
+
+// decodeWhole decodes data the way Decode did before it streamed: each
+// YAML document read whole and turned into JSON whole, a List decoded
+// whole. It is the reference streaming must agree with.
+func decodeWhole(data []byte) (Objects, error) {
+	d := newDecoder("f.yaml", fileLimits)
+	r := yaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		raw, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return d.done(), nil
+		}
+		if err != nil {
+			return Objects{}, err
+		}
+		if len(bytes.TrimSpace(raw)) == 0 {
+			continue
+		}
+		js, err := yaml.ToJSON(raw)
+		if err != nil {
+			return Objects{}, err
+		}
+		if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
+			continue
+		}
+		if err := d.add(js); err != nil {
+			return Objects{}, err
+		}
+	}
+}
+
+// checkSameObjects fails tb unless got and want hold equal Services and
+// EndpointSlices, in the same order.
+func checkSameObjects(tb testing.TB, data []byte, got, want Objects) {
+	tb.Helper()
+	if !reflect.DeepEqual(got.Services, want.Services) || !reflect.DeepEqual(got.Slices, want.Slices) {
+		tb.Fatalf("Decode(%q) = services %v, slices %v; decoded whole: services %v, slices %v",
+			data, ids(got.Services), ids(got.Slices), ids(want.Services), ids(want.Slices))
+	}
+}
+
+// TestDecodeStreamedAsWhole: decoding a List item by item gives what
+// decoding it whole gives.
+func TestDecodeStreamedAsWhole(t *testing.T) {
+	var snapshot bytes.Buffer
+	if err := writeSnapshot(&snapshot, 20); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{
+		"kubectl List":      kubectlList,
+		"kubectl snapshot":  snapshot.String(),
+		"multi-document":    "---\n" + seedYAML + "---\n" + kubectlList,
+		"CRLF":              strings.ReplaceAll(kubectlList, "\n", "\r\n"),
+		"indented items":    "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n",
+		"nested List":       "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n",
+		"not a List, later": "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\nkind: Service\nmetadata: {name: a}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			got, err := Decode("f.yaml", []byte(data))
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			want, err := decodeWhole([]byte(data))
+			if err != nil {
+				t.Fatalf("decodeWhole: %v", err)
+			}
+			checkSameObjects(t, []byte(data), got, want)
 		})
 	}
 }

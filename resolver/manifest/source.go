@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -17,20 +18,10 @@ import (
 // than inotify) sees every way a file can change: an editor's rename, a
 // ConfigMap volume's symlink swap, a file on a network filesystem. A poll
 // costs one stat per file; only a file whose size, modification time or
-// identity changed is read again, and only a file whose contents changed is
-// decoded again. Twice a second keeps a change well within the one second
-// kubetun promises.
+// identity changed is read (and hashed) again, and only a file whose
+// contents changed is decoded again. Twice a second keeps a change well
+// within the one second kubetun promises.
 const PollInterval = 500 * time.Millisecond
-
-// MaxFileSize is the largest manifest file a Source reads. 4 MiB of
-// `kubectl get -o yaml` holds about 10 000 Services with their EndpointSlices,
-// far more than a static source is for, and four times what a ConfigMap (the
-// usual way to hand a sidecar its manifests) can hold at all (1 MiB). Decoding
-// that much takes about 3 s of CPU and 45 MB of heap at its peak (measured on
-// a shared 2-core machine), once per change; a larger file is refused unread,
-// naming the file and the limit, rather than costing the node a core and
-// hundreds of MB for as long as it stays.
-const MaxFileSize = 4 << 20
 
 // verifyEvery is how many polls may trust file metadata before every file
 // is read and hashed again: an NFS client may serve cached attributes for up
@@ -57,6 +48,7 @@ type Source struct {
 	polls   atomic.Int64          // polls so far; atomic for tests
 	applied [sha256.Size]byte     // digest of the contents last handed to apply
 	failure string                // the error last logged, so each is logged once
+	valid   map[objectKey]any     // the last valid version of each object, as applied
 
 	reads, decodes atomic.Int64 // files read and decoded so far, for tests
 }
@@ -68,7 +60,9 @@ type fileState struct {
 	trusted bool // info was taken well after the file's last change
 	sum     [sha256.Size]byte
 	objs    Objects
-	err     error // why the contents do not decode; kept to report, not retried
+	err     error           // why the contents do not decode; kept to report, not retried
+	invalid map[any]string  // why each invalid object of objs is invalid
+	reuse   map[textKey]any // objs by their text, for the next decode
 }
 
 // NewSource reads path once and returns the Source and what it holds. It
@@ -95,7 +89,9 @@ func NewSource(path string, log *slog.Logger) (*Source, Objects, error) {
 
 // Run polls until ctx is done, calling apply with the objects of every change
 // that parses. A change that does not parse is logged once, naming the file
-// and the problem, and the last good objects stay in force.
+// and the problem, and the last good objects stay in force. Within a change
+// that parses, an object whose new version is invalid keeps its last valid
+// version, with a warning (see keepValid).
 func (s *Source) Run(ctx context.Context, apply func(Objects)) {
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
@@ -188,19 +184,32 @@ func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, files []string, err
 	return sum, present, nil
 }
 
-// objects merges the objects of files, as the last poll found them. It is
-// called only for a change, not on every poll.
+// objects merges the objects of files, as the last poll found them, keeping
+// the last valid version of each object now invalid. It is called only for
+// a change, not on every poll.
 func (s *Source) objects(files []string) Objects {
 	decoded := make(map[string]Objects, len(files))
+	invalid := make(map[any]invalidity)
 	for _, f := range files {
-		decoded[f] = s.files[f].objs
+		st := s.files[f]
+		decoded[f] = st.objs
+		for o, why := range st.invalid {
+			invalid[o] = invalidity{f, why}
+		}
 	}
-	return merge(files, decoded)
+	all := merge(files, decoded)
+	valid := make(map[objectKey]any, len(all.Services)+len(all.Slices))
+	keepValid(all.Services, "Service", invalid, s.valid, valid, &all.Warnings)
+	keepValid(all.Slices, "EndpointSlice", invalid, s.valid, valid, &all.Warnings)
+	s.valid = valid
+	return all
 }
 
 // file returns the state of manifest file f, from the last poll if its
 // metadata says it is unchanged (and verify is false), else read again; it
-// is decoded only if its contents changed.
+// is decoded only if its contents changed, and then only the objects whose
+// text changed (see decoder.reusing). Reading and decoding stream the file:
+// neither holds it whole in memory.
 func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) {
 	info, err := os.Stat(f)
 	if err != nil {
@@ -209,25 +218,33 @@ func (s *Source) file(f string, now time.Time, verify bool) (*fileState, error) 
 	if info.IsDir() {
 		return nil, fmt.Errorf("%s is a directory, not a manifest file", f)
 	}
-	if info.Size() > MaxFileSize {
-		return nil, tooLarge(f)
-	}
 	prev := s.files[f]
 	if prev != nil && prev.trusted && !verify && sameFile(prev.info, info) {
 		return prev, nil
 	}
 	s.reads.Add(1)
-	data, err := readFile(f)
-	if err != nil {
-		return nil, err
-	}
-	st := &fileState{info: info, trusted: now.Sub(info.ModTime()) > racyWindow, sum: sha256.Sum256(data)}
-	if prev != nil && prev.sum == st.sum {
-		st.objs, st.err = prev.objs, prev.err
-		return st, nil
+	st := &fileState{info: info, trusted: now.Sub(info.ModTime()) > racyWindow}
+	if prev != nil {
+		if st.sum, err = hashFile(f); err != nil {
+			return nil, err
+		}
+		if st.sum == prev.sum {
+			st.objs, st.err, st.invalid, st.reuse = prev.objs, prev.err, prev.invalid, prev.reuse
+			return st, nil
+		}
 	}
 	s.decodes.Add(1)
-	st.objs, st.err = Decode(f, data)
+	reuse := map[textKey]any{}
+	if prev != nil && prev.reuse != nil {
+		reuse = prev.reuse
+	}
+	if st.objs, st.reuse, st.sum, st.err, err = decodeFile(f, reuse); err != nil {
+		return nil, err
+	}
+	if st.reuse == nil {
+		st.reuse = reuse // broken: kept for when it is fixed
+	}
+	st.invalid = invalidObjects(st.objs)
 	return st, nil
 }
 
@@ -237,23 +254,56 @@ func sameFile(a, b fs.FileInfo) bool {
 	return os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
-// readFile reads f, refusing it if it grew past MaxFileSize since its stat.
-func readFile(f string) ([]byte, error) {
+// hashFile returns the digest of f's contents.
+func hashFile(f string) (sum [sha256.Size]byte, err error) {
 	file, err := os.Open(f)
 	if err != nil {
-		return nil, err
+		return sum, err
 	}
 	defer file.Close()
-	data, err := io.ReadAll(io.LimitReader(file, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", f, err)
+	h := sha256.New()
+	if _, err := io.Copy(h, file); err != nil {
+		return sum, fmt.Errorf("reading %s: %w", f, err)
 	}
-	if len(data) > MaxFileSize {
-		return nil, tooLarge(f) // it grew since its stat
-	}
-	return data, nil
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
 }
 
-func tooLarge(f string) error {
-	return fmt.Errorf("%s is larger than the %d MiB kubetun reads from a manifest file; not read", f, MaxFileSize>>20)
+// decodeFile decodes manifest file f as it reads it, reusing objects
+// decoded from the same text the last time (see decode). It returns the
+// objects and, if reuse is not nil, them by their text for the next decode;
+// the digest of the contents read (all of them, even when decoding stopped
+// early, so that an unchanged broken file is not decoded again); why the
+// contents do not decode (bad), and why f could not be read (err).
+func decodeFile(f string, reuse map[textKey]any) (objs Objects, next map[textKey]any, sum [sha256.Size]byte, bad, err error) {
+	file, err := os.Open(f)
+	if err != nil {
+		return objs, nil, sum, nil, err
+	}
+	defer file.Close()
+	hr := &hashReader{r: file, h: sha256.New()}
+	objs, next, bad = decode(f, hr, fileLimits, reuse)
+	io.Copy(io.Discard, hr) // the rest, into the digest; an error is in hr.err
+	if hr.err != nil {
+		return Objects{}, nil, sum, nil, fmt.Errorf("reading %s: %w", f, hr.err)
+	}
+	copy(sum[:], hr.h.Sum(nil))
+	return objs, next, sum, bad, nil
+}
+
+// hashReader hashes what is read through it, and keeps the first read
+// error: the file's fault, not its contents'.
+type hashReader struct {
+	r   io.Reader
+	h   hash.Hash
+	err error
+}
+
+func (r *hashReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.h.Write(p[:n])
+	if err != nil && !errors.Is(err, io.EOF) && r.err == nil {
+		r.err = err
+	}
+	return n, err
 }

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -262,21 +264,21 @@ func TestSourceFaults(t *testing.T) {
 			t.Errorf("logged %q, want the path and that it is a directory", e)
 		}
 	})
-	t.Run("huge_file", func(t *testing.T) {
+	t.Run("huge_object", func(t *testing.T) {
 		st := startSource(t)
-		backdate(t, filepath.Dir(st.slice))
-		time.Sleep(20 * time.Millisecond) // polls that trust the two files
-		reads, polls := st.src.reads.Load(), st.src.polls.Load()
+		decodes := st.src.decodes.Load()
 		big := filepath.Join(filepath.Dir(st.slice), "big.yaml")
-		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxFileSize/5+1)))
+		replaceFile(t, big, string(bytes.Repeat([]byte("x: [\n"), MaxObjectSize/5+1)))
 		st.waitErrors(1)
 		st.settle(1)
-		if e := st.log.errors()[0]; !strings.Contains(e, big+" is larger than the 4 MiB") {
-			t.Errorf("logged %q, want the file and the limit", e)
+		if e := st.log.errors()[0]; !strings.Contains(e, big+": document 1: larger than 1 MiB, the largest object kubetun decodes") {
+			t.Errorf("logged %q, want the file, the document and the limit", e)
 		}
-		// The huge file is refused by its size, unread; the others are
-		// read only at the verifying polls.
-		checkReads(t, st.src, reads, polls)
+		// Read until the limit, once: polls that read it again (its
+		// modification time is too recent to trust) only hash it.
+		if n := st.src.decodes.Load() - decodes; n != 1 {
+			t.Errorf("%d decodes of a new file over 40 polls, want 1", n)
+		}
 	})
 	t.Run("broken_file_decoded_once", func(t *testing.T) {
 		st := startSource(t)
@@ -361,8 +363,8 @@ func backdate(tb testing.TB, dir string) {
 // BenchmarkPoll measures one poll of a directory of 100 unchanged manifest
 // files (about 1 MB): "trusted" is the usual poll (a stat per file),
 // "verify" the one in verifyEvery that reads and hashes every file, and
-// "decode" what a poll cost before files were remembered (read, hash and
-// decode all).
+// "decode" what a poll cost before files were remembered (read and decode
+// all, as Load does).
 func BenchmarkPoll(b *testing.B) {
 	dir := b.TempDir()
 	files := make(map[string]string)
@@ -401,13 +403,8 @@ func BenchmarkPoll(b *testing.B) {
 	})
 	b.Run("decode", func(b *testing.B) {
 		b.SetBytes(size)
-		names, _ := Files(dir)
 		for b.Loop() {
-			contents := make(map[string][]byte)
-			for _, f := range names {
-				contents[f], _ = os.ReadFile(f)
-			}
-			if _, err := decodeAll(names, contents); err != nil {
+			if _, err := Load(dir); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -425,5 +422,82 @@ func checkReads(tb testing.TB, src *Source, reads, polls int64) {
 	}
 	if p < 10 {
 		tb.Errorf("only %d polls, want at least 10", p)
+	}
+}
+
+// TestSourceReusesUnchangedObjects: when a file changes, the objects whose
+// text did not change are taken from its last decode, the same pointers,
+// and only the others are decoded again.
+func TestSourceReusesUnchangedObjects(t *testing.T) {
+	var snapshot bytes.Buffer
+	if err := writeSnapshot(&snapshot, 3); err != nil {
+		t.Fatal(err)
+	}
+	doc := func(name, ip string) string {
+		return "apiVersion: v1\nkind: Service\nmetadata: {name: " + name + "}\nspec: {clusterIP: " + ip + ", ports: [{port: 80}]}\n"
+	}
+	jsonList := func(ip string) string {
+		return `{"apiVersion": "v1", "items": [` +
+			`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"clusterIP": "10.3.240.10"}},` +
+			`{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}, "spec": {"clusterIP": "` + ip + `"}}` +
+			`], "kind": "List"}`
+	}
+	tests := []struct {
+		name          string
+		before, after string
+		changed       []string // the objects decoded again
+	}{
+		{"kubectl List, one endpoint changed", snapshot.String(),
+			strings.Replace(snapshot.String(), "    - 10.4.0.2\n", "    - 10.5.0.2\n", 1), []string{"svc-00001-x7k2p"}},
+		{"documents, one changed", doc("a", "10.3.240.10") + "---\n" + doc("b", "10.3.240.11"),
+			doc("a", "10.3.240.10") + "---\n" + doc("b", "10.3.240.12"), []string{"b"}},
+		{"documents, one added", doc("a", "10.3.240.10"),
+			doc("a", "10.3.240.10") + "---\n" + doc("b", "10.3.240.11"), []string{"b"}},
+		{"JSON List, one changed", jsonList("10.3.240.11"), jsonList("10.3.240.12"), []string{"b"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "services.yaml")
+			replaceFile(t, path, tt.before)
+			src, before, err := NewSource(path, discardLogger())
+			if err != nil {
+				t.Fatalf("NewSource: %v", err)
+			}
+			replaceFile(t, path, tt.after)
+			_, files, err := src.poll(time.Now())
+			if err != nil {
+				t.Fatalf("poll: %v", err)
+			}
+			after := src.objects(files)
+			old := make(map[string]any)
+			for _, o := range before.Services {
+				old[o.Name] = o
+			}
+			for _, o := range before.Slices {
+				old[o.Name] = o
+			}
+			var changed []string
+			check := func(name string, o any) {
+				if old[name] != o {
+					changed = append(changed, name)
+				}
+			}
+			for _, o := range after.Services {
+				check(o.Name, o)
+			}
+			for _, o := range after.Slices {
+				check(o.Name, o)
+			}
+			if !slices.Equal(changed, tt.changed) {
+				t.Errorf("objects decoded again: %v, want %v", changed, tt.changed)
+			}
+			fresh, err := Load(path)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if !reflect.DeepEqual(after.Services, fresh.Services) || !reflect.DeepEqual(after.Slices, fresh.Slices) {
+				t.Errorf("objects after the change differ from the file decoded afresh")
+			}
+		})
 	}
 }

@@ -22,7 +22,8 @@ const faultLimit = 5 * time.Second
 // TestManifestFaults writes manifests kubetun cannot use, one fault at a
 // time, under a running kubetun: each fault is reported in its log, once,
 // naming what is wrong, and the Service keeps answering from its good
-// endpoints or from the last good state.
+// endpoints, from the last valid version of an object edited into an
+// invalid one, or from the last good state.
 func TestManifestFaults(t *testing.T) {
 	c := startCluster(t, testbed.TestPorts)
 	good, err := c.Manifest.YAML()
@@ -73,9 +74,14 @@ func TestManifestFaults(t *testing.T) {
 		msg      string
 		http     bool // port 80 still answers
 	}{
-		{"slice_port_0", "  port: 9000\n", "  port: 0\n", "(TCP) is 0, not a port number (1-65535); its endpoints do not serve Service default/service-test port 7", true},
-		{"slice_port_without_number", "  port: 9001\n", "", "(TCP) has no number; its endpoints do not serve Service default/service-test port 9", true},
+		// Invalid: the slice keeps its last valid version.
+		{"slice_port_0", "  port: 9000\n", "  port: 0\n", "ports[1]: port 0 is not a port number (1-65535); keeping its last valid version", true},
+		{"slice_port_without_number", "  port: 9001\n", "", "ports[2] has no port number; keeping its last valid version", true},
+		// Valid, but no port of the slice serves echo: reported by the table.
 		{"slice_port_missing", `- name: "echo"`, `- name: "echoes"`, "(TCP); its endpoints do not serve Service default/service-test port 7", true},
+		// Invalid: the Service keeps its last valid version, and answers.
+		{"service_clusterIP_not_an_IP", "clusterIP: " + testbed.ClusterIP + "\n  clusterIPs:\n  - " + testbed.ClusterIP + "\n",
+			"clusterIP: 10.3.241.999\n  clusterIPs:\n  - 10.3.241.999\n", "is not an IP address; keeping its last valid version", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			write(t, edit(t, tc.from, tc.to))
@@ -134,10 +140,10 @@ func TestManifestFaults(t *testing.T) {
 		}
 	})
 
-	t.Run("huge_file", func(t *testing.T) {
+	t.Run("huge_object", func(t *testing.T) {
 		write(t, good)
 		write(t, bytes.Repeat([]byte("x: [\n"), 5<<20/5))
-		expect(t, c.ManifestPath+" is larger than the 4 MiB kubetun reads from a manifest file; not read")
+		expect(t, c.ManifestPath+": document 1: larger than 1 MiB, the largest object kubetun decodes")
 		served(t)
 	})
 
