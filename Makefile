@@ -19,7 +19,7 @@ GO      ?= go
 # nft, ping, dig, iperf3; unshare, dbus-daemon with the system bus's
 # configuration, and systemd's shared library for the unpacked systemd-resolved.
 DEPS    := iproute2 iputils-ping netcat-openbsd curl iptables nftables dnsutils iperf3 \
-           util-linux dbus-daemon dbus-system-bus-common libsystemd-shared
+           util-linux dbus-daemon dbus-system-bus-common libsystemd-shared patch diffutils
 # Where the split-DNS e2e tests find systemd-resolved (test/testbed.ResolvedDir).
 RESOLVED_DIR ?= $(or $(KUBETUN_CACHE),$(HOME)/.cache/kubetun)/resolved
 # Every package but the e2e tests, which need root.
@@ -31,7 +31,7 @@ FUZZTIME ?= 30s
 # leaves a short run little time to fuzz.
 FUZZMINIMIZETIME ?= 5s
 
-.PHONY: build deps deps-packages resolved vet fmt gotest unit fuzz e2e test demo bench clean controlplane
+.PHONY: build deps deps-packages resolved vet fmt gotest unit fuzz e2e test demo bench clean controlplane gvisor-copy gvisor-diff
 
 build:
 	$(GO) build -o bin/kubetun ./cmd/kubetun
@@ -134,6 +134,17 @@ demo: deps build
 # minutes and says so); without it they are skipped with a note.
 bench: deps build controlplane
 	$(GO) run ./test/bench --kubetun bin/kubetun --json bin/bench.json $(BENCH_FLAGS)
+
+# third_party/gvisor is gVisor at the version go.mod requires, trimmed, with
+# the patches of third_party/patches/gvisor. gvisor-copy makes it anew (after
+# a version bump or a new patch) and checks it; gvisor-diff prints what it has
+# beyond upstream and the patches: edit the copy, then
+#   make gvisor-diff > third_party/patches/gvisor/NNNN-what.patch
+gvisor-copy:
+	$(GO) run ./test/gvisorcopy/cmd/gvisorcopy -write
+
+gvisor-diff:
+	@$(GO) run ./test/gvisorcopy/cmd/gvisorcopy -diff
 
 clean:
 	rm -rf bin

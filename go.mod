@@ -77,3 +77,8 @@ require (
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 )
+
+// gVisor at the version required above, trimmed to the packages kubetun
+// imports, with the patches of third_party/patches/gvisor applied:
+// third_party/README.md says which and why; make gvisor-copy checks it.
+replace gvisor.dev/gvisor => ./third_party/gvisor
