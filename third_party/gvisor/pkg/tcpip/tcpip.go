@@ -1167,6 +1167,20 @@ func (*TCPModerateReceiveBufferOption) isGettableTransportProtocolOption() {}
 
 func (*TCPModerateReceiveBufferOption) isSettableTransportProtocolOption() {}
 
+// TCPInlineDeliveryOption, when true, makes TCP process an arriving segment
+// of a connected endpoint in the goroutine that delivers it, when no other
+// goroutine holds the endpoint, instead of always handing it to one of the
+// dispatcher's processor goroutines. A link endpoint that delivers packets
+// from a goroutine of its own (reading a TUN or a socket) then saves a
+// goroutine handoff and wake-up per segment, at the cost of that
+// goroutine's time. Segments of endpoints that are busy, listening or
+// connecting still go to a processor goroutine. Off by default.
+type TCPInlineDeliveryOption bool
+
+func (*TCPInlineDeliveryOption) isGettableTransportProtocolOption() {}
+
+func (*TCPInlineDeliveryOption) isSettableTransportProtocolOption() {}
+
 // GettableSocketOption is a marker interface for socket options that may be
 // queried.
 type GettableSocketOption interface {

@@ -180,8 +180,11 @@ func (epsByNIC *endpointsByNIC) handlePacket(id TransportEndpointID, pkt *Packet
 	// multiPortEndpoints are guaranteed to have at least one element.
 	transEP := mpep.selectEndpoint(id, epsByNIC.seed)
 	if queuedProtocol, mustQueue := mpep.demux.queuedProtocols[protocolIDs{mpep.netProto, mpep.transProto}]; mustQueue {
-		queuedProtocol.QueuePacket(transEP, id, pkt)
+		// Unlocked first: QueuePacket may process the packet in this
+		// goroutine (TCPInlineDeliveryOption), and an endpoint that
+		// closes unregisters itself, which takes mu.
 		epsByNIC.mu.RUnlock()
+		queuedProtocol.QueuePacket(transEP, id, pkt)
 		return true
 	}
 	epsByNIC.mu.RUnlock()

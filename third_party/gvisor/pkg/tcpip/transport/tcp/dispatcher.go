@@ -178,10 +178,11 @@ func handleConnecting(ep *Endpoint) {
 }
 
 // handleConnected is responsible for TCP processing for an endpoint in one of
-// the connected states(StateEstablished, StateFinWait1 etc.)
-func handleConnected(ep *Endpoint) {
+// the connected states(StateEstablished, StateFinWait1 etc.) It returns false
+// if another goroutine holds the endpoint, and then processes nothing.
+func handleConnected(ep *Endpoint) bool {
 	if !ep.TryLock() {
-		return
+		return false
 	}
 
 	if !ep.EndpointState().connected() {
@@ -189,7 +190,7 @@ func handleConnected(ep *Endpoint) {
 		// state then just return (only possible if it was closed or
 		// timed out by the time we got around to processing the wakeup.
 		ep.mu.Unlock()
-		return
+		return true
 	}
 
 	// NOTE: We read this outside of e.mu lock which means that by the time
@@ -205,11 +206,12 @@ func handleConnected(ep *Endpoint) {
 		ep.mu.Unlock()
 		ep.drainClosingSegmentQueue()
 		ep.waiterQueue.Notify(waiter.EventHUp | waiter.EventErr | waiter.ReadableEvents | waiter.WritableEvents)
-		return
+		return true
 	case ep.EndpointState() == StateTimeWait:
 		startTimeWait(ep)
 	}
 	ep.mu.Unlock()
+	return true
 }
 
 // startTimeWait starts a new goroutine to handle TIME-WAIT.
@@ -438,7 +440,12 @@ func (d *dispatcher) wait() {
 
 // queuePacket queues an incoming packet to the matching tcp endpoint and
 // also queues the endpoint to a processor queue for processing.
-func (d *dispatcher) queuePacket(stackEP stack.TransportEndpoint, id stack.TransportEndpointID, clock tcpip.Clock, pkt *stack.PacketBuffer) {
+//
+// If inline is true and the endpoint is connected and held by no other
+// goroutine, the segment is processed in the calling goroutine instead
+// (TCPInlineDeliveryOption). The segment queue keeps the order either way:
+// whoever holds the endpoint's lock takes the queued segments in turn.
+func (d *dispatcher) queuePacket(stackEP stack.TransportEndpoint, id stack.TransportEndpointID, clock tcpip.Clock, pkt *stack.PacketBuffer, inline bool) {
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
@@ -476,9 +483,19 @@ func (d *dispatcher) queuePacket(stackEP stack.TransportEndpoint, id stack.Trans
 	// Only wakeup the processor if endpoint lock is not held by a user
 	// goroutine as endpoint.UnlockUser will wake up the processor if the
 	// segment queue is not empty.
-	if !ep.isOwnedByUser() {
-		d.selectProcessor(id).queueEndpoint(ep)
+	if ep.isOwnedByUser() {
+		return
 	}
+	if inline {
+		if state := ep.EndpointState(); state.connected() && state != StateTimeWait && handleConnected(ep) {
+			// handleConnected takes at most maxSegmentsPerWake
+			// segments; a processor takes the rest, as it would.
+			if ep.segmentQueue.empty() || ep.isOwnedByUser() {
+				return
+			}
+		}
+	}
+	d.selectProcessor(id).queueEndpoint(ep)
 }
 
 // selectProcessor uses a hash of the transport endpoint ID to queue the

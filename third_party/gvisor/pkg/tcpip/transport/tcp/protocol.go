@@ -23,6 +23,7 @@ import (
 	"strings"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/atomicbitops"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/header/parse"
@@ -108,6 +109,10 @@ type protocol struct {
 	synRetries                 uint8
 	dispatcher                 dispatcher
 
+	// inlineDelivery is TCPInlineDeliveryOption, read without mu on every
+	// arriving segment.
+	inlineDelivery atomicbitops.Bool `state:"nosave"`
+
 	// probe, if not nil, will be invoked any time an endpoint receives a
 	// TCP segment.
 	//
@@ -152,7 +157,7 @@ func (*protocol) ParsePorts(v []byte) (src, dst uint16, err tcpip.Error) {
 // goroutine which is responsible for dequeuing and doing full TCP dispatch of
 // the packet.
 func (p *protocol) QueuePacket(ep stack.TransportEndpoint, id stack.TransportEndpointID, pkt *stack.PacketBuffer) {
-	p.dispatcher.queuePacket(ep, id, p.stack.Clock(), pkt)
+	p.dispatcher.queuePacket(ep, id, p.stack.Clock(), pkt, p.inlineDelivery.Load())
 }
 
 // HandleUnknownDestinationPacket handles packets targeted at this protocol but
@@ -313,6 +318,10 @@ func (p *protocol) SetOption(option tcpip.SettableTransportProtocolOption) tcpip
 		p.mu.Unlock()
 		return nil
 
+	case *tcpip.TCPInlineDeliveryOption:
+		p.inlineDelivery.Store(bool(*v))
+		return nil
+
 	case *tcpip.TCPLingerTimeoutOption:
 		p.mu.Lock()
 		if *v < 0 {
@@ -441,6 +450,10 @@ func (p *protocol) Option(option tcpip.GettableTransportProtocolOption) tcpip.Er
 		p.mu.RLock()
 		*v = tcpip.TCPModerateReceiveBufferOption(p.moderateReceiveBuffer)
 		p.mu.RUnlock()
+		return nil
+
+	case *tcpip.TCPInlineDeliveryOption:
+		*v = tcpip.TCPInlineDeliveryOption(p.inlineDelivery.Load())
 		return nil
 
 	case *tcpip.TCPLingerTimeoutOption:
