@@ -415,7 +415,7 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample, externa
 	// First connections: to Services spread over the table, each never
 	// connected to before; the baseline connects to pod1 afresh as often.
 	k := min(n, firstConnCount)
-	p50, p99 := row{name: "first connection + request, " + label + ", p50", lowerBetter: true}, row{name: "first connection + request, " + label + ", p99", lowerBetter: true}
+	first := newPercentileRows("first connection + request, "+label, "µs", micros)
 	for _, p := range []int{pathDirect, pathKubetun} {
 		var lat []time.Duration
 		for j := range k {
@@ -434,12 +434,9 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample, externa
 			}
 			lat = append(lat, time.Since(t0))
 		}
-		slices.Sort(lat)
-		p50.results[p] = result{value: micros(percentile(lat, 50)), unit: "µs", detail: fmt.Sprintf("%d connections", k)}
-		p99.results[p] = result{value: micros(percentile(lat, 99)), unit: "µs"}
+		first.set(p, lat, fmt.Sprintf("%d connections", k))
 	}
-	b.add(p50)
-	b.add(p99)
+	b.addPercentiles(first)
 
 	// One endpoint change: the probe Service gets pod1.
 	probe.Endpoints = pods[:1]
