@@ -262,3 +262,18 @@ func everything(services []*corev1.Service, list []*discoveryv1.EndpointSlice) c
 	}
 	return cs
 }
+
+// Everything returns the change set that says All for the whole set of
+// objects services and slices, for a source that hands over whole sets. An
+// object defined twice is taken once, the last one given.
+func Everything(services []*corev1.Service, slices []*discoveryv1.EndpointSlice) *Changes {
+	ch := &Changes{All: true, Services: make(map[string]Change[*corev1.Service], len(services)),
+		Slices: make(map[string]Change[*discoveryv1.EndpointSlice], len(slices))}
+	for _, svc := range services {
+		ch.Services[Key(svc)] = Change[*corev1.Service]{Current: svc}
+	}
+	for _, es := range slices {
+		ch.Slices[Key(es)] = Change[*discoveryv1.EndpointSlice]{Current: es}
+	}
+	return ch
+}
