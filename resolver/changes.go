@@ -27,8 +27,9 @@ type Changes struct {
 	Slices   map[string]Change[*discoveryv1.EndpointSlice]
 }
 
-// Change is one object's change: Previous is nil for an object added,
-// Current is nil for one deleted.
+// Change is one object's change: Previous is the object before it (as the
+// last build saw it, or a version that differs from that in nothing the
+// table reads), nil for an object added; Current is nil for one deleted.
 type Change[T any] struct {
 	Previous, Current T
 }
@@ -44,7 +45,7 @@ func Key(o metav1.Object) string { return o.GetNamespace() + "/" + o.GetName() }
 
 // ChangeTracker records the changes a source sees, for the next build to
 // take (Take): like kube-proxy's change trackers it keeps, per key, the
-// object the last Take handed out and the one now, so that any number of
+// object before the changes and the one now, so that any number of
 // updates of one object between two builds are one change, and an update
 // that changes nothing the table reads (SameService, SameSlice) is none.
 // It also keeps the current object of every key, for a resync (Resync)
@@ -63,7 +64,7 @@ type ChangeTracker struct {
 // changed since the last Take with the object that Take handed out.
 type tracked[T comparable] struct {
 	current map[string]T
-	pending map[string]T // key -> the object as last taken (zero: none)
+	pending map[string]T // key -> the object before its changes (zero: none)
 	same    func(a, b T) bool
 }
 
