@@ -241,8 +241,8 @@ func protocolOf(p corev1.Protocol) (Protocol, bool) {
 // from the Service's slices: those of ip's family, through the slice port
 // with the same name and protocol. The result is sorted and has no duplicate
 // address (an endpoint may sit in two slices while the controller moves it;
-// the readiest copy is kept, then the one in the first slice by name). What the policy refuses is left out and
-// reported.
+// the readiest copy is kept, then the one in the first slice by name). What
+// the policy refuses is left out and reported.
 func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.ServicePort, ip netip.Addr, policy targetPolicy) ([]Endpoint, []Problem) {
 	proto := p.Protocol
 	if proto == "" {
@@ -272,42 +272,10 @@ func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.Se
 			continue
 		}
 		for _, e := range es.Endpoints {
-			if len(e.Addresses) == 0 {
-				problems = append(problems, Problem{sliceID, "an endpoint has no address; ignored"})
+			ep, problem := sliceEndpoint(id, sliceID, e, port, policy)
+			if problem != nil {
+				problems = append(problems, *problem)
 				continue
-			}
-			// Like kube-proxy, use the first address: the API says they are
-			// fungible and consumers use the first.
-			addr, err := netip.ParseAddr(e.Addresses[0])
-			if err != nil {
-				problems = append(problems, Problem{sliceID, fmt.Sprintf("address %q is not an IP address", e.Addresses[0])})
-				continue
-			}
-			addr = addr.Unmap()
-			if reason := policy.refuse(addr); reason != "" {
-				problems = append(problems, Problem{"Service " + id,
-					fmt.Sprintf("endpoint %s (%s) is %s; refused, never dialled", addr, sliceID, reason)})
-				continue
-			}
-			ep := Endpoint{
-				Addr:        netip.AddrPortFrom(addr, port),
-				Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
-				Serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
-				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
-			}
-			if e.NodeName != nil {
-				ep.NodeName = *e.NodeName
-			}
-			if e.Zone != nil {
-				ep.Zone = *e.Zone
-			}
-			if e.Hints != nil {
-				for _, z := range e.Hints.ForZones {
-					ep.ForZones = append(ep.ForZones, z.Name)
-				}
-				for _, n := range e.Hints.ForNodes {
-					ep.ForNodes = append(ep.ForNodes, n.Name)
-				}
 			}
 			eps = append(eps, ep)
 		}
@@ -317,6 +285,45 @@ func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.Se
 	})
 	eps = slices.CompactFunc(eps, func(a, b Endpoint) bool { return a.Addr == b.Addr })
 	return eps, problems
+}
+
+// sliceEndpoint makes the Endpoint of slice endpoint e on port, or says
+// why Service id cannot use it.
+func sliceEndpoint(id, sliceID string, e discoveryv1.Endpoint, port uint16, policy targetPolicy) (Endpoint, *Problem) {
+	if len(e.Addresses) == 0 {
+		return Endpoint{}, &Problem{sliceID, "an endpoint has no address; ignored"}
+	}
+	// Like kube-proxy, use the first address: the API says they are
+	// fungible and consumers use the first.
+	addr, err := netip.ParseAddr(e.Addresses[0])
+	if err != nil {
+		return Endpoint{}, &Problem{sliceID, fmt.Sprintf("address %q is not an IP address", e.Addresses[0])}
+	}
+	addr = addr.Unmap()
+	if reason := policy.refuse(addr); reason != "" {
+		return Endpoint{}, &Problem{"Service " + id, fmt.Sprintf("endpoint %s (%s) is %s; refused, never dialled", addr, sliceID, reason)}
+	}
+	ep := Endpoint{
+		Addr:        netip.AddrPortFrom(addr, port),
+		Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+		Serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
+		Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+	}
+	if e.NodeName != nil {
+		ep.NodeName = *e.NodeName
+	}
+	if e.Zone != nil {
+		ep.Zone = *e.Zone
+	}
+	if e.Hints != nil {
+		for _, z := range e.Hints.ForZones {
+			ep.ForZones = append(ep.ForZones, z.Name)
+		}
+		for _, n := range e.Hints.ForNodes {
+			ep.ForNodes = append(ep.ForNodes, n.Name)
+		}
+	}
+	return ep, nil
 }
 
 // rank orders copies of one endpoint: a ready copy before a serving one

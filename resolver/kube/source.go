@@ -154,34 +154,9 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	if s.cidrs != nil {
 		informersList = append(informersList, s.cidrs)
 	}
-	synced := make([]cache.InformerSynced, 0, len(informersList))
-	for _, inf := range informersList {
-		ch, onChange := s.changed, s.opts.OnChange
-		if inf == s.cidrs {
-			// A ServiceCIDR change goes to applyCIDRs, not apply: it does
-			// not wait for the service table, so OnChange must not hear of
-			// it (a health tracker would wait for a sync that never comes).
-			ch, onChange = s.cidrsDiff, nil
-		}
-		var h cache.ResourceEventHandlerFuncs
-		switch inf {
-		case s.services:
-			h = trackingNotifier(ch, onChange, s.recordService, sameService)
-		case s.slices:
-			h = trackingNotifier(ch, onChange, s.recordSlice, sameSlice)
-		default:
-			h = notifier(ch, onChange)
-		}
-		reg, err := inf.AddEventHandler(h)
-		if err != nil {
-			return fmt.Errorf("adding event handler: %w", err)
-		}
-		// Synced once the handler has had every object of the initial
-		// listing: the tracker then holds them all.
-		synced = append(synced, reg.HasSynced)
-		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
-			return fmt.Errorf("setting watch error handler: %w", err)
-		}
+	synced, err := s.addHandlers(informersList)
+	if err != nil {
+		return err
 	}
 
 	var wg sync.WaitGroup
@@ -218,6 +193,40 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 			applyCIDRs(s.serviceCIDRs())
 		}
 	}
+}
+
+// addHandlers gives each informer its event handler and watch error
+// handler, and returns what says that each handler has had every object
+// of the initial listing (the tracker then holds them all).
+func (s *Source) addHandlers(informersList []cache.SharedIndexInformer) ([]cache.InformerSynced, error) {
+	synced := make([]cache.InformerSynced, 0, len(informersList))
+	for _, inf := range informersList {
+		ch, onChange := s.changed, s.opts.OnChange
+		if inf == s.cidrs {
+			// A ServiceCIDR change goes to applyCIDRs, not apply: it does
+			// not wait for the service table, so OnChange must not hear of
+			// it (a health tracker would wait for a sync that never comes).
+			ch, onChange = s.cidrsDiff, nil
+		}
+		var h cache.ResourceEventHandlerFuncs
+		switch inf {
+		case s.services:
+			h = trackingNotifier(ch, onChange, s.recordService, sameService)
+		case s.slices:
+			h = trackingNotifier(ch, onChange, s.recordSlice, sameSlice)
+		default:
+			h = notifier(ch, onChange)
+		}
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return nil, fmt.Errorf("adding event handler: %w", err)
+		}
+		synced = append(synced, reg.HasSynced)
+		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
+			return nil, fmt.Errorf("setting watch error handler: %w", err)
+		}
+	}
+	return synced, nil
 }
 
 // notifier returns event handlers that only record that a change is pending.
