@@ -151,15 +151,15 @@ func (f *folding) withdraw(e *svcEntry) {
 		return
 	}
 	for _, k := range e.claimedPorts {
-		c.portClaims[k] = deleteClaim(c.portClaims, k, e)
+		deleteClaim(c.portClaims, k, e)
 		f.affPorts[k] = true
 	}
 	for _, k := range e.claimedNodes {
-		c.nodeClaims[k] = deleteClaim(c.nodeClaims, k, e)
+		deleteClaim(c.nodeClaims, k, e)
 		f.affNodes[k] = true
 	}
 	for _, ip := range e.claimedIPs {
-		c.ipClaims[ip] = deleteEntry(c.ipClaims, ip, e)
+		deleteEntry(c.ipClaims, ip, e)
 		f.affIPs[ip] = true
 	}
 	if c.nsCount[e.svc.Namespace]--; c.nsCount[e.svc.Namespace] == 0 {
@@ -172,15 +172,13 @@ func (f *folding) withdraw(e *svcEntry) {
 	e.active, e.served, e.claimedPorts, e.claimedIPs, e.claimedNodes = false, false, e.claimedPorts[:0], e.claimedIPs[:0], e.claimedNodes[:0]
 }
 
-// deleteClaim returns lists[k] without e's claims; an empty list is
-// deleted.
-func deleteClaim[K comparable](lists map[K][]claim, k K, e *svcEntry) []claim {
-	l := slices.DeleteFunc(lists[k], func(x claim) bool { return x.e == e })
-	if len(l) == 0 {
+// deleteClaim takes e's claims out of lists[k]; an empty list is deleted.
+func deleteClaim[K comparable](lists map[K][]claim, k K, e *svcEntry) {
+	if l := slices.DeleteFunc(lists[k], func(x claim) bool { return x.e == e }); len(l) > 0 {
+		lists[k] = l
+	} else {
 		delete(lists, k)
-		return nil
 	}
-	return l
 }
 
 // claimName gives Service name id to its oldest definition, which claims

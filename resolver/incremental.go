@@ -317,7 +317,7 @@ func (c *buildCache) settleClusterIPs(added []*svcEntry, dirty *dirtyList) {
 	touched := make(map[netip.Addr]bool)
 	for _, e := range c.gone {
 		for _, ip := range e.ips {
-			c.ipOwners[ip] = deleteEntry(c.ipOwners, ip, e)
+			deleteEntry(c.ipOwners, ip, e)
 			touched[ip] = true
 		}
 		c.unjudge(e)
@@ -347,14 +347,13 @@ func (c *buildCache) rebuild(dirty dirtyList, prev *Snapshot) {
 	}
 }
 
-// deleteEntry returns lists[k] without e; an empty list is deleted.
-func deleteEntry[K comparable](lists map[K][]*svcEntry, k K, e *svcEntry) []*svcEntry {
-	l := slices.DeleteFunc(lists[k], func(x *svcEntry) bool { return x == e })
-	if len(l) == 0 {
+// deleteEntry takes e out of lists[k]; an empty list is deleted.
+func deleteEntry[K comparable](lists map[K][]*svcEntry, k K, e *svcEntry) {
+	if l := slices.DeleteFunc(lists[k], func(x *svcEntry) bool { return x == e }); len(l) > 0 {
+		lists[k] = l
+	} else {
 		delete(lists, k)
-		return nil
 	}
-	return l
 }
 
 // olderService orders Services oldest first: by creationTimestamp, then
@@ -370,7 +369,7 @@ func olderService(a, b *corev1.Service) int {
 // unjudge takes e out of the index of judged addresses.
 func (c *buildCache) unjudge(e *svcEntry) {
 	for _, a := range e.addrs {
-		c.byEndpointAddr[a] = deleteEntry(c.byEndpointAddr, a, e)
+		deleteEntry(c.byEndpointAddr, a, e)
 	}
 }
 
@@ -452,7 +451,7 @@ func (c *buildCache) releaseExternal(id string, touched map[netip.Addr]bool) boo
 		return false
 	}
 	for _, a := range old.extHeld {
-		c.extIPOwners[a] = deleteEntry(c.extIPOwners, a, old)
+		deleteEntry(c.extIPOwners, a, old)
 		touched[a] = true
 	}
 	old.extHeld = nil

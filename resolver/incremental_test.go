@@ -54,12 +54,45 @@ func TestBuildIncrementalMatchesScratch(t *testing.T) {
 					if d := snapshotDiff(inc, scratch); d != "" {
 						t.Fatalf("step %d: %s", step, d)
 					}
+					if d := cacheSizeDiff(inc.cache, scratch.cache); d != "" {
+						t.Fatalf("step %d: the cache holds %s", step, d)
+					}
 					seen.count(inc, problems)
 				}
 				seen.check(t)
 			})
 		}
 	}
+}
+
+// cacheSizeDiff compares the sizes of the indexes of two caches of the
+// same objects: an incremental build must leave no entry behind that one
+// from nothing would not have.
+func cacheSizeDiff(a, b *buildCache) string {
+	for _, n := range []struct {
+		what string
+		a, b int
+	}{
+		{"Services", len(a.byID), len(b.byID)},
+		{"slices", len(a.sliceDefs), len(b.sliceDefs)},
+		{"Services with slices", len(a.bySvc), len(b.bySvc)},
+		{"ClusterIP owners", len(a.ipOwners), len(b.ipOwners)},
+		{"endpoint addresses", len(a.byEndpointAddr), len(b.byEndpointAddr)},
+		{"external address owners", len(a.extIPOwners), len(b.extIPOwners)},
+		{"external address holders", len(a.extHolder), len(b.extHolder)},
+		{"entries with external addresses", len(a.withExternal), len(b.withExternal)},
+		{"port claims", len(a.portClaims), len(b.portClaims)},
+		{"node port claims", len(a.nodeClaims), len(b.nodeClaims)},
+		{"ClusterIP claims", len(a.ipClaims), len(b.ipClaims)},
+		{"addresses served", len(a.addrWin), len(b.addrWin)},
+		{"entries with problems", len(a.withProblems), len(b.withProblems)},
+		{"health checks", len(a.hcs), len(b.hcs)},
+	} {
+		if n.a != n.b {
+			return fmt.Sprintf("%d %s, from scratch %d", n.a, n.what, n.b)
+		}
+	}
+	return ""
 }
 
 // reached counts what the random changes made the table hold.
