@@ -169,7 +169,7 @@ func openIdle(ctx context.Context, ns, addr string, n int) (conns []net.Conn, fa
 	return conns, failed, firstErr
 }
 
-// measureTable runs the table cases: resolver.Build in this process, then
+// measureTable runs the table cases: resolver.Update in this process, then
 // kubetun with many Services.
 func (b *bench) measureTable(ctx context.Context) error {
 	for _, n := range b.cfg.buildSizes {
@@ -276,16 +276,19 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// buildCost times resolver.Build after one endpoint change among n
-// generated Services (three endpoints each), and weighs the snapshot.
+// buildCost times one endpoint change among n generated Services (three
+// endpoints each), recorded in a change tracker as the sources record it
+// and applied with resolver.Update, and weighs the snapshot.
 func (b *bench) buildCost(n int) error {
-	name := fmt.Sprintf("endpoint change among %d Services: resolver.Build", n)
+	name := fmt.Sprintf("endpoint change among %d Services: resolver.Update", n)
 	progress("%s", name)
 	svcs, eps := genObjects(n, 3)
+	tracker := resolver.NewChangeTracker() // the source's, not weighed with the snapshot
+	tracker.Replace(svcs, eps)
 	var m0, m1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
-	snap, problems := resolver.Build(svcs, eps, nil, resolver.Topology{NodeName: testbed.NodeName})
+	snap, problems := resolver.Update(nil, tracker.Take(), resolver.Topology{NodeName: testbed.NodeName})
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
 	perService := (float64(m1.HeapAlloc) - float64(m0.HeapAlloc)) / float64(n)
@@ -296,7 +299,8 @@ func (b *bench) buildCost(n int) error {
 		es.Endpoints[0].Addresses[0] = endpointIP(i, 40+k)
 		eps[i] = es
 		c0, t0 := cpuTime(), time.Now()
-		snap, _ = resolver.Build(svcs, eps, snap, resolver.Topology{NodeName: testbed.NodeName})
+		tracker.Slice(resolver.Key(es), es)
+		snap, _ = resolver.Update(snap, tracker.Take(), resolver.Topology{NodeName: testbed.NodeName})
 		cpu, wall = append(cpu, cpuTime()-c0), append(wall, time.Since(t0))
 	}
 	runtime.KeepAlive(snap)
