@@ -373,3 +373,128 @@ func TestEntryProblems(t *testing.T) {
 		})
 	}
 }
+
+// TestHoldExternal: the oldest definition of a name that is neither
+// headless nor ExternalName holds its external addresses; the oldest such
+// entry owns each address, and a name that changes gives its addresses up.
+func TestHoldExternal(t *testing.T) {
+	ext := netip.MustParseAddr("203.0.113.1")
+	headless := stepService("a", 0, corev1.ClusterIPNone, 0, "203.0.113.9")
+	tests := []struct {
+		name     string
+		services []*corev1.Service
+		holder   string // ClusterIP of the definition holding ns/a's addresses
+		owner    string // the owner of 203.0.113.1
+	}{
+		{"one definition", []*corev1.Service{stepService("a", 1, "10.96.0.1", 0, "203.0.113.1")}, "10.96.0.1", "ns/a"},
+		{"the oldest that is not headless", []*corev1.Service{headless, stepService("a", 2, "10.96.0.2", 0, "203.0.113.1")}, "10.96.0.2", "ns/a"},
+		{"an older name owns a shared address", []*corev1.Service{stepService("a", 2, "10.96.0.1", 0, "203.0.113.1"),
+			stepService("b", 1, "10.96.0.2", 0, "203.0.113.1")}, "10.96.0.1", "ns/b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := updated(tt.services, nil)
+			if h := c.extHolder["ns/a"]; h == nil || h.svc.Spec.ClusterIP != tt.holder {
+				t.Errorf("ns/a's addresses held by %v, want the definition on %s", h, tt.holder)
+			}
+			if got := c.extOwners[ext]; got != tt.owner {
+				t.Errorf("203.0.113.1 owned by %q, want %q", got, tt.owner)
+			}
+			touched := make(map[netip.Addr]bool)
+			c.releaseExternal("ns/a", touched)
+			if c.extHolder["ns/a"] != nil || !touched[ext] {
+				t.Errorf("after release: holder %v, touched %v; want none, 203.0.113.1", c.extHolder["ns/a"], touched)
+			}
+		})
+	}
+}
+
+// TestSettleServedAndHealthCheck: an entry is counted as served while it
+// serves a ClusterIP port, and has a health check node port then, with
+// externalTrafficPolicy: Local and its ready endpoints on this node.
+func TestSettleServedAndHealthCheck(t *testing.T) {
+	local := func(svc *corev1.Service) *corev1.Service {
+		svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+		svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		svc.Spec.HealthCheckNodePort = 32000
+		return svc
+	}
+	here := stepSlice("a-1", "a", "10.244.0.1", "10.244.0.2")
+	here.Endpoints[0].NodeName = new("node-a")
+	tests := []struct {
+		name     string
+		services []*corev1.Service
+		served   bool
+		hc       *HealthCheck
+	}{
+		{"served, no health check", []*corev1.Service{stepService("a", 1, "10.96.0.1", 30080)}, true, nil},
+		{"a health check with one local endpoint", []*corev1.Service{local(stepService("a", 1, "10.96.0.1", 30080))}, true,
+			&HealthCheck{Namespace: "ns", Name: "a", Port: 32000, LocalEndpoints: 1}},
+		{"its ClusterIP port lost: neither", []*corev1.Service{stepService("b", 0, "10.96.0.1", 0), local(stepService("a", 1, "10.96.0.1", 30080))}, false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newBuildCache(Topology{NodeName: "node-a"}, buildOptions{maxAffinity: DefaultMaxAffinityClients})
+			c.update(everything(tt.services, []*discoveryv1.EndpointSlice{here}), nil)
+			f := claimed(c)
+			f.settlePorts()
+			e := c.byID["ns/a"][0]
+			f.settleServed(e)
+			f.settleHealthCheck(e)
+			if e.served != tt.served {
+				t.Errorf("served = %v, want %v", e.served, tt.served)
+			}
+			hc, ok := c.hcs[e]
+			if ok != (tt.hc != nil) || ok && hc != *tt.hc {
+				t.Errorf("health check %+v (%v), want %+v", hc, ok, tt.hc)
+			}
+			if f.hcDirty != (tt.hc != nil) {
+				t.Errorf("health checks dirty %v, want %v", f.hcDirty, tt.hc != nil)
+			}
+		})
+	}
+}
+
+// TestSettleAddressesAndLists: the addresses whose ports changed answer
+// ping while a port on them has a usable endpoint, the oldest Service
+// names a ClusterIP, and the lists of external addresses and node ports
+// are made again only when they changed.
+func TestSettleAddressesAndLists(t *testing.T) {
+	ip, ext := netip.MustParseAddr("10.96.0.1"), netip.MustParseAddr("203.0.113.1")
+	tests := []struct {
+		name      string
+		services  []*corev1.Service
+		slices    []*discoveryv1.EndpointSlice
+		answers   bool
+		named     string
+		externals []netip.Addr
+		nodePorts int
+	}{
+		{"no endpoints", []*corev1.Service{stepService("a", 1, "10.96.0.1", 0)}, nil, false, "a", nil, 0},
+		{"an endpoint", []*corev1.Service{stepService("a", 1, "10.96.0.1", 0)}, []*discoveryv1.EndpointSlice{stepSlice("a-1", "a", "10.244.0.1")}, true, "a", nil, 0},
+		{"shared: the older names it", []*corev1.Service{stepService("b", 2, "10.96.0.1", 0), stepService("a", 1, "10.96.0.1", 0)}, nil, false, "a", nil, 0},
+		{"external address and node port", []*corev1.Service{stepService("a", 1, "10.96.0.1", 30080, "203.0.113.1")}, nil, false, "a", []netip.Addr{ext}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := updated(tt.services, tt.slices)
+			f := claimed(c)
+			f.settlePorts()
+			f.settleNodePorts()
+			f.settleAddresses()
+			f.settleLists()
+			if answers, ok := f.ips.get(ip); !ok || answers != tt.answers {
+				t.Errorf("10.96.0.1 answers %v (%v), want %v", answers, ok, tt.answers)
+			}
+			if rec, _ := f.byIP.get(ip); rec == nil || rec.Name != tt.named {
+				t.Errorf("10.96.0.1 named by %v, want %s", rec, tt.named)
+			}
+			if !slices.Equal(f.snap.externalIPs, tt.externals) || len(f.snap.nodePortList) != tt.nodePorts {
+				t.Errorf("external addresses %v, node ports %v; want %v, %d", f.snap.externalIPs, f.snap.nodePortList, tt.externals, tt.nodePorts)
+			}
+			if _, ok := f.snap.namespaces["ns"]; !ok {
+				t.Errorf("namespaces %v, want ns", f.snap.namespaces)
+			}
+		})
+	}
+}
