@@ -17,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kubetun/kubetun/tunnel"
 )
 
 // The fuzz targets here feed the stack what a client on the node's network
@@ -219,7 +221,7 @@ func FuzzStack(f *testing.F) {
 			default:
 				continue // the pump drops it
 			}
-			if !(isUDPPacket(pkt) && ns.DeliverUDP(pkt)) {
+			if !(tunnel.IsUDP(pkt) && ns.DeliverUDP(pkt)) {
 				inject(link, pkt)
 			}
 			wait := time.Duration(0)
@@ -266,17 +268,6 @@ const maxWaits = 6
 // stackInput is one packet of FuzzStack's input.
 func stackInput(ctl byte, pkt []byte) []byte {
 	return append([]byte{ctl, byte(len(pkt) >> 8), byte(len(pkt))}, pkt...)
-}
-
-// isUDPPacket is the inbound pump's test for what it offers DeliverUDP.
-func isUDPPacket(pkt []byte) bool {
-	switch header.IPVersion(pkt) {
-	case header.IPv4Version:
-		return len(pkt) >= header.IPv4MinimumSize && pkt[9] == uint8(header.UDPProtocolNumber)
-	case header.IPv6Version:
-		return len(pkt) >= header.IPv6MinimumSize && pkt[6] == uint8(header.UDPProtocolNumber)
-	}
-	return false
 }
 
 // tcpOf returns the addresses and TCP header of an IPv4 or IPv6 packet

@@ -82,7 +82,11 @@ func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*Ku
 func (k *KubeSource) Run(ctx context.Context, r Receiver) error {
 	src := kube.New(k.client, kube.Options{ServiceCIDRs: k.opts.FollowCIDRs, OnChange: r.Changed, Reachability: k.reach, ProxyName: k.opts.ProxyName}, k.log)
 	return src.Run(ctx, func(st kube.State) {
-		r.Apply(State{Services: st.Services, Slices: st.Slices})
+		changes := st.Changes
+		if changes == nil {
+			changes = &resolver.Changes{} // nothing the table reads changed
+		}
+		r.Apply(State{Changes: changes})
 	}, func(cidrs []netip.Prefix) {
 		r.ApplyCIDRs(cidrs)
 	})

@@ -153,13 +153,35 @@ type Receiver interface {
 	ApplyCIDRs([]netip.Prefix)
 }
 
-// State is the whole set of objects a source holds now. Its objects may
-// belong to an informer cache: read them, never modify them.
+// State is what a source holds now: what changed since its last State
+// (Changes), or the whole set of objects (Services and Slices, without
+// Changes). Its objects may belong to an informer cache: read them, never
+// modify them.
 type State struct {
+	// Changes, if not nil, is what changed since the source's last State,
+	// as its change tracker recorded it (its first State's says All); the
+	// table is updated with only those objects.
+	Changes *resolver.Changes
+	// Services and Slices are the whole set, when Changes is nil.
 	Services []*corev1.Service
 	Slices   []*discoveryv1.EndpointSlice
 	// Warnings are the source's own problems, reported with Build's.
 	Warnings []string
+}
+
+// changes returns what st changes: Changes, or a change set that says All
+// with the whole set.
+func (st State) changes() *resolver.Changes {
+	if st.Changes != nil {
+		return st.Changes
+	}
+	return resolver.Everything(st.Services, st.Slices)
+}
+
+// again is st for a build that follows one of st itself, for what is
+// routed now: nothing changed, the objects are in the table's snapshot.
+func (st State) again() State {
+	return State{Changes: &resolver.Changes{}, Warnings: st.Warnings}
 }
 
 // Dataplane is the TUN device and the userspace stack behind it.
@@ -273,7 +295,7 @@ type Proxy struct {
 	problems  map[string]bool // reported by the last Build
 	podRoutes []netip.Prefix  // headless Services' pod IPs routed (RoutePods)
 	routed    bool            // Config.ServiceCIDRs are routed
-	last      *State          // the last whole state, rebuilt when the routed ranges change
+	last      *State          // the last state, as built again when the routed ranges change
 	fail      context.CancelCauseFunc
 	ready     sync.Once
 
@@ -494,7 +516,6 @@ func (p *Proxy) Changed() { p.tracker.Queued() }
 // DNS in them): routing them earlier would reset every connection to a
 // Service the table does not hold yet.
 func (p *Proxy) Apply(st State) {
-	p.last = &st
 	if len(p.cfg.ServiceCIDRs) == 0 || p.routed {
 		p.apply(st)
 		if len(p.cfg.ServiceCIDRs) > 0 {
@@ -559,8 +580,11 @@ func (p *Proxy) ApplyCIDRs(cidrs []netip.Prefix) {
 func (p *Proxy) apply(st State) {
 	start := time.Now()
 	before := p.table.Load()
-	snap, problems := p.build(st)
+	changes := st.changes()
+	snap, problems := p.build(changes, st.Warnings)
 	p.table.Store(snap)
+	last := st.again()
+	p.last = &last
 	extProblems, extChanged := p.applyExternal(snap)
 	if extChanged {
 		// The external addresses are routed now, and the table refuses
@@ -568,7 +592,7 @@ func (p *Proxy) apply(st State) {
 		// once (a change of what is routed rebuilds the whole table), so
 		// that the next change, most often an endpoint's, costs only
 		// itself.
-		snap, problems = p.build(st)
+		snap, problems = p.build(last.Changes, st.Warnings)
 		p.table.Store(snap)
 		extProblems, _ = p.applyExternal(snap)
 	}
@@ -579,7 +603,7 @@ func (p *Proxy) apply(st State) {
 	if p.dp != nil {
 		p.dp.EndStaleSessions()
 	}
-	p.tracker.Synced(start, snap.Services(), snap.Endpoints(), st.Slices)
+	p.tracker.Synced(start, snap.Services(), snap.Endpoints(), changes)
 	p.mu.Lock()
 	p.synced = true
 	p.mu.Unlock()
@@ -587,8 +611,9 @@ func (p *Proxy) apply(st State) {
 		"took", time.Since(start).Round(time.Microsecond))
 }
 
-// build builds the service table of st for what is routed now.
-func (p *Proxy) build(st State) (*resolver.Snapshot, []resolver.Problem) {
+// build updates the service table with changes for what is routed now;
+// warnings are the source's own problems.
+func (p *Proxy) build(changes *resolver.Changes, warnings []string) (*resolver.Snapshot, []resolver.Problem) {
 	cidrs := p.cfg.ServiceCIDRs
 	if len(cidrs) == 0 {
 		p.mu.Lock()
@@ -600,8 +625,8 @@ func (p *Proxy) build(st State) (*resolver.Snapshot, []resolver.Problem) {
 	if ext := p.cfg.External; ext != nil {
 		opts = append(opts, resolver.ExternalIPRanges(ext.ExternalIPRanges...), resolver.RefuseExternal(p.refuseExternalFunc()))
 	}
-	snap, problems := resolver.Build(st.Services, st.Slices, p.table.Load(), p.cfg.Topology, opts...)
-	for _, w := range st.Warnings {
+	snap, problems := resolver.Update(p.table.Load(), changes, p.cfg.Topology, opts...)
+	for _, w := range warnings {
 		problems = append(problems, resolver.Problem{Object: "manifests", Reason: w})
 	}
 	return snap, problems

@@ -55,5 +55,5 @@ func (m *ManifestSource) Run(ctx context.Context, r Receiver) error {
 func (m *ManifestSource) Info() SourceInfo { return SourceInfo{Kind: "manifests", Path: m.path} }
 
 func objectsState(o manifest.Objects) State {
-	return State{Services: o.Services, Slices: o.Slices, Warnings: o.Warnings}
+	return State{Services: o.Services, Slices: o.Slices, Warnings: o.Warnings, Changes: o.Changes}
 }

@@ -75,18 +75,13 @@ func MaxAffinityClients(n int) Option {
 // for it (its iptables mode writes one KUBE-SERVICES rule per Service port in
 // map order, and the first match wins), so kubetun follows the rule the
 // Kubernetes API uses for conflicts elsewhere, the oldest object wins.
-// EndpointSlices are taken by namespace/name.
+// EndpointSlices are taken by namespace/name. A Service given twice is
+// defined twice, and reported; an EndpointSlice given twice is one.
 //
-// prev, if not nil, is the snapshot being replaced: round-robin cursors and
-// session affinity carry over, so frequent rebuilds do not favour the first
-// endpoint or move clients. The first Build given prev also takes over
-// what prev's Build kept, and rebuilds only the Services whose objects
-// changed: a change costs what changed, not the whole table.
-// Objects are told apart by pointer, as informer caches hand them out: a
-// caller must not modify an object it gave Build, but give a changed copy.
-// Keeping unchanged objects at their places in the lists (a changed one
-// where its predecessor was) lets Build find the changes without a lookup
-// per object.
+// Build takes the whole set: it is Update with a change set that says
+// everything. prev, if not nil, is the snapshot being replaced: round-robin
+// cursors and session affinity carry over, so frequent rebuilds do not
+// favour the first endpoint or move clients.
 //
 // Build never fails: what it cannot use it skips and reports as a Problem,
 // each once.
@@ -94,21 +89,45 @@ func MaxAffinityClients(n int) Option {
 // topo says where this kubetun runs, for internalTrafficPolicy: Local and
 // topology hints.
 func Build(services []*corev1.Service, slices []*discoveryv1.EndpointSlice, prev *Snapshot, topo Topology, opts ...Option) (*Snapshot, []Problem) {
+	return build(prev, everything(services, slices), topo, opts)
+}
+
+// Update makes the Snapshot that follows prev once changes are applied to
+// the objects prev was built from: only the Services and EndpointSlices
+// the change set names are worked out again, with what depends on them
+// (the Services whose ClusterIP, external address or node port they share,
+// the Services whose endpoints are at their addresses). A change set that
+// says All replaces every object, as Build does. A change costs what
+// changed, not the whole table (kube-proxy's proxiers sync likewise from
+// their change trackers).
+//
+// The first Update given prev takes over what prev's build kept; another
+// given the same prev, or different options, starts again from prev's
+// objects. The objects belong to the caller, who must not modify one it
+// gave, but give a changed copy.
+func Update(prev *Snapshot, changes *Changes, topo Topology, opts ...Option) (*Snapshot, []Problem) {
+	return build(prev, changeSetOf(changes), topo, opts)
+}
+
+// build applies cs to prev's objects and makes the next snapshot:
+// incrementally with prev's cache, or, when cs says All or the cache
+// cannot be taken over, with a new cache and every object.
+func build(prev *Snapshot, cs changeSet, topo Topology, opts []Option) (*Snapshot, []Problem) {
 	o := buildOptions{maxAffinity: DefaultMaxAffinityClients}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	var c *buildCache
-	if old := prev.take(); old != nil && old.fits(topo, o) {
-		c = old
-	} else {
+	c := prev.take()
+	if cs.all || c == nil || !c.fits(topo, o) {
+		cs = prev.objectsOf().everything(cs)
 		c = newBuildCache(topo, o)
 	}
 	c.refuseExternal = o.refuseExternal
-	c.update(services, slices, prev)
+	c.update(cs, prev)
 	snap, problems := c.fold()
 	snap.cache = c
-	snap.pods.slices = append([]*discoveryv1.EndpointSlice(nil), slices...) // the caller may reuse its array
+	snap.objects = prev.objectsOf().with(cs)
+	snap.pods.objects = &snap.objects
 	return snap, problems
 }
 
@@ -222,8 +241,8 @@ func protocolOf(p corev1.Protocol) (Protocol, bool) {
 // from the Service's slices: those of ip's family, through the slice port
 // with the same name and protocol. The result is sorted and has no duplicate
 // address (an endpoint may sit in two slices while the controller moves it;
-// the readiest copy is kept, then the one in the first slice by name). What the policy refuses is left out and
-// reported.
+// the readiest copy is kept, then the one in the first slice by name). What
+// the policy refuses is left out and reported.
 func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.ServicePort, ip netip.Addr, policy targetPolicy) ([]Endpoint, []Problem) {
 	proto := p.Protocol
 	if proto == "" {
@@ -253,42 +272,10 @@ func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.Se
 			continue
 		}
 		for _, e := range es.Endpoints {
-			if len(e.Addresses) == 0 {
-				problems = append(problems, Problem{sliceID, "an endpoint has no address; ignored"})
+			ep, problem := sliceEndpoint(id, sliceID, e, port, policy)
+			if problem != nil {
+				problems = append(problems, *problem)
 				continue
-			}
-			// Like kube-proxy, use the first address: the API says they are
-			// fungible and consumers use the first.
-			addr, err := netip.ParseAddr(e.Addresses[0])
-			if err != nil {
-				problems = append(problems, Problem{sliceID, fmt.Sprintf("address %q is not an IP address", e.Addresses[0])})
-				continue
-			}
-			addr = addr.Unmap()
-			if reason := policy.refuse(addr); reason != "" {
-				problems = append(problems, Problem{"Service " + id,
-					fmt.Sprintf("endpoint %s (%s) is %s; refused, never dialled", addr, sliceID, reason)})
-				continue
-			}
-			ep := Endpoint{
-				Addr:        netip.AddrPortFrom(addr, port),
-				Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
-				Serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
-				Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
-			}
-			if e.NodeName != nil {
-				ep.NodeName = *e.NodeName
-			}
-			if e.Zone != nil {
-				ep.Zone = *e.Zone
-			}
-			if e.Hints != nil {
-				for _, z := range e.Hints.ForZones {
-					ep.ForZones = append(ep.ForZones, z.Name)
-				}
-				for _, n := range e.Hints.ForNodes {
-					ep.ForNodes = append(ep.ForNodes, n.Name)
-				}
 			}
 			eps = append(eps, ep)
 		}
@@ -298,6 +285,45 @@ func endpointsFor(id string, svcSlices []*discoveryv1.EndpointSlice, p corev1.Se
 	})
 	eps = slices.CompactFunc(eps, func(a, b Endpoint) bool { return a.Addr == b.Addr })
 	return eps, problems
+}
+
+// sliceEndpoint makes the Endpoint of slice endpoint e on port, or says
+// why Service id cannot use it.
+func sliceEndpoint(id, sliceID string, e discoveryv1.Endpoint, port uint16, policy targetPolicy) (Endpoint, *Problem) {
+	if len(e.Addresses) == 0 {
+		return Endpoint{}, &Problem{sliceID, "an endpoint has no address; ignored"}
+	}
+	// Like kube-proxy, use the first address: the API says they are
+	// fungible and consumers use the first.
+	addr, err := netip.ParseAddr(e.Addresses[0])
+	if err != nil {
+		return Endpoint{}, &Problem{sliceID, fmt.Sprintf("address %q is not an IP address", e.Addresses[0])}
+	}
+	addr = addr.Unmap()
+	if reason := policy.refuse(addr); reason != "" {
+		return Endpoint{}, &Problem{"Service " + id, fmt.Sprintf("endpoint %s (%s) is %s; refused, never dialled", addr, sliceID, reason)}
+	}
+	ep := Endpoint{
+		Addr:        netip.AddrPortFrom(addr, port),
+		Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+		Serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
+		Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+	}
+	if e.NodeName != nil {
+		ep.NodeName = *e.NodeName
+	}
+	if e.Zone != nil {
+		ep.Zone = *e.Zone
+	}
+	if e.Hints != nil {
+		for _, z := range e.Hints.ForZones {
+			ep.ForZones = append(ep.ForZones, z.Name)
+		}
+		for _, n := range e.Hints.ForNodes {
+			ep.ForNodes = append(ep.ForNodes, n.Name)
+		}
+	}
+	return ep, nil
 }
 
 // rank orders copies of one endpoint: a ready copy before a serving one

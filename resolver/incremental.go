@@ -12,83 +12,74 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 )
 
-// buildCache is what Build keeps from one snapshot to the next so that a
+// buildCache is what a build keeps from one snapshot to the next so that a
 // change costs what changed (kube-proxy's nftables mode likewise syncs only
-// what changed): each Service's part of the table is built on
-// its own and kept until its Service, its EndpointSlices or the ClusterIPs
-// its endpoints are judged against change.
+// what changed): each Service's part of the table is built on its own and
+// kept until its Service, its EndpointSlices or the addresses its
+// endpoints are judged against change. What changed is what the change
+// set says, key by key (see Changes); nothing is found by comparing
+// objects.
 //
-// Objects are recognised by pointer: an informer's cache replaces an
-// object's pointer when the object changes and keeps it otherwise, and the
-// manifest source decodes only files whose contents changed. A caller must
-// therefore never modify an object it has given Build; it gives a changed
-// copy instead.
-//
-// A cache belongs to one snapshot chain: the Build that takes it over from
-// its prev (see Snapshot.take) updates it in place, and a second Build
-// given the same prev builds from scratch.
+// A cache belongs to one snapshot chain: the build that takes it over from
+// its prev (see Snapshot.take) updates it in place; a second build given
+// the same prev starts from prev's objects instead.
 type buildCache struct {
 	topo           Topology
 	routed         []netip.Prefix
 	serviceCIDRs   []netip.Prefix
 	maxAffinity    int
 	externalRanges []netip.Prefix
-	// refuseExternal is the caller's check of this Build: what it refuses
-	// may change from one Build to the next (the node's addresses), so the
+	// refuseExternal is the caller's check of this build: what it refuses
+	// may change from one build to the next (the node's addresses), so the
 	// external addresses of every Service that has some are judged again
-	// each Build while it is set.
+	// each build while it is set.
 	refuseExternal func(netip.Addr) string
 
-	epoch  uint64
-	svcs   map[*corev1.Service]*svcEntry
-	byID   map[string][]*svcEntry // namespace/name: usually one entry
-	slices map[*discoveryv1.EndpointSlice]*sliceEntry
-	bySvc  map[string][]*discoveryv1.EndpointSlice // by Service id, by name
-	bad    map[*discoveryv1.EndpointSlice]bool     // slices with a problem
+	byID      map[string][]*svcEntry                  // Service key: an entry per definition, as given
+	sliceDefs map[string][]*sliceEntry                // EndpointSlice key: an entry per definition
+	bySvc     map[string][]*discoveryv1.EndpointSlice // by Service id, by name then UID
+	noService map[*sliceEntry]bool                    // slices that serve no Service, with why
 
-	owners   map[netip.Addr]string      // every ClusterIP, to its oldest Service
-	ipOwners map[netip.Addr][]*svcEntry // every entry with each ClusterIP, oldest first
-	judged   map[netip.Addr][]*svcEntry // the entries whose endpoints have each address
+	// Every ClusterIP, for the target policy: the entries with each, oldest
+	// first, and the id of the oldest.
+	ipOwners map[netip.Addr][]*svcEntry
+	owners   map[netip.Addr]string
+	// byEndpointAddr lists the entries whose endpoints have each address:
+	// they are judged again when the address changes hands.
+	byEndpointAddr map[netip.Addr][]*svcEntry
 
 	// External addresses, for the target policy as ClusterIPs are: those of
-	// the oldest definition of each name that is not headless or
-	// ExternalName (contrib), the oldest such entry owning each.
-	contrib     map[string]*svcEntry
-	extIPOwners map[netip.Addr][]*svcEntry
-	extOwners   map[netip.Addr]string
-	extCand     map[*svcEntry]bool // entries with externalIPs or ingress IPs
-	extTroubled map[*svcEntry]bool // contributing entries whose external addresses have problems
-	extProblems []Problem          // theirs, oldest first
+	// the oldest definition of each name that is neither headless nor
+	// ExternalName (extHolder), the oldest such entry owning each.
+	extHolder    map[string]*svcEntry
+	extIPOwners  map[netip.Addr][]*svcEntry
+	extOwners    map[netip.Addr]string
+	withExternal map[*svcEntry]bool // entries with externalIPs or ingress IPs
+	extTroubled  map[*svcEntry]bool // holders whose external addresses have problems
+	extProblems  []Problem          // theirs, oldest first
 
 	// What changed since the last fold.
 	touched map[string]bool // Service ids
 	gone    []*svcEntry
-	copied  map[*svcEntry]bool // entries given more than once, lately
-	// pendingCopies counts the new objects given more than once.
-	pendingCopies map[*corev1.Service]int
-
-	// The last inputs, to find what changed by comparing position by
-	// position; nil when they held an object twice.
-	lastSvcs   []*corev1.Service
-	lastSlices []*discoveryv1.EndpointSlice
 
 	foldState
 }
 
-// sliceEntry is what Build knows of one EndpointSlice.
+// sliceEntry is what a build knows of one EndpointSlice.
 type sliceEntry struct {
+	es      *discoveryv1.EndpointSlice
 	id      string  // its Service's namespace/name; "" when it has none
 	problem Problem // why it serves no Service, when id is ""
-	seen    uint64
 }
 
-// svcEntry is one Service's part of the table, built from the Service and
-// its slices alone.
+// svcEntry is one definition of a Service and its part of the table,
+// built from the Service and its slices alone.
 type svcEntry struct {
-	svc   *corev1.Service
-	id    string
-	seen  uint64
-	dirty bool
+	svc     *corev1.Service
+	id      string
+	def     int  // which definition of its name (0 but for Services given twice)
+	retired bool // replaced or deleted
+	dirty   bool // to be built again
 
 	ips      []netip.Addr
 	skip     string
@@ -96,10 +87,8 @@ type svcEntry struct {
 	addrs    []netip.Addr // endpoint addresses the target policy judged
 	ext      []netip.Addr // its external addresses (externalAddrs)
 	extProbs []Problem    // and what externalAddrs reported
-	contribs []netip.Addr // the external addresses it contributes to extIPOwners
+	extHeld  []netip.Addr // the external addresses it holds in extIPOwners
 	steps    []step       // what the Service serves, in the order Build reports it
-
-	copies int // how many more times the caller gave the same object
 
 	// What the entry holds in the table (see fold).
 	active       bool // this definition holds its name
@@ -114,8 +103,8 @@ type svcEntry struct {
 //
 // A Service port's ClusterIP step is followed by the steps serving the same
 // port from outside: on each external address (key) and on its node port
-// (node, nkey). Their parent is 1 + the index of the ClusterIP step; they
-// serve only while it does.
+// (node, nkey). They are outside, and cluster is the index of their
+// ClusterIP step: they serve only while it does.
 type step struct {
 	problem  *Problem
 	key      portKey
@@ -123,31 +112,35 @@ type step struct {
 	problems []Problem
 	local    []netip.Addr // ready endpoints on this node, for health checks
 
-	parent int
-	node   bool
-	nkey   nodePortKey
+	outside bool
+	cluster int // the index of the ClusterIP step, when outside
+	node    bool
+	nkey    nodePortKey
+}
+
+// olderEntry orders entries oldest Service first, then by definition: two
+// definitions of one object keep the order they were given in.
+func olderEntry(a, b *svcEntry) int {
+	return cmp.Or(olderService(a.svc, b.svc), cmp.Compare(a.def, b.def))
 }
 
 func newBuildCache(topo Topology, o buildOptions) *buildCache {
 	return &buildCache{
 		topo: topo, routed: slices.Clone(o.routed), serviceCIDRs: slices.Clone(o.serviceCIDRs), maxAffinity: o.maxAffinity,
 		externalRanges: slices.Clone(o.externalRanges),
-		contrib:        make(map[string]*svcEntry),
+		byID:           make(map[string][]*svcEntry),
+		sliceDefs:      make(map[string][]*sliceEntry),
+		bySvc:          make(map[string][]*discoveryv1.EndpointSlice),
+		noService:      make(map[*sliceEntry]bool),
+		ipOwners:       make(map[netip.Addr][]*svcEntry),
+		owners:         make(map[netip.Addr]string),
+		byEndpointAddr: make(map[netip.Addr][]*svcEntry),
+		extHolder:      make(map[string]*svcEntry),
 		extIPOwners:    make(map[netip.Addr][]*svcEntry),
 		extOwners:      make(map[netip.Addr]string),
-		extCand:        make(map[*svcEntry]bool),
+		withExternal:   make(map[*svcEntry]bool),
 		extTroubled:    make(map[*svcEntry]bool),
-		svcs:           make(map[*corev1.Service]*svcEntry),
-		byID:           make(map[string][]*svcEntry),
-		slices:         make(map[*discoveryv1.EndpointSlice]*sliceEntry),
-		bySvc:          make(map[string][]*discoveryv1.EndpointSlice),
-		bad:            make(map[*discoveryv1.EndpointSlice]bool),
-		owners:         make(map[netip.Addr]string),
-		ipOwners:       make(map[netip.Addr][]*svcEntry),
-		judged:         make(map[netip.Addr][]*svcEntry),
 		touched:        make(map[string]bool),
-		copied:         make(map[*svcEntry]bool),
-		pendingCopies:  make(map[*corev1.Service]int),
 		foldState:      newFoldState(),
 	}
 }
@@ -168,152 +161,185 @@ func hasExternal(svc *corev1.Service) bool {
 	return len(svc.Spec.ExternalIPs) > 0 || svc.Spec.Type == corev1.ServiceTypeLoadBalancer && len(svc.Status.LoadBalancer.Ingress) > 0
 }
 
-// update brings c to services and list, rebuilding the entries whose
-// inputs changed.
-func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.EndpointSlice, prev *Snapshot) {
-	c.epoch++
-	changed := make(map[string]bool) // Service ids whose slices changed
-	var dirty []*svcEntry
+// dirtyList collects the entries to build again, each once.
+type dirtyList []*svcEntry
 
-	added, removed := diffSlices(c, list)
-	for _, es := range removed {
-		e := c.slices[es]
-		delete(c.slices, es)
-		if e.id == "" {
-			delete(c.bad, es)
-			continue
-		}
-		c.bySvc[e.id] = slices.DeleteFunc(c.bySvc[e.id], func(x *discoveryv1.EndpointSlice) bool { return x == es })
-		if len(c.bySvc[e.id]) == 0 {
-			delete(c.bySvc, e.id)
-		}
-		changed[e.id] = true
+func (d *dirtyList) mark(e *svcEntry) {
+	if !e.dirty {
+		e.dirty = true
+		*d = append(*d, e)
 	}
-	for _, es := range added {
-		e := &sliceEntry{seen: c.epoch}
-		switch name := es.Labels[discoveryv1.LabelServiceName]; {
-		case name == "":
-			e.problem = Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-				"no " + discoveryv1.LabelServiceName + " label, so it belongs to no Service"}
-		case es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6:
-			e.problem = Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
-				fmt.Sprintf("addressType %q is not served (only IPv4 and IPv6 are)", es.AddressType)}
-		default:
-			e.id = es.Namespace + "/" + name
+}
+
+// update applies cs to c: the keys it names are replaced, and every entry
+// whose inputs that changed is built again. A change set that says All is
+// applied to a new cache only (see build), so every key it lacks is one c
+// never had.
+func (c *buildCache) update(cs changeSet, prev *Snapshot) {
+	var dirty dirtyList
+	c.replaceSlices(cs.slices, &dirty)
+	added := c.replaceServices(cs.services, &dirty)
+	extIDs := make(map[string]bool, len(cs.services)) // names whose external addresses may have changed
+	for id := range cs.services {
+		extIDs[id] = true
+	}
+	c.rejudgeRefusedExternal(extIDs, &dirty)
+	c.settleClusterIPs(added, &dirty)
+	c.updateExternal(extIDs, &dirty)
+	c.rebuild(dirty, prev)
+}
+
+// replaceSlices withdraws the slices of each changed key and files the new
+// ones under their Service; the entries of every Service that lost or got
+// a slice are marked dirty.
+func (c *buildCache) replaceSlices(changes map[string][]*discoveryv1.EndpointSlice, dirty *dirtyList) {
+	changed := make(map[string]bool) // Service ids whose slices changed
+	for key, defs := range changes {
+		for _, e := range c.sliceDefs[key] {
+			c.withdrawSlice(e)
+			if e.id != "" {
+				changed[e.id] = true
+			}
 		}
-		c.slices[es] = e
-		if e.id == "" {
-			c.bad[es] = true
-			continue
+		delete(c.sliceDefs, key)
+		for _, es := range defs {
+			e := newSliceEntry(es)
+			c.sliceDefs[key] = append(c.sliceDefs[key], e)
+			if e.id == "" {
+				c.noService[e] = true
+				continue
+			}
+			c.bySvc[e.id] = append(c.bySvc[e.id], es)
+			changed[e.id] = true
 		}
-		c.bySvc[e.id] = append(c.bySvc[e.id], es)
-		changed[e.id] = true
 	}
 	for id := range changed {
 		if l := c.bySvc[id]; len(l) > 1 {
-			slices.SortFunc(l, func(a, b *discoveryv1.EndpointSlice) int {
+			slices.SortStableFunc(l, func(a, b *discoveryv1.EndpointSlice) int {
 				return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
 			})
 		}
 		for _, e := range c.byID[id] {
-			if !e.dirty {
-				e.dirty = true
-				dirty = append(dirty, e)
-			}
+			dirty.mark(e)
 		}
 	}
+}
 
-	// Services: a new or changed one is a new entry; the ClusterIP owners
-	// change only where an added or removed entry has its ClusterIPs.
-	addedSvcs, removedSvcs := diffServices(c, services)
-	setChanged := len(addedSvcs) > 0 || len(removedSvcs) > 0
-	extIDs := make(map[string]bool) // ids whose external addresses may have changed
-	for _, svc := range removedSvcs {
-		e := c.svcs[svc]
-		delete(c.svcs, svc)
-		delete(c.extCand, e)
-		extIDs[e.id] = true
-		c.gone = append(c.gone, e)
-		c.touched[e.id] = true
-		c.byID[e.id] = slices.DeleteFunc(c.byID[e.id], func(x *svcEntry) bool { return x == e })
-		if len(c.byID[e.id]) == 0 {
-			delete(c.byID, e.id)
-		}
+// newSliceEntry files es under its Service, or says why it serves none.
+func newSliceEntry(es *discoveryv1.EndpointSlice) *sliceEntry {
+	e := &sliceEntry{es: es}
+	switch name := es.Labels[discoveryv1.LabelServiceName]; {
+	case name == "":
+		e.problem = Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
+			"no " + discoveryv1.LabelServiceName + " label, so it belongs to no Service"}
+	case es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6:
+		e.problem = Problem{"EndpointSlice " + es.Namespace + "/" + es.Name,
+			fmt.Sprintf("addressType %q is not served (only IPv4 and IPv6 are)", es.AddressType)}
+	default:
+		e.id = es.Namespace + "/" + name
 	}
-	for _, svc := range addedSvcs {
-		id := svc.Namespace + "/" + svc.Name
-		ips, skip := clusterIPs(svc)
-		e := &svcEntry{svc: svc, id: id, seen: c.epoch, dirty: true, ips: ips, skip: skip}
-		if skip == "" && hasExternal(svc) {
-			e.ext, e.extProbs = externalAddrs(svc, c.extOptions())
-			c.extCand[e] = true
+	return e
+}
+
+// withdrawSlice takes e's slice out of its Service's list. Every
+// definition of one key goes at once, and they share a name, so the slices
+// are found by name: the Service's slices are all in its namespace.
+func (c *buildCache) withdrawSlice(e *sliceEntry) {
+	if e.id == "" {
+		delete(c.noService, e)
+		return
+	}
+	name := e.es.Name
+	c.bySvc[e.id] = slices.DeleteFunc(c.bySvc[e.id], func(x *discoveryv1.EndpointSlice) bool { return x.Name == name })
+	if len(c.bySvc[e.id]) == 0 {
+		delete(c.bySvc, e.id)
+	}
+}
+
+// replaceServices retires the entries of each changed Service key (to
+// c.gone, for fold to withdraw) and makes an entry for each of its new
+// definitions, which it returns.
+func (c *buildCache) replaceServices(changes map[string][]*corev1.Service, dirty *dirtyList) (added []*svcEntry) {
+	for id, defs := range changes {
+		for _, e := range c.byID[id] {
+			e.retired = true
+			delete(c.withExternal, e)
+			c.gone = append(c.gone, e)
 		}
-		extIDs[id] = true
-		c.svcs[svc] = e
-		c.byID[id] = append(c.byID[id], e)
+		delete(c.byID, id)
 		c.touched[id] = true
-		dirty = append(dirty, e)
-	}
-	if c.refuseExternal != nil {
-		// What the caller refuses may have changed.
-		for e := range c.extCand {
-			ext, probs := externalAddrs(e.svc, c.extOptions())
-			if slices.Equal(ext, e.ext) && slices.Equal(probs, e.extProbs) {
-				continue
-			}
-			e.ext, e.extProbs = ext, probs
-			extIDs[e.id] = true
-			c.touched[e.id] = true
-			if !e.dirty {
-				e.dirty = true
-				dirty = append(dirty, e)
-			}
+		for i, svc := range defs {
+			e := c.newEntry(svc, id, i)
+			c.byID[id] = append(c.byID[id], e)
+			dirty.mark(e)
+			added = append(added, e)
 		}
 	}
-	for svc, n := range c.pendingCopies {
-		e := c.svcs[svc]
-		e.copies = n
-		c.copied[e] = true
+	return added
+}
+
+// newEntry makes the entry of definition def of Service id.
+func (c *buildCache) newEntry(svc *corev1.Service, id string, def int) *svcEntry {
+	ips, skip := clusterIPs(svc)
+	e := &svcEntry{svc: svc, id: id, def: def, ips: ips, skip: skip}
+	if skip == "" && hasExternal(svc) {
+		e.ext, e.extProbs = externalAddrs(svc, c.extOptions())
+		c.withExternal[e] = true
 	}
-	clear(c.pendingCopies)
-	// Every ClusterIP, for the target policy: a Service whose endpoint is
-	// a ClusterIP (its own or another's) would send kubetun's dial back
-	// into kubetun, even before the service CIDRs are known. An entry
-	// whose endpoints were judged against a ClusterIP that came, went or
-	// changed hands is judged again.
-	if setChanged {
-		touchedIPs := make(map[netip.Addr]bool)
-		for _, e := range c.gone {
-			for _, ip := range e.ips {
-				c.ipOwners[ip] = slices.DeleteFunc(c.ipOwners[ip], func(x *svcEntry) bool { return x == e })
-				if len(c.ipOwners[ip]) == 0 {
-					delete(c.ipOwners, ip)
-				}
-				touchedIPs[ip] = true
-			}
-			c.unjudge(e)
+	return e
+}
+
+// rejudgeRefusedExternal judges again the external addresses of every
+// entry that has some, when the caller refuses some (RefuseExternal): what
+// it refuses may have changed. Those whose verdict changed are dirty.
+func (c *buildCache) rejudgeRefusedExternal(extIDs map[string]bool, dirty *dirtyList) {
+	if c.refuseExternal == nil {
+		return
+	}
+	for e := range c.withExternal {
+		ext, probs := externalAddrs(e.svc, c.extOptions())
+		if slices.Equal(ext, e.ext) && slices.Equal(probs, e.extProbs) {
+			continue
 		}
-		for _, svc := range addedSvcs {
-			e := c.svcs[svc]
-			for _, ip := range e.ips {
-				cl := c.ipOwners[ip]
-				if slices.Contains(cl, e) {
-					continue
-				}
+		e.ext, e.extProbs = ext, probs
+		extIDs[e.id] = true
+		c.touched[e.id] = true
+		dirty.mark(e)
+	}
+}
+
+// settleClusterIPs brings the owners of ClusterIPs up to date with the
+// entries gone and added: a Service whose endpoint is a ClusterIP (its
+// own or another's) would send kubetun's dial back into kubetun, even
+// before the service CIDRs are known. An entry whose endpoints were judged
+// against a ClusterIP that came, went or changed hands is dirty.
+func (c *buildCache) settleClusterIPs(added []*svcEntry, dirty *dirtyList) {
+	touched := make(map[netip.Addr]bool)
+	for _, e := range c.gone {
+		for _, ip := range e.ips {
+			deleteEntry(c.ipOwners, ip, e)
+			touched[ip] = true
+		}
+		c.unjudge(e)
+	}
+	for _, e := range added {
+		for _, ip := range e.ips {
+			if cl := c.ipOwners[ip]; !slices.Contains(cl, e) { // a ClusterIP listed twice
 				c.ipOwners[ip] = insertByAge(cl, e)
-				touchedIPs[ip] = true
+				touched[ip] = true
 			}
 		}
-		for ip := range touchedIPs {
-			dirty = c.settleOwner(ip, c.ipOwners, c.owners, dirty)
-		}
 	}
+	for ip := range touched {
+		c.settleOwner(ip, c.ipOwners, c.owners, dirty)
+	}
+}
 
-	c.updateExternal(extIDs, &dirty)
-
+// rebuild builds each dirty entry that is still in the table again.
+func (c *buildCache) rebuild(dirty dirtyList, prev *Snapshot) {
 	policy := targetPolicy{routed: c.routed, clusterIPs: c.owners, external: c.extOwners}
 	for _, e := range dirty {
-		if c.svcs[e.svc] == e && e.dirty {
+		if !e.retired {
 			c.build(e, policy, prev)
 			c.touched[e.id] = true
 		}
@@ -321,149 +347,13 @@ func (c *buildCache) update(services []*corev1.Service, list []*discoveryv1.Endp
 	}
 }
 
-// diffSlices returns the slices in list that c does not know and those
-// it knows that list no longer has.
-func diffSlices(c *buildCache, list []*discoveryv1.EndpointSlice) (added, removed []*discoveryv1.EndpointSlice) {
-	added, removed, ok := positional(c.lastSlices, list, func(es *discoveryv1.EndpointSlice) bool { _, ok := c.slices[es]; return ok })
-	if ok {
-		c.lastSlices = append(c.lastSlices[:0], list...)
-		return added, removed
+// deleteEntry takes e out of lists[k]; an empty list is deleted.
+func deleteEntry[K comparable](lists map[K][]*svcEntry, k K, e *svcEntry) {
+	if l := slices.DeleteFunc(lists[k], func(x *svcEntry) bool { return x == e }); len(l) > 0 {
+		lists[k] = l
+	} else {
+		delete(lists, k)
 	}
-	seen, twice := 0, false
-	fresh := make(map[*discoveryv1.EndpointSlice]bool)
-	for _, es := range list {
-		if e, ok := c.slices[es]; ok {
-			if e.seen != c.epoch {
-				e.seen = c.epoch
-				seen++
-			} else {
-				twice = true
-			}
-			continue
-		}
-		if fresh[es] {
-			twice = true
-			continue
-		}
-		fresh[es] = true
-		added = append(added, es)
-	}
-	if seen != len(c.slices) {
-		for es, e := range c.slices {
-			if e.seen != c.epoch {
-				removed = append(removed, es)
-			}
-		}
-	}
-	c.lastSlices = nil
-	if !twice {
-		c.lastSlices = slices.Clone(list)
-	}
-	return added, removed
-}
-
-// diffServices is diffSlices for Services; it also counts the objects
-// given more than once (svcEntry.copies).
-func diffServices(c *buildCache, services []*corev1.Service) (added, removed []*corev1.Service) {
-	if len(c.copied) == 0 {
-		added, removed, ok := positional(c.lastSvcs, services, func(svc *corev1.Service) bool { _, ok := c.svcs[svc]; return ok })
-		if ok {
-			c.lastSvcs = append(c.lastSvcs[:0], services...)
-			return added, removed
-		}
-	}
-	seen := 0
-	fresh := make(map[*corev1.Service]int)
-	for _, svc := range services {
-		if e, ok := c.svcs[svc]; ok {
-			if e.seen != c.epoch {
-				e.seen, e.copies = c.epoch, 0
-				seen++
-			} else {
-				e.copies++ // one object given twice: defined twice
-				c.copied[e] = true
-				c.touched[e.id] = true
-			}
-			continue
-		}
-		if _, ok := fresh[svc]; !ok {
-			added = append(added, svc)
-		}
-		fresh[svc]++
-	}
-	if seen != len(c.svcs) {
-		for svc, e := range c.svcs {
-			if e.seen != c.epoch {
-				removed = append(removed, svc)
-			}
-		}
-	}
-	for e := range c.copied {
-		if e.copies == 0 || e.seen != c.epoch {
-			delete(c.copied, e)
-			c.touched[e.id] = true
-		}
-	}
-	c.lastSvcs = slices.Clone(services)
-	for svc, n := range fresh {
-		if n > 1 {
-			c.pendingCopies[svc] = n - 1
-		}
-	}
-	if len(c.copied) > 0 || len(c.pendingCopies) > 0 {
-		c.lastSvcs = nil
-	}
-	return added, removed
-}
-
-// positional compares the inputs of two Builds position by position, as
-// an informer cache that keeps its list in place (see resolver/kube) or a
-// caller replacing one object of its list hands them: a change of a few
-// objects costs a pass over two arrays of pointers, not a map lookup per
-// object. It reports false when the lists differ in too many places or in
-// a way it cannot tell apart from an object given twice (known says
-// whether an object is in the cache).
-func positional[T comparable](last, cur []T, known func(T) bool) (added, removed []T, ok bool) {
-	if last == nil {
-		return nil, nil, false
-	}
-	limit := 64 + len(cur)/16
-	n := min(len(last), len(cur))
-	var was, is []T
-	for i := range n {
-		if last[i] != cur[i] {
-			if len(was) == limit {
-				return nil, nil, false
-			}
-			was, is = append(was, last[i]), append(is, cur[i])
-		}
-	}
-	if len(was)+len(is)+len(last)-n+len(cur)-n > 2*limit {
-		return nil, nil, false
-	}
-	was, is = append(was, last[n:]...), append(is, cur[n:]...)
-	left := make(map[T]int, len(was))
-	for _, p := range was {
-		left[p]++
-	}
-	fresh := make(map[T]bool, len(is))
-	for _, p := range is {
-		if left[p] > 0 {
-			left[p]-- // moved
-			continue
-		}
-		if known(p) || fresh[p] {
-			return nil, nil, false // given twice, perhaps
-		}
-		fresh[p] = true
-		added = append(added, p)
-	}
-	for p, k := range left {
-		if k > 0 {
-			removed = append(removed, p)
-		}
-	}
-	return added, removed, true
 }
 
 // olderService orders Services oldest first: by creationTimestamp, then
@@ -476,127 +366,10 @@ func olderService(a, b *corev1.Service) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
 }
 
-// build makes e's part of the table from its Service and slices.
-func (c *buildCache) build(e *svcEntry, policy targetPolicy, prev *Snapshot) {
-	svc, id, ips := e.svc, e.id, e.ips
-	svcSlices := c.bySvc[id]
-	e.rec = serviceRecord(svc, ips, svcSlices)
-	e.steps = e.steps[:0]
-	c.unjudge(e)
-	e.addrs = sliceAddrs(e.addrs[:0], svcSlices)
-	for _, a := range e.addrs {
-		c.judged[a] = append(c.judged[a], e)
-	}
-	problem := func(reason string) {
-		e.steps = append(e.steps, step{problem: &Problem{"Service " + id, reason}})
-	}
-	if e.skip != "" {
-		return // headless or ExternalName: nothing to proxy
-	}
-	if len(ips) == 0 {
-		problem(fmt.Sprintf("clusterIP %q is not an IP address", svc.Spec.ClusterIP))
-		return
-	}
-	if len(svc.Spec.Ports) == 0 {
-		problem("has no ports; nothing to serve")
-		return
-	}
-	for _, ip := range ips {
-		if len(c.serviceCIDRs) > 0 && !slices.ContainsFunc(c.serviceCIDRs, func(p netip.Prefix) bool { return p.Contains(ip) }) {
-			problem(fmt.Sprintf("clusterIP %s is outside every service CIDR; it is not routed to kubetun", ip))
-		}
-	}
-	local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
-	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
-	affinity := affinityTimeout(svc)
-	for _, a := range e.ext {
-		if !hasFamily(ips, a) {
-			problem(fmt.Sprintf("external address %s: the Service has no ClusterIP of its family; not served", a))
-		}
-	}
-	for _, p := range svc.Spec.Ports {
-		proto, ok := protocolOf(p.Protocol)
-		if !ok {
-			problem(fmt.Sprintf("port %d: protocol %q is not supported", p.Port, p.Protocol))
-			continue
-		}
-		if proto == SCTP {
-			problem(fmt.Sprintf("port %d: SCTP is not supported (gVisor has no SCTP)", p.Port))
-			continue
-		}
-		if p.Port <= 0 || p.Port > 65535 {
-			problem(fmt.Sprintf("port %d is not a port number (1-65535); ignored", p.Port))
-			continue
-		}
-		for _, ip := range ips {
-			key := portKey{proto, netip.AddrPortFrom(ip, uint16(p.Port))}
-			eps, probs := endpointsFor(id, svcSlices, p, ip, policy)
-			sp := &ServicePort{
-				Service:   id,
-				Name:      p.Name,
-				Protocol:  proto,
-				ClusterIP: ip,
-				Port:      uint16(p.Port),
-				Endpoints: eps,
-				usable:    Usable(eps, local, c.topo),
-			}
-			if affinity > 0 {
-				sp.affinityTimeout = affinity
-				sp.affinity = newAffinityTable(c.maxAffinity)
-			}
-			if old, ok := prev.Lookup(proto, key.addr); ok && old.Service == id {
-				sp.next.Store(old.next.Load())
-				if sp.affinity != nil && old.affinity != nil {
-					sp.affinity = old.affinity // clients stay where they were
-				}
-			}
-			var localReady []netip.Addr
-			for _, ep := range eps {
-				if ep.Ready && ep.NodeName != "" && ep.NodeName == c.topo.NodeName {
-					localReady = append(localReady, ep.Addr.Addr())
-				}
-			}
-			e.steps = append(e.steps, step{key: key, sp: sp, problems: probs, local: localReady})
-			parent := len(e.steps)
-
-			// The same port reached from outside the cluster: on its
-			// external addresses of ip's family and on the node port, with
-			// externalTrafficPolicy's endpoints.
-			if len(e.ext) == 0 && p.NodePort <= 0 {
-				continue
-			}
-			extUsable := Usable(eps, externalLocal, c.topo)
-			for _, a := range e.ext {
-				if a.Is4() != ip.Is4() {
-					continue
-				}
-				ekey := portKey{proto, netip.AddrPortFrom(a, uint16(p.Port))}
-				esp := sp.external(a, extUsable)
-				if old, ok := prev.Lookup(proto, ekey.addr); ok && old.Service == id {
-					esp.next.Store(old.next.Load())
-				}
-				e.steps = append(e.steps, step{key: ekey, sp: esp, parent: parent})
-			}
-			if p.NodePort > 0 && p.NodePort <= 65535 {
-				nkey := nodePortKey{proto, ip.Is6(), uint16(p.NodePort)}
-				nsp := sp.external(ip, extUsable)
-				nsp.NodePort = uint16(p.NodePort)
-				if old, ok := prev.lookupNodePort(nkey); ok && old.Service == id {
-					nsp.next.Store(old.next.Load())
-				}
-				e.steps = append(e.steps, step{sp: nsp, parent: parent, node: true, nkey: nkey})
-			}
-		}
-	}
-}
-
 // unjudge takes e out of the index of judged addresses.
 func (c *buildCache) unjudge(e *svcEntry) {
 	for _, a := range e.addrs {
-		c.judged[a] = slices.DeleteFunc(c.judged[a], func(x *svcEntry) bool { return x == e })
-		if len(c.judged[a]) == 0 {
-			delete(c.judged, a)
-		}
+		deleteEntry(c.byEndpointAddr, a, e)
 	}
 }
 
@@ -646,56 +419,74 @@ func (s *Snapshot) endpointIndex() map[netip.Addr]endpointRef {
 // updateExternal brings the owners of external addresses up to date for
 // the names in ids, and marks dirty the entries whose endpoints were judged
 // against an address that changed hands.
-func (c *buildCache) updateExternal(ids map[string]bool, dirty *[]*svcEntry) {
+func (c *buildCache) updateExternal(ids map[string]bool, dirty *dirtyList) {
 	touched := make(map[netip.Addr]bool)
 	again := false
 	for id := range ids {
-		if old := c.contrib[id]; old != nil {
-			for _, a := range old.contribs {
-				c.extIPOwners[a] = slices.DeleteFunc(c.extIPOwners[a], func(x *svcEntry) bool { return x == old })
-				if len(c.extIPOwners[a]) == 0 {
-					delete(c.extIPOwners, a)
-				}
-				touched[a] = true
-			}
-			old.contribs = nil
-			if c.extTroubled[old] {
-				delete(c.extTroubled, old)
-				again = true
-			}
-			delete(c.contrib, id)
-		}
-		var e *svcEntry
-		for _, x := range c.byID[id] {
-			if x.skip == "" && (e == nil || olderService(x.svc, e.svc) < 0) {
-				e = x
-			}
-		}
-		if e == nil {
-			continue
-		}
-		c.contrib[id] = e
-		if len(e.extProbs) > 0 {
-			c.extTroubled[e] = true
+		if c.releaseExternal(id, touched) {
 			again = true
 		}
-		for _, a := range e.ext {
-			cl := c.extIPOwners[a]
-			c.extIPOwners[a] = insertByAge(cl, e)
-			e.contribs = append(e.contribs, a)
-			touched[a] = true
+		if c.holdExternal(id, touched) {
+			again = true
 		}
 	}
 	for a := range touched {
-		*dirty = c.settleOwner(a, c.extIPOwners, c.extOwners, *dirty)
+		c.settleOwner(a, c.extIPOwners, c.extOwners, dirty)
 	}
 	if again {
-		list := slices.SortedFunc(maps.Keys(c.extTroubled), func(a, b *svcEntry) int { return olderService(a.svc, b.svc) })
+		list := slices.SortedFunc(maps.Keys(c.extTroubled), olderEntry)
 		c.extProblems = c.extProblems[:0:0]
 		for _, e := range list {
 			c.extProblems = append(c.extProblems, e.extProbs...)
 		}
 	}
+}
+
+// releaseExternal takes the external addresses name id held out of
+// extIPOwners, noting them in touched; it reports whether the problems
+// of external addresses changed.
+func (c *buildCache) releaseExternal(id string, touched map[netip.Addr]bool) bool {
+	old := c.extHolder[id]
+	if old == nil {
+		return false
+	}
+	for _, a := range old.extHeld {
+		deleteEntry(c.extIPOwners, a, old)
+		touched[a] = true
+	}
+	old.extHeld = nil
+	delete(c.extHolder, id)
+	if c.extTroubled[old] {
+		delete(c.extTroubled, old)
+		return true
+	}
+	return false
+}
+
+// holdExternal makes the oldest definition of id that is neither headless
+// nor ExternalName hold its external addresses, noting them in touched; it
+// reports whether it has problems with them.
+func (c *buildCache) holdExternal(id string, touched map[netip.Addr]bool) bool {
+	var e *svcEntry
+	for _, x := range c.byID[id] {
+		if x.skip == "" && (e == nil || olderService(x.svc, e.svc) < 0) {
+			e = x
+		}
+	}
+	if e == nil {
+		return false
+	}
+	c.extHolder[id] = e
+	for _, a := range e.ext {
+		c.extIPOwners[a] = insertByAge(c.extIPOwners[a], e)
+		e.extHeld = append(e.extHeld, a)
+		touched[a] = true
+	}
+	if len(e.extProbs) > 0 {
+		c.extTroubled[e] = true
+		return true
+	}
+	return false
 }
 
 // insertByAge inserts e into cl, which is sorted oldest Service first.
@@ -709,25 +500,21 @@ func insertByAge(cl []*svcEntry, e *svcEntry) []*svcEntry {
 
 // settleOwner makes owners[a] the oldest of lists[a] (none: deleted) and,
 // when that changed hands, marks dirty every entry whose endpoints were
-// judged against a, appending them to dirty.
-func (c *buildCache) settleOwner(a netip.Addr, lists map[netip.Addr][]*svcEntry, owners map[netip.Addr]string, dirty []*svcEntry) []*svcEntry {
+// judged against a.
+func (c *buildCache) settleOwner(a netip.Addr, lists map[netip.Addr][]*svcEntry, owners map[netip.Addr]string, dirty *dirtyList) {
 	owner := ""
 	if cl := lists[a]; len(cl) > 0 {
 		owner = cl[0].id
 	}
 	if owner == owners[a] {
-		return dirty
+		return
 	}
 	if owner == "" {
 		delete(owners, a)
 	} else {
 		owners[a] = owner
 	}
-	for _, e := range c.judged[a] {
-		if !e.dirty {
-			e.dirty = true
-			dirty = append(dirty, e)
-		}
+	for _, e := range c.byEndpointAddr[a] {
+		dirty.mark(e)
 	}
-	return dirty
 }

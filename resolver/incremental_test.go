@@ -18,100 +18,289 @@ import (
 )
 
 // TestBuildIncrementalMatchesScratch changes a small, crowded cluster at
-// random (shared ClusterIPs, Services defined twice, endpoints shared
-// between Services or on a ClusterIP) and checks after every change that
-// the snapshot built from the previous one is the snapshot built from
-// nothing. Services have external IPs, load-balancer ingress IPs, node
-// ports and externalTrafficPolicy: Local, and what RefuseExternal refuses
-// and ExternalIPRanges change between Builds.
+// random (shared ClusterIPs, names replaced by other Services, endpoints
+// shared between Services or on a ClusterIP) and checks after every change
+// that the snapshot Update makes from the previous one and the change set
+// is the snapshot built from nothing, problems included. The changes come
+// as the informer source records them (object by object, no-op updates,
+// deletes and re-adds, resyncs) and as the manifest source does (whole
+// sets, Replace); now and then a change set says All. Services have
+// external IPs, load-balancer ingress IPs, node ports and
+// externalTrafficPolicy: Local, and what RefuseExternal refuses and
+// ExternalIPRanges change between builds.
 func TestBuildIncrementalMatchesScratch(t *testing.T) {
 	for seed := range uint64(8) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(seed, 1))
-			g := &genCluster{rng: rng}
-			var svcs []*corev1.Service
-			var list []*discoveryv1.EndpointSlice
-			for range 30 {
-				svcs = append(svcs, g.service())
-				list = append(list, g.slice())
-			}
-			var inc *Snapshot
-			topo := Topology{NodeName: "node-a"}
-			refused := netip.Addr{}
-			var ranges []netip.Prefix
-			seen := make(map[string]int) // what the changes reached, to check they reach it
-			for step := range 300 {
-				if rng.IntN(10) == 0 { // the node's addresses changed
-					refused = netip.AddrFrom4([4]byte{203, 0, 113, byte(rng.IntN(4))})
-				}
-				if rng.IntN(40) == 0 {
-					ranges = [][]netip.Prefix{nil, {netip.MustParsePrefix("203.0.113.0/30")}}[rng.IntN(2)]
-				}
-				r := refused
-				opts := []Option{Routed(netip.MustParsePrefix("10.96.9.0/24")), ExternalIPRanges(ranges...),
-					RefuseExternal(func(a netip.Addr) string {
-						if a == r {
-							return "the node's address"
-						}
-						return ""
-					})}
-				switch rng.IntN(8) {
-				case 6: // one object given twice
-					svcs = append(svcs, svcs[rng.IntN(len(svcs))])
-				case 7:
-					list = append(list, list[rng.IntN(len(list))])
-				case 0:
-					svcs[rng.IntN(len(svcs))] = g.service()
-				case 1:
-					if len(svcs) > 1 {
-						i := rng.IntN(len(svcs))
-						svcs = slices.Delete(svcs, i, i+1)
+		for _, source := range []string{"informer", "manifest"} {
+			t.Run(fmt.Sprint(source, "/", seed), func(t *testing.T) {
+				r := newRandomCluster(seed, source)
+				var inc *Snapshot
+				seen := make(reached) // what the changes reached, to check they reach it
+				for step := range 300 {
+					opts := r.options()
+					r.change()
+					ch := r.tracker.Take()
+					if step%23 == 7 {
+						// Another build from the same prev: it cannot take
+						// the cache over, and starts from prev's objects.
+						Update(inc, ch, r.topo, opts...)
 					}
-				case 2:
-					svcs = append(svcs, g.service())
-				case 3:
-					list = append(list, g.slice())
-				case 4:
-					if len(list) > 1 {
-						i := rng.IntN(len(list))
-						list = slices.Delete(list, i, i+1)
+					var incProblems []Problem
+					inc, incProblems = Update(inc, ch, r.topo, opts...)
+					svcs, list := r.lists()
+					scratch, problems := Build(svcs, list, nil, r.topo, opts...)
+					if !reflect.DeepEqual(incProblems, problems) {
+						t.Fatalf("step %d: problems\n%v\nfrom scratch\n%v", step, incProblems, problems)
 					}
-				default:
-					list[rng.IntN(len(list))] = g.slice()
-				}
-				// Informers list in map order; resolver/kube keeps its
-				// lists in place.
-				if rng.IntN(4) == 0 {
-					rng.Shuffle(len(svcs), func(i, j int) { svcs[i], svcs[j] = svcs[j], svcs[i] })
-					rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
-				}
-				var incProblems []Problem
-				inc, incProblems = Build(svcs, list, inc, topo, opts...)
-				scratch, problems := Build(svcs, list, nil, topo, opts...)
-				if !reflect.DeepEqual(incProblems, problems) {
-					t.Fatalf("step %d: problems\n%v\nfrom scratch\n%v", step, incProblems, problems)
-				}
-				if d := snapshotDiff(inc, scratch); d != "" {
-					t.Fatalf("step %d: %s", step, d)
-				}
-				seen["node ports"] += len(inc.NodePorts())
-				seen["external IPs"] += len(inc.ExternalIPs())
-				seen["health checks"] += len(inc.HealthChecks())
-				for _, p := range problems {
-					for _, w := range []string{"nodePort 300", "TCP 203.0.113.", "healthCheckNodePort", "external address of Service", "the node's address"} {
-						if strings.Contains(p.Reason, w) {
-							seen[w]++
-						}
+					if d := snapshotDiff(inc, scratch); d != "" {
+						t.Fatalf("step %d: %s", step, d)
 					}
+					if d := cacheSizeDiff(inc.cache, scratch.cache); d != "" {
+						t.Fatalf("step %d: the cache holds %s", step, d)
+					}
+					seen.count(inc, problems)
 				}
+				seen.check(t)
+			})
+		}
+	}
+}
+
+// cacheSizeDiff compares the sizes of the indexes of two caches of the
+// same objects: an incremental build must leave no entry behind that one
+// from nothing would not have.
+func cacheSizeDiff(a, b *buildCache) string {
+	for _, n := range []struct {
+		what string
+		a, b int
+	}{
+		{"Services", len(a.byID), len(b.byID)},
+		{"slices", len(a.sliceDefs), len(b.sliceDefs)},
+		{"Services with slices", len(a.bySvc), len(b.bySvc)},
+		{"ClusterIP owners", len(a.ipOwners), len(b.ipOwners)},
+		{"endpoint addresses", len(a.byEndpointAddr), len(b.byEndpointAddr)},
+		{"external address owners", len(a.extIPOwners), len(b.extIPOwners)},
+		{"external address holders", len(a.extHolder), len(b.extHolder)},
+		{"entries with external addresses", len(a.withExternal), len(b.withExternal)},
+		{"port claims", len(a.portClaims), len(b.portClaims)},
+		{"node port claims", len(a.nodeClaims), len(b.nodeClaims)},
+		{"ClusterIP claims", len(a.ipClaims), len(b.ipClaims)},
+		{"addresses served", len(a.addrWin), len(b.addrWin)},
+		{"entries with problems", len(a.withProblems), len(b.withProblems)},
+		{"health checks", len(a.hcs), len(b.hcs)},
+	} {
+		if n.a != n.b {
+			return fmt.Sprintf("%d %s, from scratch %d", n.a, n.what, n.b)
+		}
+	}
+	return ""
+}
+
+// reached counts what the random changes made the table hold.
+type reached map[string]int
+
+var reachedWords = []string{"nodePort 300", "TCP 203.0.113.", "healthCheckNodePort", "external address of Service", "the node's address"}
+
+func (seen reached) count(s *Snapshot, problems []Problem) {
+	seen["node ports"] += len(s.NodePorts())
+	seen["external IPs"] += len(s.ExternalIPs())
+	seen["health checks"] += len(s.HealthChecks())
+	for _, p := range problems {
+		for _, w := range reachedWords {
+			if strings.Contains(p.Reason, w) {
+				seen[w]++
 			}
-			for _, w := range []string{"node ports", "external IPs", "health checks", "nodePort 300", "TCP 203.0.113.", "healthCheckNodePort", "external address of Service", "the node's address"} {
-				if seen[w] == 0 {
-					t.Errorf("no step had %s", w)
-				}
+		}
+	}
+}
+
+func (seen reached) check(t *testing.T) {
+	t.Helper()
+	for _, w := range append([]string{"node ports", "external IPs", "health checks"}, reachedWords...) {
+		if seen[w] == 0 {
+			t.Errorf("no step had %s", w)
+		}
+	}
+	t.Log(seen)
+}
+
+// randomCluster is a cluster changed at random, and a source's change
+// tracker recording it.
+type randomCluster struct {
+	rng     *rand.Rand
+	g       *genCluster
+	source  string // "informer" or "manifest"
+	svcs    map[string]*corev1.Service
+	slices  map[string]*discoveryv1.EndpointSlice
+	tracker *ChangeTracker
+	topo    Topology
+	refused netip.Addr
+	ranges  []netip.Prefix
+}
+
+func newRandomCluster(seed uint64, source string) *randomCluster {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	r := &randomCluster{rng: rng, g: &genCluster{rng: rng}, source: source, tracker: NewChangeTracker(),
+		svcs: make(map[string]*corev1.Service), slices: make(map[string]*discoveryv1.EndpointSlice), topo: Topology{NodeName: "node-a"}}
+	for range 30 {
+		r.setService(r.g.service())
+		r.setSlice(r.g.slice())
+	}
+	return r
+}
+
+// options are the build's options now; the node's addresses and the
+// external IP ranges change now and then.
+func (r *randomCluster) options() []Option {
+	if r.rng.IntN(10) == 0 {
+		r.refused = netip.AddrFrom4([4]byte{203, 0, 113, byte(r.rng.IntN(4))})
+	}
+	if r.rng.IntN(40) == 0 {
+		r.ranges = [][]netip.Prefix{nil, {netip.MustParsePrefix("203.0.113.0/30")}}[r.rng.IntN(2)]
+	}
+	refused := r.refused
+	return []Option{Routed(netip.MustParsePrefix("10.96.9.0/24")), ExternalIPRanges(r.ranges...),
+		RefuseExternal(func(a netip.Addr) string {
+			if a == refused {
+				return "the node's address"
 			}
-			t.Log(seen)
-		})
+			return ""
+		})}
+}
+
+// change makes one to three changes, and has the tracker record them as
+// the source would.
+func (r *randomCluster) change() {
+	for range 1 + r.rng.IntN(3) {
+		r.changeOne()
+	}
+	if r.source == "manifest" {
+		r.tracker.Replace(r.lists())
+	}
+	if r.rng.IntN(30) == 0 {
+		r.tracker.Resync()
+	}
+}
+
+func (r *randomCluster) changeOne() {
+	switch r.rng.IntN(9) {
+	case 0, 1: // a Service added, or one replaced by another of its name
+		r.setService(r.g.service())
+	case 2:
+		if k, ok := r.anyKey(r.svcs); ok {
+			r.setServiceKey(k, nil)
+		}
+	case 3: // an update that changes nothing the table reads
+		if k, ok := r.anyKey(r.svcs); ok {
+			svc := r.svcs[k].DeepCopy()
+			svc.ResourceVersion += "1"
+			svc.Annotations = map[string]string{"touched": "yes"}
+			r.setServiceKey(k, svc)
+		}
+	case 4: // deleted, then added again as it was
+		if k, ok := r.anyKey(r.svcs); ok {
+			svc := r.svcs[k]
+			r.setServiceKey(k, nil)
+			r.setServiceKey(k, svc)
+		}
+	case 5:
+		if k, ok := r.anyKey(r.slices); ok {
+			r.setSliceKey(k, nil)
+		}
+	case 6:
+		if k, ok := r.anyKey(r.slices); ok {
+			es := r.slices[k].DeepCopy()
+			es.Annotations = map[string]string{"touched": "yes"}
+			r.setSliceKey(k, es)
+		}
+	default:
+		r.setSlice(r.g.slice())
+	}
+}
+
+func (r *randomCluster) anyKey(m any) (string, bool) {
+	var keys []string
+	switch m := m.(type) {
+	case map[string]*corev1.Service:
+		keys = slices.Sorted(maps.Keys(m))
+	case map[string]*discoveryv1.EndpointSlice:
+		keys = slices.Sorted(maps.Keys(m))
+	}
+	if len(keys) == 0 {
+		return "", false
+	}
+	return keys[r.rng.IntN(len(keys))], true
+}
+
+func (r *randomCluster) setService(svc *corev1.Service) { r.setServiceKey(Key(svc), svc) }
+func (r *randomCluster) setSlice(es *discoveryv1.EndpointSlice) {
+	r.setSliceKey(Key(es), es)
+}
+
+func (r *randomCluster) setServiceKey(k string, svc *corev1.Service) {
+	if svc == nil {
+		delete(r.svcs, k)
+	} else {
+		r.svcs[k] = svc
+	}
+	if r.source == "informer" {
+		r.tracker.Service(k, svc)
+	}
+}
+
+func (r *randomCluster) setSliceKey(k string, es *discoveryv1.EndpointSlice) {
+	if es == nil {
+		delete(r.slices, k)
+	} else {
+		r.slices[k] = es
+	}
+	if r.source == "informer" {
+		r.tracker.Slice(k, es)
+	}
+}
+
+// lists returns the cluster's objects, in an order of their own.
+func (r *randomCluster) lists() ([]*corev1.Service, []*discoveryv1.EndpointSlice) {
+	svcs := slices.Collect(maps.Values(r.svcs))
+	list := slices.Collect(maps.Values(r.slices))
+	r.rng.Shuffle(len(svcs), func(i, j int) { svcs[i], svcs[j] = svcs[j], svcs[i] })
+	r.rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
+	return svcs, list
+}
+
+// TestBuildDefinedTwiceMatchesScratch: lists with Services given twice or
+// defined twice, and slices given twice, built from a previous snapshot,
+// are built as from nothing.
+func TestBuildDefinedTwiceMatchesScratch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 1))
+	g := &genCluster{rng: rng}
+	var svcs []*corev1.Service
+	var list []*discoveryv1.EndpointSlice
+	var prev *Snapshot
+	twice := 0
+	for step := range 100 {
+		svcs = append(svcs, g.service())
+		list = append(list, g.slice())
+		if step%3 == 0 {
+			svcs = append(svcs, svcs[rng.IntN(len(svcs))])
+			list = append(list, list[rng.IntN(len(list))])
+		}
+		snap, problems := Build(svcs, list, prev, Topology{})
+		scratch, want := Build(svcs, list, nil, Topology{})
+		if !reflect.DeepEqual(problems, want) {
+			t.Fatalf("step %d: problems\n%v\nfrom scratch\n%v", step, problems, want)
+		}
+		if d := snapshotDiff(snap, scratch); d != "" {
+			t.Fatalf("step %d: %s", step, d)
+		}
+		for _, p := range problems {
+			if strings.Contains(p.Reason, "defined twice") {
+				twice++
+			}
+		}
+		prev = snap
+	}
+	if twice == 0 {
+		t.Error("no Service was defined twice")
 	}
 }
 
@@ -132,7 +321,7 @@ func snapshotDiff(a, b *Snapshot) string {
 				x.Port == y.Port && x.NodePort == y.NodePort
 		}),
 		mapDiff("ips", &a.ips, &b.ips, func(x, y bool) bool { return x == y }),
-		mapDiff("names", &a.names, &b.names, func(x, y nameEntry) bool { return x.svc == y.svc && reflect.DeepEqual(x.rec, y.rec) }),
+		mapDiff("names", &a.names, &b.names, func(x, y nameEntry) bool { return SameService(x.svc, y.svc) && reflect.DeepEqual(x.rec, y.rec) }),
 		mapDiff("byIP", &a.byIP, &b.byIP, func(x, y *ServiceRecord) bool { return reflect.DeepEqual(x, y) }),
 	} {
 		if d != "" {

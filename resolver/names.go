@@ -104,15 +104,21 @@ func (s *Snapshot) PodByIP(ip netip.Addr) (namespace, name string, ok bool) {
 // dials to pods without a route need it, and a change of one slice must
 // not cost a pass over every endpoint.
 type podIndex struct {
-	once   sync.Once
-	slices []*discoveryv1.EndpointSlice // as Build was given them
-	m      map[netip.Addr]PodRef
+	once    sync.Once
+	objects *objects // the snapshot's
+	m       map[netip.Addr]PodRef
 }
 
 func (p *podIndex) index() map[netip.Addr]PodRef {
 	p.once.Do(func() {
-		p.m = podsByIP(byName(p.slices))
-		p.slices = nil
+		var list []*discoveryv1.EndpointSlice
+		if p.objects != nil {
+			for _, defs := range p.objects.slices.all() {
+				list = append(list, defs...)
+			}
+		}
+		p.m = podsByIP(byName(list))
+		p.objects = nil
 	})
 	return p.m
 }

@@ -188,6 +188,9 @@ type Snapshot struct {
 	externalIPs  []netip.Addr
 	healthChecks []HealthCheck
 
+	// objects are what the snapshot was built from.
+	objects objects
+
 	// cache lets the next Build reuse what did not change; the first Build
 	// given this snapshot as prev takes it over.
 	cache *buildCache

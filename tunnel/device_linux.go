@@ -247,7 +247,7 @@ func (d *Device) HandOff() {
 // as the pump does with what it reads. Its checksums are trusted: the
 // sender read it from the TUN and checked them.
 func (d *Device) Inject(pkt []byte) {
-	if isUDP(pkt) {
+	if IsUDP(pkt) {
 		if h := d.udp.Load(); h != nil && (*h)(pkt) {
 			return
 		}

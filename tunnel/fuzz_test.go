@@ -225,7 +225,7 @@ func FuzzReceive(f *testing.F) {
 	d := &Device{link: link, log: slog.New(slog.DiscardHandler)}
 	var notUDP atomic.Pointer[[]byte]
 	d.SetUDPHandler(func(pkt []byte) bool {
-		if !isUDP(pkt) {
+		if !IsUDP(pkt) {
 			notUDP.Store(&pkt)
 		}
 		return false

@@ -118,7 +118,7 @@ func (d *Device) receive(g *gro.GRO, frame []byte) {
 		if !trusted && !checksumsValid(pkt) {
 			return // as gVisor would drop it
 		}
-		if isUDP(pkt) {
+		if IsUDP(pkt) {
 			if h := d.udp.Load(); h != nil && (*h)(pkt) {
 				return
 			}
@@ -154,9 +154,12 @@ func (d *Device) SetTCPFilter(f func(pkt []byte) bool) {
 	d.tcp.Store(&f)
 }
 
-// isUDP reports whether pkt is an IPv4 packet carrying UDP, or an IPv6
-// packet whose first next header is UDP.
-func isUDP(pkt []byte) bool {
+// IsUDP reports whether pkt is an IPv4 packet carrying UDP, or an IPv6
+// packet whose first next header is UDP: the test by which the inbound pump
+// (and Inject) offer a packet to the UDP handler before gVisor. It is
+// exported for the netstack's fuzz target, which feeds the stack as the
+// pump does.
+func IsUDP(pkt []byte) bool {
 	switch header.IPVersion(pkt) {
 	case header.IPv4Version:
 		return len(pkt) >= header.IPv4MinimumSize && pkt[9] == uint8(header.UDPProtocolNumber)

@@ -157,6 +157,32 @@ func (s *Server) Zone() Zone {
 	return Zone{Domain: s.domain, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self, endpoints: &s.endpoints}
 }
 
+// socket is one of the sockets Serve answers on, and its server.
+type socket struct {
+	name string
+	srv  *miekg.Server
+}
+
+// sockets returns a server for each of pc and ln that is not nil, whose
+// handlers see ctx.
+func (s *Server) sockets(ctx context.Context, pc net.PacketConn, ln net.Listener) []socket {
+	var sockets []socket
+	if pc != nil {
+		sockets = append(sockets, socket{"udp " + pc.LocalAddr().String(), &miekg.Server{
+			PacketConn: pc,
+			Handler:    &handler{s: s, ctx: ctx},
+			UDPSize:    udpReadSize,
+		}})
+	}
+	if ln != nil {
+		sockets = append(sockets, socket{"tcp " + ln.Addr().String(), &miekg.Server{
+			Listener: ln,
+			Handler:  &handler{s: s, ctx: ctx, tcp: true},
+		}})
+	}
+	return sockets
+}
+
 // Serve answers queries on pc (UDP) and ln (TCP) until ctx is done; either
 // may be nil, not both. It takes ownership of both and closes them. It
 // returns once every goroutine it started has ended: nil after ctx ends,
@@ -179,25 +205,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn, ln net.Listener) 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	type socket struct {
-		name string
-		srv  *miekg.Server
-	}
-	var sockets []socket
-	if pc != nil {
-		sockets = append(sockets, socket{"udp " + pc.LocalAddr().String(), &miekg.Server{
-			PacketConn: pc,
-			Handler:    &handler{s: s, ctx: ctx},
-			UDPSize:    udpReadSize,
-		}})
-	}
-	if ln != nil {
-		sockets = append(sockets, socket{"tcp " + ln.Addr().String(), &miekg.Server{
-			Listener: ln,
-			Handler:  &handler{s: s, ctx: ctx, tcp: true},
-		}})
-	}
-
+	sockets := s.sockets(ctx, pc, ln)
 	errs := make([]error, len(sockets))
 	var wg sync.WaitGroup
 	for i, sock := range sockets {

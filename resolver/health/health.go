@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kubetun/kubetun/resolver"
 )
 
 // Tracker records when the service table was last brought up to date and
@@ -28,9 +30,8 @@ type Tracker struct {
 	mu          sync.Mutex // guards the fields below
 	ready       bool       // the first full state has been applied
 	lastUpdated time.Time
-	queued      time.Time                    // when the oldest unapplied change arrived; zero if none
-	triggers    map[string]time.Time         // EndpointSlice "ns/name" -> last-change-trigger-time observed
-	last        []*discoveryv1.EndpointSlice // as the last Synced was given them
+	queued      time.Time            // when the oldest unapplied change arrived; zero if none
+	triggers    map[string]time.Time // EndpointSlice "ns/name" -> last-change-trigger-time observed
 
 	registry      *prometheus.Registry
 	syncDuration  prometheus.Histogram
@@ -92,8 +93,11 @@ func (t *Tracker) Queued() {
 }
 
 // Synced notes that the whole state was applied: the sync began at start,
-// the table now serves services and endpoints, built from slices.
-func (t *Tracker) Synced(start time.Time, services, endpoints int, slices []*discoveryv1.EndpointSlice) {
+// the table now serves services and endpoints, and changes are what it
+// applied (nil: nothing). Only the slices that changed can carry a new
+// trigger time: a pass over every slice, parsing each one's, would cost
+// more than the rebuild of the table it follows.
+func (t *Tracker) Synced(start time.Time, services, endpoints int, changes *resolver.Changes) {
 	now := t.now()
 	t.syncDuration.Observe(now.Sub(start).Seconds())
 	t.lastSync.Set(float64(now.UnixNano()) / 1e9)
@@ -105,32 +109,28 @@ func (t *Tracker) Synced(start time.Time, services, endpoints int, slices []*dis
 	t.ready = true
 	t.lastUpdated = now
 	t.queued = time.Time{}
-	if changed, ok := samePlaces(t.last, slices); ok {
-		// Only the slices that changed can carry a new trigger time: a
-		// pass over every slice, parsing each one's, cost more than the
-		// rebuild of the table it follows.
-		for _, i := range changed {
-			t.observe(slices[i], now)
-		}
-	} else {
-		seen := make(map[string]bool, len(slices))
-		for _, es := range slices {
-			seen[es.Namespace+"/"+es.Name] = true
-			t.observe(es, now)
-		}
+	if changes == nil {
+		return
+	}
+	if changes.All {
 		for key := range t.triggers {
-			if !seen[key] {
-				delete(t.triggers, key)
+			if _, ok := changes.Slices[key]; !ok {
+				delete(t.triggers, key) // gone
 			}
 		}
 	}
-	t.last = append(t.last[:0], slices...)
+	for key, ch := range changes.Slices {
+		if ch.Current == nil {
+			delete(t.triggers, key)
+			continue
+		}
+		t.observe(key, ch.Current, now)
+	}
 }
 
 // observe records the last-change-trigger-time of es and how long ago it
 // was, once per trigger time.
-func (t *Tracker) observe(es *discoveryv1.EndpointSlice, now time.Time) {
-	key := es.Namespace + "/" + es.Name
+func (t *Tracker) observe(key string, es *discoveryv1.EndpointSlice, now time.Time) {
 	v, ok := es.Annotations[corev1.EndpointsLastChangeTriggerTime]
 	if !ok {
 		return
@@ -146,34 +146,6 @@ func (t *Tracker) observe(es *discoveryv1.EndpointSlice, now time.Time) {
 		return
 	}
 	t.programming.Observe(now.Sub(trigger).Seconds())
-}
-
-// samePlaces returns the positions where cur holds another object than
-// last, if the two lists differ only in a few objects, each replaced by
-// one of the same namespace and name (the informer lists keep changed
-// objects in place), or added at the end (where they append new ones);
-// otherwise false, and the caller looks at all. A list that shrank is
-// looked at whole: a removal moves the last object into its place.
-func samePlaces(last, cur []*discoveryv1.EndpointSlice) ([]int, bool) {
-	if last == nil || len(cur) < len(last) {
-		return nil, false
-	}
-	var changed []int
-	for i := range cur {
-		if i < len(last) {
-			if last[i] == cur[i] {
-				continue
-			}
-			if last[i].Namespace != cur[i].Namespace || last[i].Name != cur[i].Name {
-				return nil, false
-			}
-		}
-		if len(changed) > 64+len(cur)/16 {
-			return nil, false
-		}
-		changed = append(changed, i)
-	}
-	return changed, true
 }
 
 // status is /healthz's body, the same fields kube-proxy serves.

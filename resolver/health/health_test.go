@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubetun/kubetun/resolver"
 )
 
 // fakeClock is a clock the test moves by hand.
@@ -342,7 +343,7 @@ func TestProgrammingLatency(t *testing.T) {
 			m := tr.MetricsHandler()
 			for i, s := range tt.syncs {
 				clock.now = epoch.Add(s.at)
-				tr.Synced(clock.Now(), 1, 1, s.slices)
+				tr.Synced(clock.Now(), 1, 1, resolver.Everything(nil, s.slices))
 				if got := metric(t, m, "kubeproxy_network_programming_duration_seconds_count"); got != s.count {
 					t.Errorf("sync %d at %v: programming duration count = %v, want %v", i, s.at, got, s.count)
 				}
@@ -361,9 +362,9 @@ func TestNewTracker(t *testing.T) {
 	if code, _ := get(t, h, "/healthz"); code != http.StatusServiceUnavailable {
 		t.Errorf("GET /healthz before the first sync = %d, want 503", code)
 	}
-	tr.Synced(time.Now(), 1, 1, []*discoveryv1.EndpointSlice{
+	tr.Synced(time.Now(), 1, 1, resolver.Everything(nil, []*discoveryv1.EndpointSlice{
 		triggered("a", time.Now().Add(-time.Hour).Format(time.RFC3339Nano)),
-	})
+	}))
 	for _, path := range []string{"/healthz", "/livez", "/readyz"} {
 		if code, _ := get(t, h, path); code != http.StatusOK {
 			t.Errorf("GET %s after the first sync = %d, want 200", path, code)
@@ -374,39 +375,34 @@ func TestNewTracker(t *testing.T) {
 	}
 }
 
-// TestSamePlaces: changes in place and additions at the end are found
-// without a pass over every slice; a removal, a reorder or too many changes
-// ask for one.
-func TestSamePlaces(t *testing.T) {
-	mk := func(names ...string) []*discoveryv1.EndpointSlice {
-		var out []*discoveryv1.EndpointSlice
-		for _, n := range names {
-			out = append(out, &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: n}})
-		}
-		return out
+// TestSyncedChanges: a change set's slices are observed, those it does not
+// name are not looked at, a deleted slice's trigger time is forgotten, and
+// a change set that says All forgets the slices it lacks.
+func TestSyncedChanges(t *testing.T) {
+	tr, clock := newTestTracker(time.Minute)
+	m := tr.MetricsHandler()
+	at := func(d time.Duration) string { return epoch.Add(d).Format(time.RFC3339Nano) }
+	change := func(es *discoveryv1.EndpointSlice) resolver.Change[*discoveryv1.EndpointSlice] {
+		return resolver.Change[*discoveryv1.EndpointSlice]{Current: es}
 	}
-	last := mk("a", "b", "c")
-	replaced := slices.Clone(last)
-	replaced[1] = mk("b")[0]
-	for _, tc := range []struct {
-		name string
-		cur  []*discoveryv1.EndpointSlice
-		want []int
-		ok   bool
+	steps := []struct {
+		name    string
+		changes *resolver.Changes
+		count   float64 // want the histogram's count after it
 	}{
-		{"same", slices.Clone(last), nil, true},
-		{"one replaced in place", replaced, []int{1}, true},
-		{"two added at the end", append(slices.Clone(last), mk("d", "e")...), []int{3, 4}, true},
-		{"replaced and added", append(slices.Clone(replaced), mk("d")...), []int{1, 3}, true},
-		{"one removed", []*discoveryv1.EndpointSlice{last[0], last[2]}, nil, false},
-		{"reordered", []*discoveryv1.EndpointSlice{last[1], last[0], last[2]}, nil, false},
-	} {
-		got, ok := samePlaces(last, tc.cur)
-		if ok != tc.ok || !slices.Equal(got, tc.want) {
-			t.Errorf("%s: samePlaces = %v, %v; want %v, %v", tc.name, got, ok, tc.want, tc.ok)
-		}
+		{"first sync", resolver.Everything(nil, []*discoveryv1.EndpointSlice{triggered("a", at(time.Second)), triggered("b", at(time.Second))}), 2},
+		{"nothing changed", nil, 2},
+		{"b changed", &resolver.Changes{Slices: map[string]resolver.Change[*discoveryv1.EndpointSlice]{"default/b": change(triggered("b", at(2*time.Second)))}}, 3},
+		{"a deleted", &resolver.Changes{Slices: map[string]resolver.Change[*discoveryv1.EndpointSlice]{"default/a": {}}}, 3},
+		{"a back with its old trigger time", &resolver.Changes{Slices: map[string]resolver.Change[*discoveryv1.EndpointSlice]{"default/a": change(triggered("a", at(time.Second)))}}, 4},
+		{"resync without b", resolver.Everything(nil, []*discoveryv1.EndpointSlice{triggered("a", at(time.Second))}), 4},
+		{"b back", &resolver.Changes{Slices: map[string]resolver.Change[*discoveryv1.EndpointSlice]{"default/b": change(triggered("b", at(2*time.Second)))}}, 5},
 	}
-	if _, ok := samePlaces(nil, last); ok {
-		t.Error("samePlaces(nil, ...) = ok; want a pass over every slice the first time")
+	for i, s := range steps {
+		clock.now = epoch.Add(time.Duration(3+i) * time.Second)
+		tr.Synced(clock.Now(), 1, 1, s.changes)
+		if got := metric(t, m, "kubeproxy_network_programming_duration_seconds_count"); got != s.count {
+			t.Errorf("%s: programming duration count = %v, want %v", s.name, got, s.count)
+		}
 	}
 }

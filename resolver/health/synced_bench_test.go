@@ -9,6 +9,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/resolver/health"
 )
 
@@ -22,14 +23,17 @@ func BenchmarkSynced(b *testing.B) {
 			Annotations: map[string]string{corev1.EndpointsLastChangeTriggerTime: at}}}
 	}
 	tr := health.NewTracker(time.Minute)
-	tr.Synced(time.Now(), 30000, 90000, list)
+	tr.Synced(time.Now(), 30000, 90000, resolver.Everything(nil, list))
 	k := 0
 	for b.Loop() {
 		i := (k * 7919) % len(list)
 		es := list[i].DeepCopy()
 		es.Annotations[corev1.EndpointsLastChangeTriggerTime] = time.Now().Format(time.RFC3339Nano)
+		old := list[i]
 		list[i] = es
 		k++
-		tr.Synced(time.Now(), 30000, 90000, list)
+		tr.Synced(time.Now(), 30000, 90000, &resolver.Changes{Slices: map[string]resolver.Change[*discoveryv1.EndpointSlice]{
+			resolver.Key(es): {Previous: old, Current: es},
+		}})
 	}
 }

@@ -2,9 +2,10 @@
 // shared informers for Services, EndpointSlices and (optionally)
 // ServiceCIDRs, filtered the way kube-proxy filters them.
 //
-// Like kube-proxy, its event handlers only note that something changed; one
-// loop reads the informer caches and hands the whole state on, so bursts of
-// events coalesce and relists or duplicate events change nothing.
+// Like kube-proxy, its event handlers record each object's change in a
+// change tracker (resolver.ChangeTracker) and note that something changed;
+// one loop takes the changes and hands them on, so bursts of events
+// coalesce and relists or duplicate events change nothing.
 package kube
 
 import (
@@ -13,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -23,7 +23,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -32,6 +31,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/kubetun/kubetun/resolver"
 )
 
 // Labels kube-proxy honours when choosing what to watch.
@@ -42,11 +43,11 @@ const (
 	LabelHeadless = corev1.IsHeadlessService
 )
 
-// State is the part of the cluster kubetun serves. Its objects belong to
-// the informer caches: read them, never modify them.
+// State is what changed in the part of the cluster kubetun serves since
+// the last State: the first says All, with every object. Its objects
+// belong to the informer caches: read them, never modify them.
 type State struct {
-	Services []*corev1.Service
-	Slices   []*discoveryv1.EndpointSlice
+	Changes *resolver.Changes // nil: nothing the table reads changed
 }
 
 // Options configure a Source.
@@ -82,8 +83,7 @@ type Source struct {
 	services  cache.SharedIndexInformer
 	slices    cache.SharedIndexInformer
 	cidrs     cache.SharedIndexInformer // nil unless opts.ServiceCIDRs
-	svcList   *stableList[*corev1.Service]
-	sliceList *stableList[*discoveryv1.EndpointSlice]
+	tracker   *resolver.ChangeTracker
 	changed   chan struct{} // a change is pending; capacity 1
 	cidrsDiff chan struct{} // a ServiceCIDR change is pending; capacity 1
 
@@ -129,8 +129,7 @@ func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 	if s.reach == nil {
 		s.reach = NewReachability(log)
 	}
-	s.svcList = newStableList[*corev1.Service](s.services.GetStore())
-	s.sliceList = newStableList[*discoveryv1.EndpointSlice](s.slices.GetStore())
+	s.tracker = resolver.NewChangeTracker()
 	// Managed fields are often the largest part of an object and kubetun
 	// reads none of them (kube-proxy drops them too).
 	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices} {
@@ -145,7 +144,8 @@ func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 }
 
 // Run watches until ctx is done. After the caches have synced it calls
-// apply with the whole state, and again after every change; with
+// apply with the whole state (a change set that says All), and with what
+// changed after every change; with
 // Options.ServiceCIDRs it also calls applyCIDRs with every ServiceCIDR
 // range. The callbacks run on one goroutine, never concurrently. Run
 // returns an error only if ctx ends before the caches synced.
@@ -154,29 +154,9 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	if s.cidrs != nil {
 		informersList = append(informersList, s.cidrs)
 	}
-	for _, inf := range informersList {
-		ch, onChange := s.changed, s.opts.OnChange
-		if inf == s.cidrs {
-			// A ServiceCIDR change goes to applyCIDRs, not apply: it does
-			// not wait for the service table, so OnChange must not hear of
-			// it (a health tracker would wait for a sync that never comes).
-			ch, onChange = s.cidrsDiff, nil
-		}
-		var h cache.ResourceEventHandlerFuncs
-		switch inf {
-		case s.services:
-			h = listNotifier(ch, onChange, s.svcList.changed, sameService)
-		case s.slices:
-			h = listNotifier(ch, onChange, s.sliceList.changed, sameSlice)
-		default:
-			h = notifier(ch, onChange)
-		}
-		if _, err := inf.AddEventHandler(h); err != nil {
-			return fmt.Errorf("adding event handler: %w", err)
-		}
-		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
-			return fmt.Errorf("setting watch error handler: %w", err)
-		}
+	synced, err := s.addHandlers(informersList)
+	if err != nil {
+		return err
 	}
 
 	var wg sync.WaitGroup
@@ -188,10 +168,6 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	}
 	wg.Go(func() { s.probeWhileUnreachable(ctx) })
 
-	synced := make([]cache.InformerSynced, len(informersList))
-	for i, inf := range informersList {
-		synced[i] = inf.HasSynced
-	}
 	start := time.Now()
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("waiting for the informer caches: %w", context.Cause(ctx))
@@ -199,12 +175,10 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	s.log.Info("informer caches synced", "after", time.Since(start).Round(time.Millisecond))
 
 	// The first state goes out at once and covers every event so far, the
-	// initial listing's included: drop their notices, or the same state
-	// would be applied again at once.
+	// initial listing's included (a new tracker's first change set says
+	// All): drop their notices, or an empty change would follow at once.
 	drain(s.changed)
 	drain(s.cidrsDiff)
-	s.svcList.reset()
-	s.sliceList.reset()
 	apply(s.state())
 	if s.cidrs != nil {
 		applyCIDRs(s.serviceCIDRs())
@@ -221,22 +195,61 @@ func (s *Source) Run(ctx context.Context, apply func(State), applyCIDRs func([]n
 	}
 }
 
+// addHandlers gives each informer its event handler and watch error
+// handler, and returns what says that each handler has had every object
+// of the initial listing (the tracker then holds them all).
+func (s *Source) addHandlers(informersList []cache.SharedIndexInformer) ([]cache.InformerSynced, error) {
+	synced := make([]cache.InformerSynced, 0, len(informersList))
+	for _, inf := range informersList {
+		ch, onChange := s.changed, s.opts.OnChange
+		if inf == s.cidrs {
+			// A ServiceCIDR change goes to applyCIDRs, not apply: it does
+			// not wait for the service table, so OnChange must not hear of
+			// it (a health tracker would wait for a sync that never comes).
+			ch, onChange = s.cidrsDiff, nil
+		}
+		var h cache.ResourceEventHandlerFuncs
+		switch inf {
+		case s.services:
+			h = trackingNotifier(ch, onChange, s.recordService, sameService)
+		case s.slices:
+			h = trackingNotifier(ch, onChange, s.recordSlice, sameSlice)
+		default:
+			h = notifier(ch, onChange)
+		}
+		reg, err := inf.AddEventHandler(h)
+		if err != nil {
+			return nil, fmt.Errorf("adding event handler: %w", err)
+		}
+		synced = append(synced, reg.HasSynced)
+		if err := inf.SetWatchErrorHandlerWithContext(s.watchFailed); err != nil {
+			return nil, fmt.Errorf("setting watch error handler: %w", err)
+		}
+	}
+	return synced, nil
+}
+
 // notifier returns event handlers that only record that a change is pending.
 // An update that does not change the object's resourceVersion (a resync, a
 // relist) is not a change.
 func notifier(ch chan struct{}, onChange func()) cache.ResourceEventHandlerFuncs {
-	return listNotifier(ch, onChange, nil, nil)
+	return trackingNotifier(ch, onChange, nil, nil)
 }
 
-// listNotifier is notifier that also records each changed object in a
-// stableList (record), and takes an update that same says changes nothing
-// kubetun reads for no change (CoreDNS's endpointsEquivalent idea: a
-// slice's annotation or a Service's managed fields changing must not
-// rebuild the table).
-func listNotifier(ch chan struct{}, onChange func(), record func(any), same func(a, b any) bool) cache.ResourceEventHandlerFuncs {
-	poke := func(obj any) {
+// trackingNotifier is notifier that also records each changed object
+// (record: its key, and the object or nil when deleted), and takes an
+// update that same says changes nothing kubetun reads for no change
+// (CoreDNS's endpointsEquivalent idea: a slice's annotation or a Service's
+// managed fields changing must not rebuild the table).
+func trackingNotifier(ch chan struct{}, onChange func(), record func(key string, obj any), same func(a, b any) bool) cache.ResourceEventHandlerFuncs {
+	poke := func(obj any, deleted bool) {
 		if record != nil {
-			record(obj)
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				if deleted {
+					obj = nil
+				}
+				record(key, obj)
+			}
 		}
 		if onChange != nil {
 			onChange()
@@ -247,7 +260,7 @@ func listNotifier(ch chan struct{}, onChange func(), record func(any), same func
 		}
 	}
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc: poke,
+		AddFunc: func(obj any) { poke(obj, false) },
 		UpdateFunc: func(oldObj, newObj any) {
 			o, ok1 := oldObj.(metav1.Object)
 			n, ok2 := newObj.(metav1.Object)
@@ -257,9 +270,9 @@ func listNotifier(ch chan struct{}, onChange func(), record func(any), same func
 			if same != nil && same(oldObj, newObj) {
 				return
 			}
-			poke(newObj)
+			poke(newObj, false)
 		},
-		DeleteFunc: poke,
+		DeleteFunc: func(obj any) { poke(obj, true) },
 	}
 }
 
@@ -271,34 +284,39 @@ func drain(ch chan struct{}) {
 	}
 }
 
-// state copies the caches' object pointers into a State, each list in
-// the order of the last one with changed objects in place (see
-// stableList).
+// state takes what changed since the last state from the tracker.
 func (s *Source) state() State {
-	return State{Services: s.svcList.list(), Slices: s.sliceList.list()}
+	return State{Changes: s.tracker.Take()}
+}
+
+// recordService records in the tracker that the Service with key is now
+// obj; nil: deleted.
+func (s *Source) recordService(key string, obj any) {
+	svc, _ := obj.(*corev1.Service)
+	s.tracker.Service(key, svc)
+}
+
+// recordSlice records in the tracker that the EndpointSlice with key is
+// now obj; nil: deleted.
+func (s *Source) recordSlice(key string, obj any) {
+	es, _ := obj.(*discoveryv1.EndpointSlice)
+	s.tracker.Slice(key, es)
 }
 
 // sameService reports whether an update of a Service changes nothing
-// kubetun reads: its spec, status, labels and identity.
+// kubetun reads (resolver.SameService).
 func sameService(a, b any) bool {
 	o, ok1 := a.(*corev1.Service)
 	n, ok2 := b.(*corev1.Service)
-	return ok1 && ok2 && sameIdentity(&o.ObjectMeta, &n.ObjectMeta) &&
-		equality.Semantic.DeepEqual(o.Spec, n.Spec) && equality.Semantic.DeepEqual(o.Status, n.Status)
+	return ok1 && ok2 && resolver.SameService(o, n)
 }
 
 // sameSlice reports whether an update of an EndpointSlice changes nothing
-// kubetun reads: its address type, ports, endpoints, labels and identity.
+// kubetun reads (resolver.SameSlice).
 func sameSlice(a, b any) bool {
 	o, ok1 := a.(*discoveryv1.EndpointSlice)
 	n, ok2 := b.(*discoveryv1.EndpointSlice)
-	return ok1 && ok2 && sameIdentity(&o.ObjectMeta, &n.ObjectMeta) && o.AddressType == n.AddressType &&
-		equality.Semantic.DeepEqual(o.Ports, n.Ports) && equality.Semantic.DeepEqual(o.Endpoints, n.Endpoints)
-}
-
-func sameIdentity(o, n *metav1.ObjectMeta) bool {
-	return o.Namespace == n.Namespace && o.Name == n.Name && o.UID == n.UID &&
-		o.CreationTimestamp.Equal(&n.CreationTimestamp) && maps.Equal(o.Labels, n.Labels)
+	return ok1 && ok2 && resolver.SameSlice(o, n)
 }
 
 // stripManagedFields is the informers' transform.

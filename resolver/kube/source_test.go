@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -86,8 +87,45 @@ func serviceCIDR(name string, cidrs ...string) *networkingv1.ServiceCIDR {
 	}
 }
 
+// whole is the whole state the States applied so far add up to, as the
+// table is built from them.
+type whole struct {
+	Services []*corev1.Service
+	Slices   []*discoveryv1.EndpointSlice
+}
+
+// accumulator adds States up into the whole state.
+type accumulator struct {
+	svcs   map[string]*corev1.Service
+	slices map[string]*discoveryv1.EndpointSlice
+}
+
+// add applies st's changes and returns the whole state.
+func (a *accumulator) add(st State) whole {
+	if a.svcs == nil || st.Changes != nil && st.Changes.All {
+		a.svcs, a.slices = make(map[string]*corev1.Service), make(map[string]*discoveryv1.EndpointSlice)
+	}
+	if ch := st.Changes; ch != nil {
+		for k, c := range ch.Services {
+			if c.Current == nil {
+				delete(a.svcs, k)
+			} else {
+				a.svcs[k] = c.Current
+			}
+		}
+		for k, c := range ch.Slices {
+			if c.Current == nil {
+				delete(a.slices, k)
+			} else {
+				a.slices[k] = c.Current
+			}
+		}
+	}
+	return whole{Services: slices.Collect(maps.Values(a.svcs)), Slices: slices.Collect(maps.Values(a.slices))}
+}
+
 // names returns "ns/name" of every Service and slice in st, sorted.
-func names(st State) (services, sliceNames []string) {
+func names(st whole) (services, sliceNames []string) {
 	for _, s := range st.Services {
 		services = append(services, s.Namespace+"/"+s.Name)
 	}
@@ -104,7 +142,7 @@ func names(st State) (services, sliceNames []string) {
 type running struct {
 	src    *Source
 	log    *logBuffer
-	states chan State
+	states chan whole
 	cidrs  chan []netip.Prefix
 	cancel context.CancelFunc
 	exited chan struct{} // closed when Run has returned err
@@ -118,7 +156,7 @@ func start(tb testing.TB, client *fake.Clientset, opts Options) *running {
 	r := &running{
 		src:    New(client, opts, log),
 		log:    buf,
-		states: make(chan State, 100),
+		states: make(chan whole, 100),
 		cidrs:  make(chan []netip.Prefix, 100),
 		exited: make(chan struct{}),
 	}
@@ -126,8 +164,9 @@ func start(tb testing.TB, client *fake.Clientset, opts Options) *running {
 	r.cancel = cancel
 	go func() {
 		defer close(r.exited)
+		var acc accumulator
 		r.err = r.src.Run(ctx,
-			func(st State) { r.states <- st },
+			func(st State) { r.states <- acc.add(st) },
 			func(p []netip.Prefix) { r.cidrs <- slices.Clone(p) })
 	}()
 	tb.Cleanup(func() { r.stop(tb) })
@@ -149,7 +188,7 @@ func (r *running) stop(tb testing.TB) {
 }
 
 // next returns the next state applied, failing after the bounded wait.
-func (r *running) next(tb testing.TB) State {
+func (r *running) next(tb testing.TB) whole {
 	tb.Helper()
 	select {
 	case st := <-r.states:
@@ -159,7 +198,7 @@ func (r *running) next(tb testing.TB) State {
 	case <-time.After(wait):
 		tb.Fatalf("no apply within %v", wait)
 	}
-	return State{}
+	return whole{}
 }
 
 // waitFor waits for an applied state whose Services and slices are as

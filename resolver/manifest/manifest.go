@@ -20,6 +20,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
+
+	"github.com/kubetun/kubetun/resolver"
 )
 
 // Objects is what a set of manifests holds for kubetun.
@@ -30,6 +32,11 @@ type Objects struct {
 	// Warnings are things the user should hear about that did not stop the
 	// load: ignored kinds, unknown fields, objects defined twice.
 	Warnings []string
+
+	// Changes, from a Source, is what changed since the Objects it handed
+	// out before, key by key (the first: All, with every object); never
+	// nil there. Load and Decode leave it nil.
+	Changes *resolver.Changes
 }
 
 // extensions lists the file names a directory is read for, as kubectl

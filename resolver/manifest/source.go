@@ -12,6 +12,8 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
+
+	"github.com/kubetun/kubetun/resolver"
 )
 
 // PollInterval is how often a Source looks at its files. Polling (rather
@@ -44,11 +46,12 @@ type Source struct {
 	dir      bool // path was a directory at start
 
 	// Owned by Run's goroutine once Run starts.
-	files   map[string]*fileState // by path, from the last poll
-	polls   atomic.Int64          // polls so far; atomic for tests
-	applied [sha256.Size]byte     // digest of the contents last handed to apply
-	failure string                // the error last logged, so each is logged once
-	valid   map[objectKey]any     // the last valid version of each object, as applied
+	files   map[string]*fileState   // by path, from the last poll
+	polls   atomic.Int64            // polls so far; atomic for tests
+	applied [sha256.Size]byte       // digest of the contents last handed to apply
+	failure string                  // the error last logged, so each is logged once
+	valid   map[objectKey]any       // the last valid version of each object, as applied
+	tracker *resolver.ChangeTracker // what changed since the last Objects handed out
 
 	reads, decodes atomic.Int64 // files read and decoded so far, for tests
 }
@@ -69,7 +72,7 @@ type fileState struct {
 // fails if path cannot be read or does not parse: at start there is no last
 // good state to keep.
 func NewSource(path string, log *slog.Logger) (*Source, Objects, error) {
-	s := &Source{path: path, log: log, interval: PollInterval}
+	s := &Source{path: path, log: log, interval: PollInterval, tracker: resolver.NewChangeTracker()}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, Objects{}, fmt.Errorf("reading manifests: %w", err)
@@ -185,8 +188,11 @@ func (s *Source) poll(now time.Time) (sum [sha256.Size]byte, files []string, err
 }
 
 // objects merges the objects of files, as the last poll found them, keeping
-// the last valid version of each object now invalid. It is called only for
-// a change, not on every poll.
+// the last valid version of each object now invalid, and says what changed
+// since the last call, key by key (the change tracker compares each key's
+// object with the one handed out before: an object whose file changed
+// elsewhere, or only in what the table does not read, is no change). It is
+// called only for a change, not on every poll.
 func (s *Source) objects(files []string) Objects {
 	decoded := make(map[string]Objects, len(files))
 	invalid := make(map[any]invalidity)
@@ -202,6 +208,11 @@ func (s *Source) objects(files []string) Objects {
 	keepValid(all.Services, "Service", invalid, s.valid, valid, &all.Warnings)
 	keepValid(all.Slices, "EndpointSlice", invalid, s.valid, valid, &all.Warnings)
 	s.valid = valid
+	s.tracker.Replace(all.Services, all.Slices)
+	all.Changes = s.tracker.Take()
+	if all.Changes == nil {
+		all.Changes = &resolver.Changes{}
+	}
 	return all
 }
 

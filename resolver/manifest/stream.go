@@ -229,8 +229,8 @@ var textSeed = maphash.MakeSeed()
 // decode (d.reuse) decoded the very same text into one Service or
 // EndpointSlice: that object is taken again, as it is. A change to one
 // object of a large file then costs reading the file, not decoding all of
-// it, and the objects that did not change stay the same pointers, which is
-// how resolver.Build tells what did not change. What decodes into one
+// it, and the objects that did not change stay the same pointers, which
+// the source's change tracker takes for no change at once. What decodes into one
 // Service or EndpointSlice, without a warning, is kept in d.cache for the
 // next decode.
 func (d *decoder) reusing(text []byte, decode func() error) error {

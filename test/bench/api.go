@@ -277,14 +277,10 @@ func (b *bench) apiChanges(ctx context.Context, cs kubernetes.Interface, es **di
 	use := b.sample().since(before)
 	slices.Sort(lat)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	p50 := row{name: "endpoint change through the API → served, " + label + ", p50", lowerBetter: true}
-	p99 := row{name: "endpoint change through the API → served, " + label + ", p99", lowerBetter: true}
-	p50.results[pathKubetun] = result{value: ms(percentile(lat, 50)), unit: "ms",
-		detail: fmt.Sprintf("%d changes (endpoint added, removed in turn), probed every %v; max %v; kubetun CPU %v per change, the probes' connections included",
-			len(lat), apiPoll, lat[len(lat)-1].Round(time.Microsecond), fmtDur((use.user+use.sys)/time.Duration(len(lat))))}
-	p99.results[pathKubetun] = result{value: ms(percentile(lat, 99)), unit: "ms"}
-	b.add(p50)
-	b.add(p99)
+	rows := newPercentileRows("endpoint change through the API → served, "+label, "ms", ms)
+	rows.set(pathKubetun, lat, fmt.Sprintf("%d changes (endpoint added, removed in turn), probed every %v; max %v; kubetun CPU %v per change, the probes' connections included",
+		len(lat), apiPoll, lat[len(lat)-1].Round(time.Microsecond), fmtDur((use.user+use.sys)/time.Duration(len(lat)))))
+	b.addPercentiles(rows)
 	return nil
 }
 

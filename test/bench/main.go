@@ -41,7 +41,7 @@
 //
 // Group idle holds many idle connections open through kubetun and reads its
 // memory per connection (RSS, Go heap and stacks from its /metrics). Group
-// table measures the service table: resolver.Build in this process after
+// table measures the service table: resolver.Update in this process after
 // one endpoint change among 1 000 and 30 000 generated Services (CPU time,
 // heap per Service), then kubetun restarted on a manifest directory with
 // that many Services: its memory, the first connection to a Service, and the
@@ -182,7 +182,7 @@ func main() {
 	flag.IntVar(&cfg.idleConns, "idle-conns", 10000, "idle connections held through kubetun to weigh one (--short: 2000)")
 	flag.IntVar(&cfg.laptopConns, "laptop-conns", 1000, "connections per path in the laptop case's connection rate, at most --conn-time (--short: 200)")
 	flag.IntVar(&cfg.laptopMiB, "laptop-mib", 512, "MiB per path in the laptop case's download (--short: 128)")
-	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Build's cost")
+	buildSizes := flag.String("build-services", "1000,30000", "comma-separated numbers of generated Services for resolver.Update's cost")
 	kubetunSizes := flag.String("kubetun-services", "1000,30000", "comma-separated numbers of generated Services kubetun is restarted with (--short: 1000)")
 	externalSizes := flag.String("external-services", "10000", "comma-separated numbers of generated Services kubetun is restarted with in the table group's node port case: the first "+strconv.Itoa(externalNodePorts)+" of type NodePort, "+strconv.Itoa(externalLBs)+" of them LoadBalancer with an ingress IP each (--short: 1000)")
 	apiSizes := flag.String("api-services", "1000,10000", "ascending comma-separated numbers of Services created through kube-apiserver in the api case; creating them takes about a minute per 10 000 (--short: 1000)")

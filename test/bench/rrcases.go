@@ -158,35 +158,33 @@ func (b *bench) latencyRows(ctx context.Context, name string, ts [numPaths]targe
 	if err != nil {
 		return err
 	}
-	p50, p99 := row{name: name + ", p50", lowerBetter: true}, row{name: name + ", p99", lowerBetter: true}
+	rows := newPercentileRows(name, "µs", micros)
 	for p, a := range acc {
 		if a == nil {
 			continue
 		}
 		if a.failed != "" {
-			p50.failures = append(p50.failures, a.failed)
+			rows.fail(a.failed)
 			continue
 		}
-		lat := sorted(a.lat)
-		detail := fmt.Sprintf("%d round trips in %d rounds", len(lat), a.rounds)
+		detail := fmt.Sprintf("%d round trips in %d rounds", len(a.lat), a.rounds)
 		if busy > 0 {
 			detail += fmt.Sprintf("; alongside, %d connections made %s", busy, a.bg)
 		}
 		detail += a.drops.String()
-		p50.results[p] = result{value: micros(percentile(lat, 50)), unit: "µs", detail: detail}
-		p99.results[p] = result{value: micros(percentile(lat, 99)), unit: "µs"}
+		rows.set(p, a.lat, detail)
 		if p == pathKubetun {
-			p50.results[p].linkDrops = a.drops.linkDrops()
-			p50.cpu = a.use.per(float64(len(lat))+float64(a.bg.done), "µs/req", 1e6)
+			rows.p50.results[p].linkDrops = a.drops.linkDrops()
+			rows.p50.cpu = a.use.per(float64(len(a.lat))+float64(a.bg.done), "µs/req", 1e6)
 		}
 	}
-	for _, r := range []*row{&p50, &p99} {
+	for _, r := range rows.rows() {
 		k, d := r.results[pathKubetun], r.results[pathDirect]
 		if k.unit != "" && d.unit != "" {
 			r.results[pathKubetun].note = fmt.Sprintf("+%.0f", k.value-d.value)
 		}
-		b.add(*r)
 	}
+	b.addPercentiles(rows)
 	return nil
 }
 
@@ -236,24 +234,21 @@ func (b *bench) connectRows(ctx context.Context, name string, ts [numPaths]targe
 	if err != nil {
 		return err
 	}
-	p50, p99 := row{name: name + ", p50", lowerBetter: true}, row{name: name + ", p99", lowerBetter: true}
+	rows := newPercentileRows(name, "µs", micros)
 	for p, a := range acc {
 		if a == nil {
 			continue
 		}
 		if a.failed != "" {
-			p50.failures = append(p50.failures, a.failed)
+			rows.fail(a.failed)
 			continue
 		}
-		dials := sorted(a.res.dials)
-		p50.results[p] = result{value: micros(percentile(dials, 50)), unit: "µs", detail: fmt.Sprintf("%v in %d rounds%s", a.res, a.rounds, a.drops)}
-		p99.results[p] = result{value: micros(percentile(dials, 99)), unit: "µs"}
+		rows.set(p, a.res.dials, fmt.Sprintf("%v in %d rounds%s", a.res, a.rounds, a.drops))
 		if p == pathKubetun {
-			p50.results[p].linkDrops = a.drops.linkDrops()
-			p50.cpu = a.use.per(float64(a.res.done), "µs/conn", 1e6)
+			rows.p50.results[p].linkDrops = a.drops.linkDrops()
+			rows.p50.cpu = a.use.per(float64(a.res.done), "µs/conn", 1e6)
 		}
 	}
-	b.add(p50)
-	b.add(p99)
+	b.addPercentiles(rows)
 	return nil
 }

@@ -169,7 +169,7 @@ func openIdle(ctx context.Context, ns, addr string, n int) (conns []net.Conn, fa
 	return conns, failed, firstErr
 }
 
-// measureTable runs the table cases: resolver.Build in this process, then
+// measureTable runs the table cases: resolver.Update in this process, then
 // kubetun with many Services.
 func (b *bench) measureTable(ctx context.Context) error {
 	for _, n := range b.cfg.buildSizes {
@@ -276,16 +276,19 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// buildCost times resolver.Build after one endpoint change among n
-// generated Services (three endpoints each), and weighs the snapshot.
+// buildCost times one endpoint change among n generated Services (three
+// endpoints each), recorded in a change tracker as the sources record it
+// and applied with resolver.Update, and weighs the snapshot.
 func (b *bench) buildCost(n int) error {
-	name := fmt.Sprintf("endpoint change among %d Services: resolver.Build", n)
+	name := fmt.Sprintf("endpoint change among %d Services: resolver.Update", n)
 	progress("%s", name)
 	svcs, eps := genObjects(n, 3)
+	tracker := resolver.NewChangeTracker() // the source's, not weighed with the snapshot
+	tracker.Replace(svcs, eps)
 	var m0, m1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
-	snap, problems := resolver.Build(svcs, eps, nil, resolver.Topology{NodeName: testbed.NodeName})
+	snap, problems := resolver.Update(nil, tracker.Take(), resolver.Topology{NodeName: testbed.NodeName})
 	runtime.GC()
 	runtime.ReadMemStats(&m1)
 	perService := (float64(m1.HeapAlloc) - float64(m0.HeapAlloc)) / float64(n)
@@ -296,7 +299,8 @@ func (b *bench) buildCost(n int) error {
 		es.Endpoints[0].Addresses[0] = endpointIP(i, 40+k)
 		eps[i] = es
 		c0, t0 := cpuTime(), time.Now()
-		snap, _ = resolver.Build(svcs, eps, snap, resolver.Topology{NodeName: testbed.NodeName})
+		tracker.Slice(resolver.Key(es), es)
+		snap, _ = resolver.Update(snap, tracker.Take(), resolver.Topology{NodeName: testbed.NodeName})
 		cpu, wall = append(cpu, cpuTime()-c0), append(wall, time.Since(t0))
 	}
 	runtime.KeepAlive(snap)
@@ -415,7 +419,7 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample, externa
 	// First connections: to Services spread over the table, each never
 	// connected to before; the baseline connects to pod1 afresh as often.
 	k := min(n, firstConnCount)
-	p50, p99 := row{name: "first connection + request, " + label + ", p50", lowerBetter: true}, row{name: "first connection + request, " + label + ", p99", lowerBetter: true}
+	first := newPercentileRows("first connection + request, "+label, "µs", micros)
 	for _, p := range []int{pathDirect, pathKubetun} {
 		var lat []time.Duration
 		for j := range k {
@@ -434,12 +438,9 @@ func (b *bench) kubetunScale(ctx context.Context, n int, base memSample, externa
 			}
 			lat = append(lat, time.Since(t0))
 		}
-		slices.Sort(lat)
-		p50.results[p] = result{value: micros(percentile(lat, 50)), unit: "µs", detail: fmt.Sprintf("%d connections", k)}
-		p99.results[p] = result{value: micros(percentile(lat, 99)), unit: "µs"}
+		first.set(p, lat, fmt.Sprintf("%d connections", k))
 	}
-	b.add(p50)
-	b.add(p99)
+	b.addPercentiles(first)
 
 	// One endpoint change: the probe Service gets pod1.
 	probe.Endpoints = pods[:1]

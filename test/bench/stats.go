@@ -42,3 +42,42 @@ func sorted(d []time.Duration) []time.Duration {
 	slices.Sort(s)
 	return s
 }
+
+// percentileRows are the two rows of one latency measurement, its p50 and
+// its p99, filled in path by path.
+type percentileRows struct {
+	p50, p99 row
+	unit     string
+	scale    func(time.Duration) float64
+}
+
+// newPercentileRows starts the rows "name, p50" and "name, p99", whose
+// values are in unit, as scale converts them ("µs" and micros).
+func newPercentileRows(name, unit string, scale func(time.Duration) float64) *percentileRows {
+	return &percentileRows{
+		p50:  row{name: name + ", p50", lowerBetter: true},
+		p99:  row{name: name + ", p99", lowerBetter: true},
+		unit: unit, scale: scale,
+	}
+}
+
+// set records path p's latencies, lat; detail, shown under the table,
+// goes with the p50.
+func (r *percentileRows) set(p int, lat []time.Duration, detail string) {
+	lat = sorted(lat)
+	r.p50.results[p] = result{value: r.scale(percentile(lat, 50)), unit: r.unit, detail: detail}
+	r.p99.results[p] = result{value: r.scale(percentile(lat, 99)), unit: r.unit}
+}
+
+// fail records why a path has no values.
+func (r *percentileRows) fail(why string) { r.p50.failures = append(r.p50.failures, why) }
+
+// rows returns the two rows, p50 first.
+func (r *percentileRows) rows() []*row { return []*row{&r.p50, &r.p99} }
+
+// addPercentiles adds both rows of r to the table.
+func (b *bench) addPercentiles(r *percentileRows) {
+	for _, row := range r.rows() {
+		b.add(*row)
+	}
+}

@@ -266,9 +266,9 @@ func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
 		cp.mu.Unlock()
 		return fmt.Errorf("controlplane %s: StartAPIServer after Close", cp.Namespace)
 	}
-	if cp.apiserver != nil && !cp.apiserver.exited() {
+	if cp.apiserver != nil && !cp.apiserver.Exited() {
 		cp.mu.Unlock()
-		return fmt.Errorf("controlplane %s: StartAPIServer: kube-apiserver is running (pid %d)", cp.Namespace, cp.apiserver.cmd.Process.Pid)
+		return fmt.Errorf("controlplane %s: StartAPIServer: kube-apiserver is running (pid %d)", cp.Namespace, cp.apiserver.Pid())
 	}
 	begin := time.Now()
 	p, err := startProcess(cp.Namespace, "kube-apiserver", filepath.Join(cp.Dir, "logs", "kube-apiserver.log"), cp.apiserverArgs)
@@ -299,14 +299,14 @@ func (cp *ControlPlane) RestartControllerManager(ctx context.Context) error {
 	old := cp.controller
 	cp.mu.Unlock()
 	begin := time.Now()
-	if err := old.stop(stopGrace); err != nil {
+	if err := stop(old, stopGrace); err != nil {
 		return err
 	}
 	var from int64
-	if fi, err := os.Stat(old.logPath); err == nil {
+	if fi, err := os.Stat(old.LogPath); err == nil {
 		from = fi.Size()
 	}
-	p, err := startProcess(cp.Namespace, "kube-controller-manager", old.logPath, cp.controllerArgs)
+	p, err := startProcess(cp.Namespace, "kube-controller-manager", old.LogPath, cp.controllerArgs)
 	if err != nil {
 		return err
 	}
@@ -333,7 +333,7 @@ func (cp *ControlPlane) StopAPIServer() error {
 	if p == nil {
 		return nil
 	}
-	if err := p.kill(); err != nil {
+	if err := kill(p); err != nil {
 		return err
 	}
 	// Idle keep-alive connections point at the dead server.
@@ -362,7 +362,7 @@ func (cp *ControlPlane) Close() error {
 	}
 	for _, p := range procs {
 		if p != nil {
-			if err := p.stop(stopGrace); err != nil {
+			if err := stop(p, stopGrace); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -477,10 +477,10 @@ func (cp *ControlPlane) waitHTTP(ctx context.Context, p *process, url string, au
 			last = err.Error()
 		}
 		select {
-		case <-p.done:
-			return p.failure(fmt.Errorf("controlplane: %s exited before GET %s answered 200 (last: %s)", p.name, url, last))
+		case <-p.Done():
+			return failure(p, fmt.Errorf("controlplane: %s exited before GET %s answered 200 (last: %s)", p.Name, url, last))
 		case <-ctx.Done():
-			return p.failure(fmt.Errorf("controlplane: GET %s: no 200 within %v (last: %s)", url, timeout, last))
+			return failure(p, fmt.Errorf("controlplane: GET %s: no 200 within %v (last: %s)", url, timeout, last))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -492,14 +492,14 @@ func waitLog(ctx context.Context, p *process, substr string, timeout time.Durati
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
-		if data, err := os.ReadFile(p.logPath); err == nil && int64(len(data)) >= from && strings.Contains(string(data[from:]), substr) {
+		if data, err := os.ReadFile(p.LogPath); err == nil && int64(len(data)) >= from && strings.Contains(string(data[from:]), substr) {
 			return nil
 		}
 		select {
-		case <-p.done:
-			return p.failure(fmt.Errorf("controlplane: %s exited before logging %q", p.name, substr))
+		case <-p.Done():
+			return failure(p, fmt.Errorf("controlplane: %s exited before logging %q", p.Name, substr))
 		case <-ctx.Done():
-			return p.failure(fmt.Errorf("controlplane: %s did not log %q within %v", p.name, substr, timeout))
+			return failure(p, fmt.Errorf("controlplane: %s did not log %q within %v", p.Name, substr, timeout))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
