@@ -164,12 +164,18 @@ func ImportedPackages(root string, up Upstream) ([]string, error) {
 		return nil, err
 	}
 	// go mod vendor's list: every package a build or test of kubetun
-	// imports under any build tags, as go mod tidy checks them.
-	cmd := exec.Command("go", "mod", "vendor", "-modfile", filepath.Join(scratch, "go.mod"), "-o", filepath.Join(scratch, "vendor"))
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go mod vendor: %v\n%s", err, out)
+	// imports under any build tags, as go mod tidy checks them. Tidy
+	// first: after a version bump, upstream's go.mod may need more.
+	for _, args := range [][]string{
+		{"mod", "tidy", "-modfile", filepath.Join(scratch, "go.mod")},
+		{"mod", "vendor", "-modfile", filepath.Join(scratch, "go.mod"), "-o", filepath.Join(scratch, "vendor")},
+	} {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("go %s: %v\n%s", strings.Join(args[:2], " "), err, out)
+		}
 	}
 	list, err := os.ReadFile(filepath.Join(scratch, "vendor", "modules.txt"))
 	if err != nil {

@@ -67,26 +67,38 @@ type endpoint struct {
 	stats       tcpip.TransportEndpointStats
 	ops         tcpip.SocketOptions
 
-	// The following fields are used to manage the receive queue, and are
-	// protected by rcvMu.
-	rcvMu      sync.Mutex `state:"nosave"`
-	rcvReady   bool
-	rcvList    udpPacketList
+	// The following fields are used to manage the receive queue.
+	rcvMu sync.Mutex `state:"nosave"`
+
+	// +checklocks:rcvMu
+	rcvReady bool
+	// +checklocks:rcvMu
+	rcvList udpPacketList
+	// +checklocks:rcvMu
 	rcvBufSize int
-	rcvClosed  bool
+	// +checklocks:rcvMu
+	rcvClosed bool
 
 	lastErrorMu sync.Mutex `state:"nosave"`
-	lastError   tcpip.Error
 
-	// The following fields are protected by the mu mutex.
-	mu        sync.RWMutex `state:"nosave"`
+	// +checklocks:lastErrorMu
+	lastError tcpip.Error
+
+	// mu protects the endpoint's port and binding state and readShutdown.
+	mu sync.RWMutex `state:"nosave"`
+
+	// +checklocks:mu
 	portFlags ports.Flags
 
-	// Values used to reserve a port or register a transport endpoint.
-	// (which ever happens first).
+	// Values used to reserve a port or register a transport endpoint,
+	// whichever happens first.
+	//
+	// +checklocks:mu
 	boundBindToDevice tcpip.NICID
-	boundPortFlags    ports.Flags
+	// +checklocks:mu
+	boundPortFlags ports.Flags
 
+	// +checklocks:mu
 	readShutdown bool
 
 	// effectiveNetProtos contains the network protocols actually in use. In
@@ -95,13 +107,18 @@ type endpoint struct {
 	// protocols (e.g., IPv6 and IPv4) or a single different protocol (e.g.,
 	// IPv4 when IPv6 endpoint is bound or connected to an IPv4 mapped
 	// address).
+	//
+	// +checklocks:mu
 	effectiveNetProtos []tcpip.NetworkProtocolNumber
 
-	// frozen indicates if the packets should be delivered to the endpoint
-	// during restore.
+	// frozen prevents packet delivery during save/restore.
+	//
+	// +checklocks:rcvMu
 	frozen bool
 
-	localPort  uint16
+	// +checklocks:mu
+	localPort uint16
+	// +checklocks:mu
 	remotePort uint16
 }
 
@@ -135,6 +152,9 @@ func (e *endpoint) WakeupWriters() {
 	e.net.MaybeSignalWritable()
 }
 
+// LastError implements tcpip.SocketOptionsHandler.
+//
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) LastError() tcpip.Error {
 	e.lastErrorMu.Lock()
 	defer e.lastErrorMu.Unlock()
@@ -145,6 +165,8 @@ func (e *endpoint) LastError() tcpip.Error {
 }
 
 // UpdateLastError implements tcpip.SocketOptionsHandler.
+//
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) UpdateLastError(err tcpip.Error) {
 	e.lastErrorMu.Lock()
 	e.lastError = err
@@ -152,20 +174,28 @@ func (e *endpoint) UpdateLastError(err tcpip.Error) {
 }
 
 // Abort implements stack.TransportEndpoint.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) Abort() {
 	e.Close()
 }
 
 // Close puts the endpoint in a closed state and frees all resources
 // associated with it.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) Close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.closeLocked()
 }
 
-// Preconditions: e.mu is locked.
+// closeLocked closes the endpoint while retaining e.mu for the caller.
+//
 // +checklocks:e.mu
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) closeLocked() {
 	switch state := e.net.State(); state {
 	case transport.DatagramEndpointStateInitial:
@@ -214,6 +244,9 @@ func (e *endpoint) closeLocked() {
 func (*endpoint) ModerateRecvBuf(int) {}
 
 // Read implements tcpip.Endpoint.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) Read(dst io.Writer, opts tcpip.ReadOptions) (tcpip.ReadResult, tcpip.Error) {
 	if err := e.LastError(); err != nil {
 		return tcpip.ReadResult{}, err
@@ -232,11 +265,13 @@ func (e *endpoint) Read(dst io.Writer, opts tcpip.ReadOptions) (tcpip.ReadResult
 	}
 
 	p := e.rcvList.Front()
-	if !opts.Peek {
+	if opts.Peek {
+		p.pkt.IncRef()
+	} else {
 		e.rcvList.Remove(p)
-		defer p.pkt.DecRef()
 		e.rcvBufSize -= p.pkt.Data().Size()
 	}
+	defer p.pkt.DecRef()
 	e.rcvMu.Unlock()
 
 	// Control Messages
@@ -313,6 +348,7 @@ func (e *endpoint) Read(dst io.Writer, opts tcpip.ReadOptions) (tcpip.ReadResult
 //
 // Returns true for retry if preparation should be retried.
 // +checklocksread:e.mu
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) prepareForWriteInner(to *tcpip.FullAddress) (retry bool, err tcpip.Error) {
 	switch e.net.State() {
 	case transport.DatagramEndpointStateInitial:
@@ -348,9 +384,12 @@ func (e *endpoint) prepareForWriteInner(to *tcpip.FullAddress) (retry bool, err 
 
 var _ tcpip.EndpointWithPreflight = (*endpoint)(nil)
 
-// Validates the passed WriteOptions and prepares the endpoint for writes
+// Preflight validates the passed WriteOptions and prepares the endpoint for writes
 // using those options. If the endpoint is unbound and the `To` address
 // is specified, binds the endpoint to that address.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) Preflight(opts tcpip.WriteOptions) tcpip.Error {
 	var r bytes.Reader
 	udpInfo, err := e.prepareForWrite(&r, opts)
@@ -362,6 +401,10 @@ func (e *endpoint) Preflight(opts tcpip.WriteOptions) tcpip.Error {
 
 // Write writes data to the endpoint's peer. This method does not block
 // if the data cannot be written.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) Write(p tcpip.Payloader, opts tcpip.WriteOptions) (int64, tcpip.Error) {
 	n, err := e.write(p, opts)
 	switch err.(type) {
@@ -383,6 +426,8 @@ func (e *endpoint) Write(p tcpip.Payloader, opts tcpip.WriteOptions) (int64, tcp
 	return n, err
 }
 
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) prepareForWrite(p tcpip.Payloader, opts tcpip.WriteOptions) (udpPacketInfo, tcpip.Error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
@@ -443,17 +488,14 @@ func (e *endpoint) prepareForWrite(p tcpip.Payloader, opts tcpip.WriteOptions) (
 	}, nil
 }
 
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) write(p tcpip.Payloader, opts tcpip.WriteOptions) (int64, tcpip.Error) {
-	// Do not hold lock when sending as loopback is synchronous and if the UDP
-	// datagram ends up generating an ICMP response then it can result in a
-	// deadlock where the ICMP response handling ends up acquiring this endpoint's
-	// mutex using e.mu.RLock() in endpoint.HandleControlPacket which can cause a
-	// deadlock if another caller is trying to acquire e.mu in exclusive mode w/
-	// e.mu.Lock(). Since e.mu.Lock() prevents any new read locks to ensure the
-	// lock can be eventually acquired.
-	//
-	// See: https://golang.org/pkg/sync/#RWMutex for details on why recursive read
-	// locking is prohibited.
+	// prepareForWrite releases e.mu before sending. Loopback delivery is
+	// synchronous, so an ICMP response can reenter onICMPError, which takes
+	// e.mu.RLock(). Holding e.mu for a send can deadlock, including if a writer
+	// is waiting when onICMPError tries to take a second read lock.
 
 	if err := e.LastError(); err != nil {
 		return 0, err
@@ -529,6 +571,8 @@ func (e *endpoint) write(p tcpip.Payloader, opts tcpip.WriteOptions) (int64, tcp
 }
 
 // OnReuseAddressSet implements tcpip.SocketOptionsHandler.
+//
+// +checklocksexclude:e.mu
 func (e *endpoint) OnReuseAddressSet(v bool) {
 	e.mu.Lock()
 	e.portFlags.MostRecent = v
@@ -536,6 +580,8 @@ func (e *endpoint) OnReuseAddressSet(v bool) {
 }
 
 // OnReusePortSet implements tcpip.SocketOptionsHandler.
+//
+// +checklocksexclude:e.mu
 func (e *endpoint) OnReusePortSet(v bool) {
 	e.mu.Lock()
 	e.portFlags.LoadBalanced = v
@@ -560,6 +606,8 @@ func (e *endpoint) SetSockOpt(opt tcpip.SettableSocketOption) tcpip.Error {
 }
 
 // GetSockOptInt implements tcpip.Endpoint.
+//
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) GetSockOptInt(opt tcpip.SockOptInt) (int, tcpip.Error) {
 	switch opt {
 	case tcpip.ReceiveQueueSizeOption:
@@ -590,6 +638,8 @@ type udpPacketInfo struct {
 }
 
 // Disconnect implements tcpip.Endpoint.
+//
+// +checklocksexclude:e.mu
 func (e *endpoint) Disconnect() tcpip.Error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -649,12 +699,18 @@ func (e *endpoint) Disconnect() tcpip.Error {
 }
 
 // Connect connects the endpoint to its peer. Specifying a NIC is optional.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) Connect(addr tcpip.FullAddress) tcpip.Error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 
 	err := e.net.ConnectAndThen(addr, func(netProto tcpip.NetworkProtocolNumber, previousID, nextID stack.TransportEndpointID) tcpip.Error {
-		nextID.LocalPort = e.localPort
+		// ConnectAndThen invokes this callback synchronously while Connect
+		// holds e.mu. checklocks cannot propagate the captured lock into
+		// a passed callback, so only the guarded accesses and call are ignored.
+		nextID.LocalPort = e.localPort // +checklocksignore
 		nextID.RemotePort = addr.Port
 
 		// Even if we're connected, this endpoint can still be used to send
@@ -668,24 +724,24 @@ func (e *endpoint) Connect(addr tcpip.FullAddress) tcpip.Error {
 			}
 		}
 
-		oldPortFlags := e.boundPortFlags
+		oldPortFlags := e.boundPortFlags // +checklocksignore
 
 		// Remove the old registration.
-		if e.localPort != 0 {
-			previousID.LocalPort = e.localPort
-			previousID.RemotePort = e.remotePort
-			e.stack.UnregisterTransportEndpoint(e.effectiveNetProtos, ProtocolNumber, previousID, e, oldPortFlags, e.boundBindToDevice)
+		if e.localPort != 0 { // +checklocksignore
+			previousID.LocalPort = e.localPort                                                                                          // +checklocksignore
+			previousID.RemotePort = e.remotePort                                                                                        // +checklocksignore
+			e.stack.UnregisterTransportEndpoint(e.effectiveNetProtos, ProtocolNumber, previousID, e, oldPortFlags, e.boundBindToDevice) // +checklocksignore
 		}
 
-		nextID, btd, err := e.registerWithStack(netProtos, nextID)
+		nextID, btd, err := e.registerWithStack(netProtos, nextID) // +checklocksignore
 		if err != nil {
 			return err
 		}
 
-		e.localPort = nextID.LocalPort
-		e.remotePort = nextID.RemotePort
-		e.boundBindToDevice = btd
-		e.effectiveNetProtos = netProtos
+		e.localPort = nextID.LocalPort   // +checklocksignore
+		e.remotePort = nextID.RemotePort // +checklocksignore
+		e.boundBindToDevice = btd        // +checklocksignore
+		e.effectiveNetProtos = netProtos // +checklocksignore
 		return nil
 	})
 	if err != nil {
@@ -705,6 +761,9 @@ func (*endpoint) ConnectEndpoint(tcpip.Endpoint) tcpip.Error {
 
 // Shutdown closes the read and/or write end of the endpoint connection
 // to its peer.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) Shutdown(flags tcpip.ShutdownFlags) tcpip.Error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -752,6 +811,9 @@ func (*endpoint) Accept(*tcpip.FullAddress) (tcpip.Endpoint, *waiter.Queue, tcpi
 	return nil, nil, &tcpip.ErrNotSupported{}
 }
 
+// registerWithStack registers id, reserving a port if needed.
+//
+// +checklocks:e.mu
 func (e *endpoint) registerWithStack(netProtos []tcpip.NetworkProtocolNumber, id stack.TransportEndpointID) (stack.TransportEndpointID, tcpip.NICID, tcpip.Error) {
 	bindToDevice := tcpip.NICID(e.ops.GetBindToDevice())
 	if e.localPort == 0 {
@@ -789,6 +851,10 @@ func (e *endpoint) registerWithStack(netProtos []tcpip.NetworkProtocolNumber, id
 	return id, bindToDevice, err
 }
 
+// bindLocked binds an initial endpoint while retaining e.mu for the caller.
+//
+// +checklocks:e.mu
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) bindLocked(addr tcpip.FullAddress) tcpip.Error {
 	// Don't allow binding once endpoint is not in the initial state
 	// anymore.
@@ -797,6 +863,10 @@ func (e *endpoint) bindLocked(addr tcpip.FullAddress) tcpip.Error {
 	}
 
 	err := e.net.BindAndThen(addr, func(boundNetProto tcpip.NetworkProtocolNumber, boundAddr tcpip.Address) tcpip.Error {
+		// BindAndThen invokes this callback synchronously while bindLocked
+		// holds e.mu. checklocks cannot propagate the captured lock into
+		// a passed callback, so only the guarded accesses and call are ignored.
+
 		// Expand netProtos to include v4 and v6 if the caller is binding to a
 		// wildcard (empty) address, and this is an IPv6 endpoint with v6only
 		// set to false.
@@ -812,14 +882,14 @@ func (e *endpoint) bindLocked(addr tcpip.FullAddress) tcpip.Error {
 			LocalPort:    addr.Port,
 			LocalAddress: boundAddr,
 		}
-		id, btd, err := e.registerWithStack(netProtos, id)
+		id, btd, err := e.registerWithStack(netProtos, id) // +checklocksignore
 		if err != nil {
 			return err
 		}
 
-		e.localPort = id.LocalPort
-		e.boundBindToDevice = btd
-		e.effectiveNetProtos = netProtos
+		e.localPort = id.LocalPort       // +checklocksignore
+		e.boundBindToDevice = btd        // +checklocksignore
+		e.effectiveNetProtos = netProtos // +checklocksignore
 		return nil
 	})
 	if err != nil {
@@ -834,6 +904,9 @@ func (e *endpoint) bindLocked(addr tcpip.FullAddress) tcpip.Error {
 
 // Bind binds the endpoint to a specific local address and port.
 // Specifying a NIC is optional.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.mu
 func (e *endpoint) Bind(addr tcpip.FullAddress) tcpip.Error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -847,6 +920,8 @@ func (e *endpoint) Bind(addr tcpip.FullAddress) tcpip.Error {
 }
 
 // GetLocalAddress returns the address to which the endpoint is bound.
+//
+// +checklocksexclude:e.mu
 func (e *endpoint) GetLocalAddress() (tcpip.FullAddress, tcpip.Error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
@@ -857,6 +932,8 @@ func (e *endpoint) GetLocalAddress() (tcpip.FullAddress, tcpip.Error) {
 }
 
 // GetRemoteAddress returns the address to which the endpoint is connected.
+//
+// +checklocksexclude:e.mu
 func (e *endpoint) GetRemoteAddress() (tcpip.FullAddress, tcpip.Error) {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
@@ -872,6 +949,9 @@ func (e *endpoint) GetRemoteAddress() (tcpip.FullAddress, tcpip.Error) {
 
 // Readiness returns the current readiness of the endpoint. For example, if
 // waiter.EventIn is set, the endpoint is immediately readable.
+//
+// +checklocksexclude:e.rcvMu
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) Readiness(mask waiter.EventMask) waiter.EventMask {
 	var result waiter.EventMask
 
@@ -899,6 +979,8 @@ func (e *endpoint) Readiness(mask waiter.EventMask) waiter.EventMask {
 
 // HandlePacket is called by the stack when new packets arrive to this transport
 // endpoint.
+//
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) HandlePacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) {
 	// Get the header then trim it from the view.
 	hdr := header.UDP(pkt.TransportHeader().Slice())
@@ -993,6 +1075,8 @@ func (e *endpoint) HandlePacket(id stack.TransportEndpointID, pkt *stack.PacketB
 	}
 }
 
+// +checklocksexclude:e.mu
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) onICMPError(err tcpip.Error, transErr stack.TransportError, pkt *stack.PacketBuffer) {
 	// Update last error first.
 	e.lastErrorMu.Lock()
@@ -1043,6 +1127,9 @@ func (e *endpoint) onICMPError(err tcpip.Error, transErr stack.TransportError, p
 }
 
 // HandleError implements stack.TransportEndpoint.
+//
+// +checklocksexclude:e.mu
+// +checklocksexclude:e.lastErrorMu
 func (e *endpoint) HandleError(transErr stack.TransportError, pkt *stack.PacketBuffer) {
 	// TODO(gvisor.dev/issues/5270): Handle all transport errors.
 	switch transErr.Kind() {
@@ -1059,6 +1146,8 @@ func (e *endpoint) State() uint32 {
 }
 
 // Info returns a copy of the endpoint info.
+//
+// +checklocksexclude:e.mu
 func (e *endpoint) Info() tcpip.EndpointInfo {
 	e.mu.RLock()
 	defer e.mu.RUnlock()
@@ -1082,21 +1171,29 @@ func (e *endpoint) SetOwner(owner tcpip.PacketOwner) {
 }
 
 // SocketOptions implements tcpip.Endpoint.
+//
+// Setting reuse options calls back into this endpoint and requires e.mu to be
+// unlocked. Getting or setting the last error likewise requires e.lastErrorMu
+// to be unlocked. checklocks cannot express these endpoint-specific locks
+// through the SocketOptionsHandler interface stored in the returned options.
 func (e *endpoint) SocketOptions() *tcpip.SocketOptions {
 	return &e.ops
 }
 
 // freeze prevents any more packets from being delivered to the endpoint.
+//
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) freeze() {
-	e.mu.Lock()
+	e.rcvMu.Lock()
 	e.frozen = true
-	e.mu.Unlock()
+	e.rcvMu.Unlock()
 }
 
-// thaw unfreezes a previously frozen endpoint using endpoint.freeze() allows
-// new packets to be delivered again.
+// thaw allows packet delivery again after freeze.
+//
+// +checklocksexclude:e.rcvMu
 func (e *endpoint) thaw() {
-	e.mu.Lock()
+	e.rcvMu.Lock()
 	e.frozen = false
-	e.mu.Unlock()
+	e.rcvMu.Unlock()
 }
