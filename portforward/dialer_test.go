@@ -97,6 +97,14 @@ func (k *kubeletServer) cut() {
 
 func newKubeletServer(t *testing.T) *kubeletServer {
 	t.Helper()
+	return newIdleKubeletServer(t, 0)
+}
+
+// newIdleKubeletServer is newKubeletServer closing a connection that
+// carried no frame for idle, as the kubelet's
+// --streaming-connection-idle-timeout does; zero never does.
+func newIdleKubeletServer(t *testing.T, idle time.Duration) *kubeletServer {
+	t.Helper()
 	k := &kubeletServer{}
 	k.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
@@ -112,7 +120,7 @@ func newKubeletServer(t *testing.T) *kubeletServer {
 			return
 		}
 		k.upgrades.Add(1)
-		streaming.ServePortForward(w, r, loopbackForwarder{}, parts[5], "", opts, 0, 30*time.Second, streaming.SupportedProtocols)
+		streaming.ServePortForward(w, r, loopbackForwarder{}, parts[5], "", opts, idle, 30*time.Second, streaming.SupportedProtocols)
 	}))
 	k.Listener = trackingListener{k.Listener, k}
 	k.StartTLS()
