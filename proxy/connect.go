@@ -50,6 +50,12 @@ type ConnectOptions struct {
 	// nobody reads would stop. Zero means DefaultStallTimeout; negative
 	// waits for ever, as kubectl port-forward does.
 	StallTimeout time.Duration
+	// PingInterval and PingTimeout, in port-forward mode, are
+	// portforward.Options': each pod connection is pinged every
+	// PingInterval and replaced when a ping goes unanswered for
+	// PingTimeout. Zero means portforward's defaults; a negative
+	// PingInterval sends no pings.
+	PingInterval, PingTimeout time.Duration
 	// HostDNS sends the cluster domain, and only it, from the host's
 	// systemd-resolved to kubetun's DNS (package hostdns), reverted on
 	// exit; without resolved, it prints what to add by hand.
@@ -128,7 +134,9 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	}
 	if via == ViaPortForward {
 		d, err := portforward.New(src.RESTConfig(), p.table, portforward.Options{
-			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+			PingInterval: opts.PingInterval,
+			PingTimeout:  opts.PingTimeout,
+			Logf:         func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
 		})
 		if err != nil {
 			return err
