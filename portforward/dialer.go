@@ -152,6 +152,9 @@ type podConn struct {
 	used  atomic.Bool
 	flows atomic.Int64  // flows open on it now
 	check chan struct{} // a send asks run to ping now (Check)
+	// suspect: Check asked for a ping not answered yet; meanwhile new
+	// flows wait for their streams rather than be returned at once.
+	suspect atomic.Bool
 
 	mu        sync.Mutex // guards the fields below
 	cause     string     // why it was dropped
@@ -357,7 +360,7 @@ func (d *Dialer) readyConn(pod podKey) bool {
 	d.mu.Lock()
 	pc := d.conns[pod]
 	d.mu.Unlock()
-	if pc == nil || pc.dropped.Load() {
+	if pc == nil || pc.dropped.Load() || pc.suspect.Load() {
 		return false
 	}
 	select {
@@ -482,6 +485,8 @@ func (d *Dialer) watch(pc *podConn) string {
 		case <-pc.check:
 			if canPing {
 				d.ping(pc, p)
+			} else {
+				pc.suspect.Store(false)
 			}
 		case <-tick:
 			d.ping(pc, p)
@@ -509,6 +514,49 @@ func (d *Dialer) ping(pc *podConn, p pinger) {
 	pc.mu.Lock()
 	pc.pinged, pc.rtt = time.Now(), rtt
 	pc.mu.Unlock()
+	pc.suspect.Store(false)
+}
+
+// Check pings every pod connection now, and replaces those that do not
+// answer within PingTimeout: after the host's network changed, for one.
+// Until its ping is answered, new flows on a connection wait for their
+// streams, so that a dead connection fails them instead of holding them.
+func (d *Dialer) Check() {
+	for _, pc := range d.readyConns() {
+		pc.suspect.Store(true)
+		select {
+		case pc.check <- struct{}{}:
+		default: // one is pending
+		}
+	}
+}
+
+// Reset closes every pod connection, resetting its flows, and makes again
+// those that flows used: after the host resumed from a sleep longer than
+// PingTimeout, say, when a connection may be dead without a sign, or alive
+// but behind the kubelet's idle timeout or a NAT that forgot it; a flow
+// must get a reset then, never hang (https://github.com/kubernetes/kubectl/issues/1169).
+func (d *Dialer) Reset(cause string) {
+	for _, pc := range d.readyConns() {
+		d.drop(pc, cause)
+	}
+}
+
+// readyConns returns the pod connections that are up.
+func (d *Dialer) readyConns() []*podConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*podConn
+	for _, pc := range d.conns {
+		select {
+		case <-pc.ready:
+			if pc.err == nil {
+				out = append(out, pc)
+			}
+		default:
+		}
+	}
+	return out
 }
 
 // transportOf names the transport of conn, for logs and Status.

@@ -216,3 +216,70 @@ func TestUnansweredPingReplaces(t *testing.T) {
 		t.Fatalf("round trip on the new connection = %q, %v", got, err)
 	}
 }
+
+// TestCheckAndReset: Check replaces a connection whose ping goes
+// unanswered and keeps one that answers; Reset replaces every one, resetting
+// its flows, and makes it again ahead of need.
+func TestCheckAndReset(t *testing.T) {
+	k := newKubeletServer(t)
+	real := newTestDialer(t, k, Options{}).connect
+	var hang atomic.Bool
+	var connects atomic.Int32
+	d := newDialer(func(ctx context.Context, ns, name string) (httpstream.Connection, error) {
+		connects.Add(1)
+		c, err := real(ctx, ns, name)
+		if err != nil {
+			return nil, err
+		}
+		return hangingPings{c.(*pingConn), &hang}, nil
+	}, podMap{podIP: {"default", "pod1"}}, Options{PingInterval: -1, PingTimeout: 100 * time.Millisecond, Logf: t.Logf})
+	defer d.Close()
+	port := echoServer(t)
+	waitConnects := func(n int32) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for connects.Load() < n && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := connects.Load(); got != n {
+			t.Fatalf("%d connections made, want %d", got, n)
+		}
+	}
+	flow := func() net.Conn {
+		t.Helper()
+		c, err := d.DialContext(t.Context(), "tcp", addr(port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Read(make([]byte, len("echo: "))); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := flow()
+	d.Check() // answered: kept
+	time.Sleep(300 * time.Millisecond)
+	waitConnects(1)
+
+	hang.Store(true)
+	d.Check()
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, ErrConnectionLost) {
+		t.Errorf("Read after Check found the connection dead = %v, want ErrConnectionLost", err)
+	}
+	c.Close()
+	hang.Store(false)
+	waitConnects(2)
+
+	c = flow()
+	d.Reset("test")
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, ErrConnectionLost) {
+		t.Errorf("Read after Reset = %v, want ErrConnectionLost", err)
+	}
+	c.Close()
+	waitConnects(3)
+	if st := d.Status(); st.LastReconnect == nil || st.LastReconnect.Cause != "test" {
+		t.Errorf("Status().LastReconnect = %+v, want cause test", st.LastReconnect)
+	}
+	c = flow()
+	c.Close()
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
 	"github.com/kubetun/kubetun/tunnel/hostdns"
+	"github.com/kubetun/kubetun/wake"
 )
 
 // How ConnectOptions.Via reaches pods.
@@ -151,6 +152,34 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		case opts.StallTimeout > 0:
 			p.cfg.DataPath.StalledClientTimeout = opts.StallTimeout
 		}
+	}
+	// A laptop sleeps and changes networks: then the connections to the
+	// API server are made again, and those to pods checked (a new network)
+	// or made again (a sleep longer than a ping may go unanswered), so that
+	// a flow fails fast rather than hang on a dead one.
+	var pf *portforward.Dialer
+	if d, ok := p.cfg.Dialer.(*portforward.Dialer); ok {
+		pf = d
+	}
+	gap := opts.PingTimeout
+	if gap <= 0 {
+		gap = portforward.DefaultPingTimeout
+	}
+	w, werr := wake.Watch(wake.Config{Gap: gap, Network: true, Ignore: cfg.TUN, Notify: func(e wake.Event) {
+		log.Warn(e.Kind.String()+": connecting to the API server again, and checking the connections to pods", "detail", e.Detail)
+		if pf != nil {
+			if e.Kind == wake.Resumed {
+				pf.Reset(e.Kind.String() + ": " + e.Detail)
+			} else {
+				pf.Check()
+			}
+		}
+		src.CloseConnections()
+	}})
+	if werr != nil {
+		log.Warn("sleep and network changes will not be noticed", "err", werr)
+	} else {
+		defer w.Close()
 	}
 	err = p.Run(ctx)
 	// The TUN is gone by now, and resolved forgot the link's settings with

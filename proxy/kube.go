@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/connrotation"
 	"k8s.io/klog/v2"
 
 	"github.com/kubetun/kubetun/nodeport"
@@ -47,10 +48,13 @@ type KubeOptions struct {
 type KubeSource struct {
 	client kubernetes.Interface
 	config *rest.Config
-	reach  *kube.Reachability
-	opts   KubeOptions
-	info   SourceInfo
-	log    *slog.Logger
+	// conns are the client's connections to the API server (not the
+	// port-forward dialer's), for CloseConnections.
+	conns *connrotation.ConnectionTracker
+	reach *kube.Reachability
+	opts  KubeOptions
+	info  SourceInfo
+	log   *slog.Logger
 }
 
 var _ Source = (*KubeSource)(nil)
@@ -59,7 +63,8 @@ var _ Source = (*KubeSource)(nil)
 // ServiceCIDR API can be read. client-go's own log goes to log from now on.
 func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*KubeSource, error) {
 	reach := kube.NewReachability(log)
-	client, config, info, err := kubeClient(opts, reach)
+	conns := connrotation.NewConnectionTracker()
+	client, config, info, err := kubeClient(opts, reach, conns)
 	if err != nil {
 		return nil, err
 	}
@@ -74,8 +79,15 @@ func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*Ku
 			return nil, fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
 		}
 	}
-	return &KubeSource{client: client, config: config, reach: reach, opts: opts, info: info, log: log}, nil
+	return &KubeSource{client: client, config: config, conns: conns, reach: reach, opts: opts, info: info, log: log}, nil
 }
+
+// CloseConnections closes the client's connections to the API server: its
+// watches fail at once and start again on new connections, with
+// credentials client-go refreshes as needed (exec plugins, token files).
+// After the host slept or changed networks, a watch on a connection that
+// died without a sign would otherwise wait for the HTTP/2 health check.
+func (k *KubeSource) CloseConnections() { k.conns.CloseAll() }
 
 // Run implements Source: it delivers only after both informer caches have
 // synced.
@@ -193,7 +205,7 @@ func (k *KubeSource) Node(ctx context.Context) (resolver.Topology, []netip.Addr)
 // kubeClient builds a client from opts.Kubeconfig, or when that is empty
 // from the first of: the in-cluster config, $KUBECONFIG, ~/.kube/config. It
 // also says which it used. reach observes every request the client makes.
-func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interface, *rest.Config, SourceInfo, error) {
+func kubeClient(opts KubeOptions, reach *kube.Reachability, conns *connrotation.ConnectionTracker) (kubernetes.Interface, *rest.Config, SourceInfo, error) {
 	var (
 		cfg  *rest.Config
 		info = SourceInfo{Kind: "kubernetes"}
@@ -238,7 +250,15 @@ func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interfac
 	info.Server = cfg.Host
 	cfg.UserAgent = "kubetun"
 	cfg.Wrap(reach.WrapTransport)
-	client, err := kubernetes.NewForConfig(cfg)
+	// The client's connections are tracked; the config returned (for
+	// port-forward) dials as it says.
+	ccfg := rest.CopyConfig(cfg)
+	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.Dial != nil {
+		dial = cfg.Dial
+	}
+	ccfg.Dial = connrotation.NewDialerWithTracker(dial, conns).DialContext
+	client, err := kubernetes.NewForConfig(ccfg)
 	if err != nil {
 		return nil, nil, info, fmt.Errorf("creating Kubernetes client (%s): %w", info.Path, err)
 	}
