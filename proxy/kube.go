@@ -72,14 +72,45 @@ func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*Ku
 	klog.SetSlogLogger(log.With("from", "client-go"))
 	log.Info("using the Kubernetes API", "config", info.Path, "context", info.Context, "server", info.Server, "node", opts.NodeName)
 	if opts.FollowCIDRs {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := kube.CheckServiceCIDRAPI(cctx, client)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
+		if err := checkServiceCIDRAPI(ctx, client, reach); err != nil {
+			return nil, err
 		}
 	}
 	return &KubeSource{client: client, config: config, conns: conns, reach: reach, opts: opts, info: info, log: log}, nil
+}
+
+// apiRetryMax bounds the wait between two tries of an API server that does
+// not answer at start.
+const apiRetryMax = 30 * time.Second
+
+// checkServiceCIDRAPI checks that the ServiceCIDR API can be read. An API
+// server that does not answer (a laptop offline, a VPN not up yet) is tried
+// again, with backoff, until it answers or ctx ends; reach says so once.
+// An answer that refuses is the error.
+func checkServiceCIDRAPI(ctx context.Context, client kubernetes.Interface, reach *kube.Reachability) error {
+	wait := time.Second
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := kube.CheckServiceCIDRAPI(cctx, client)
+		timedOut := cctx.Err() != nil
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case timedOut:
+			reach.Failed(err) // the transport took it for kubetun's own cancel
+		case reach.Reachable():
+			return fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, apiRetryMax)
+	}
 }
 
 // CloseConnections closes the client's connections to the API server: its
