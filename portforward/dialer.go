@@ -38,8 +38,12 @@ const (
 	// it, the pod's connection is taken for dead.
 	DefaultOpenTimeout = 10 * time.Second
 	// DefaultConfirm is the margin DialContext waits for a refusal beyond
-	// the round trip it measured; see Options.Confirm.
-	DefaultConfirm = 25 * time.Millisecond
+	// the round trip it measured; see Options.Confirm. Only the first flow
+	// to a pod port (and the first after a refusal) waits, so the margin
+	// is generous: a refusal later than it completes the client's
+	// handshake before resetting it, where a closed port in the cluster
+	// refuses the connection.
+	DefaultConfirm = 100 * time.Millisecond
 	// DefaultConnectTimeout bounds the making of a pod's connection: TCP
 	// and TLS to the API server, and its answer to the upgrade, which waits
 	// for the kubelet's. client-go's own dial timeout is as long.
@@ -79,8 +83,10 @@ type Options struct {
 	// pair's opening took plus Confirm (success presumed). A refusal slower
 	// than that ends the returned connection instead: its Read returns the
 	// RefusedError if the message was read by then, else io.EOF. For
-	// protocols where the client speaks first, every successful dial costs
-	// that whole wait. Zero means DefaultConfirm; negative means no wait.
+	// protocols where the client speaks first, a successful dial costs
+	// that whole wait, but only on the first flow to a pod port: once the
+	// port accepted, DialContext returns at once (see DialContext). Zero
+	// means DefaultConfirm; negative means no wait.
 	Confirm time.Duration
 	// ConnectTimeout bounds the making of a pod's connection, which the
 	// flows to that pod wait for (each within its own DialContext's
@@ -146,9 +152,8 @@ type podConn struct {
 	// as if the pod had finished, before the connection reports itself
 	// closed (conn.readErr).
 	dropped atomic.Bool
-	// proactive: made ahead of need, after the one before it was lost.
-	proactive bool
-	// used is set once a flow opened streams on it.
+	// used is set once a flow opened streams on it: lost, it is made
+	// again ahead of need.
 	used  atomic.Bool
 	flows atomic.Int64  // flows open on it now
 	check chan struct{} // a send asks run to ping now (Check)
@@ -390,7 +395,7 @@ func (d *Dialer) podConn(ctx context.Context, pod podKey) (*podConn, bool, error
 	pc := d.conns[pod]
 	reused := pc != nil
 	if pc == nil {
-		pc = d.startLocked(pod, false)
+		pc = d.startLocked(pod)
 	}
 	d.mu.Unlock()
 	select {
@@ -408,8 +413,8 @@ func (d *Dialer) podConn(ctx context.Context, pod podKey) (*podConn, bool, error
 
 // startLocked starts making a connection to pod; d.mu is held and d is not
 // closed.
-func (d *Dialer) startLocked(pod podKey, proactive bool) *podConn {
-	pc := &podConn{pod: pod, ready: make(chan struct{}), proactive: proactive, check: make(chan struct{}, 1)}
+func (d *Dialer) startLocked(pod podKey) *podConn {
+	pc := &podConn{pod: pod, ready: make(chan struct{}), check: make(chan struct{}, 1)}
 	d.conns[pod] = pc
 	d.wg.Add(1)
 	go d.run(pc)
@@ -418,7 +423,7 @@ func (d *Dialer) startLocked(pod podKey, proactive bool) *podConn {
 
 // run connects pc and, once connected, pings it every PingInterval and
 // forgets it when it closes, so that the next flow connects again. A
-// connection lost other than by Close is made again at once if flows had
+// connection lost other than by Close is made again at once if a flow had
 // used it, so that the next flow finds one ready.
 func (d *Dialer) run(pc *podConn) {
 	defer d.wg.Done()
@@ -433,6 +438,11 @@ func (d *Dialer) run(pc *podConn) {
 		err = ErrClosed
 	}
 	pc.conn, pc.err = conn, err
+	if err != nil && d.conns[pc.pod] == pc {
+		// Forgotten before ready closes, so that a flow after the failure
+		// connects again rather than find it.
+		delete(d.conns, pc.pod)
+	}
 	pc.mu.Lock()
 	pc.connected = time.Now()
 	pc.mu.Unlock()
@@ -455,8 +465,8 @@ func (d *Dialer) run(pc *podConn) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.last = &Reconnect{At: time.Now(), Pod: pc.pod.String(), Cause: cause}
-	if !d.isClosed && d.conns[pc.pod] == nil && (pc.used.Load() || !pc.proactive) {
-		d.startLocked(pc.pod, true)
+	if !d.isClosed && d.conns[pc.pod] == nil && pc.used.Load() {
+		d.startLocked(pc.pod)
 	}
 }
 
@@ -473,6 +483,11 @@ func (d *Dialer) watch(pc *podConn) string {
 	for {
 		select {
 		case <-pc.conn.CloseChan():
+			select {
+			case <-d.done: // Close closed it
+				return ""
+			default:
+			}
 			pc.mu.Lock()
 			defer pc.mu.Unlock()
 			if pc.cause == "" {
