@@ -95,7 +95,7 @@ func (k *kubeletServer) cut() {
 	k.conns = nil
 }
 
-func newKubeletServer(t *testing.T) *kubeletServer {
+func newKubeletServer(t testing.TB) *kubeletServer {
 	t.Helper()
 	return newIdleKubeletServer(t, 0)
 }
@@ -103,7 +103,7 @@ func newKubeletServer(t *testing.T) *kubeletServer {
 // newIdleKubeletServer is newKubeletServer closing a connection that
 // carried no frame for idle, as the kubelet's
 // --streaming-connection-idle-timeout does; zero never does.
-func newIdleKubeletServer(t *testing.T, idle time.Duration) *kubeletServer {
+func newIdleKubeletServer(t testing.TB, idle time.Duration) *kubeletServer {
 	t.Helper()
 	k := &kubeletServer{}
 	k.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -150,7 +150,7 @@ func newTestDialer(t *testing.T, k *kubeletServer, opts Options) *Dialer {
 
 // echoServer answers each connection with "echo: " and what it read until
 // EOF, then closes.
-func echoServer(t *testing.T) uint16 {
+func echoServer(t testing.TB) uint16 {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

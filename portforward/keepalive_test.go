@@ -3,8 +3,10 @@ package portforward
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -282,4 +284,54 @@ func TestCheckAndReset(t *testing.T) {
 	}
 	c = flow()
 	c.Close()
+}
+
+// BenchmarkNewFlow is one new flow at a time to a port that accepted
+// before, as a client that speaks first makes them (an HTTP request and its
+// answer), against the kubelet's own port-forward server on loopback.
+func BenchmarkNewFlow(b *testing.B) {
+	k := newKubeletServer(b)
+	d, err := New(k.config(), podMap{podIP: {"default", "pod1"}}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	port := answerServer(b)
+	for b.Loop() {
+		c, err := d.DialContext(b.Context(), "tcp", addr(port))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got, err := roundTrip(c, []byte("x")); err != nil || string(got) != "answer" {
+			b.Fatalf("round trip = %q, %v", got, err)
+		}
+		c.Close()
+	}
+}
+
+// answerServer answers each connection's first bytes with "answer", then
+// closes: it never speaks first.
+func answerServer(t testing.TB) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				if _, err := c.Read(make([]byte, 64)); err == nil {
+					io.WriteString(c, "answer")
+				}
+			})
+		}
+	})
+	return uint16(l.Addr().(*net.TCPAddr).Port)
 }
