@@ -66,13 +66,38 @@ func newPingConn(nc net.Conn, transport string) (*pingConn, error) {
 // shorter and closes the connection first.
 const createStreamTimeout = 30 * time.Second
 
+// createStreamPoll is how often a stream open looks whether its connection
+// closed: spdystream's wait for the reply does not end when it does.
+const createStreamPoll = 50 * time.Millisecond
+
+// errConnClosed is CreateStream's error when the connection closed first.
+var errConnClosed = errors.New("the connection closed")
+
+// CreateStream opens a stream and waits for the kubelet's reply, ending
+// when the connection closes: a connection found dead (a ping unanswered)
+// then fails its pending opens at once, and they try a new one.
 func (c *pingConn) CreateStream(headers http.Header) (httpstream.Stream, error) {
 	s, err := c.conn.CreateStream(headers, nil, false)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.WaitTimeout(createStreamTimeout); err != nil {
-		return nil, err
+	deadline := time.Now().Add(createStreamTimeout)
+	for {
+		err := s.WaitTimeout(createStreamPoll)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, spdystream.ErrTimeout) {
+			return nil, err
+		}
+		select {
+		case <-c.conn.CloseChan():
+			return nil, errConnClosed
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, err
+		}
 	}
 	c.mu.Lock()
 	c.streams[s.Identifier()] = s

@@ -58,8 +58,9 @@ type Config struct {
 	// own TUN, whose routes change as Services do).
 	Network bool
 	Ignore  string
-	// Settle makes changes of the network this close one Event. Zero
-	// means DefaultSettle.
+	// Settle: the first change of the network is told at once, and those
+	// that follow within Settle in one more Event after it. Zero means
+	// DefaultSettle.
 	Settle time.Duration
 	// Notify is called, from the Watcher's goroutine, for each Event.
 	Notify func(Event)
@@ -120,12 +121,18 @@ func (w *Watcher) run(changes <-chan string) {
 			}
 			last = now
 		case c := <-changes:
-			if pending == "" {
-				pending = c
+			// The first change is told at once; those that follow within
+			// Settle (a new network brings several) once, after it.
+			if settle == nil {
+				w.cfg.Notify(Event{Kind: NetworkChanged, Detail: c})
 				settle = time.After(w.cfg.Settle)
+			} else if pending == "" {
+				pending = c
 			}
 		case <-settle:
-			w.cfg.Notify(Event{Kind: NetworkChanged, Detail: pending})
+			if pending != "" {
+				w.cfg.Notify(Event{Kind: NetworkChanged, Detail: pending})
+			}
 			pending, settle = "", nil
 		}
 	}

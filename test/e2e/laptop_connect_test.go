@@ -155,6 +155,7 @@ spec:
 	})
 
 	t.Run("route to the API server gone for 20s", func(t *testing.T) {
+		mark := len(p.Output())
 		restore := cutAPIServer()
 		cut := time.Now()
 		restored := false
@@ -172,14 +173,19 @@ spec:
 			if err != nil {
 				failed++
 				worst = max(worst, took)
+				if failed <= 5 || took > 2*time.Second {
+					t.Logf("request %v after the cut failed in %v: %s", a.Sub(cut).Round(time.Millisecond), took.Round(time.Millisecond), firstLine(err))
+				}
 			} else {
 				served++
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
 		t.Logf("route to the API server gone 20s: %d requests failed (slowest %v), %d served", failed, worst.Round(time.Millisecond), served)
-		if worst > hangBound {
-			t.Errorf("a request without a route to the API server took %v to fail, want it fast", worst.Round(time.Millisecond))
+		// At worst a flow waits for the connection it found to miss its
+		// ping; the margin is for a loaded machine.
+		if bound := laptopPingTimeout + 3*time.Second; worst > bound {
+			t.Errorf("a request without a route to the API server took %v to fail, want it within %v", worst.Round(time.Millisecond), bound)
 		}
 		restore()
 		restored = true
@@ -195,6 +201,11 @@ spec:
 			t.Fatalf("no request succeeded within %v of the route's return: %v", recoveryBound, err)
 		}
 		t.Logf("first success %v after the route to the API server was restored", time.Since(back).Round(time.Millisecond))
+		for _, l := range strings.Split(p.Output()[mark:], "\n") {
+			if strings.Contains(l, "portforward") || strings.Contains(l, "network changed") || strings.Contains(l, "Kubernetes API") {
+				t.Logf("kubetun: %s", l)
+			}
+		}
 	})
 }
 
