@@ -128,6 +128,7 @@ type Dialer struct {
 	conns    map[podKey]*podConn
 	accepted map[podPort]struct{} // ports that accepted a flow, until one refuses
 	last     *Reconnect           // the last pod connection lost
+	failures map[podKey]int       // failed connects in a row, by pod
 	isClosed bool
 }
 
@@ -229,6 +230,7 @@ func newDialer(connect func(ctx context.Context, namespace, name string) (httpst
 		done:           make(chan struct{}),
 		conns:          make(map[podKey]*podConn),
 		accepted:       make(map[podPort]struct{}),
+		failures:       make(map[podKey]int),
 	}
 	if d.connectTimeout <= 0 {
 		d.connectTimeout = DefaultConnectTimeout
@@ -450,12 +452,18 @@ func (d *Dialer) run(pc *podConn) {
 	d.mu.Unlock()
 	if err != nil {
 		d.forget(pc)
-		if !errors.Is(err, ErrClosed) {
-			d.logf("portforward: pod %s: %v", pc.pod, err)
+		if !errors.Is(err, ErrClosed) && d.failing(pc.pod, true) == 1 {
+			// Once per run of failures: during an outage every flow
+			// tries, and fails, anew.
+			d.logf("portforward: pod %s: %v (said once until a connection is made)", pc.pod, err)
 		}
 		return
 	}
-	d.logf("portforward: pod %s: connected in %v over %s", pc.pod, time.Since(began).Round(time.Millisecond), transportOf(conn))
+	again := ""
+	if n := d.failing(pc.pod, false); n > 0 {
+		again = fmt.Sprintf(" after %d failed tries", n)
+	}
+	d.logf("portforward: pod %s: connected in %v over %s%s", pc.pod, time.Since(began).Round(time.Millisecond), transportOf(conn), again)
 	cause := d.watch(pc)
 	d.forget(pc)
 	if cause == "" {
@@ -468,6 +476,21 @@ func (d *Dialer) run(pc *podConn) {
 	if !d.isClosed && d.conns[pc.pod] == nil && pc.used.Load() {
 		d.startLocked(pc.pod)
 	}
+}
+
+// failing counts a failed connect to pod (failed) and returns the failures
+// in a row, or ends such a run and returns how long it was.
+func (d *Dialer) failing(pod podKey, failed bool) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.failures[pod]
+	if !failed {
+		delete(d.failures, pod)
+		return n
+	}
+	n++
+	d.failures[pod] = n
+	return n
 }
 
 // watch pings pc's connection until it closes, and returns why it did:

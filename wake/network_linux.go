@@ -2,6 +2,7 @@ package wake
 
 import (
 	"fmt"
+	"net"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -46,7 +47,7 @@ func (w *Watcher) watchNetwork() (<-chan string, error) {
 					addrs = nil
 					continue
 				}
-				if ignored(u.LinkIndex) {
+				if ignored(u.LinkIndex) || incidental(u.LinkAddress.IP) {
 					continue
 				}
 				verb := "removed"
@@ -61,7 +62,7 @@ func (w *Watcher) watchNetwork() (<-chan string, error) {
 					routes = nil
 					continue
 				}
-				if ignored(u.LinkIndex) || u.Table == unix.RT_TABLE_LOCAL {
+				if ignored(u.LinkIndex) || u.Table == unix.RT_TABLE_LOCAL || (u.Dst != nil && incidental(u.Dst.IP)) {
 					continue
 				}
 				verb := "removed"
@@ -79,4 +80,13 @@ func (w *Watcher) watchNetwork() (<-chan string, error) {
 		}
 	}()
 	return out, nil
+}
+
+// incidental reports whether a change of ip (an address, or a route's
+// destination) says nothing of the way to the API server: link-local and
+// multicast ones come and go with every virtual interface (a container's
+// veth brings an fe80:: address and route), and no server is reached
+// through them.
+func incidental(ip net.IP) bool {
+	return ip == nil || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsMulticast()
 }
