@@ -50,7 +50,7 @@ const (
 	DefaultConnectTimeout = 30 * time.Second
 	// DefaultPingInterval is how often an open pod connection is pinged:
 	// well below the kubelet's --streaming-connection-idle-timeout, which
-	// some providers set to minutes (https://github.com/kubernetes/kubernetes/issues/78446),
+	// some providers set to minutes (https://github.com/txn2/kubefwd/issues/70),
 	// and as often as client-go's own pings in the WebSocket tunnel.
 	DefaultPingInterval = 10 * time.Second
 	// DefaultPingTimeout is how long a ping may go unanswered before its
@@ -573,7 +573,7 @@ func (d *Dialer) Check() {
 // those that flows used: after the host resumed from a sleep longer than
 // PingTimeout, say, when a connection may be dead without a sign, or alive
 // but behind the kubelet's idle timeout or a NAT that forgot it; a flow
-// must get a reset then, never hang (https://github.com/kubernetes/kubectl/issues/1169).
+// must get a reset then, never hang (https://github.com/kubernetes/kubectl/issues/1525).
 func (d *Dialer) Reset(cause string) {
 	for _, pc := range d.readyConns() {
 		d.drop(pc, cause)

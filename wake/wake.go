@@ -2,9 +2,9 @@
 // without a word: after the host resumed from sleep, or the process was
 // stopped, for a while; and when the host's network changed (an address or
 // a route came or went, as on a new Wi-Fi). A laptop's port-forward
-// connections die of exactly these, and otherwise hang until TCP gives up
-// (https://github.com/kubernetes/kubernetes/issues/80171,
-// https://github.com/kubernetes/kubectl/issues/1525).
+// connections die of these (https://github.com/txn2/kubefwd/issues/70),
+// and otherwise hang until TCP gives up
+// (https://github.com/kubernetes/kubectl/issues/1525).
 package wake
 
 import (
