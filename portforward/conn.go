@@ -23,9 +23,15 @@ const refusalWait = 100 * time.Millisecond
 // watched for the pod's refusal.
 type conn struct {
 	pc              httpstream.Connection
-	dropped         *atomic.Bool // the Dialer dropped pc; nil: never
+	dropped         *atomic.Bool  // the Dialer dropped pc
+	flows           *atomic.Int64 // pc's flows, this one counted until Close
+	onRefusal       func()        // called if the pod side refuses the flow
 	errStream, data httpstream.Stream
 	remote          net.Addr
+	// unconfirmed: returned without waiting for a refusal (a port that
+	// accepted before), which may then come with the data stream's end.
+	unconfirmed bool
+	gotData     bool // a Read returned bytes; guarded by readMu
 
 	ended   chan struct{} // closed when the error stream ends; then refusal is set
 	refusal string        // what the pod side wrote on the error stream
@@ -50,12 +56,14 @@ var _ interface {
 
 // newConn makes the flow of the stream pair and starts reading its error
 // stream.
-func newConn(pc httpstream.Connection, errStream, data httpstream.Stream, ap netip.AddrPort) *conn {
+func newConn(pc httpstream.Connection, errStream, data httpstream.Stream, ap netip.AddrPort, dropped *atomic.Bool, flows *atomic.Int64, onRefusal func()) *conn {
 	c := &conn{
 		pc: pc, errStream: errStream, data: data,
+		dropped: dropped, flows: flows, onRefusal: onRefusal,
 		remote: net.TCPAddrFromAddrPort(ap),
 		ended:  make(chan struct{}),
 	}
+	flows.Add(1)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -64,6 +72,9 @@ func newConn(pc httpstream.Connection, errStream, data httpstream.Stream, ap net
 		msg, _ := io.ReadAll(io.LimitReader(errStream, 64<<10))
 		c.refusal = string(msg)
 		close(c.ended)
+		if c.refusal != "" {
+			onRefusal()
+		}
 	}()
 	return c
 }
@@ -135,10 +146,25 @@ func (c *conn) Read(p []byte) (int, error) {
 	if len(c.pending) > 0 {
 		n := copy(p, c.pending)
 		c.pending = c.pending[n:]
+		c.gotData = true
 		return n, nil
 	}
 	n, err := c.data.Read(p)
+	if n > 0 {
+		c.gotData = true
+	}
 	if err != nil {
+		if c.unconfirmed && !c.gotData && errors.Is(err, io.EOF) {
+			// The end of a flow that never got a byte may be the pod's
+			// refusal: the kubelet writes it on the error stream, then
+			// resets the data stream, and another goroutine reads it.
+			t := time.NewTimer(refusalWait)
+			select {
+			case <-c.ended:
+			case <-t.C:
+			}
+			t.Stop()
+		}
 		err = c.readErr(err)
 	}
 	return n, err
@@ -158,7 +184,7 @@ func (c *conn) readErr(err error) error {
 		return r
 	}
 	if errors.Is(err, io.EOF) {
-		if c.dropped != nil && c.dropped.Load() {
+		if c.dropped.Load() {
 			return ErrConnectionLost
 		}
 		select {
@@ -196,6 +222,7 @@ func (c *conn) Close() error {
 		c.errStream.Reset()
 		c.pc.RemoveStreams(c.data, c.errStream)
 		c.wg.Wait()
+		c.flows.Add(-1)
 	})
 	return nil
 }
@@ -212,3 +239,62 @@ var errNoDeadline = errors.New("portforward: deadlines are not supported on a po
 func (c *conn) SetDeadline(time.Time) error      { return errNoDeadline }
 func (c *conn) SetReadDeadline(time.Time) error  { return errNoDeadline }
 func (c *conn) SetWriteDeadline(time.Time) error { return errNoDeadline }
+
+// laterConn is a flow returned before its streams opened (Dialer.dialLater):
+// its Read, Write and CloseWrite wait for them, and fail as the open did.
+type laterConn struct {
+	remote net.Addr
+	cancel context.CancelFunc // ends the open
+	ready  chan struct{}      // closed once c or err is set
+	c      *conn
+	err    error
+}
+
+var _ interface {
+	net.Conn
+	CloseWrite() error
+} = (*laterConn)(nil)
+
+func (l *laterConn) wait() (*conn, error) {
+	<-l.ready
+	return l.c, l.err
+}
+
+func (l *laterConn) Read(p []byte) (int, error) {
+	c, err := l.wait()
+	if err != nil {
+		return 0, err
+	}
+	return c.Read(p)
+}
+
+func (l *laterConn) Write(p []byte) (int, error) {
+	c, err := l.wait()
+	if err != nil {
+		return 0, err
+	}
+	return c.Write(p)
+}
+
+func (l *laterConn) CloseWrite() error {
+	c, err := l.wait()
+	if err != nil {
+		return err
+	}
+	return c.CloseWrite()
+}
+
+// Close ends the open if it is still under way, then closes the flow.
+func (l *laterConn) Close() error {
+	l.cancel()
+	if c, _ := l.wait(); c != nil {
+		return c.Close()
+	}
+	return nil
+}
+
+func (l *laterConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (l *laterConn) RemoteAddr() net.Addr             { return l.remote }
+func (l *laterConn) SetDeadline(time.Time) error      { return errNoDeadline }
+func (l *laterConn) SetReadDeadline(time.Time) error  { return errNoDeadline }
+func (l *laterConn) SetWriteDeadline(time.Time) error { return errNoDeadline }

@@ -95,7 +95,15 @@ func (k *kubeletServer) cut() {
 	k.conns = nil
 }
 
-func newKubeletServer(t *testing.T) *kubeletServer {
+func newKubeletServer(t testing.TB) *kubeletServer {
+	t.Helper()
+	return newIdleKubeletServer(t, 0)
+}
+
+// newIdleKubeletServer is newKubeletServer closing a connection that
+// carried no frame for idle, as the kubelet's
+// --streaming-connection-idle-timeout does; zero never does.
+func newIdleKubeletServer(t testing.TB, idle time.Duration) *kubeletServer {
 	t.Helper()
 	k := &kubeletServer{}
 	k.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -112,7 +120,7 @@ func newKubeletServer(t *testing.T) *kubeletServer {
 			return
 		}
 		k.upgrades.Add(1)
-		streaming.ServePortForward(w, r, loopbackForwarder{}, parts[5], "", opts, 0, 30*time.Second, streaming.SupportedProtocols)
+		streaming.ServePortForward(w, r, loopbackForwarder{}, parts[5], "", opts, idle, 30*time.Second, streaming.SupportedProtocols)
 	}))
 	k.Listener = trackingListener{k.Listener, k}
 	k.StartTLS()
@@ -142,7 +150,7 @@ func newTestDialer(t *testing.T, k *kubeletServer, opts Options) *Dialer {
 
 // echoServer answers each connection with "echo: " and what it read until
 // EOF, then closes.
-func echoServer(t *testing.T) uint16 {
+func echoServer(t testing.TB) uint16 {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
 	"github.com/kubetun/kubetun/tunnel/hostdns"
+	"github.com/kubetun/kubetun/wake"
 )
 
 // How ConnectOptions.Via reaches pods.
@@ -50,6 +51,12 @@ type ConnectOptions struct {
 	// nobody reads would stop. Zero means DefaultStallTimeout; negative
 	// waits for ever, as kubectl port-forward does.
 	StallTimeout time.Duration
+	// PingInterval and PingTimeout, in port-forward mode, are
+	// portforward.Options': each pod connection is pinged every
+	// PingInterval and replaced when a ping goes unanswered for
+	// PingTimeout. Zero means portforward's defaults; a negative
+	// PingInterval sends no pings.
+	PingInterval, PingTimeout time.Duration
 	// HostDNS sends the cluster domain, and only it, from the host's
 	// systemd-resolved to kubetun's DNS (package hostdns), reverted on
 	// exit; without resolved, it prints what to add by hand.
@@ -128,7 +135,9 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	}
 	if via == ViaPortForward {
 		d, err := portforward.New(src.RESTConfig(), p.table, portforward.Options{
-			Logf: func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
+			PingInterval: opts.PingInterval,
+			PingTimeout:  opts.PingTimeout,
+			Logf:         func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) },
 		})
 		if err != nil {
 			return err
@@ -143,6 +152,34 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		case opts.StallTimeout > 0:
 			p.cfg.DataPath.StalledClientTimeout = opts.StallTimeout
 		}
+	}
+	// A laptop sleeps and changes networks: then the connections to the
+	// API server are made again, and those to pods checked (a new network)
+	// or made again (a sleep longer than a ping may go unanswered), so that
+	// a flow fails fast rather than hang on a dead one.
+	var pf *portforward.Dialer
+	if d, ok := p.cfg.Dialer.(*portforward.Dialer); ok {
+		pf = d
+	}
+	gap := opts.PingTimeout
+	if gap <= 0 {
+		gap = portforward.DefaultPingTimeout
+	}
+	w, werr := wake.Watch(wake.Config{Gap: gap, Network: true, Ignore: cfg.TUN, Notify: func(e wake.Event) {
+		log.Warn(e.Kind.String()+": connecting to the API server again, and checking the connections to pods", "detail", e.Detail)
+		if pf != nil {
+			if e.Kind == wake.Resumed {
+				pf.Reset(e.Kind.String() + ": " + e.Detail)
+			} else {
+				pf.Check()
+			}
+		}
+		src.CloseConnections()
+	}})
+	if werr != nil {
+		log.Warn("sleep and network changes will not be noticed", "err", werr)
+	} else {
+		defer w.Close()
 	}
 	err = p.Run(ctx)
 	// The TUN is gone by now, and resolved forgot the link's settings with

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/connrotation"
 	"k8s.io/klog/v2"
 
 	"github.com/kubetun/kubetun/nodeport"
@@ -47,10 +48,13 @@ type KubeOptions struct {
 type KubeSource struct {
 	client kubernetes.Interface
 	config *rest.Config
-	reach  *kube.Reachability
-	opts   KubeOptions
-	info   SourceInfo
-	log    *slog.Logger
+	// conns are the client's connections to the API server (not the
+	// port-forward dialer's), for CloseConnections.
+	conns *connrotation.ConnectionTracker
+	reach *kube.Reachability
+	opts  KubeOptions
+	info  SourceInfo
+	log   *slog.Logger
 }
 
 var _ Source = (*KubeSource)(nil)
@@ -59,7 +63,8 @@ var _ Source = (*KubeSource)(nil)
 // ServiceCIDR API can be read. client-go's own log goes to log from now on.
 func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*KubeSource, error) {
 	reach := kube.NewReachability(log)
-	client, config, info, err := kubeClient(opts, reach)
+	conns := connrotation.NewConnectionTracker()
+	client, config, info, err := kubeClient(opts, reach, conns)
 	if err != nil {
 		return nil, err
 	}
@@ -67,15 +72,53 @@ func NewKubeSource(ctx context.Context, opts KubeOptions, log *slog.Logger) (*Ku
 	klog.SetSlogLogger(log.With("from", "client-go"))
 	log.Info("using the Kubernetes API", "config", info.Path, "context", info.Context, "server", info.Server, "node", opts.NodeName)
 	if opts.FollowCIDRs {
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := kube.CheckServiceCIDRAPI(cctx, client)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
+		if err := checkServiceCIDRAPI(ctx, client, reach); err != nil {
+			return nil, err
 		}
 	}
-	return &KubeSource{client: client, config: config, reach: reach, opts: opts, info: info, log: log}, nil
+	return &KubeSource{client: client, config: config, conns: conns, reach: reach, opts: opts, info: info, log: log}, nil
 }
+
+// apiRetryMax bounds the wait between two tries of an API server that does
+// not answer at start.
+const apiRetryMax = 30 * time.Second
+
+// checkServiceCIDRAPI checks that the ServiceCIDR API can be read. An API
+// server that does not answer (a laptop offline, a VPN not up yet) is tried
+// again, with backoff, until it answers or ctx ends; reach says so once.
+// An answer that refuses is the error.
+func checkServiceCIDRAPI(ctx context.Context, client kubernetes.Interface, reach *kube.Reachability) error {
+	wait := time.Second
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := kube.CheckServiceCIDRAPI(cctx, client)
+		timedOut := cctx.Err() != nil
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case timedOut:
+			reach.Failed(err) // the transport took it for kubetun's own cancel
+		case reach.Reachable():
+			return fmt.Errorf("no --service-cidr given, and the cluster's ServiceCIDRs (networking.k8s.io/v1 servicecidrs) cannot be read: %v; give --service-cidr", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, apiRetryMax)
+	}
+}
+
+// CloseConnections closes the client's connections to the API server: its
+// watches fail at once and start again on new connections, with
+// credentials client-go refreshes as needed (exec plugins, token files).
+// After the host slept or changed networks, a watch on a connection that
+// died without a sign would otherwise wait for the HTTP/2 health check.
+func (k *KubeSource) CloseConnections() { k.conns.CloseAll() }
 
 // Run implements Source: it delivers only after both informer caches have
 // synced.
@@ -197,7 +240,7 @@ func (k *KubeSource) Node(ctx context.Context) (resolver.Topology, []netip.Addr)
 // kubeClient builds a client from opts.Kubeconfig, or when that is empty
 // from the first of: the in-cluster config, $KUBECONFIG, ~/.kube/config. It
 // also says which it used. reach observes every request the client makes.
-func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interface, *rest.Config, SourceInfo, error) {
+func kubeClient(opts KubeOptions, reach *kube.Reachability, conns *connrotation.ConnectionTracker) (kubernetes.Interface, *rest.Config, SourceInfo, error) {
 	var (
 		cfg  *rest.Config
 		info = SourceInfo{Kind: "kubernetes"}
@@ -242,7 +285,15 @@ func kubeClient(opts KubeOptions, reach *kube.Reachability) (kubernetes.Interfac
 	info.Server = cfg.Host
 	cfg.UserAgent = "kubetun"
 	cfg.Wrap(reach.WrapTransport)
-	client, err := kubernetes.NewForConfig(cfg)
+	// The client's connections are tracked; the config returned (for
+	// port-forward) dials as it says.
+	ccfg := rest.CopyConfig(cfg)
+	dial := (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if cfg.Dial != nil {
+		dial = cfg.Dial
+	}
+	ccfg.Dial = connrotation.NewDialerWithTracker(dial, conns).DialContext
+	client, err := kubernetes.NewForConfig(ccfg)
 	if err != nil {
 		return nil, nil, info, fmt.Errorf("creating Kubernetes client (%s): %w", info.Path, err)
 	}

@@ -1,12 +1,19 @@
 package proxy
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,4 +97,72 @@ func TestProbeDirectRefusesHostAddresses(t *testing.T) {
 		t.Errorf("the probe dialled the loopback listener")
 	case <-time.After(50 * time.Millisecond):
 	}
+}
+
+// TestKubeSourceWaitsForAPIServer: with the API server unreachable at
+// start (nothing listens), NewKubeSource keeps trying instead of failing,
+// says so once, and returns when its context ends; a server that answers
+// with a refusal fails it at once.
+func TestKubeSourceWaitsForAPIServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403}`, http.StatusForbidden)
+	}))
+	defer refusing.Close()
+	for _, tc := range []struct {
+		name, server string
+		wantErr      string
+		unreachable  int // "Kubernetes API unreachable" lines
+	}{
+		{"unreachable", "http://" + dead, "context deadline exceeded", 1},
+		{"refusing", refusing.URL, "cannot be read", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+			os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: %q}
+contexts:
+- name: c
+  context: {cluster: c, user: u}
+users:
+- name: u
+  user: {token: t}
+current-context: c
+`, tc.server)), 0o600)
+			var log strings.Builder
+			var mu sync.Mutex
+			logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &log}, nil))
+			ctx, cancel := context.WithTimeout(t.Context(), 3500*time.Millisecond)
+			defer cancel()
+			_, err := NewKubeSource(ctx, KubeOptions{Kubeconfig: kubeconfig, FollowCIDRs: true}, logger)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("NewKubeSource = %v, want an error containing %q", err, tc.wantErr)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if n := strings.Count(log.String(), "Kubernetes API unreachable"); n != tc.unreachable {
+				t.Errorf("logged %d lines of the API unreachable, want %d:\n%s", n, tc.unreachable, log.String())
+			}
+		})
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

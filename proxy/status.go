@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"weak"
 
+	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/resolver"
 )
 
@@ -37,6 +38,9 @@ type Status struct {
 	// Handover is a takeover in progress: the kubetun this one took over
 	// from while it drains, or the one this one handed over to.
 	Handover *HandoverStatus `json:"handover,omitempty"`
+	// PortForward is the connections to pods through the API server, when
+	// pods are reached through port-forward.
+	PortForward *portforward.Status `json:"portForward,omitempty"`
 }
 
 // DNSStatus is where the cluster DNS answers.
@@ -87,6 +91,10 @@ func (p *Proxy) status(c *statusCache) Status {
 	}
 	for _, c := range cidrs {
 		st.ServiceCIDRs = append(st.ServiceCIDRs, c.String())
+	}
+	if d, ok := p.cfg.Dialer.(interface{ Status() portforward.Status }); ok {
+		pf := d.Status()
+		st.PortForward = &pf
 	}
 	if len(cidrs) > 0 {
 		st.DNS = dns

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
 	"github.com/kubetun/kubetun/resolver"
 )
@@ -44,6 +45,8 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 	via := fs.String("via", proxy.ViaAuto, "how pods are reached: direct (dial pod IPs), portforward (the API server's pods/portforward), or auto (direct if a probe dial to a ready endpoint succeeds within --probe-timeout)")
 	probe := fs.Duration("probe-timeout", proxy.DefaultProbeTimeout, "how long each probe dial of --via auto may take")
 	stall := fs.Duration("portforward-stall-timeout", proxy.DefaultStallTimeout, "with port-forward, reset a connection whose client reads nothing for this long: every connection to a pod shares one port-forward connection, which one unread stream stops; 0 waits for ever, as kubectl port-forward does")
+	pingInterval := fs.Duration("portforward-ping-interval", portforward.DefaultPingInterval, "with port-forward, ping each connection to a pod this often, flows or not, so that no idle timeout on the way closes it and one that died is replaced before a flow needs it; 0 sends no pings")
+	pingTimeout := fs.Duration("portforward-ping-timeout", portforward.DefaultPingTimeout, "with port-forward, replace a connection to a pod whose ping is not answered within this, resetting its flows")
 	hostDNS := fs.Bool("host-dns", true, "send the cluster domain, and only it, from systemd-resolved to kubetun (per-link DNS on the TUN, gone with it); without resolved, print what to add by hand")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := finish()
@@ -82,6 +85,8 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 			Via:          *via,
 			ProbeTimeout: *probe,
 			StallTimeout: stallOption(*stall),
+			PingInterval: stallOption(*pingInterval),
+			PingTimeout:  *pingTimeout,
 			HostDNS:      *hostDNS,
 			Out:          stderr,
 		}, log)
@@ -89,9 +94,9 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 	return cmd
 }
 
-// stallOption turns --portforward-stall-timeout into
-// ConnectOptions.StallTimeout, whose zero is the default: 0 on the command
-// line waits for ever.
+// stallOption turns --portforward-stall-timeout (or -ping-interval) into
+// ConnectOptions.StallTimeout (PingInterval), whose zero is the default: 0
+// on the command line is never.
 func stallOption(d time.Duration) time.Duration {
 	if d <= 0 {
 		return -1

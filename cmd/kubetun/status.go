@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
 )
 
@@ -34,7 +35,12 @@ Service with its ClusterIPs, ports and usable endpoints. It asks the running
 kubetun's health address (its --health-addr) for ` + proxy.StatusPath + `.
 
 FLOWS are the TCP connections being forwarded and the UDP sessions open now,
-per Service; - from a kubetun that does not count them per Service.`,
+per Service; - from a kubetun that does not count them per Service.
+
+With pods reached through port-forward (kubetun connect), it also lists the
+connection to each pod through the API server: its transport (WebSocket or
+SPDY), age, the round trip of its last ping and its flows; and the last
+pod connection lost, with its cause.`,
 		Example: `  # As a table
   kubetun status
 
@@ -133,6 +139,11 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if st.PortForward != nil {
+		if err := printPortForward(w, *st.PortForward, time.Now()); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(w)
 	if len(st.Services) == 0 {
 		_, err := fmt.Fprintln(w, "No Services served.")
@@ -162,6 +173,39 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 			orNone(strings.Join(ports, ",")), orNone(strings.Join(eps, ",")), flows)
 	}
 	return tw.Flush()
+}
+
+// printPortForward prints the pod connections of pf, and the last one
+// lost, as of now.
+func printPortForward(w io.Writer, pf portforward.Status, now time.Time) error {
+	fmt.Fprintln(w)
+	last := "none"
+	if r := pf.LastReconnect; r != nil {
+		last = fmt.Sprintf("%s ago, pod %s: %s", age(now.Sub(r.At)), r.Pod, r.Cause)
+	}
+	fmt.Fprintf(w, "Last reconnect:  %s\n", last)
+	if len(pf.Conns) == 0 {
+		_, err := fmt.Fprintln(w, "No pod connections open.")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
+	fmt.Fprintln(tw, "POD\tTRANSPORT\tAGE\tPING\tFLOWS")
+	for _, c := range pf.Conns {
+		ping := "-"
+		if c.PingRTT > 0 {
+			ping = fmt.Sprintf("%s (%s ago)", c.PingRTT.Round(10*time.Microsecond), age(now.Sub(c.Pinged)))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", c.Pod, c.Transport, age(now.Sub(c.Connected)), ping, c.Flows)
+	}
+	return tw.Flush()
+}
+
+// age is d to the second, or to the minute past an hour.
+func age(d time.Duration) string {
+	if d < time.Hour {
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Minute).String()
 }
 
 // describeSource says where the Services come from in one phrase.

@@ -9,7 +9,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
 )
 
@@ -124,5 +126,51 @@ func TestStatusKubernetesSource(t *testing.T) {
 	got := describeSource(proxy.SourceInfo{Kind: "kubernetes", Path: "/root/.kube/config", Context: "kind-dev", Server: "https://127.0.0.1:6443"})
 	if want := "Kubernetes API, context kind-dev (https://127.0.0.1:6443), config /root/.kube/config"; got != want {
 		t.Errorf("describeSource = %q, want %q", got, want)
+	}
+}
+
+// TestStatusPortForward checks the pod connections' table of kubetun
+// connect --via portforward.
+func TestStatusPortForward(t *testing.T) {
+	now := time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		pf   portforward.Status
+		want []string // lines, in order
+	}{
+		{name: "none yet", want: []string{"Last reconnect:  none", "No pod connections open."}},
+		{
+			name: "two connections and a reconnect",
+			pf: portforward.Status{
+				Conns: []portforward.ConnStatus{
+					{Pod: "default/web-1", Transport: portforward.TransportWebSocket, Connected: now.Add(-90 * time.Minute),
+						PingRTT: 2345 * time.Microsecond, Pinged: now.Add(-3 * time.Second), Flows: 4},
+					{Pod: "default/web-2", Transport: portforward.TransportSPDY, Connected: now.Add(-5 * time.Second)},
+				},
+				LastReconnect: &portforward.Reconnect{At: now.Add(-10 * time.Minute), Pod: "default/web-1", Cause: "ping: ping unanswered within 5s"},
+			},
+			want: []string{
+				"Last reconnect:  10m0s ago, pod default/web-1: ping: ping unanswered within 5s",
+				"POD             TRANSPORT   AGE       PING              FLOWS",
+				"default/web-1   WebSocket   1h30m0s   2.35ms (3s ago)   4",
+				"default/web-2   SPDY        5s        -                 0",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := printPortForward(&b, tt.pf, now); err != nil {
+				t.Fatal(err)
+			}
+			out := b.String()
+			for _, want := range tt.want {
+				i := strings.Index(out, want+"\n")
+				if i < 0 {
+					t.Fatalf("output =\n%s\nwant it to contain, in order, the line %q", b.String(), want)
+				}
+				out = out[i+len(want):]
+			}
+		})
 	}
 }

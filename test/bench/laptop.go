@@ -249,12 +249,33 @@ func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) 
 		}
 	}
 	b.add(down)
-	r := row{name: "laptop: TCP connections/s, 1 at a time, " + laptopVersus}
+	// New connections one at a time, and laptopParallel at a time (a
+	// connection pool warming up, a browser loading a page): each is a
+	// request and its whole answer on a new connection.
+	for _, parallel := range []int{1, laptopParallel} {
+		b.add(b.laptopConnRate(ctx, kt, lap.Namespace, targets, names, parallel))
+	}
+	b.notes = append(b.notes, fmt.Sprintf("laptop: in rows \"laptop: …\" column direct is kubectl port-forward pod/pod1 (127.0.0.1 in the laptop), "+
+		"column kubetun is kubetun connect --via portforward (the Service's ClusterIP %s), both through kube-apiserver's pods/portforward "+
+		"from a laptop namespace with no route to pods; kubetun CPU is kubetun connect's", clusterIP))
+	return nil
+}
+
+// laptopParallel is the laptop case's second connection rate: connections
+// at a time.
+const laptopParallel = 64
+
+// laptopConnRate measures new connections/s, parallel at a time, to
+// podserver's HTTP port through each of targets (by path, named by names)
+// from the laptop's namespace ns; kt is kubetun connect, whose CPU the row
+// reports.
+func (b *bench) laptopConnRate(ctx context.Context, kt *testbed.Process, ns string, targets, names [2]string, parallel int) row {
+	r := row{name: fmt.Sprintf("laptop: TCP connections/s, %d at a time, %s", parallel, laptopVersus)}
 	for i, target := range targets {
 		addr := net.JoinHostPort(target, strconv.Itoa(laptopHTTPPort))
 		progress("%s: %s (%d connections, at most %v)", r.name, names[i], b.cfg.laptopConns, b.cfg.connTime)
 		before, _ := readCPU(kt.Pid())
-		res, err := connRate(ctx, lap.Namespace, addr, b.cfg.laptopConns, 1, b.cfg.connTime)
+		res, err := connRate(ctx, ns, addr, b.cfg.laptopConns, parallel, b.cfg.connTime)
 		if err != nil {
 			r.failures = append(r.failures, fmt.Sprintf("%s to %s: %v", names[i], addr, err))
 			progress("  failed: %s to %s: %v", names[i], addr, err)
@@ -269,11 +290,7 @@ func (b *bench) laptop(ctx context.Context, bins controlplane.Bins) (err error) 
 			r.cpu = after.since(before).per(float64(res.done), "µs/conn", 1e6)
 		}
 	}
-	b.add(r)
-	b.notes = append(b.notes, fmt.Sprintf("laptop: in rows \"laptop: …\" column direct is kubectl port-forward pod/pod1 (127.0.0.1 in the laptop), "+
-		"column kubetun is kubetun connect --via portforward (the Service's ClusterIP %s), both through kube-apiserver's pods/portforward "+
-		"from a laptop namespace with no route to pods; kubetun CPU is kubetun connect's", clusterIP))
-	return nil
+	return r
 }
 
 // laptopDownloadTimeout bounds one download of the laptop case.

@@ -52,8 +52,8 @@
 // controlplane`) and compares `kubetun connect --via portforward` with
 // `kubectl port-forward` to the same pod, both in a laptop namespace without
 // routes to pods: time from start to ready, TCP upload (iperf3), download
-// (--laptop-mib from podserver on one connection) and connections/s one at
-// a time (--laptop-conns). There the direct column is kubectl
+// (--laptop-mib from podserver on one connection) and new connections/s one
+// and 64 at a time (--laptop-conns). There the direct column is kubectl
 // port-forward's.
 //
 // Then, unless --also-mtu 0, kubetun is restarted with that MTU and the TCP

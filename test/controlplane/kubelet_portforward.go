@@ -33,9 +33,9 @@ const kubeletAddr = "127.0.0.1"
 
 // Timeouts of the port-forward server, as the kubelet sets them: a stream
 // pair must be complete within streamCreationTimeout
-// (remotecommand.DefaultStreamCreationTimeout); an idle connection is never
-// closed here (the kubelet's default --streaming-connection-idle-timeout is
-// 4 h, longer than any test).
+// (remotecommand.DefaultStreamCreationTimeout); an idle connection is not
+// closed unless SetKubeletIdleTimeout says (the kubelet's default
+// --streaming-connection-idle-timeout is 4 h, longer than any test).
 const streamCreationTimeout = 30 * time.Second
 
 // kubelet serves port-forward for the Node's pods.
@@ -46,6 +46,7 @@ type kubelet struct {
 	wg     sync.WaitGroup // the server, its handlers and forwards
 
 	mu     sync.Mutex // guards the fields below
+	idle   time.Duration
 	netns  map[podKey]string
 	conns  map[net.Conn]struct{} // kube-apiserver's and the pods' connections
 	closed bool
@@ -91,6 +92,16 @@ func (cp *ControlPlane) SetPodNetns(namespace, name, netns string) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.netns[podKey{namespace, name}] = netns
+}
+
+// SetKubeletIdleTimeout makes the kubelet stand-in close a port-forward
+// connection made from now on that carries no frame for d, as the
+// kubelet's --streaming-connection-idle-timeout does; zero never does.
+func (cp *ControlPlane) SetKubeletIdleTimeout(d time.Duration) {
+	k := cp.kubelet
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.idle = d
 }
 
 // CutPortForwards closes every connection of the kubelet stand-in (its
@@ -180,8 +191,11 @@ func (k *kubelet) portForward(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	k.mu.Lock()
+	idle := k.idle
+	k.mu.Unlock()
 	portforward.ServePortForward(w, r, forwarder{k, pod}, pod.name, r.PathValue("uid"), opts,
-		0, streamCreationTimeout, portforward.SupportedProtocols)
+		idle, streamCreationTimeout, portforward.SupportedProtocols)
 }
 
 // forwarder is a runtime's PortForward for one pod.
