@@ -53,103 +53,183 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	f.splice()
 }
 
-// setup takes a SYN to a spliced flow, or to a RST: look up, pick, dial,
-// then complete the handshake. From the SYN until the handshake completes or
-// fails, the connection counts against its client's share (reserveSetup),
-// so that a client that never sends its final ACK holds at most that many
-// slots, each for at most dialTimeout (twice) and handshakeTimeout.
+// setup takes a SYN to a spliced flow, or to a RST: look up, admit, pick
+// and dial, then complete the handshake. A step that ends the connection
+// completes r itself (a reset, or a drop) and reports false; one that
+// passes it on leaves r to the next, and completeHandshake completes it on
+// success, so r is completed exactly once. From the SYN until the
+// handshake completes or fails, the connection counts against its client's
+// share (reserveSetup), so that a client that never sends its final ACK
+// holds at most that many slots, each for at most dialTimeout (twice) and
+// handshakeTimeout.
 func (s *Stack) setup(r *tcp.ForwarderRequest) *flow {
-	id := r.ID()
-	src := addrPort(id.RemoteAddress, id.RemotePort)
-	dst := addrPort(id.LocalAddress, id.LocalPort)
-	sp, ok := s.services.Lookup(resolver.TCP, dst)
-	var target any = sp // what the connection is for, in logs
-	dial := func(ctx context.Context) (halfCloser, resolver.Endpoint, error) { return s.dial(ctx, sp, src.Addr()) }
+	t, ok := s.lookupTarget(r)
 	if !ok {
-		pod, isPod := s.podAt(dst.Addr())
-		if !isPod {
-			s.log.Debug("refused: no service", "proto", "TCP", "src", src, "dst", dst)
-			s.count.tcpRefused.Add(1)
-			r.Complete(true)
-			return nil
-		}
-		// A pod's own address (Config.Pods): dialled as it is, with no
-		// balancing and no second try.
-		target = "pod " + pod
-		dial = func(ctx context.Context) (halfCloser, resolver.Endpoint, error) {
-			ep := resolver.Endpoint{Addr: dst}
-			c, err := s.dialOne(ctx, ep)
-			return c, ep, err
-		}
-	}
-	if err := s.reserveSetup(src.Addr()); err != nil {
-		s.log.Debug("SYN not served", "src", src, "dst", dst, "err", err)
-		s.count.tcpLimited.Add(1)
-		// Dropped (the client retransmits) over a setup limit; reset
-		// over the flow cap.
-		r.Complete(errors.Is(err, errFlowLimit))
 		return nil
 	}
-	defer s.releaseSetup(src.Addr())
+	if !s.admitSetup(r, &t) {
+		return nil
+	}
+	defer s.releaseSetup(t.src.Addr())
+	ctx, done := s.pendUntilHandshake(t.id)
+	defer done()
+	backend, ep, ok := s.pickAndDial(ctx, r, &t)
+	if !ok {
+		return nil
+	}
+	cep, wq, ok := s.completeHandshake(r, &t, backend)
+	if !ok {
+		return nil
+	}
+	return s.newSplicedFlow(&t, cep, wq, backend, ep)
+}
 
-	// A RST from the client during the dial (handleSegment) cancels it.
-	// The connection stays in pending until its handshake is done or
-	// failed: a successor taking over meanwhile passes its retransmitted
-	// SYN here (HandOver).
-	ctx, cancel := context.WithCancel(s.ctx)
-	defer cancel()
-	s.pending.Store(id, cancel)
-	defer s.pending.Delete(id)
-	backend, ep, err := dial(ctx)
-	if err != nil {
-		s.log.Debug("refused", "service", target, "src", src, "err", err)
-		switch {
-		case errors.Is(err, errNoEndpoint):
-			s.count.tcpRefused.Add(1)
-		case ctx.Err() != nil:
-			s.count.tcpAborted.Add(1)
-		default:
-			s.count.tcpUnreachable.Add(1)
-		}
+// synTarget is what a SYN is for, as lookupTarget found it: a Service port,
+// or a pod's own address (Config.Pods).
+type synTarget struct {
+	id  stack.TransportEndpointID
+	src netip.AddrPort // the client
+	dst netip.AddrPort // the Service IP:port, or the pod's
+	sp  *resolver.ServicePort
+	// pod is the pod ("namespace/name") whose own address dst is; "" for
+	// a Service port.
+	pod string
+	// target is what the connection is for, in logs: sp, or "pod
+	// namespace/name".
+	target any
+}
+
+// lookupTarget finds what the SYN r is for: the Service port at its
+// destination, or else the pod there if pod addresses pass. For neither it
+// resets the connection and reports false.
+func (s *Stack) lookupTarget(r *tcp.ForwarderRequest) (synTarget, bool) {
+	id := r.ID()
+	t := synTarget{id: id, src: addrPort(id.RemoteAddress, id.RemotePort), dst: addrPort(id.LocalAddress, id.LocalPort)}
+	if sp, ok := s.services.Lookup(resolver.TCP, t.dst); ok {
+		t.sp, t.target = sp, sp
+		return t, true
+	}
+	pod, isPod := s.podAt(t.dst.Addr())
+	if !isPod {
+		s.log.Debug("refused: no service", "proto", "TCP", "src", t.src, "dst", t.dst)
+		s.count.tcpRefused.Add(1)
 		r.Complete(true)
-		return nil
+		return t, false
 	}
+	t.pod, t.target = pod, "pod "+pod
+	return t, true
+}
 
+// admitSetup reserves a setup slot for t's client (reserveSetup); the
+// caller releases it once the handshake is done or failed. Over a limit it
+// completes r and reports false: the SYN is dropped (the client
+// retransmits) over a setup limit, and reset over the flow cap.
+func (s *Stack) admitSetup(r *tcp.ForwarderRequest, t *synTarget) bool {
+	if err := s.reserveSetup(t.src.Addr()); err != nil {
+		s.log.Debug("SYN not served", "src", t.src, "dst", t.dst, "err", err)
+		s.count.tcpLimited.Add(1)
+		r.Complete(errors.Is(err, errFlowLimit))
+		return false
+	}
+	return true
+}
+
+// pendUntilHandshake lists the connection id as pending until done is
+// called, which the caller does once its handshake is done or failed, and
+// returns the context its dial runs in. A RST from the client during the
+// dial (handleSegment) cancels that context. A successor taking over
+// meanwhile passes the client's retransmitted SYN here (HandOver lists the
+// pending connections).
+func (s *Stack) pendUntilHandshake(id stack.TransportEndpointID) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.pending.Store(id, cancel)
+	return ctx, func() {
+		s.pending.Delete(id)
+		cancel()
+	}
+}
+
+// pickAndDial connects to t's backend: for a Service port, an endpoint it
+// picks or one other if that fails (dial); for a pod's own address, that
+// address. On failure it counts why (no endpoint, the client gave up, or
+// unreachable), resets the connection and reports false.
+func (s *Stack) pickAndDial(ctx context.Context, r *tcp.ForwarderRequest, t *synTarget) (halfCloser, resolver.Endpoint, bool) {
+	var (
+		backend halfCloser
+		ep      resolver.Endpoint
+		err     error
+	)
+	if t.pod == "" {
+		backend, ep, err = s.dial(ctx, t.sp, t.src.Addr())
+	} else {
+		// A pod's own address is dialled as it is, with no balancing
+		// and no second try.
+		ep = resolver.Endpoint{Addr: t.dst}
+		backend, err = s.dialOne(ctx, ep)
+	}
+	if err == nil {
+		return backend, ep, true
+	}
+	s.log.Debug("refused", "service", t.target, "src", t.src, "err", err)
+	switch {
+	case errors.Is(err, errNoEndpoint):
+		s.count.tcpRefused.Add(1)
+	case ctx.Err() != nil:
+		s.count.tcpAborted.Add(1)
+	default:
+		s.count.tcpUnreachable.Add(1)
+	}
+	r.Complete(true)
+	return nil, ep, false
+}
+
+// completeHandshake answers the client's SYN, now that its backend is
+// connected, and waits for the final ACK for at most handshakeTimeout; it
+// then completes r. If the client went away during the dial or did not
+// finish the handshake in time, it resets the connection, closes backend
+// and reports false.
+func (s *Stack) completeHandshake(r *tcp.ForwarderRequest, t *synTarget, backend halfCloser) (tcpip.Endpoint, *waiter.Queue, bool) {
 	// gVisor's forwarder waits for the final ACK for as long as it
 	// retransmits the SYN-ACK (about two minutes, with no knob). It waits
 	// for a writable event on wq; raising one after handshakeTimeout makes
 	// it give up on an endpoint not yet connected, which it then closes.
-	var wq waiter.Queue
+	wq := new(waiter.Queue)
 	deadline := time.AfterFunc(s.handshakeTimeout, func() { wq.Notify(waiter.WritableEvents) })
-	cep, tcpErr := r.CreateEndpoint(&wq)
+	cep, tcpErr := r.CreateEndpoint(wq)
 	deadline.Stop()
 	if tcpErr != nil {
-		// The client went away during the dial, or did not finish the
-		// handshake in time.
-		s.log.Debug("handshake failed", "service", target, "src", src, "err", tcpErr)
+		s.log.Debug("handshake failed", "service", t.target, "src", t.src, "err", tcpErr)
 		s.count.tcpAborted.Add(1)
 		r.Complete(true)
 		backend.Close()
-		return nil
+		return nil, nil, false
 	}
 	r.Complete(false)
 	s.count.tcpForwarded.Add(1)
+	return cep, wq, true
+}
+
+// newSplicedFlow sets the client's endpoint up for a long-lived connection
+// (keepalive, and the TCP user timeout if one is set) and joins it and
+// backend, connected to ep, in a flow ready for splice.
+func (s *Stack) newSplicedFlow(t *synTarget, cep tcpip.Endpoint, wq *waiter.Queue, backend halfCloser, ep resolver.Endpoint) *flow {
 	setKeepalive(cep)
 	if s.userTimeout > 0 {
 		ut := tcpip.TCPUserTimeoutOption(s.userTimeout)
 		cep.SetSockOpt(&ut)
 	}
-	s.log.Debug("forwarding", "service", target, "src", src, "endpoint", ep)
-	f := newFlow(gonet.NewTCPConn(&wq, cep), cep, &wq, backend, s.halfClosedTimeout)
+	s.log.Debug("forwarding", "service", t.target, "src", t.src, "endpoint", ep)
+	f := newFlow(gonet.NewTCPConn(wq, cep), cep, wq, backend, s.halfClosedTimeout)
 	if f.backendTCP == nil && s.stalledClientTimeout > 0 {
+		target, src := t.target, t.src
 		f.stallTimeout = s.stalledClientTimeout
 		f.stalled = func() {
 			s.log.Warn("flow reset: its client took no byte for the stall timeout, and its stream shares the connection to the pod with every other flow there",
 				"service", target, "src", src, "endpoint", ep, "timeout", s.stalledClientTimeout)
 		}
 	}
-	if ok {
-		f.service = sp.Service
+	if t.pod == "" {
+		f.service = t.sp.Service
 	}
 	return f
 }

@@ -216,17 +216,7 @@ const maxUDPRefusedSaid = 4096
 func (sess *udpSession) run() {
 	s := sess.s
 	defer s.wg.Done()
-	defer func() {
-		sess.close()
-		sess.ended.Store(true)
-		sess.drainQueue()
-		sess.readers.Wait()
-		s.mu.Lock()
-		delete(s.sessions, sess)
-		s.mu.Unlock()
-		s.releaseUDP(sess.src.Addr())
-		s.byService.end(sess.active)
-	}()
+	defer sess.end()
 
 	// Registered before the first read, so no wake-up is lost between a
 	// read that finds nothing and the wait.
@@ -260,12 +250,7 @@ func (sess *udpSession) run() {
 				sess.dequeued(len(d))
 				batch = sess.drainFast(append(batch, d))
 			case <-tick.C:
-				if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
-					s.log.Debug("UDP session idle; ended", "src", sess.src, "dst", sess.dst)
-					return
-				}
-				if _, ok := s.services.Lookup(resolver.UDP, sess.dst); !ok {
-					s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
+				if sess.expired() {
 					return
 				}
 				continue
@@ -279,6 +264,40 @@ func (sess *udpSession) run() {
 			return
 		}
 	}
+}
+
+// expired reports, on a tick with no datagram waiting, whether the session
+// ends: no datagram either way for its idle timeout, or its Service port
+// gone from the table.
+func (sess *udpSession) expired() bool {
+	s := sess.s
+	if time.Since(time.Unix(0, sess.last.Load())) > sess.idle {
+		s.log.Debug("UDP session idle; ended", "src", sess.src, "dst", sess.dst)
+		return true
+	}
+	if _, ok := s.services.Lookup(resolver.UDP, sess.dst); !ok {
+		s.log.Debug("UDP session's service is gone; ended", "src", sess.src, "dst", sess.dst)
+		return true
+	}
+	return false
+}
+
+// end undoes what handleUDP set up, once run has stopped: it closes both
+// sides, drops what DeliverUDP still queued for the session (ended tells
+// it to drop what it queues from now on), waits for the pod-to-client
+// copier, and gives back the session's slot under its client's limit and
+// its count under its Service.
+func (sess *udpSession) end() {
+	s := sess.s
+	sess.close()
+	sess.ended.Store(true)
+	sess.drainQueue()
+	sess.readers.Wait()
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+	s.releaseUDP(sess.src.Addr())
+	s.byService.end(sess.active)
 }
 
 // drainFast appends to batch the datagrams DeliverUDP queued, until none

@@ -97,8 +97,9 @@ type Source struct {
 func New(client kubernetes.Interface, opts Options, log *slog.Logger) *Source {
 	// kube-proxy's selection: not Services another proxy owns, not the
 	// slices of headless Services. kubetun watches the latter all the same,
-	// because its DNS answers headless names with them; resolver.Build
-	// leaves them out of the proxy's table, as kube-proxy does.
+	// because its DNS answers headless names with them; the table's build
+	// (resolver.Update) leaves them out of the proxy's table, as kube-proxy
+	// does.
 	noProxyName, _ := labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
 	if opts.ProxyName != "" {
 		// kubetun run checks the name is a label value; a bad one here keeps

@@ -1,7 +1,9 @@
 // Package manifest is kubetun's static service source: Services and
 // EndpointSlices read from YAML or JSON files, exactly as `kubectl get -o yaml`
 // prints them, and watched for changes. It is for sidecars and hosts that
-// have no access to the Kubernetes API.
+// have no access to the Kubernetes API. A Source hands on, with each new
+// set of objects, what changed in it object by object (Objects.Changes, as
+// a resolver.ChangeTracker records it), for resolver.Update.
 package manifest
 
 import (

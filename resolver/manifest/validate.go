@@ -18,8 +18,8 @@ import (
 // a reload fails validation: an edit gone wrong must not take a Service
 // down.
 //
-// What is well-formed but unusable in context stays for resolver.Build to
-// judge and report, as it does for every source: an endpoint on loopback or
+// What is well-formed but unusable in context stays for the table's build
+// (resolver.Update) to judge and report, as it does for every source: an endpoint on loopback or
 // inside a routed range, a ClusterIP outside the service CIDRs, a slice port
 // no Service port names, SCTP, two Services on one ClusterIP.
 
@@ -139,8 +139,8 @@ type objectKey struct{ kind, namespace, name string }
 // keepValid replaces each invalid object in list with its last valid
 // version from last, with a warning naming the object, its file and the
 // reason. An invalid object without a valid version yet (a new one) stays,
-// for resolver.Build to report and skip what it cannot use, as for any
-// source. The valid version of each object in list is recorded in next.
+// for the table's build (resolver.Update) to report and skip what it
+// cannot use, as for any source. The valid version of each object in list is recorded in next.
 func keepValid[T metav1.Object](list []T, kind string, invalid map[any]invalidity, last, next map[objectKey]any, warnings *[]string) {
 	for i, o := range list {
 		k := objectKey{kind, o.GetNamespace(), o.GetName()}
