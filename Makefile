@@ -138,8 +138,10 @@ bench: deps build controlplane
 # third_party/gvisor is gVisor at the version go.mod requires, trimmed, with
 # the patches of third_party/patches/gvisor. gvisor-copy makes it anew (after
 # a version bump or a new patch) and checks it; gvisor-diff prints what it has
-# beyond upstream and the patches: edit the copy, then
-#   make gvisor-diff > third_party/patches/gvisor/NNNN-what.patch
+# beyond upstream and the patches: edit the copy, then (the new patch must not
+# be in the patch folder while its diff is made)
+#   make gvisor-diff > /tmp/p && mv /tmp/p third_party/patches/gvisor/NNNN-what.patch
+# A patch starts with its description: patch(1) skips text before the diff.
 gvisor-copy:
 	$(GO) run ./test/gvisorcopy/cmd/gvisorcopy -write
 

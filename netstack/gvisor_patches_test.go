@@ -134,31 +134,42 @@ func connectPeers(t testing.TB, a, b *stack.Stack, la, lb *channel.Endpoint, f f
 	return client, server
 }
 
-// TestInlineDeliveryIsInline: with TCPInlineDeliveryOption, a data segment
-// of an established connection has been processed when the link's
-// InjectInbound returns, in the caller's goroutine: its bytes are readable
-// at once, every time.
-func TestInlineDeliveryIsInline(t *testing.T) {
-	a, la := peerStack(t, peerA)
-	b, lb := peerStack(t, peerB, ptr(tcpip.TCPInlineDeliveryOption(true)))
-	var got tcpip.TCPInlineDeliveryOption
-	if err := b.TransportProtocolOption(tcp.ProtocolNumber, &got); err != nil || !bool(got) {
-		t.Fatalf("TransportProtocolOption(TCPInlineDeliveryOption) = %v, %v; want true", got, err)
+// carry moves every packet queued on from to the stack behind to, in the
+// caller's goroutine.
+func carry(from, to *channel.Endpoint) (n int) {
+	for pb := from.Read(); pb != nil; pb = from.Read() {
+		inject(to, bytes.Clone(pb.ToView().AsSlice()))
+		pb.DecRef()
+		n++
 	}
+	return n
+}
 
-	// The handshake through pumps, then the pumps stop and the test
-	// carries A's segments itself.
+// handCarried is a connection from stack A to stack B whose packets the
+// test carries itself (carry): B's end is a bare endpoint, whose Read never
+// waits.
+type handCarried struct {
+	client *gonet.TCPConn
+	server tcpip.Endpoint
+	la, lb *channel.Endpoint // A's and B's links
+}
+
+// newHandCarried connects A to B with B's TCP options optsB, the handshake
+// carried by pumps that stop once it is done.
+func newHandCarried(t testing.TB, optsB ...tcpip.SettableTransportProtocolOption) handCarried {
+	t.Helper()
+	a, la := peerStack(t, peerA)
+	b, lb := peerStack(t, peerB, optsB...)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { pumpPackets(ctx, la, lb, faults{}, 1) })
 	wg.Go(func() { pumpPackets(ctx, lb, la, faults{}, 2) })
-	// B's side is a bare endpoint: its Read never waits.
 	var lwq waiter.Queue
 	ln, terr := b.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &lwq)
 	if terr != nil {
 		t.Fatalf("NewEndpoint: %v", terr)
 	}
-	defer ln.Close()
+	t.Cleanup(ln.Close)
 	if terr := ln.Bind(tcpip.FullAddress{NIC: 1, Addr: gvAddr(peerB), Port: 80}); terr != nil {
 		t.Fatalf("Bind: %v", terr)
 	}
@@ -169,45 +180,152 @@ func TestInlineDeliveryIsInline(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DialTCP: %v", err)
 	}
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
 	var server tcpip.Endpoint
 	waitFor(t, "the connection accepted", func() bool {
 		server, _, terr = ln.Accept(nil)
 		return terr == nil
 	})
-	defer server.Close()
+	t.Cleanup(server.Close)
 	cancel()
 	wg.Wait()
-	for la.NumQueued() > 0 || lb.NumQueued() > 0 { // ACKs left over: carry them
-		if pb := la.Read(); pb != nil {
-			inject(lb, bytes.Clone(pb.ToView().AsSlice()))
-			pb.DecRef()
-		}
-		if pb := lb.Read(); pb != nil {
-			inject(la, bytes.Clone(pb.ToView().AsSlice()))
-			pb.DecRef()
-		}
+	for carry(la, lb)+carry(lb, la) > 0 { // ACKs left over
 	}
+	return handCarried{client: client, server: server, la: la, lb: lb}
+}
 
+// send writes msg on A's end and carries A's segments to B; it returns the
+// number of segments and the sequence number after the last.
+func (h handCarried) send(t testing.TB, msg []byte) (n int, end uint32) {
+	t.Helper()
+	if _, err := h.client.Write(msg); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	for got := 0; got < len(msg); n++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		pb := h.la.ReadContext(ctx)
+		cancel()
+		if pb == nil {
+			t.Fatalf("A sent %d of %d bytes within 5s", got, len(msg))
+		}
+		b := bytes.Clone(pb.ToView().AsSlice())
+		pb.DecRef()
+		seg := header.TCP(header.IPv4(b).Payload())
+		got += len(seg.Payload())
+		end = seg.SequenceNumber() + uint32(len(seg.Payload()))
+		inject(h.lb, b)
+	}
+	return n, end
+}
+
+// fromB returns the packets B sends within d, at most max.
+func (h handCarried) fromB(d time.Duration, max int) [][]byte {
+	var segs [][]byte
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	for len(segs) < max {
+		pb := h.lb.ReadContext(ctx)
+		if pb == nil {
+			return segs
+		}
+		b := bytes.Clone(pb.ToView().AsSlice())
+		pb.DecRef()
+		segs = append(segs, b)
+	}
+	return segs
+}
+
+// segmentOf returns the TCP segment of an IPv4 packet.
+func segmentOf(pkt []byte) header.TCP { return header.TCP(header.IPv4(pkt).Payload()) }
+
+// TestInlineDeliveryIsInline: with TCPInlineDeliveryOption, a data segment
+// of an established connection has been processed when the link's
+// InjectInbound returns, in the caller's goroutine: its bytes are readable
+// at once, every time.
+func TestInlineDeliveryIsInline(t *testing.T) {
+	h := newHandCarried(t, ptr(tcpip.TCPInlineDeliveryOption(true)))
 	for i := range 200 {
 		msg := []byte{byte(i), 'x', 'y'}
-		if _, err := client.Write(msg); err != nil {
-			t.Fatalf("Write: %v", err)
-		}
-		pb := la.ReadContext(context.Background())
-		inject(lb, bytes.Clone(pb.ToView().AsSlice()))
-		pb.DecRef()
+		h.send(t, msg)
 		// Readable now, or it was not processed inline.
 		var got bytes.Buffer
-		if _, terr := server.Read(&got, tcpip.ReadOptions{}); terr != nil || !bytes.Equal(got.Bytes(), msg) {
+		if _, terr := h.server.Read(&got, tcpip.ReadOptions{}); terr != nil || !bytes.Equal(got.Bytes(), msg) {
 			t.Fatalf("segment %d: Read right after InjectInbound = %q, %v; want %q: the segment was not processed inline", i, got.Bytes(), terr, msg)
 		}
-		for lb.NumQueued() > 0 { // B's ACK
-			pb := lb.Read()
-			inject(la, bytes.Clone(pb.ToView().AsSlice()))
-			pb.DecRef()
-		}
+		carry(h.lb, h.la) // B's ACK
 	}
+}
+
+// ackDelay is the TCPAckDelayOption of the tests: long enough that a
+// loaded machine does not fire it before the test looks.
+const ackDelay = 200 * time.Millisecond
+
+// TestAckDelay: with TCPAckDelayOption, the ACK of a small request is held;
+// an answer written meanwhile carries it (one segment back, not two), and
+// without an answer it is sent when the delay runs out. Two full-sized
+// segments are acknowledged at once.
+func TestAckDelay(t *testing.T) {
+	// Receive buffer moderation off: a buffer it grows on a read is
+	// announced with a window update at once, a segment these tests would
+	// count.
+	opts := []tcpip.SettableTransportProtocolOption{
+		ptr(tcpip.TCPInlineDeliveryOption(true)),
+		ptr(tcpip.TCPAckDelayOption(ackDelay)),
+		ptr(tcpip.TCPModerateReceiveBufferOption(false)),
+	}
+	t.Run("carried by the answer", func(t *testing.T) {
+		h := newHandCarried(t, opts...)
+		for i := range 20 {
+			_, end := h.send(t, []byte("GET"))
+			if segs := h.fromB(10*time.Millisecond, 1); len(segs) != 0 {
+				seg := segmentOf(segs[0])
+				t.Fatalf("request %d: B sent a segment before answering (flags %v, %d bytes, ack %d), want its ACK held", i, seg.Flags(), len(seg.Payload()), seg.AckNumber())
+			}
+			var buf bytes.Buffer
+			if _, terr := h.server.Read(&buf, tcpip.ReadOptions{}); terr != nil {
+				t.Fatalf("Read: %v", terr)
+			}
+			if _, terr := h.server.Write(bytes.NewReader([]byte("200 OK")), tcpip.WriteOptions{}); terr != nil {
+				t.Fatalf("Write: %v", terr)
+			}
+			segs := h.fromB(5*time.Second, 1)
+			if len(segs) != 1 {
+				t.Fatalf("request %d: no answer from B", i)
+			}
+			if seg := segmentOf(segs[0]); len(seg.Payload()) != 6 || seg.AckNumber() != end {
+				t.Fatalf("request %d: B's first segment has %d bytes, ack %d; want the answer carrying ack %d", i, len(seg.Payload()), seg.AckNumber(), end)
+			}
+			// A acknowledges the answer; B has nothing more to say.
+			inject(h.la, segs[0])
+			waitFor(t, "A's ACK", func() bool { return h.la.NumQueued() > 0 })
+			carry(h.la, h.lb)
+			if segs := h.fromB(20*time.Millisecond, 1); len(segs) != 0 {
+				seg := segmentOf(segs[0])
+				t.Fatalf("request %d: after its answer B sent another segment (flags %v, %d bytes, ack %d)", i, seg.Flags(), len(seg.Payload()), seg.AckNumber())
+			}
+		}
+	})
+	t.Run("sent on its timer", func(t *testing.T) {
+		h := newHandCarried(t, opts...)
+		h.send(t, []byte("GET"))
+		start := time.Now()
+		segs := h.fromB(5*time.Second, 1)
+		if len(segs) != 1 || len(segmentOf(segs[0]).Payload()) != 0 || !segmentOf(segs[0]).Flags().Contains(header.TCPFlagAck) {
+			t.Fatalf("B sent %d segments, want one pure ACK", len(segs))
+		}
+		if took := time.Since(start); took < ackDelay/2 {
+			t.Fatalf("the ACK came after %v, want it held about %v", took, ackDelay)
+		}
+	})
+	t.Run("two full-sized segments", func(t *testing.T) {
+		h := newHandCarried(t, opts...)
+		if n, _ := h.send(t, make([]byte, 3000)); n < 3 {
+			t.Fatalf("A sent 3000 bytes in %d segments, want 2 full-sized and a rest", n)
+		}
+		if segs := h.fromB(ackDelay/2, 1); len(segs) == 0 {
+			t.Fatal("B held the ACK of two full-sized segments")
+		}
+	})
 }
 
 // TestPatchedStreamsUnderFaults sends 2 MiB each way at once through links
@@ -220,6 +338,7 @@ func TestPatchedStreamsUnderFaults(t *testing.T) {
 	}{
 		{"queued", nil},
 		{"inline", []tcpip.SettableTransportProtocolOption{ptr(tcpip.TCPInlineDeliveryOption(true))}},
+		{"inline, ACK delay", []tcpip.SettableTransportProtocolOption{ptr(tcpip.TCPInlineDeliveryOption(true)), ptr(tcpip.TCPAckDelayOption(time.Millisecond))}},
 	}
 	f := faults{loss: 0.01, reorder: 0.03, duplicate: 0.01}
 	for _, c := range cases {

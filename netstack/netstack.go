@@ -105,6 +105,14 @@ const (
 	// is answered by kubetun itself, without sessions.
 	DefaultMaxUDPSessions          = 4096
 	DefaultMaxUDPSessionsPerSource = 1024
+	// DefaultTCPAckDelay is how long gVisor may hold the ACK of a small
+	// request for the answer to carry it (one TUN write per request
+	// instead of two). A pod on the node answers in tens of microseconds;
+	// 1 ms is far below a Linux client's RTO (200 ms at least) and its own
+	// delayed ACK (40 ms at least), and bounds what a client that waits for
+	// the ACK (Nagle's algorithm, RFC 896, writing twice before it reads)
+	// can lose per exchange.
+	DefaultTCPAckDelay = time.Millisecond
 	// DefaultMaxUDPQueuedBytes bounds the client datagrams queued on the
 	// fast path for every UDP session together, past a session's own bound
 	// (udpQueueBytes, 256 KiB): without it, every session's queue full
@@ -169,6 +177,17 @@ type Config struct {
 	MaxUDPSessions          int
 	MaxUDPSessionsPerSource int
 	MaxUDPQueuedBytes       int64
+
+	// TCPAckDelay, if positive, lets gVisor hold the ACK of a small
+	// request this long for the answer to carry it; zero means
+	// DefaultTCPAckDelay, negative sends every ACK at once, as gVisor
+	// does unpatched. Below 500 ms (RFC 9293).
+	TCPAckDelay time.Duration
+	// TCPQueuedDelivery hands every TCP segment to one of gVisor's
+	// processor goroutines, as gVisor does unpatched, instead of processing
+	// a segment of an established flow in the goroutine that read it from
+	// the link. For measuring what the inline delivery buys.
+	TCPQueuedDelivery bool
 
 	// StalledClientTimeout applies to flows whose backend is not a host
 	// TCP socket (a port-forward stream): a write to a client that takes no
@@ -274,7 +293,11 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
 	pf := newLinkFilter(cfg.Link, cfg.Services)
-	if err := configure(s, pf); err != nil {
+	ackDelay := orDefault(cfg.TCPAckDelay, DefaultTCPAckDelay)
+	if ackDelay >= 500*time.Millisecond {
+		return nil, fmt.Errorf("netstack.New: TCP ACK delay %v: want less than 500ms (RFC 9293)", ackDelay)
+	}
+	if err := configure(s, pf, max(ackDelay, 0), !cfg.TCPQueuedDelivery); err != nil {
 		s.Close()
 		s.Wait()
 		return nil, err
@@ -313,7 +336,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 }
 
 // configure sets the stack's options and creates its one NIC.
-func configure(s *stack.Stack, link stack.LinkEndpoint) error {
+func configure(s *stack.Stack, link stack.LinkEndpoint, ackDelay time.Duration, inline bool) error {
 	tcpOpts := []tcpip.SettableTransportProtocolOption{
 		// SACK recovers from several losses in one window; Linux clients
 		// always offer it.
@@ -337,7 +360,11 @@ func configure(s *stack.Stack, link stack.LinkEndpoint) error {
 		// that read it from the TUN, not in one of gVisor's processor
 		// goroutines: one goroutine wake-up less per segment (a patch of
 		// ours, third_party/patches/gvisor/0001-tcp-inline-delivery.patch).
-		ptr(tcpip.TCPInlineDeliveryOption(true)),
+		ptr(tcpip.TCPInlineDeliveryOption(inline)),
+		// Hold the ACK of a small request up to ackDelay for the answer to
+		// carry it: one TUN write per request instead of two (a patch of
+		// ours, third_party/patches/gvisor/0002-tcp-ack-delay.patch).
+		ptr(tcpip.TCPAckDelayOption(ackDelay)),
 	}
 	for _, opt := range tcpOpts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {

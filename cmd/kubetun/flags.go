@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -227,7 +228,28 @@ func dataPathFlags(fs *pflag.FlagSet, c *netstack.Config) {
 	fs.IntVar(&c.MaxUDPSessions, "max-udp-sessions", netstack.DefaultMaxUDPSessions, "most UDP sessions (client address and port to Service) at once; past it, new sessions' datagrams are dropped")
 	fs.IntVar(&c.MaxUDPSessionsPerSource, "max-udp-sessions-per-source", netstack.DefaultMaxUDPSessionsPerSource, "most UDP sessions at once from one client address")
 	fs.Int64Var(&c.MaxUDPQueuedBytes, "max-udp-queued-bytes", netstack.DefaultMaxUDPQueuedBytes, "most `BYTES` of client datagrams queued for pods, all UDP sessions together; past it, datagrams are dropped")
+	fs.DurationVar(&c.TCPAckDelay, "tcp-ack-delay", netstack.DefaultTCPAckDelay, "how long the ACK of a small request may wait for the answer to carry it (less than 500ms); 0 sends every ACK at once")
+	fs.Var(notBool{&c.TCPQueuedDelivery}, "tcp-inline-delivery", "process a segment of an established connection in the goroutine that read it from the TUN; false hands every segment to one of gVisor's processor goroutines, as gVisor does unpatched")
+	fs.Lookup("tcp-inline-delivery").NoOptDefVal = "true"
 }
+
+// notBool is a boolean flag that sets the negation of *p.
+type notBool struct{ p *bool }
+
+func (b notBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	*b.p = !v
+	return err
+}
+
+func (b notBool) String() string {
+	if b.p == nil {
+		return "true"
+	}
+	return strconv.FormatBool(!*b.p)
+}
+
+func (notBool) Type() string { return "bool" }
 
 // checkDataPathFlags checks what dataPathFlags parsed, and turns a 0 that
 // disables a timeout into netstack's negative.
@@ -248,9 +270,12 @@ func checkDataPathFlags(c *netstack.Config) error {
 			return fmt.Errorf("%s: want a positive value", f.name)
 		}
 	}
-	for _, d := range []*time.Duration{&c.TCPUserTimeout, &c.HalfClosedTimeout} {
+	if c.TCPAckDelay >= 500*time.Millisecond {
+		return fmt.Errorf("--tcp-ack-delay %v: want less than 500ms (RFC 9293 section 3.8.6.3), or 0 to send every ACK at once", c.TCPAckDelay)
+	}
+	for _, d := range []*time.Duration{&c.TCPUserTimeout, &c.HalfClosedTimeout, &c.TCPAckDelay} {
 		if *d < 0 {
-			return errors.New("--tcp-user-timeout and --tcp-half-closed-timeout: want a duration, or 0 to disable")
+			return errors.New("--tcp-user-timeout, --tcp-half-closed-timeout and --tcp-ack-delay: want a duration, or 0 to disable")
 		}
 		if *d == 0 {
 			*d = -1

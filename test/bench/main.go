@@ -242,7 +242,7 @@ func main() {
 }
 
 // caseNames are the groups of cases --cases selects.
-var caseNames = []string{"stream", "conn", "udp", "rr", "takeover", "idle", "table", "api", "laptop"}
+var caseNames = []string{"stream", "conn", "udp", "rr", "levers", "takeover", "idle", "table", "api", "laptop"}
 
 func (c *config) parseCases(list string) error {
 	c.cases = map[string]bool{}
@@ -333,6 +333,9 @@ func (b *bench) run(ctx context.Context) error {
 	loadStart, busy := loadAverage(), busyNow()
 	header := b.header(loadStart, busy) // before anything of ours runs
 	steps := []func(context.Context) error{b.build, b.bed, b.kubeProxyBeds, b.startDefault, b.measure}
+	if b.cfg.cases["levers"] {
+		steps = append(steps, b.measureLevers)
+	}
 	if b.cfg.cases["takeover"] {
 		steps = append(steps, b.measureTakeover)
 	}

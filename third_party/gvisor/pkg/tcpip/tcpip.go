@@ -1180,6 +1180,19 @@ func (*TCPInlineDeliveryOption) isGettableTransportProtocolOption() {}
 
 func (*TCPInlineDeliveryOption) isSettableTransportProtocolOption() {}
 
+// TCPAckDelayOption is how long TCP may hold the pure ACK of in-order data
+// in the hope that data sent meanwhile carries it (RFC 9293 section
+// 3.8.6.3, RFC 1122 section 4.2.3.2): a request answered within that time
+// costs one segment back, not two. The ACK is still sent at once for out of
+// order data, a FIN, or when two full-sized segments' worth is unacknowledged
+// (so bulk transfers ACK at least every second segment), and when the time
+// runs out. Zero, the default, sends every ACK at once.
+type TCPAckDelayOption time.Duration
+
+func (*TCPAckDelayOption) isGettableTransportProtocolOption() {}
+
+func (*TCPAckDelayOption) isSettableTransportProtocolOption() {}
+
 // GettableSocketOption is a marker interface for socket options that may be
 // queried.
 type GettableSocketOption interface {

@@ -1300,13 +1300,52 @@ func (e *Endpoint) handleSegmentsLocked() tcpip.Error {
 		e.route.ConfirmReachable()
 	}
 
-	// Send an ACK for all processed packets if needed.
+	// Send an ACK for all processed packets if needed, unless it may wait
+	// for data to carry it (TCPAckDelayOption).
 	if e.rcv.RcvNxt != e.snd.MaxSentAck {
-		e.snd.sendAck()
+		if d := e.ackDelayLocked(); d > 0 {
+			if !e.delayedAck.enabled() {
+				e.delayedAck.enable(d)
+			}
+		} else {
+			e.snd.sendAck()
+		}
 	}
 
 	e.resetKeepaliveTimer(true /* receivedData */)
 
+	return nil
+}
+
+// ackDelayLocked returns how long the ACK of what was received may be held
+// (TCPAckDelayOption), or 0 if it must be sent now: the option is off, the
+// connection is not established (a FIN was received, say), data is waiting
+// out of order (RFC 5681 section 4.2: ACK at once), or two full-sized
+// segments' worth of data is unacknowledged (RFC 9293 section 3.8.6.3).
+//
+// +checklocks:e.mu
+func (e *Endpoint) ackDelayLocked() time.Duration {
+	d := time.Duration(e.protocol.ackDelay.Load())
+	if d <= 0 || e.EndpointState() != StateEstablished || len(e.rcv.pendingRcvdSegments) != 0 {
+		return 0
+	}
+	if e.snd.MaxSentAck.Size(e.rcv.RcvNxt) >= 2*seqnum.Size(e.amss) {
+		return 0
+	}
+	return d
+}
+
+// delayedAckExpired sends the ACK TCPAckDelayOption held back, if no
+// segment sent meanwhile carried it.
+//
+// +checklocks:e.mu
+func (e *Endpoint) delayedAckExpired() tcpip.Error {
+	if !e.delayedAck.checkExpiration() {
+		return nil
+	}
+	if e.EndpointState().connected() && e.rcv.RcvNxt != e.snd.MaxSentAck {
+		e.snd.sendAck()
+	}
 	return nil
 }
 

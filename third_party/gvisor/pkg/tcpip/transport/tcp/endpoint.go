@@ -510,6 +510,10 @@ type Endpoint struct {
 	// without hearing a response, the connection is closed.
 	keepalive keepalive
 
+	// delayedAck sends the ACK held back by TCPAckDelayOption when no
+	// segment sent meanwhile carried it.
+	delayedAck timer `state:"nosave"`
+
 	// userTimeout if non-zero specifies a user specified timeout for
 	// a connection w/ pending data to send. A connection that has pending
 	// unacked data will be forcibily aborted if the timeout is reached
@@ -939,6 +943,7 @@ func newEndpoint(s *stack.Stack, protocol *protocol, netProto tcpip.NetworkProto
 	// TODO(https://gvisor.dev/issues/7493): Defer creating the timer until TCP connection becomes
 	// established.
 	e.keepalive.timer.init(e.stack.Clock(), timerHandler(e, e.keepaliveTimerExpired))
+	e.delayedAck.init(e.stack.Clock(), timerHandler(e, e.delayedAckExpired))
 
 	return e
 }
@@ -1234,6 +1239,7 @@ func (e *Endpoint) cleanupLocked() {
 	// the client.
 	e.closePendingAcceptableConnectionsLocked()
 	e.keepalive.timer.cleanup()
+	e.delayedAck.cleanup()
 
 	if e.isRegistered {
 		e.stack.StartTransportEndpointCleanup(e.effectiveNetProtos, ProtocolNumber, e.TransportEndpointInfo.ID, e, e.boundPortFlags, e.boundBindToDevice)

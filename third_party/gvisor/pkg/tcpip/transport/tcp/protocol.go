@@ -131,6 +131,10 @@ type protocol struct {
 	// arriving segment.
 	inlineDelivery atomicbitops.Bool `state:"nosave"`
 
+	// ackDelay is TCPAckDelayOption in nanoseconds, read without mu
+	// whenever an endpoint has an ACK to send.
+	ackDelay atomicbitops.Int64 `state:"nosave"`
+
 	// probe, if not nil, will be invoked any time an endpoint receives a
 	// TCP segment.
 	//
@@ -345,6 +349,15 @@ func (p *protocol) SetOption(option tcpip.SettableTransportProtocolOption) tcpip
 		p.inlineDelivery.Store(bool(*v))
 		return nil
 
+	case *tcpip.TCPAckDelayOption:
+		// RFC 9293 section 3.8.6.3: an ACK must not be delayed more
+		// than 0.5 s.
+		if *v < 0 || time.Duration(*v) >= 500*time.Millisecond {
+			return &tcpip.ErrInvalidOptionValue{}
+		}
+		p.ackDelay.Store(int64(*v))
+		return nil
+
 	case *tcpip.TCPLingerTimeoutOption:
 		p.mu.Lock()
 		if *v < 0 {
@@ -479,6 +492,10 @@ func (p *protocol) Option(option tcpip.GettableTransportProtocolOption) tcpip.Er
 
 	case *tcpip.TCPInlineDeliveryOption:
 		*v = tcpip.TCPInlineDeliveryOption(p.inlineDelivery.Load())
+		return nil
+
+	case *tcpip.TCPAckDelayOption:
+		*v = tcpip.TCPAckDelayOption(p.ackDelay.Load())
 		return nil
 
 	case *tcpip.TCPLingerTimeoutOption:

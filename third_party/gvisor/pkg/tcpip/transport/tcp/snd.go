@@ -1852,8 +1852,9 @@ func (s *sender) sendSegmentFromPacketBuffer(pkt *stack.PacketBuffer, flags head
 
 	rcvNxt, rcvWnd := s.ep.rcv.getSendParams()
 
-	// Remember the max sent ack.
+	// Remember the max sent ack; it carries any ACK held back.
 	s.MaxSentAck = rcvNxt
+	s.ep.delayedAck.stop()
 
 	// We need to clone the packet because sendRaw takes ownership of pkt,
 	// and pkt could be reprocessed later on (i.e retrasmission).
@@ -1873,8 +1874,9 @@ func (s *sender) sendEmptySegment(flags header.TCPFlags, seq seqnum.Value) tcpip
 
 	rcvNxt, rcvWnd := s.ep.rcv.getSendParams()
 
-	// Remember the max sent ack.
+	// Remember the max sent ack; it carries any ACK held back.
 	s.MaxSentAck = rcvNxt
+	s.ep.delayedAck.stop()
 
 	return s.ep.sendEmptyRaw(flags, seq, rcvNxt, rcvWnd)
 }

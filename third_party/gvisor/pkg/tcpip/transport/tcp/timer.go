@@ -131,6 +131,21 @@ func (t *timer) disable() {
 	}
 }
 
+// stop disables the timer and stops the clock timer if it can, so that no
+// callback runs for nothing: for timers disabled far more often than they
+// expire (the delayed ACK, nearly always carried by data). If the clock
+// timer fired already, its callback consumes the orphaned state.
+func (t *timer) stop() {
+	if t.state == timerStateDisabled || t.state == timerUninitialized {
+		return
+	}
+	if t.timer != nil && t.timer.Stop() {
+		t.state = timerStateDisabled
+		return
+	}
+	t.state = timerStateOrphaned
+}
+
 // enabled returns true if the timer is currently enabled, false otherwise.
 func (t *timer) enabled() bool {
 	return t.state == timerStateEnabled
