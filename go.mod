@@ -1,6 +1,6 @@
 module github.com/kubetun/kubetun
 
-go 1.26.3
+go 1.26.0
 
 require (
 	github.com/godbus/dbus/v5 v5.1.0
@@ -13,7 +13,7 @@ require (
 	golang.org/x/net v0.59.0
 	golang.org/x/sys v0.48.0
 	golang.zx2c4.com/wireguard v0.0.0-20260522210424-ecfc5a8d5446
-	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
+	gvisor.dev/gvisor v0.0.0-20260224225140-573d5e7127a8
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2

@@ -770,11 +770,8 @@ func (es *encodeState) Save(obj reflect.Value) {
 			es.encodeObject(oes.obj, oes.how, &oes.encoded)
 		}
 	}); err != nil {
-		// Include the object in the error message, if available.
-		if oes != nil && oes.obj.IsValid() {
-			Failf("encoding error: %w\nfor object %#v", err, oes.obj.Interface())
-		}
-		Failf("encoding error: %w", err)
+		// Include the object in the error message.
+		Failf("encoding error: %w\nfor object %#v", err, oes.obj.Interface())
 	}
 
 	// Check that we have objects to serialize.

@@ -955,8 +955,9 @@ const (
 
 	// MTUDiscoverOption is used to set/get the path MTU discovery setting.
 	//
-	// The value controls whether the Don't Fragment (DF) bit is set on
-	// outgoing IPv4 packets.
+	// NOTE: Setting this option to any other value than PMTUDiscoveryDont
+	// is not supported and will fail as such, and getting this option will
+	// always return PMTUDiscoveryDont.
 	MTUDiscoverOption
 
 	// MulticastTTLOption is used by SetSockOptInt/GetSockOptInt to control
@@ -2884,14 +2885,10 @@ type ProtocolAddress struct {
 }
 
 var (
-	// Public dangling-endpoint helpers acquire this mutex themselves. Their
-	// caller exclusions cannot be exported reliably by checklocks because
-	// the guard is rooted in a private package global.
+	// danglingEndpointsMu protects access to danglingEndpoints.
 	danglingEndpointsMu sync.Mutex
 
 	// danglingEndpoints tracks all dangling endpoints no longer owned by the app.
-	//
-	// +checklocks:danglingEndpointsMu
 	danglingEndpoints = make(map[Endpoint]struct{})
 )
 

@@ -134,33 +134,20 @@ func (b UDP) Encode(u *UDPFields) {
 
 // SetSourcePortWithChecksumUpdate implements ChecksummableTransport.
 func (b UDP) SetSourcePortWithChecksumUpdate(new uint16) {
-	if b.Checksum() == 0 {
-		b.SetSourcePort(new)
-		return
-	}
 	old := b.SourcePort()
 	b.SetSourcePort(new)
-	xsum := ^checksumUpdate2ByteAlignedUint16(^b.Checksum(), old, new)
-	b.SetChecksum(normalizeChecksum(xsum))
+	b.SetChecksum(^checksumUpdate2ByteAlignedUint16(^b.Checksum(), old, new))
 }
 
 // SetDestinationPortWithChecksumUpdate implements ChecksummableTransport.
 func (b UDP) SetDestinationPortWithChecksumUpdate(new uint16) {
-	if b.Checksum() == 0 {
-		b.SetDestinationPort(new)
-		return
-	}
 	old := b.DestinationPort()
 	b.SetDestinationPort(new)
-	xsum := ^checksumUpdate2ByteAlignedUint16(^b.Checksum(), old, new)
-	b.SetChecksum(normalizeChecksum(xsum))
+	b.SetChecksum(^checksumUpdate2ByteAlignedUint16(^b.Checksum(), old, new))
 }
 
 // UpdateChecksumPseudoHeaderAddress implements ChecksummableTransport.
 func (b UDP) UpdateChecksumPseudoHeaderAddress(old, new tcpip.Address, fullChecksum bool) {
-	if fullChecksum && b.Checksum() == 0 {
-		return
-	}
 	xsum := b.Checksum()
 	if fullChecksum {
 		xsum = ^xsum
@@ -168,7 +155,7 @@ func (b UDP) UpdateChecksumPseudoHeaderAddress(old, new tcpip.Address, fullCheck
 
 	xsum = checksumUpdate2ByteAlignedAddress(xsum, old, new)
 	if fullChecksum {
-		xsum = normalizeChecksum(^xsum)
+		xsum = ^xsum
 	}
 
 	b.SetChecksum(xsum)
@@ -205,15 +192,4 @@ func UDPValid(hdr UDP, payloadChecksum func() uint16, payloadSize uint16, netPro
 	}
 
 	return true, hdr.IsChecksumValid(srcAddr, dstAddr, payloadChecksum())
-}
-
-func normalizeChecksum(xsum uint16) uint16 {
-	// RFC 768:
-	// If the computed UDP checksum is zero, it is transmitted as all ones.
-	// An all zero transmitted checksum value means that
-	// the transmitter generated no checksum.
-	if xsum == 0 {
-		return 0xFFFF
-	}
-	return xsum
 }

@@ -283,9 +283,7 @@ func (fl IPHeaderFilter) match(pkt *PacketBuffer, hook Hook, inNicName, outNicNa
 
 	case header.IPv6ProtocolNumber:
 		hdr := header.IPv6(pkt.NetworkHeader().Slice())
-		// The transport protocol may be preceded by IPv6 extension headers, so
-		// use the protocol from parsing (see IPv6.TransportProtocol).
-		transProto = pkt.TransportProtocolNumber
+		transProto = hdr.TransportProtocol()
 		dstAddr = hdr.DestinationAddress()
 		srcAddr = hdr.SourceAddress()
 

@@ -45,9 +45,7 @@ type dynamicCacheEntry struct {
 type neighborCacheMu struct {
 	neighborCacheRWMutex `state:"nosave"`
 
-	// +checklocks:neighborCacheRWMutex
-	cache map[tcpip.Address]*neighborEntry
-	// +checklocks:neighborCacheRWMutex
+	cache   map[tcpip.Address]*neighborEntry
 	dynamic dynamicCacheEntry
 }
 

@@ -22,13 +22,10 @@ import (
 
 // lockedRandomSource provides a threadsafe rand.Source.
 type lockedRandomSource struct {
-	mu sync.Mutex
-
-	// +checklocks:mu
+	mu  sync.Mutex
 	src rand.Source
 }
 
-// +checklocksexclude:r.mu
 func (r *lockedRandomSource) Int63() (n int64) {
 	r.mu.Lock()
 	n = r.src.Int63()
@@ -36,7 +33,6 @@ func (r *lockedRandomSource) Int63() (n int64) {
 	return n
 }
 
-// +checklocksexclude:r.mu
 func (r *lockedRandomSource) Seed(seed int64) {
 	r.mu.Lock()
 	r.src.Seed(seed)

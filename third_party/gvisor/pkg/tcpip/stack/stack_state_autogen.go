@@ -244,7 +244,6 @@ func (cn *conn) StateFields() []string {
 		"destinationManip",
 		"tcb",
 		"lastUsed",
-		"replySeen",
 	}
 }
 
@@ -261,7 +260,6 @@ func (cn *conn) StateSave(stateSinkObject state.Sink) {
 	stateSinkObject.Save(5, &cn.destinationManip)
 	stateSinkObject.Save(6, &cn.tcb)
 	stateSinkObject.Save(7, &cn.lastUsed)
-	stateSinkObject.Save(8, &cn.replySeen)
 }
 
 func (cn *conn) afterLoad(context.Context) {}
@@ -276,7 +274,6 @@ func (cn *conn) StateLoad(ctx context.Context, stateSourceObject state.Source) {
 	stateSourceObject.Load(5, &cn.destinationManip)
 	stateSourceObject.Load(6, &cn.tcb)
 	stateSourceObject.Load(7, &cn.lastUsed)
-	stateSourceObject.Load(8, &cn.replySeen)
 }
 
 func (ct *ConnTrack) StateTypeName() string {
@@ -286,7 +283,6 @@ func (ct *ConnTrack) StateTypeName() string {
 func (ct *ConnTrack) StateFields() []string {
 	return []string{
 		"seed",
-		"nftIDSeed",
 		"clock",
 		"buckets",
 	}
@@ -298,9 +294,8 @@ func (ct *ConnTrack) beforeSave() {}
 func (ct *ConnTrack) StateSave(stateSinkObject state.Sink) {
 	ct.beforeSave()
 	stateSinkObject.Save(0, &ct.seed)
-	stateSinkObject.Save(1, &ct.nftIDSeed)
-	stateSinkObject.Save(2, &ct.clock)
-	stateSinkObject.Save(3, &ct.buckets)
+	stateSinkObject.Save(1, &ct.clock)
+	stateSinkObject.Save(2, &ct.buckets)
 }
 
 func (ct *ConnTrack) afterLoad(context.Context) {}
@@ -308,9 +303,8 @@ func (ct *ConnTrack) afterLoad(context.Context) {}
 // +checklocksignore
 func (ct *ConnTrack) StateLoad(ctx context.Context, stateSourceObject state.Source) {
 	stateSourceObject.Load(0, &ct.seed)
-	stateSourceObject.Load(1, &ct.nftIDSeed)
-	stateSourceObject.Load(2, &ct.clock)
-	stateSourceObject.Load(3, &ct.buckets)
+	stateSourceObject.Load(1, &ct.clock)
+	stateSourceObject.Load(2, &ct.buckets)
 }
 
 func (bkt *bucket) StateTypeName() string {
@@ -345,8 +339,6 @@ func (l *ICMPRateLimiter) StateTypeName() string {
 func (l *ICMPRateLimiter) StateFields() []string {
 	return []string{
 		"clock",
-		"limit",
-		"burst",
 	}
 }
 
@@ -356,16 +348,13 @@ func (l *ICMPRateLimiter) beforeSave() {}
 func (l *ICMPRateLimiter) StateSave(stateSinkObject state.Sink) {
 	l.beforeSave()
 	stateSinkObject.Save(0, &l.clock)
-	stateSinkObject.Save(1, &l.limit)
-	stateSinkObject.Save(2, &l.burst)
 }
+
+func (l *ICMPRateLimiter) afterLoad(context.Context) {}
 
 // +checklocksignore
 func (l *ICMPRateLimiter) StateLoad(ctx context.Context, stateSourceObject state.Source) {
 	stateSourceObject.Load(0, &l.clock)
-	stateSourceObject.Load(1, &l.limit)
-	stateSourceObject.Load(2, &l.burst)
-	stateSourceObject.AfterLoad(func() { l.afterLoad(ctx) })
 }
 
 func (a *AcceptTarget) StateTypeName() string {
@@ -677,34 +666,6 @@ func (mt *MasqueradeTarget) afterLoad(context.Context) {}
 // +checklocksignore
 func (mt *MasqueradeTarget) StateLoad(ctx context.Context, stateSourceObject state.Source) {
 	stateSourceObject.Load(0, &mt.NetworkProtocol)
-}
-
-func (c *CTTarget) StateTypeName() string {
-	return "pkg/tcpip/stack.CTTarget"
-}
-
-func (c *CTTarget) StateFields() []string {
-	return []string{
-		"NetworkProtocol",
-		"Zone",
-	}
-}
-
-func (c *CTTarget) beforeSave() {}
-
-// +checklocksignore
-func (c *CTTarget) StateSave(stateSinkObject state.Sink) {
-	c.beforeSave()
-	stateSinkObject.Save(0, &c.NetworkProtocol)
-	stateSinkObject.Save(1, &c.Zone)
-}
-
-func (c *CTTarget) afterLoad(context.Context) {}
-
-// +checklocksignore
-func (c *CTTarget) StateLoad(ctx context.Context, stateSourceObject state.Source) {
-	stateSourceObject.Load(0, &c.NetworkProtocol)
-	stateSourceObject.Load(1, &c.Zone)
 }
 
 func (it *IPTables) StateTypeName() string {
@@ -1172,7 +1133,6 @@ func (n *nic) StateFields() []string {
 		"stack",
 		"id",
 		"name",
-		"kind",
 		"context",
 		"stats",
 		"networkEndpoints",
@@ -1199,21 +1159,20 @@ func (n *nic) StateSave(stateSinkObject state.Sink) {
 	stateSinkObject.Save(1, &n.stack)
 	stateSinkObject.Save(2, &n.id)
 	stateSinkObject.Save(3, &n.name)
-	stateSinkObject.Save(4, &n.kind)
-	stateSinkObject.Save(5, &n.context)
-	stateSinkObject.Save(6, &n.stats)
-	stateSinkObject.Save(7, &n.networkEndpoints)
-	stateSinkObject.Save(8, &n.linkAddrResolvers)
-	stateSinkObject.Save(9, &n.duplicateAddressDetectors)
-	stateSinkObject.Save(10, &n.enabled)
-	stateSinkObject.Save(11, &n.spoofing)
-	stateSinkObject.Save(12, &n.promiscuous)
-	stateSinkObject.Save(13, &n.linkResQueue)
-	stateSinkObject.Save(14, &n.packetEPs)
-	stateSinkObject.Save(15, &n.qDisc)
-	stateSinkObject.Save(16, &n.deliverLinkPackets)
-	stateSinkObject.Save(17, &n.Primary)
-	stateSinkObject.Save(18, &n.experimentIPOptionEnabled)
+	stateSinkObject.Save(4, &n.context)
+	stateSinkObject.Save(5, &n.stats)
+	stateSinkObject.Save(6, &n.networkEndpoints)
+	stateSinkObject.Save(7, &n.linkAddrResolvers)
+	stateSinkObject.Save(8, &n.duplicateAddressDetectors)
+	stateSinkObject.Save(9, &n.enabled)
+	stateSinkObject.Save(10, &n.spoofing)
+	stateSinkObject.Save(11, &n.promiscuous)
+	stateSinkObject.Save(12, &n.linkResQueue)
+	stateSinkObject.Save(13, &n.packetEPs)
+	stateSinkObject.Save(14, &n.qDisc)
+	stateSinkObject.Save(15, &n.deliverLinkPackets)
+	stateSinkObject.Save(16, &n.Primary)
+	stateSinkObject.Save(17, &n.experimentIPOptionEnabled)
 }
 
 func (n *nic) afterLoad(context.Context) {}
@@ -1224,21 +1183,20 @@ func (n *nic) StateLoad(ctx context.Context, stateSourceObject state.Source) {
 	stateSourceObject.Load(1, &n.stack)
 	stateSourceObject.Load(2, &n.id)
 	stateSourceObject.Load(3, &n.name)
-	stateSourceObject.Load(4, &n.kind)
-	stateSourceObject.Load(5, &n.context)
-	stateSourceObject.Load(6, &n.stats)
-	stateSourceObject.Load(7, &n.networkEndpoints)
-	stateSourceObject.Load(8, &n.linkAddrResolvers)
-	stateSourceObject.Load(9, &n.duplicateAddressDetectors)
-	stateSourceObject.Load(10, &n.enabled)
-	stateSourceObject.Load(11, &n.spoofing)
-	stateSourceObject.Load(12, &n.promiscuous)
-	stateSourceObject.Load(13, &n.linkResQueue)
-	stateSourceObject.Load(14, &n.packetEPs)
-	stateSourceObject.Load(15, &n.qDisc)
-	stateSourceObject.Load(16, &n.deliverLinkPackets)
-	stateSourceObject.Load(17, &n.Primary)
-	stateSourceObject.Load(18, &n.experimentIPOptionEnabled)
+	stateSourceObject.Load(4, &n.context)
+	stateSourceObject.Load(5, &n.stats)
+	stateSourceObject.Load(6, &n.networkEndpoints)
+	stateSourceObject.Load(7, &n.linkAddrResolvers)
+	stateSourceObject.Load(8, &n.duplicateAddressDetectors)
+	stateSourceObject.Load(9, &n.enabled)
+	stateSourceObject.Load(10, &n.spoofing)
+	stateSourceObject.Load(11, &n.promiscuous)
+	stateSourceObject.Load(12, &n.linkResQueue)
+	stateSourceObject.Load(13, &n.packetEPs)
+	stateSourceObject.Load(14, &n.qDisc)
+	stateSourceObject.Load(15, &n.deliverLinkPackets)
+	stateSourceObject.Load(16, &n.Primary)
+	stateSourceObject.Load(17, &n.experimentIPOptionEnabled)
 }
 
 func (p *packetEndpointList) StateTypeName() string {
@@ -1569,10 +1527,8 @@ func (pk *PacketBuffer) StateFields() []string {
 		"dnatDone",
 		"PktType",
 		"NICID",
-		"InputNICID",
 		"RXChecksumValidated",
 		"NetworkPacketInfo",
-		"Mark",
 		"tuple",
 	}
 }
@@ -1598,11 +1554,9 @@ func (pk *PacketBuffer) StateSave(stateSinkObject state.Sink) {
 	stateSinkObject.Save(13, &pk.dnatDone)
 	stateSinkObject.Save(14, &pk.PktType)
 	stateSinkObject.Save(15, &pk.NICID)
-	stateSinkObject.Save(16, &pk.InputNICID)
-	stateSinkObject.Save(17, &pk.RXChecksumValidated)
-	stateSinkObject.Save(18, &pk.NetworkPacketInfo)
-	stateSinkObject.Save(19, &pk.Mark)
-	stateSinkObject.Save(20, &pk.tuple)
+	stateSinkObject.Save(16, &pk.RXChecksumValidated)
+	stateSinkObject.Save(17, &pk.NetworkPacketInfo)
+	stateSinkObject.Save(18, &pk.tuple)
 }
 
 func (pk *PacketBuffer) afterLoad(context.Context) {}
@@ -1625,11 +1579,9 @@ func (pk *PacketBuffer) StateLoad(ctx context.Context, stateSourceObject state.S
 	stateSourceObject.Load(13, &pk.dnatDone)
 	stateSourceObject.Load(14, &pk.PktType)
 	stateSourceObject.Load(15, &pk.NICID)
-	stateSourceObject.Load(16, &pk.InputNICID)
-	stateSourceObject.Load(17, &pk.RXChecksumValidated)
-	stateSourceObject.Load(18, &pk.NetworkPacketInfo)
-	stateSourceObject.Load(19, &pk.Mark)
-	stateSourceObject.Load(20, &pk.tuple)
+	stateSourceObject.Load(16, &pk.RXChecksumValidated)
+	stateSourceObject.Load(17, &pk.NetworkPacketInfo)
+	stateSourceObject.Load(18, &pk.tuple)
 }
 
 func (h *headerInfo) StateTypeName() string {
@@ -2154,8 +2106,8 @@ func (s *Stack) StateFields() []string {
 		"receiveBufferSize",
 		"tcpInvalidRateLimit",
 		"tsOffsetSecret",
+		"saveRestoreEnabled",
 		"externalNetworkingDisabled",
-		"allowConnectedOnSave",
 	}
 }
 
@@ -2184,8 +2136,8 @@ func (s *Stack) StateSave(stateSinkObject state.Sink) {
 	stateSinkObject.Save(19, &s.receiveBufferSize)
 	stateSinkObject.Save(20, &s.tcpInvalidRateLimit)
 	stateSinkObject.Save(21, &s.tsOffsetSecret)
-	stateSinkObject.Save(22, &s.externalNetworkingDisabled)
-	stateSinkObject.Save(23, &s.allowConnectedOnSave)
+	stateSinkObject.Save(22, &s.saveRestoreEnabled)
+	stateSinkObject.Save(23, &s.externalNetworkingDisabled)
 }
 
 // +checklocksignore
@@ -2212,8 +2164,8 @@ func (s *Stack) StateLoad(ctx context.Context, stateSourceObject state.Source) {
 	stateSourceObject.Load(19, &s.receiveBufferSize)
 	stateSourceObject.Load(20, &s.tcpInvalidRateLimit)
 	stateSourceObject.Load(21, &s.tsOffsetSecret)
-	stateSourceObject.Load(22, &s.externalNetworkingDisabled)
-	stateSourceObject.Load(23, &s.allowConnectedOnSave)
+	stateSourceObject.Load(22, &s.saveRestoreEnabled)
+	stateSourceObject.Load(23, &s.externalNetworkingDisabled)
 	stateSourceObject.AfterLoad(func() { s.afterLoad(ctx) })
 }
 
@@ -2488,7 +2440,6 @@ func init() {
 	state.Register((*RedirectTarget)(nil))
 	state.Register((*SNATTarget)(nil))
 	state.Register((*MasqueradeTarget)(nil))
-	state.Register((*CTTarget)(nil))
 	state.Register((*IPTables)(nil))
 	state.Register((*Table)(nil))
 	state.Register((*Rule)(nil))

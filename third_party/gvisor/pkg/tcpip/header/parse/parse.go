@@ -158,19 +158,9 @@ traverseExtensions:
 //
 // Returns true if the header was successfully parsed.
 func UDP(pkt *stack.PacketBuffer) bool {
-	hdr, ok := pkt.TransportHeader().Consume(header.UDPMinimumSize)
-	if !ok {
-		return false
-	}
+	_, ok := pkt.TransportHeader().Consume(header.UDPMinimumSize)
 	pkt.TransportProtocolNumber = header.UDPProtocolNumber
-	// Validate the UDP payload length.
-	length := int(header.UDP(hdr).Length()) - header.UDPMinimumSize
-	if length < 0 || length > pkt.Data().Size() {
-		return false
-	}
-	// Trim the payload to the length specified in the UDP header.
-	pkt.Data().CapLength(length)
-	return true
+	return ok
 }
 
 // TCP parses a TCP packet found in pkt.Data and populates pkt's transport

@@ -34,9 +34,8 @@ type Endpoint struct {
 	child    stack.LinkEndpoint
 	embedder stack.NetworkDispatcher
 
-	mu sync.RWMutex `state:"nosave"`
-
-	// +checklocks:mu
+	// mu protects dispatcher.
+	mu         sync.RWMutex `state:"nosave"`
 	dispatcher stack.NetworkDispatcher
 }
 
@@ -54,8 +53,6 @@ func (e *Endpoint) Init(child stack.LinkEndpoint, embedder stack.NetworkDispatch
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
-//
-// +checklocksexclude:e.mu
 func (e *Endpoint) DeliverNetworkPacket(protocol tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	e.mu.RLock()
 	d := e.dispatcher
@@ -66,8 +63,6 @@ func (e *Endpoint) DeliverNetworkPacket(protocol tcpip.NetworkProtocolNumber, pk
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
-//
-// +checklocksexclude:e.mu
 func (e *Endpoint) DeliverLinkPacket(protocol tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	e.mu.RLock()
 	d := e.dispatcher
@@ -78,8 +73,6 @@ func (e *Endpoint) DeliverLinkPacket(protocol tcpip.NetworkProtocolNumber, pkt *
 }
 
 // Attach implements stack.LinkEndpoint.
-//
-// +checklocksexclude:e.mu
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	e.mu.Lock()
 	e.dispatcher = dispatcher
@@ -94,8 +87,6 @@ func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 }
 
 // IsAttached implements stack.LinkEndpoint.
-//
-// +checklocksexclude:e.mu
 func (e *Endpoint) IsAttached() bool {
 	e.mu.RLock()
 	isAttached := e.dispatcher != nil
@@ -129,8 +120,6 @@ func (e *Endpoint) LinkAddress() tcpip.LinkAddress {
 }
 
 // SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress.
-//
-// +checklocksexclude:e.mu
 func (e *Endpoint) SetLinkAddress(addr tcpip.LinkAddress) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -26,7 +26,6 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/sync"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/header/parse"
 	"gvisor.dev/gvisor/pkg/tcpip/network/internal/fragmentation"
@@ -185,21 +184,15 @@ var _ NDPEndpoint = (*endpoint)(nil)
 type endpointMu struct {
 	sync.RWMutex `state:"nosave"`
 
-	// +checklocks:RWMutex
 	addressableEndpointState stack.AddressableEndpointState
-
-	// +checklocks:RWMutex
-	ndp ndpState
-
-	// +checklocks:RWMutex
-	mld mldState
+	ndp                      ndpState
+	mld                      mldState
 }
 
 // +stateify savable
 type dadMu struct {
 	sync.Mutex `state:"nosave"`
 
-	// +checklocks:Mutex
 	dad ip.DAD
 }
 
@@ -208,11 +201,6 @@ type endpointDAD struct {
 	mu dadMu
 }
 
-// NDP and MLD retain their containing endpoint after NewEndpoint initializes
-// them, so their lock paths refer to the same mutex.
-//
-// +checklocksalias:mu.ndp.ep.mu.RWMutex=mu.RWMutex
-// +checklocksalias:mu.mld.ep.mu.RWMutex=mu.RWMutex
 // +stateify savable
 type endpoint struct {
 	nic        stack.NetworkInterface
@@ -328,7 +316,7 @@ func (e *endpoint) HandleLinkResolutionFailure(pkt *stack.PacketBuffer) {
 
 // onAddressAssignedLocked handles an address being assigned.
 //
-// +checklocks:e.mu.RWMutex
+// Precondition: e.mu must be exclusively locked.
 func (e *endpoint) onAddressAssignedLocked(addr tcpip.Address) {
 	// As per RFC 2710 section 3,
 	//
@@ -598,7 +586,7 @@ func (e *endpoint) Enable() tcpip.Error {
 			addressEndpoint.SetKind(stack.PermanentTentative)
 			fallthrough
 		case stack.PermanentTentative:
-			err = e.mu.ndp.startDuplicateAddressDetection(addr, addressEndpoint) // +checklocksforce: ForEachEndpoint calls back synchronously with e.mu held.
+			err = e.mu.ndp.startDuplicateAddressDetection(addr, addressEndpoint)
 			return err == nil
 		case stack.Temporary, stack.PermanentExpired:
 			return true
@@ -683,9 +671,8 @@ func (e *endpoint) Disable() {
 	e.disableLocked()
 }
 
-// +checklocks:e.mu.RWMutex
 func (e *endpoint) disableLocked() {
-	if !e.isEnabled() {
+	if !e.Enabled() {
 		return
 	}
 
@@ -709,7 +696,7 @@ func (e *endpoint) disableLocked() {
 		switch kind := addressEndpoint.GetKind(); kind {
 		case stack.Permanent, stack.PermanentTentative:
 			if header.IsV6UnicastAddress(addrWithPrefix.Address) {
-				e.mu.ndp.stopDuplicateAddressDetection(addrWithPrefix.Address, &stack.DADAborted{}) // +checklocksforce: ForEachEndpoint calls back synchronously with e.mu held.
+				e.mu.ndp.stopDuplicateAddressDetection(addrWithPrefix.Address, &stack.DADAborted{})
 			}
 		case stack.Temporary, stack.PermanentExpired:
 		default:
@@ -828,64 +815,6 @@ func (e *endpoint) handleFragments(r *stack.Route, networkMTU uint32, pkt *stack
 	}
 }
 
-// recalculateChecksum recalculates the checksum of a TCP or UDP packet.
-func recalculateChecksum(pkt *stack.PacketBuffer, r *stack.Route) tcpip.Error {
-	// RXChecksumValidated indicates that checksum verification may be
-	// safely skipped.
-	if pkt.RXChecksumValidated {
-		return nil
-	}
-	// NeedsCsum is set if the checksum offload is enabled, so no need to
-	// calculate the checksum.
-	if pkt.GSOOptions.Type != stack.GSONone && pkt.GSOOptions.NeedsCsum {
-		return nil
-	}
-	transportHeader := pkt.TransportHeader().Slice()
-	payload := len(transportHeader) + pkt.Data().Size()
-	if payload > math.MaxUint16 {
-		return &tcpip.ErrMessageTooLong{}
-	}
-	payloadLength := uint16(payload)
-	switch pkt.TransportProtocolNumber {
-	case header.TCPProtocolNumber:
-		if len(transportHeader) < header.TCPMinimumSize {
-			return &tcpip.ErrMalformedHeader{}
-		}
-		tcp := header.TCP(transportHeader)
-		xsum := r.PseudoHeaderChecksum(header.TCPProtocolNumber, payloadLength)
-		xsum = checksum.Combine(xsum, pkt.Data().Checksum())
-		tcp.SetChecksum(0)
-		tcp.SetChecksum(^tcp.CalculateChecksum(xsum))
-	case header.UDPProtocolNumber:
-		if len(transportHeader) < header.UDPMinimumSize {
-			return &tcpip.ErrMalformedHeader{}
-		}
-		udp := header.UDP(transportHeader)
-		xsum := r.PseudoHeaderChecksum(header.UDPProtocolNumber, payloadLength)
-		xsum = checksum.Combine(xsum, pkt.Data().Checksum())
-		udp.SetChecksum(0)
-		csum := ^udp.CalculateChecksum(xsum)
-		// RFC 768: If the computed checksum is zero, it is transmitted as all ones.
-		if csum == 0 {
-			csum = 0xFFFF
-		}
-		udp.SetChecksum(csum)
-	case header.ICMPv6ProtocolNumber:
-		if len(transportHeader) < header.ICMPv6MinimumSize {
-			return &tcpip.ErrMalformedHeader{}
-		}
-		icmp := header.ICMPv6(transportHeader)
-		icmp.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
-			Header:      icmp,
-			Src:         r.LocalAddress(),
-			Dst:         r.RemoteAddress(),
-			PayloadCsum: pkt.Data().Checksum(),
-			PayloadLen:  pkt.Data().Size(),
-		}))
-	}
-	return nil
-}
-
 // WritePacket writes a packet to the given destination address and protocol.
 func (e *endpoint) WritePacket(r *stack.Route, params stack.NetworkHeaderParams, pkt *stack.PacketBuffer) tcpip.Error {
 	dstAddr := r.RemoteAddress()
@@ -903,7 +832,9 @@ func (e *endpoint) WritePacket(r *stack.Route, params stack.NetworkHeaderParams,
 	}
 
 	if nft := stk.NFTables(); nft != nil && stk.IsNFTablesConfigured() {
-		if !nft.CheckOutput(pkt, r, stack.IP6) {
+		ip6Check := nft.CheckOutput(pkt, stack.IP6)
+		inetCheck := nft.CheckOutput(pkt, stack.Inet)
+		if !ip6Check || !inetCheck {
 			// nftables is telling us to drop the packet.
 			return nil
 		}
@@ -917,46 +848,12 @@ func (e *endpoint) WritePacket(r *stack.Route, params stack.NetworkHeaderParams,
 	// removing this check short circuits broadcasts before they are sent out to
 	// other hosts.
 	if netHeader := header.IPv6(pkt.NetworkHeader().Slice()); dstAddr != netHeader.DestinationAddress() {
-		newDstAddr := netHeader.DestinationAddress()
-		if ep := e.protocol.findEndpointWithAddress(newDstAddr); ep != nil {
+		if ep := e.protocol.findEndpointWithAddress(netHeader.DestinationAddress()); ep != nil {
 			// Since we rewrote the packet but it is being routed back to us, we
 			// can safely assume the checksum is valid.
 			ep.handleLocalPacket(pkt, true /* canSkipRXChecksum */)
 			return nil
 		}
-
-		// Similar to the `ip_route_me_harder` in the kernel,
-		// we need to find a new route for the packet.
-		// Implementation is similar to the func forwardUnicastPacket.
-		newRoute, err := stk.FindRoute(0 /* nic id */, netHeader.SourceAddress(), newDstAddr, ProtocolNumber, false /* multicastLoop */)
-		if err != nil {
-			e.stats.ip.OutgoingPacketErrors.Increment()
-			return err // Drop the packet
-		}
-		// Release the new route on exit.
-		defer newRoute.Release()
-
-		// Check if we need to recalculate the checksum.
-		// If the original route did not require a checksum but the new one does,
-		// we must calculate the full checksum; otherwise, NAT should have already
-		// done it.
-		if !r.RequiresTXTransportChecksum() && newRoute.RequiresTXTransportChecksum() {
-			if err := recalculateChecksum(pkt, newRoute); err != nil {
-				e.stats.ip.OutgoingPacketErrors.Increment()
-				return err // Drop the packet
-			}
-		}
-
-		// Update the route to the new route.
-		r = newRoute
-
-		// Use the new endpoint to write the packet.
-		forwardToEp, ok := e.protocol.getEndpointForNIC(r.NICID())
-		if !ok {
-			e.stats.ip.OutgoingPacketErrors.Increment()
-			return &tcpip.ErrUnknownNICID{}
-		}
-		return forwardToEp.writePacket(r, pkt, params.Protocol, true /* headerIncluded */)
 	}
 
 	return e.writePacket(r, pkt, params.Protocol, false /* headerIncluded */)
@@ -984,7 +881,9 @@ func (e *endpoint) writePacket(r *stack.Route, pkt *stack.PacketBuffer, protocol
 	}
 
 	if nft := stk.NFTables(); nft != nil && stk.IsNFTablesConfigured() {
-		if !nft.CheckPostrouting(pkt, r, stack.IP6) {
+		ip6Check := nft.CheckPostrouting(pkt, stack.IP6)
+		inetCheck := nft.CheckPostrouting(pkt, stack.Inet)
+		if !ip6Check || !inetCheck {
 			// nftables is telling us to drop the packet.
 			return nil
 		}
@@ -1131,8 +1030,9 @@ func (e *endpoint) forwardUnicastPacket(pkt *stack.PacketBuffer) ip.ForwardingEr
 		}
 
 		if nft := stk.NFTables(); nft != nil && stk.IsNFTablesConfigured() {
-
-			if !nft.CheckForward(pkt, nil, stack.IP6) {
+			ip6Check := nft.CheckForward(pkt, stack.IP6)
+			inetCheck := nft.CheckForward(pkt, stack.Inet)
+			if !ip6Check || !inetCheck {
 				// nftables is telling us to drop the packet.
 				return nil
 			}
@@ -1180,7 +1080,9 @@ func (e *endpoint) forwardPacketWithRoute(route *stack.Route, pkt *stack.PacketB
 	}
 
 	if nft := stk.NFTables(); nft != nil && stk.IsNFTablesConfigured() {
-		if !nft.CheckForward(pkt, route, stack.IP6) {
+		ip6Check := nft.CheckForward(pkt, stack.IP6)
+		inetCheck := nft.CheckForward(pkt, stack.Inet)
+		if !ip6Check || !inetCheck {
 			// nftables is telling us to drop the packet.
 			return nil
 		}
@@ -1200,10 +1102,6 @@ func (e *endpoint) forwardPacketWithRoute(route *stack.Route, pkt *stack.PacketB
 	//   Hop Limit           8-bit unsigned integer. Decremented by 1 by
 	//                       each node that forwards the packet.
 	newHdr.SetHopLimit(hopLimit - 1)
-
-	if route.RequiresTXTransportChecksum() {
-		newPkt.CalculateTransportChecksum()
-	}
 
 	forwardToEp, ok := e.protocol.getEndpointForNIC(route.NICID())
 	if !ok {
@@ -1277,10 +1175,8 @@ func (e *endpoint) HandlePacket(pkt *stack.PacketBuffer) {
 			}
 		}
 
-		nicID := e.nic.ID()
 		// Loopback traffic skips the prerouting chain.
-		inNicName := stk.FindNICNameFromID(nicID)
-		pkt.InputNICID = nicID
+		inNicName := stk.FindNICNameFromID(e.nic.ID())
 		if ok := stk.IPTables().CheckPrerouting(pkt, e, inNicName); !ok {
 			// iptables is telling us to drop the packet.
 			stats.IPTablesPreroutingDropped.Increment()
@@ -1288,7 +1184,11 @@ func (e *endpoint) HandlePacket(pkt *stack.PacketBuffer) {
 		}
 
 		if nft := stk.NFTables(); nft != nil && stk.IsNFTablesConfigured() {
-			if !nft.CheckPrerouting(pkt, nil, stack.IP6) {
+			ipv6Check := nft.CheckPrerouting(pkt, stack.IP6)
+			// nftables allows us to use the inet family to apply rules to both IPv4
+			// and IPv6 packets.
+			inetCheck := nft.CheckPrerouting(pkt, stack.Inet)
+			if !ipv6Check || !inetCheck {
 				// nftables is telling us to drop the packet.
 				return
 			}
@@ -1546,7 +1446,9 @@ func (e *endpoint) deliverPacketLocally(h header.IPv6, pkt *stack.PacketBuffer, 
 	}
 
 	if nft := stk.NFTables(); nft != nil && stk.IsNFTablesConfigured() {
-		if !nft.CheckInput(pkt, nil, stack.IP6) {
+		ip6Check := nft.CheckInput(pkt, stack.IP6)
+		inetCheck := nft.CheckInput(pkt, stack.Inet)
+		if !ip6Check || !inetCheck {
 			// nftables is telling us to drop the packet.
 			return
 		}
@@ -2101,7 +2003,7 @@ func (e *endpoint) AddAndAcquirePermanentAddress(addr tcpip.AddressWithPrefix, p
 // addAndAcquirePermanentAddressLocked also joins the passed address's
 // solicited-node multicast group and start duplicate address detection.
 //
-// +checklocks:e.mu.RWMutex
+// Precondition: e.mu must be write locked.
 func (e *endpoint) addAndAcquirePermanentAddressLocked(addr tcpip.AddressWithPrefix, properties stack.AddressProperties) (stack.AddressEndpoint, tcpip.Error) {
 	addressEndpoint, err := e.mu.addressableEndpointState.AddAndAcquireAddress(addr, properties, stack.PermanentTentative)
 	if err != nil {
@@ -2144,7 +2046,7 @@ func (e *endpoint) RemovePermanentAddress(addr tcpip.Address) tcpip.Error {
 // removePermanentEndpointLocked is like removePermanentAddressLocked except
 // it works with a stack.AddressEndpoint.
 //
-// +checklocks:e.mu.RWMutex
+// Precondition: e.mu must be write locked.
 func (e *endpoint) removePermanentEndpointLocked(addressEndpoint stack.AddressEndpoint, allowSLAACInvalidation bool, reason stack.AddressRemovalReason, dadResult stack.DADResult) tcpip.Error {
 	addr := addressEndpoint.AddressWithPrefix()
 	// If we are removing an address generated via SLAAC, cleanup
@@ -2163,7 +2065,7 @@ func (e *endpoint) removePermanentEndpointLocked(addressEndpoint stack.AddressEn
 // removePermanentEndpointInnerLocked is like removePermanentEndpointLocked
 // except it does not cleanup SLAAC address state.
 //
-// +checklocks:e.mu.RWMutex
+// Precondition: e.mu must be write locked.
 func (e *endpoint) removePermanentEndpointInnerLocked(addressEndpoint stack.AddressEndpoint, reason stack.AddressRemovalReason, dadResult stack.DADResult) tcpip.Error {
 	addr := addressEndpoint.AddressWithPrefix()
 	e.mu.ndp.stopDuplicateAddressDetection(addr.Address, dadResult)
@@ -2184,7 +2086,7 @@ func (e *endpoint) removePermanentEndpointInnerLocked(addressEndpoint stack.Addr
 // hasPermanentAddressLocked returns true if the endpoint has a permanent
 // address equal to the passed address.
 //
-// +checklocksread:e.mu.RWMutex
+// Precondition: e.mu must be read or write locked.
 func (e *endpoint) hasPermanentAddressRLocked(addr tcpip.Address) bool {
 	addressEndpoint := e.getAddressRLocked(addr)
 	if addressEndpoint == nil {
@@ -2195,7 +2097,7 @@ func (e *endpoint) hasPermanentAddressRLocked(addr tcpip.Address) bool {
 
 // getAddressRLocked returns the endpoint for the passed address.
 //
-// +checklocksread:e.mu.RWMutex
+// Precondition: e.mu must be read or write locked.
 func (e *endpoint) getAddressRLocked(localAddr tcpip.Address) stack.AddressEndpoint {
 	return e.mu.addressableEndpointState.GetAddress(localAddr)
 }
@@ -2231,7 +2133,7 @@ func (e *endpoint) AcquireAssignedAddress(localAddr tcpip.Address, allowTemp boo
 // acquireAddressOrCreateTempLocked is like AcquireAssignedAddress but with
 // locking requirements.
 //
-// +checklocksread:e.mu.RWMutex
+// Precondition: e.mu must be write locked.
 func (e *endpoint) acquireAddressOrCreateTempLocked(localAddr tcpip.Address, allowTemp bool, tempPEB stack.PrimaryEndpointBehavior, readOnly bool) stack.AddressEndpoint {
 	return e.mu.addressableEndpointState.AcquireAssignedAddress(localAddr, allowTemp, tempPEB, readOnly)
 }
@@ -2248,7 +2150,7 @@ func (e *endpoint) AcquireOutgoingPrimaryAddress(remoteAddr, srcHint tcpip.Addre
 //
 // See stack.PrimaryEndpointBehavior for more details about the primary list.
 //
-// +checklocksread:e.mu.RWMutex
+// Precondition: e.mu must be read locked.
 func (e *endpoint) getLinkLocalAddressRLocked() tcpip.Address {
 	var linkLocalAddr tcpip.Address
 	e.mu.addressableEndpointState.ForEachPrimaryEndpoint(func(addressEndpoint stack.AddressEndpoint) bool {
@@ -2266,7 +2168,7 @@ func (e *endpoint) getLinkLocalAddressRLocked() tcpip.Address {
 // acquireOutgoingPrimaryAddressRLocked is like AcquireOutgoingPrimaryAddress
 // but with locking requirements.
 //
-// +checklocksread:e.mu.RWMutex
+// Precondition: e.mu must be read locked.
 func (e *endpoint) acquireOutgoingPrimaryAddressRLocked(remoteAddr, srcHint tcpip.Address, allowExpired bool) stack.AddressEndpoint {
 	// TODO(b/309216156): Support IPv6 hints.
 
@@ -2412,7 +2314,7 @@ func (e *endpoint) JoinGroup(addr tcpip.Address) tcpip.Error {
 
 // joinGroupLocked is like JoinGroup but with locking requirements.
 //
-// +checklocks:e.mu.RWMutex
+// Precondition: e.mu must be locked.
 func (e *endpoint) joinGroupLocked(addr tcpip.Address) tcpip.Error {
 	if !header.IsV6MulticastAddress(addr) {
 		return &tcpip.ErrBadAddress{}
@@ -2431,7 +2333,7 @@ func (e *endpoint) LeaveGroup(addr tcpip.Address) tcpip.Error {
 
 // leaveGroupLocked is like LeaveGroup but with locking requirements.
 //
-// +checklocks:e.mu.RWMutex
+// Precondition: e.mu must be locked.
 func (e *endpoint) leaveGroupLocked(addr tcpip.Address) tcpip.Error {
 	return e.mu.mld.leaveGroup(addr)
 }
@@ -2459,20 +2361,14 @@ type protocolMu struct {
 
 	// eps is keyed by NICID to allow protocol methods to retrieve an endpoint
 	// when handling a packet, by looking at which NIC handled the packet.
-	//
-	// +checklocks:RWMutex
 	eps map[tcpip.NICID]*endpoint
 
 	// ICMP types for which the stack's global rate limiting must apply.
-	//
-	// +checklocks:RWMutex
 	icmpRateLimitedTypes map[header.ICMPv6Type]struct{}
 
 	// multicastForwardingDisp is the multicast forwarding event dispatcher that
 	// an integrator can provide to receive multicast forwarding events. Note
 	// that multicast packets will only be forwarded if this is non-nil.
-	//
-	// +checklocks:RWMutex
 	multicastForwardingDisp stack.MulticastForwardingEventDispatcher
 }
 
@@ -2853,8 +2749,6 @@ func (p *protocol) SendRejectionError(pkt *stack.PacketBuffer, rejectWith stack.
 		return p.returnError(&icmpReasonPortUnreachable{}, pkt, inputHook)
 	case stack.RejectIPv6WithICMPAdminProhibited:
 		return p.returnError(&icmpReasonAdministrativelyProhibited{}, pkt, inputHook)
-	case stack.RejectIPv6WithTCPReset:
-		return ip.RejectWithTCPReset(pkt, ProtocolNumber, p.stack, inputHook)
 	default:
 		panic(fmt.Sprintf("unhandled %[1]T = %[1]d", rejectWith))
 	}

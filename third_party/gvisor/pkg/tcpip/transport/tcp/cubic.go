@@ -79,14 +79,9 @@ func newCubicCC(s *sender) *cubicState {
 			C:    0.4,
 			// By this point, the sender has initialized it's initial sequence
 			// number.
-			EndSeq:  s.SndNxt,
-			LastRTT: effectivelyInfinity,
-			CurrRTT: effectivelyInfinity,
-			// LastAck/RoundStart are seeded here from processing time, but the
-			// HyStart ACK-train comparator that reads them is gated on
-			// LastRTT < effectivelyInfinity, which only becomes true after the
-			// first beginHyStartRound re-seeds both from an ACK's ingress time.
-			// So this initial processing-time seed is never compared.
+			EndSeq:     s.SndNxt,
+			LastRTT:    effectivelyInfinity,
+			CurrRTT:    effectivelyInfinity,
 			LastAck:    now,
 			RoundStart: now,
 		},
@@ -127,19 +122,12 @@ func (c *cubicState) enterCongestionAvoidance() {
 // here.
 //
 // +checklocks:c.s.ep.mu
-func (c *cubicState) updateHyStart(rtt time.Duration, ackTime tcpip.MonotonicTime) {
+func (c *cubicState) updateHyStart(rtt time.Duration) {
 	if rtt < 0 {
 		// negative indicates unknown
 		return
 	}
-	// Use the ACK's ingress time (ackTime) rather than the current clock for
-	// HyStart's ACK-train timing. The ACK-train detector compares inter-ACK
-	// spacing against ackDelta (2ms) and the round duration against LastRTT/2;
-	// if ACKs are delayed and processed in a burst inside the stack (e.g.
-	// queued while the application held the endpoint lock during a Write), the
-	// processing clock would make distinct ACKs appear to arrive together,
-	// distorting both comparisons and potentially exiting slow start early.
-	now := ackTime
+	now := c.s.ep.stack.Clock().NowMonotonic()
 	if c.EndSeq.LessThan(c.s.SndUna) {
 		c.beginHyStartRound(now)
 	}
@@ -209,10 +197,9 @@ func (c *cubicState) updateSlowStart(packetsAcked int) int {
 // Refer: https://tools.ietf.org/html/rfc8312#section-4
 //
 // +checklocks:c.s.ep.mu
-// +checklocksexclude:c.s.rtt.rttMutex
-func (c *cubicState) Update(packetsAcked int, rtt time.Duration, ackTime tcpip.MonotonicTime) {
+func (c *cubicState) Update(packetsAcked int, rtt time.Duration) {
 	if c.s.Ssthresh == InitialSsthresh && c.s.SndCwnd < c.s.Ssthresh {
-		c.updateHyStart(rtt, ackTime)
+		c.updateHyStart(rtt)
 	}
 	if c.s.SndCwnd < c.s.Ssthresh {
 		packetsAcked = c.updateSlowStart(packetsAcked)
@@ -261,11 +248,6 @@ func (c *cubicState) getCwnd(packetsAcked, sndCwnd int, srtt time.Duration) int 
 	// As per 4.3 for each received ACK cwnd must be incremented
 	// by (w_cubic(t+RTT) - cwnd/cwnd.
 	cwnd := float64(sndCwnd)
-	// RFC 9438 section 4.2 bounds the target at cwnd so an ACK does not
-	// reduce the congestion window.
-	if wtRtt < cwnd {
-		wtRtt = cwnd
-	}
 	for i := 0; i < packetsAcked; i++ {
 		// Concave/Convex regions of cubic have the same formulas.
 		// See: https://tools.ietf.org/html/rfc8312#section-4.3

@@ -77,18 +77,8 @@ func (rc *rackControl) init(snd *sender, iss seqnum.Value) {
 
 // update will update the RACK related fields when an ACK has been received.
 // See: https://tools.ietf.org/html/draft-ietf-tcpm-rack-09#section-6.2
-//
-// +checklocks:rc.snd.ep.mu
 func (rc *rackControl) update(seg *segment, ackSeg *segment) {
-	// Compute the RTT sample against the time the ACK was received at ingress
-	// (ackSeg.rcvdTime), not the current clock. The two differ when the ACK was
-	// delayed inside the stack before being processed (e.g. it sat in the
-	// endpoint's segment queue while the application held the endpoint lock
-	// during a Write that synchronously flushed a window). Using the processing
-	// time would inflate the RTT by that internal delay, corrupting RACK.RTT,
-	// RACK.minRTT and the reorder window, and causing spurious loss detection.
-	// detectLoss already uses ackSeg.rcvdTime; this keeps update consistent.
-	rtt := ackSeg.rcvdTime.Sub(seg.xmitTime)
+	rtt := rc.snd.ep.stack.Clock().NowMonotonic().Sub(seg.xmitTime)
 
 	// If the ACK is for a retransmitted packet, do not update if it is a
 	// spurious inference which is determined by below checks:
@@ -158,8 +148,6 @@ func (rc *rackControl) setDSACKSeen(dsackSeen bool) {
 
 // shouldSchedulePTO dictates whether we should schedule a PTO or not.
 // See https://tools.ietf.org/html/draft-ietf-tcpm-rack-08#section-7.5.1.
-//
-// +checklocks:s.ep.mu
 func (s *sender) shouldSchedulePTO() bool {
 	// Schedule PTO only if RACK loss detection is enabled.
 	return s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 &&
@@ -175,7 +163,6 @@ func (s *sender) shouldSchedulePTO() bool {
 // https://tools.ietf.org/html/draft-ietf-tcpm-rack-08#section-7.5.1.
 //
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) schedulePTO() {
 	pto := time.Second
 	s.rtt.Lock()
@@ -202,7 +189,6 @@ func (s *sender) schedulePTO() {
 // https://tools.ietf.org/html/draft-ietf-tcpm-rack-08#section-7.5.2.
 //
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) probeTimerExpired() tcpip.Error {
 	if s.probeTimer.isUninitialized() || !s.probeTimer.checkExpiration() {
 		return nil
@@ -299,7 +285,6 @@ func (s *sender) detectTLPRecovery(ack seqnum.Value, rcvdSeg *segment) {
 //     DUPACKthreshold.
 //
 // +checklocks:rc.snd.ep.mu
-// +checklocksexclude:rc.snd.rtt.rttMutex
 func (rc *rackControl) updateRACKReorderWindow() {
 	dsackSeen := rc.DSACKSeen
 	snd := rc.snd
@@ -410,23 +395,12 @@ func (rc *rackControl) detectLoss(rcvTime tcpip.MonotonicTime) int {
 // before the reorder timer expired.
 //
 // +checklocks:rc.snd.ep.mu
-// +checklocksexclude:rc.snd.rtt.rttMutex
 func (rc *rackControl) reorderTimerExpired() tcpip.Error {
 	if rc.snd.reorderTimer.isUninitialized() || !rc.snd.reorderTimer.checkExpiration() {
 		return nil
 	}
 
-	// Evaluate loss as of the time the reorder timer was scheduled to fire (its
-	// target), not the current clock. The timer is armed for the instant a
-	// segment's reorder window elapses, but the timer callback itself can run
-	// arbitrarily late under load (the processor goroutine is busy, or the
-	// endpoint lock is held while a Write flushes a window). Using the
-	// (possibly much later) processing time would make timeRemaining strongly
-	// negative and mark not-yet-lost segments as lost, triggering spurious
-	// retransmits and recovery on a path with little or no real loss
-	// (gvisor#9707/#9778). detectLoss arms the timer from rcvdTime-derived
-	// values, so evaluating it at the timer target keeps the two consistent.
-	numLost := rc.detectLoss(rc.snd.reorderTimer.target)
+	numLost := rc.detectLoss(rc.snd.ep.stack.Clock().NowMonotonic())
 	if numLost == 0 {
 		return nil
 	}
@@ -445,7 +419,6 @@ func (rc *rackControl) reorderTimerExpired() tcpip.Error {
 // DoRecovery implements lossRecovery.DoRecovery.
 //
 // +checklocks:rc.snd.ep.mu
-// +checklocksexclude:rc.snd.rtt.rttMutex
 func (rc *rackControl) DoRecovery(_ *segment, fastRetransmit bool) {
 	snd := rc.snd
 	if fastRetransmit {

@@ -16,8 +16,6 @@ package tcp
 
 import (
 	"time"
-
-	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // renoState stores the variables related to TCP New Reno congestion
@@ -83,7 +81,7 @@ func (r *renoState) reduceSlowStartThreshold() {
 // Update implements congestionControl.Update.
 //
 // +checklocks:r.s.ep.mu
-func (r *renoState) Update(packetsAcked int, _ time.Duration, _ tcpip.MonotonicTime) {
+func (r *renoState) Update(packetsAcked int, _ time.Duration) {
 	if r.s.SndCwnd < r.s.Ssthresh {
 		packetsAcked = r.updateSlowStart(packetsAcked)
 		if packetsAcked == 0 {

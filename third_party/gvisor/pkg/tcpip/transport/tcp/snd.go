@@ -74,11 +74,8 @@ type congestionControl interface {
 	// Update is invoked when processing inbound acks. It's passed the
 	// number of packet's that were acked by the most recent cumulative
 	// acknowledgement.  rtt is the round-trip time, or is set to unknownRTT
-	// (above) to indicate the time is unknown. ackTime is the time the
-	// processed ACK arrived at the stack (its ingress timestamp), used for
-	// arrival-anchored timing such as CUBIC HyStart's ACK-train detection so
-	// that an ACK delayed inside the stack does not distort it.
-	Update(packetsAcked int, rtt time.Duration, ackTime tcpip.MonotonicTime)
+	// (above) to indicate the time is unknown.
+	Update(packetsAcked int, rtt time.Duration)
 
 	// PostRecovery is invoked when the sender is exiting a fast retransmit/
 	// recovery phase. This provides congestion control algorithms a way
@@ -106,11 +103,6 @@ type sender struct {
 	TCPSenderState
 
 	ep *Endpoint
-
-	// finSent is set when the FIN segment is actually transmitted.
-	// The endpoint may be in FIN_WAIT1/LAST_ACK while the FIN is still
-	// queued behind blocked data; finSent guards closing ACK completions.
-	finSent bool
 
 	// lr is the loss recovery algorithm used by the sender.
 	lr lossRecovery
@@ -247,14 +239,9 @@ func (wl *protectedWriteList) InsertAfter(before, seg *segment) {
 type rtt struct {
 	rttMutex `state:"nosave"`
 
-	// +checklocks:rttMutex
 	TCPRTTState
 }
 
-// initSender creates a new sender while the endpoint is locked. Its helpers
-// may acquire the new sender's RTT mutex, which cannot be held by the caller.
-// This imposes no exclusion on the previous ep.snd's RTT mutex.
-//
 // +checklocks:ep.mu
 func initSender(ep *Endpoint, iss, irs seqnum.Value, sndWnd seqnum.Size, mss uint16, sndWndScale int) {
 	// The sender MUST reduce the TCP data length to account for any IP or
@@ -351,8 +338,6 @@ func (s *sender) initCongestionControl(congestionControlName tcpip.CongestionCon
 }
 
 // initLossRecovery initiates the loss recovery algorithm for the sender.
-//
-// +checklocks:s.ep.mu
 func (s *sender) initLossRecovery() lossRecovery {
 	if s.ep.SACKPermitted {
 		return newSACKRecovery(s)
@@ -365,7 +350,6 @@ func (s *sender) initLossRecovery() lossRecovery {
 // by the count argument), it also reduces the number of outstanding packets and
 // attempts to retransmit the first packet above the MTU size.
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) updateMaxPayloadSize(mtu, count int) {
 	m := mtu - header.TCPMinimumSize
 
@@ -441,15 +425,7 @@ func (s *sender) sendAck() {
 // available. This is done in accordance with section 2 of RFC 6298.
 //
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) updateRTO(rtt time.Duration) {
-	// A negative RTT sample is nonsensical and would skew SRTT/RTTVar (and thus
-	// RTO). RTT samples are now anchored to a segment's ingress time, which is
-	// monotonic and never after the corresponding send time, so this should not
-	// occur; guard defensively rather than corrupt the estimator.
-	if rtt < 0 {
-		return
-	}
 	s.rtt.Lock()
 	if !s.rtt.TCPRTTState.SRTTInited {
 		s.rtt.TCPRTTState.RTTVar = rtt / 2
@@ -541,7 +517,6 @@ func (s *sender) resendSegment() {
 // Returns true if the connection is still usable, or false if the connection
 // is deemed lost.
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) retransmitTimerExpired() tcpip.Error {
 	// Check if the timer actually expired or if it's a spurious wake due
 	// to a previously orphaned runtime timer.
@@ -919,9 +894,15 @@ func (s *sender) maybeSendSegment(seg *segment, limit int, end seqnum.Value) (se
 		}
 		seg.flags = header.TCPFlagAck | header.TCPFlagFin
 		segEnd = seg.sequenceNumber.Add(1)
-		// FIN is now being transmitted; mark it so the receiver can tell
-		// a data-only ACK apart from one that acknowledges our FIN.
-		s.finSent = true
+		// Update the state to reflect that we have now
+		// queued a FIN.
+		s.ep.updateConnDirectionState(connDirectionStateSndClosed)
+		switch s.ep.EndpointState() {
+		case StateCloseWait:
+			s.ep.setEndpointState(StateLastAck)
+		default:
+			s.ep.setEndpointState(StateFinWait1)
+		}
 	} else {
 		// We're sending a non-FIN segment.
 		if seg.flags&header.TCPFlagFin != 0 {
@@ -1024,7 +1005,6 @@ func (s *sender) sendZeroWindowProbe() {
 	// we re-send an ACKed byte to goad the receiver into responding.
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
 		Payload: buffer.MakeWithData(zeroProbeJunk),
-		Mark:    s.ep.ops.GetMark(),
 	})
 	defer pkt.DecRef()
 	s.sendSegmentFromPacketBuffer(pkt, header.TCPFlagAck, s.SndUna-1)
@@ -1053,7 +1033,6 @@ func (s *sender) disableZeroWindowProbing() {
 }
 
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) postXmit(dataSent bool, shouldScheduleProbe bool) {
 	if dataSent {
 		// We sent data, so we should stop the keepalive timer to ensure
@@ -1090,7 +1069,6 @@ func (s *sender) postXmit(dataSent bool, shouldScheduleProbe bool) {
 // sendData sends new data segments. It is called when data becomes available or
 // when the send window opens up.
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) sendData() {
 	limit := s.MaxPayloadSize
 	if s.gso {
@@ -1442,7 +1420,6 @@ func checkDSACK(rcvdSeg *segment) bool {
 	return false
 }
 
-// +checklocks:s.ep.mu
 func (s *sender) recordRetransmitTS() {
 	// See: https://datatracker.ietf.org/doc/html/rfc3522#section-3.2
 	//
@@ -1533,17 +1510,12 @@ func (s *sender) inRecovery() bool {
 // handleRcvdSegment is called when a segment is received; it is responsible for
 // updating the send-related state.
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 	bestRTT := unknownRTT
 
-	// Check if we can extract an RTT measurement from this ack. Measure against
-	// the ACK's ingress time (rcvdSeg.rcvdTime), not the current clock: if the
-	// ACK was delayed inside the stack before being processed (e.g. queued while
-	// the application held the endpoint lock during a Write), using the
-	// processing time would inflate the RTT sample and thus SRTT/RTO.
+	// Check if we can extract an RTT measurement from this ack.
 	if !rcvdSeg.parsedOptions.TS && s.RTTMeasureSeqNum.LessThan(rcvdSeg.ackNumber) {
-		bestRTT = rcvdSeg.rcvdTime.Sub(s.RTTMeasureTime)
+		bestRTT = s.ep.stack.Clock().NowMonotonic().Sub(s.RTTMeasureTime)
 		s.updateRTO(bestRTT)
 		s.RTTMeasureSeqNum = s.SndNxt
 	}
@@ -1646,10 +1618,7 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		//    some new data, i.e., only if it advances the left edge of
 		//    the send window.
 		if s.ep.SendTSOk && rcvdSeg.parsedOptions.TSEcr != 0 {
-			// Compute elapsed time from the ACK's ingress time, not the current
-			// clock, so an ACK delayed inside the stack before processing does
-			// not inflate the timestamp-based RTT sample (and thus SRTT/RTO).
-			tsRTT := s.ep.elapsed(rcvdSeg.rcvdTime, rcvdSeg.parsedOptions.TSEcr)
+			tsRTT := s.ep.elapsed(s.ep.stack.Clock().NowMonotonic(), rcvdSeg.parsedOptions.TSEcr)
 			s.updateRTO(tsRTT)
 			// Following Linux, prefer RTT computed from ACKs to TSEcr because,
 			// "broken middle-boxes or peers may corrupt TS-ECR fields"
@@ -1729,7 +1698,7 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		// If we are not in fast recovery then update the congestion
 		// window based on the number of acknowledged packets.
 		if !s.FastRecovery.Active {
-			s.cc.Update(originalOutstanding-s.Outstanding, bestRTT, rcvdSeg.rcvdTime)
+			s.cc.Update(originalOutstanding-s.Outstanding, bestRTT)
 			if s.FastRecovery.Last.LessThan(s.SndUna) {
 				s.state = tcpip.Open
 				// Update RACK when we are exiting fast or RTO
@@ -1904,7 +1873,6 @@ func (s *sender) updateWriteNext(seg *segment) {
 
 // corkTimerExpired drains all the segments when TCP_CORK is enabled.
 // +checklocks:s.ep.mu
-// +checklocksexclude:s.rtt.rttMutex
 func (s *sender) corkTimerExpired() tcpip.Error {
 	// Check if the timer actually expired or if it's a spurious wake due
 	// to a previously orphaned runtime timer.

@@ -83,19 +83,12 @@ type FragmentID struct {
 //
 // +stateify savable
 type Fragmentation struct {
-	mu        sync.Mutex `state:"nosave"`
-	highLimit int
-	lowLimit  int
-
-	// +checklocks:mu
-	reassemblers map[FragmentID]*reassembler
-
-	// +checklocks:mu
-	rList reassemblerList
-
-	// +checklocks:mu
-	memSize int
-
+	mu             sync.Mutex `state:"nosave"`
+	highLimit      int
+	lowLimit       int
+	reassemblers   map[FragmentID]*reassembler
+	rList          reassemblerList
+	memSize        int
 	timeout        time.Duration
 	blockSize      uint16
 	clock          tcpip.Clock
@@ -108,14 +101,6 @@ type TimeoutHandler interface {
 	// OnReassemblyTimeout will be called with the first fragment (or nil, if the
 	// first fragment has not been received) of a packet whose reassembly has
 	// timed out.
-	//
-	// The packet is borrowed for the duration of the call; a handler that
-	// retains it must take its own reference.
-	//
-	// The call is synchronous with the owning Fragmentation's mutex held.
-	// The handler must not reenter that Fragmentation's Process or Release.
-	// checklocks cannot name that mutex because TimeoutHandler does not
-	// expose the owning Fragmentation.
 	OnReassemblyTimeout(pkt *stack.PacketBuffer)
 }
 
@@ -131,7 +116,8 @@ type TimeoutHandler interface {
 // fragments after reaching highMemoryLimit.
 //
 // reassemblingTimeout specifies the maximum time allowed to reassemble a packet.
-// Incomplete reassemblies are released once this timeout elapses.
+// Fragments are lazily evicted only when a new a packet with an
+// already existing fragmentation-id arrives after the timeout.
 func NewFragmentation(blockSize uint16, highMemoryLimit, lowMemoryLimit int, reassemblingTimeout time.Duration, clock tcpip.Clock, timeoutHandler TimeoutHandler) *Fragmentation {
 	if lowMemoryLimit >= highMemoryLimit {
 		lowMemoryLimit = highMemoryLimit
@@ -154,8 +140,6 @@ func NewFragmentation(blockSize uint16, highMemoryLimit, lowMemoryLimit int, rea
 		clock:          clock,
 		timeoutHandler: timeoutHandler,
 	}
-	// Job locks f.mu before invoking this callback; checklocks cannot carry
-	// that lock through the stored function value.
 	f.releaseJob = tcpip.NewJob(f.clock, &f.mu, f.releaseReassemblersLocked)
 
 	return f
@@ -174,8 +158,6 @@ func NewFragmentation(blockSize uint16, highMemoryLimit, lowMemoryLimit int, rea
 // proto is the protocol number marked in the fragment being processed. It has
 // to be given here outside of the FragmentID struct because IPv6 should not use
 // the protocol to identify a fragment.
-//
-// +checklocksexclude:f.mu
 func (f *Fragmentation) Process(
 	id FragmentID, first, last uint16, more bool, proto uint8, pkt *stack.PacketBuffer) (
 	*stack.PacketBuffer, uint8, bool, error) {
@@ -198,7 +180,6 @@ func (f *Fragmentation) Process(
 
 	f.mu.Lock()
 	if f.reassemblers == nil {
-		f.mu.Unlock()
 		return nil, 0, false, fmt.Errorf("Release() called before fragmentation processing could finish")
 	}
 
@@ -247,8 +228,6 @@ func (f *Fragmentation) Process(
 }
 
 // Release releases all underlying resources.
-//
-// +checklocksexclude:f.mu
 func (f *Fragmentation) Release() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -258,52 +237,40 @@ func (f *Fragmentation) Release() {
 	f.reassemblers = nil
 }
 
-// release releases r if it has not already been marked done.
-// r must belong to f.
-//
-// +checklocks:f.mu
-// +checklocksexclude:r.mu
 func (f *Fragmentation) release(r *reassembler, timedOut bool) {
 	// Before releasing a fragment we need to check if r is already marked as done.
 	// Otherwise, we would delete it twice.
 	if r.checkDoneOrMark() {
 		return
 	}
-	// checkDoneOrMark waited for active processing under r.mu. Since it
-	// returned false, this call marked r done, so subsequent process calls
-	// return before accessing r.memSize, r.pkt, or r.holes. This call now
-	// owns those fields exclusively without r.mu. checklocks cannot model
-	// this ownership transfer.
 
 	delete(f.reassemblers, r.id)
 	f.rList.Remove(r)
-	f.memSize -= r.memSize // +checklocksignore
+	f.memSize -= r.memSize
 	if f.memSize < 0 {
 		log.Warningf("memory counter < 0 (%d), this is an accounting bug that requires investigation", f.memSize)
 		f.memSize = 0
 	}
 
 	if h := f.timeoutHandler; timedOut && h != nil {
-		h.OnReassemblyTimeout(r.pkt) // +checklocksignore
+		h.OnReassemblyTimeout(r.pkt)
 	}
-	if r.pkt != nil { // +checklocksignore
-		r.pkt.DecRef() // +checklocksignore
-		r.pkt = nil    // +checklocksignore
+	if r.pkt != nil {
+		r.pkt.DecRef()
+		r.pkt = nil
 	}
-	for _, h := range r.holes { // +checklocksignore
+	for _, h := range r.holes {
 		if h.pkt != nil {
 			h.pkt.DecRef()
 			h.pkt = nil
 		}
 	}
-	r.holes = nil // +checklocksignore
+	r.holes = nil
 }
 
 // releaseReassemblersLocked releases already-expired reassemblers, then
 // schedules the job to call back itself for the remaining reassemblers if
-// any.
-//
-// +checklocks:f.mu
+// any. This function must be called with f.mu locked.
 func (f *Fragmentation) releaseReassemblersLocked() {
 	now := f.clock.NowMonotonic()
 	for {
@@ -334,7 +301,6 @@ type PacketFragmenter struct {
 	fragmentCount      int
 	currentFragment    int
 	fragmentOffset     int
-	mark               uint32
 }
 
 // MakePacketFragmenter prepares the struct needed for packet fragmentation.
@@ -365,7 +331,6 @@ func MakePacketFragmenter(pkt *stack.PacketBuffer, fragmentPayloadLen uint32, re
 		reserve:            reserve,
 		fragmentPayloadLen: int(fragmentPayloadLen),
 		fragmentCount:      int(fragmentCount),
-		mark:               pkt.Mark,
 	}
 }
 
@@ -385,7 +350,6 @@ func (pf *PacketFragmenter) BuildNextFragment() (*stack.PacketBuffer, int, int, 
 
 	fragPkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
 		ReserveHeaderBytes: pf.reserve,
-		Mark:               pf.mark,
 	})
 
 	// Copy data for the fragment.

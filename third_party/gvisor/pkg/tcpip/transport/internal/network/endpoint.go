@@ -74,8 +74,6 @@ type Endpoint struct {
 	ipv4TOS uint8
 	// +checklocks:mu
 	ipv6TClass uint8
-	// +checklocks:mu
-	pmtud tcpip.PMTUDStrategy
 
 	// Lock ordering: mu > infoMu.
 	infoMu sync.RWMutex `state:"nosave"`
@@ -236,7 +234,6 @@ type WriteContext struct {
 	route *stack.Route
 	ttl   uint8
 	tos   uint8
-	df    bool
 }
 
 func (c *WriteContext) MTU() uint32 {
@@ -282,9 +279,7 @@ func (c *WriteContext) TryNewPacketBuffer(reserveHdrBytes int, data buffer.Buffe
 	if !e.hasSendSpaceRLocked() {
 		return nil
 	}
-
-	mark := e.ops.GetMark()
-	return c.newPacketBufferLocked(reserveHdrBytes, data, mark)
+	return c.newPacketBufferLocked(reserveHdrBytes, data)
 }
 
 // TryNewPacketBufferFromPayloader returns a new packet buffer if the endpoint's send buffer
@@ -303,12 +298,11 @@ func (c *WriteContext) TryNewPacketBufferFromPayloader(reserveHdrBytes int, payl
 		data.Release()
 		return nil, &tcpip.ErrBadBuffer{}
 	}
-	mark := e.ops.GetMark()
-	return c.newPacketBufferLocked(reserveHdrBytes, data, mark), nil
+	return c.newPacketBufferLocked(reserveHdrBytes, data), nil
 }
 
 // +checklocks:c.e.sendBufferSizeInUseMu
-func (c *WriteContext) newPacketBufferLocked(reserveHdrBytes int, data buffer.Buffer, mark uint32) *stack.PacketBuffer {
+func (c *WriteContext) newPacketBufferLocked(reserveHdrBytes int, data buffer.Buffer) *stack.PacketBuffer {
 	e := c.e
 	// Note that we allow oversubscription - if there is any space at all in the
 	// send buffer, we accept the full packet which may be larger than the space
@@ -331,7 +325,6 @@ func (c *WriteContext) newPacketBufferLocked(reserveHdrBytes int, data buffer.Bu
 	return stack.NewPacketBuffer(stack.PacketBufferOptions{
 		ReserveHeaderBytes: reserveHdrBytes,
 		Payload:            data,
-		Mark:               mark,
 		OnRelease: func() {
 			e.sendBufferSizeInUseMu.Lock()
 			if got := e.sendBufferSizeInUse; got < pktSize {
@@ -369,7 +362,6 @@ func (c *WriteContext) WritePacket(pkt *stack.PacketBuffer, headerIncluded bool)
 		Protocol:              c.e.transProto,
 		TTL:                   c.ttl,
 		TOS:                   c.tos,
-		DF:                    c.df,
 		ExperimentOptionValue: expOptVal,
 	}, pkt)
 
@@ -576,28 +568,11 @@ func (e *Endpoint) AcquireContextForWrite(opts tcpip.WriteOptions) (WriteContext
 		panic(fmt.Sprintf("invalid protocol number = %d", netProto))
 	}
 
-	// Set the DF (Don't Fragment) bit based on the PMTUD strategy,
-	// matching TCP behavior in connect.go.
-	// Note: In gVisor, WANT and DO are treated identically (both set DF).
-	// Linux kernel differentiates them (WANT allows local fragmentation,
-	// DO returns EMSGSIZE), but gVisor's IPv4 layer always allows local
-	// fragmentation for locally-generated packets regardless of DF
-	// (see gvisor.dev/issue/5919).
-	//
-	// PROBE also sets DF, matching Linux ip_dont_fragment(). In Linux,
-	// PROBE differs from DO only in that it ignores incoming ICMP
-	// "Fragmentation Needed" messages (i.e. does not update the cached
-	// route PMTU). Since gVisor does not implement ICMP-based PMTU
-	// feedback for transport sockets, PROBE and DO are functionally
-	// equivalent here.
-	df := e.pmtud == tcpip.PMTUDiscoveryWant || e.pmtud == tcpip.PMTUDiscoveryDo || e.pmtud == tcpip.PMTUDiscoveryProbe
-
 	return WriteContext{
 		e:     e,
 		route: route,
 		ttl:   ttl,
 		tos:   tos,
-		df:    df,
 	}, nil
 }
 
@@ -865,18 +840,9 @@ func (e *Endpoint) GetRemoteAddress() (tcpip.FullAddress, bool) {
 func (e *Endpoint) SetSockOptInt(opt tcpip.SockOptInt, v int) tcpip.Error {
 	switch opt {
 	case tcpip.MTUDiscoverOption:
-		// Store PMTU discovery settings. The DF bit on outgoing
-		// packets is set accordingly in AcquireContextForWrite.
-		// PROBE is accepted alongside DO/WANT/DONT. In Linux,
-		// PROBE sets DF but ignores ICMP-based PMTU updates;
-		// since gVisor lacks ICMP PMTU feedback, it behaves
-		// identically to DO.
-		switch tcpip.PMTUDStrategy(v) {
-		case tcpip.PMTUDiscoveryWant, tcpip.PMTUDiscoveryDont, tcpip.PMTUDiscoveryDo, tcpip.PMTUDiscoveryProbe:
-			e.mu.Lock()
-			e.pmtud = tcpip.PMTUDStrategy(v)
-			e.mu.Unlock()
-		default:
+		// Return not supported if the value is not disabling path
+		// MTU discovery.
+		if tcpip.PMTUDStrategy(v) != tcpip.PMTUDiscoveryDont {
 			return &tcpip.ErrNotSupported{}
 		}
 
@@ -925,10 +891,8 @@ func (e *Endpoint) SetSockOptInt(opt tcpip.SockOptInt, v int) tcpip.Error {
 func (e *Endpoint) GetSockOptInt(opt tcpip.SockOptInt) (int, tcpip.Error) {
 	switch opt {
 	case tcpip.MTUDiscoverOption:
-		e.mu.Lock()
-		v := int(e.pmtud)
-		e.mu.Unlock()
-		return v, nil
+		// The only supported setting is path MTU discovery disabled.
+		return int(tcpip.PMTUDiscoveryDont), nil
 
 	case tcpip.MulticastTTLOption:
 		e.mu.Lock()
