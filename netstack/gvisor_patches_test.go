@@ -328,6 +328,24 @@ func TestAckDelay(t *testing.T) {
 	})
 }
 
+// TestAckDelayEndpointGoneFirst closes connections while their ACK is held
+// and its timer is firing: the timer's callback, waiting for the endpoint's
+// lock while the endpoint is cleaned up, must find the timer gone and do
+// nothing (it once dereferenced the cleared timer's clock).
+func TestAckDelayEndpointGoneFirst(t *testing.T) {
+	for i := range 200 {
+		// A delay of a microsecond: the callback fires while the
+		// endpoint is being closed.
+		h := newHandCarried(t, ptr(tcpip.TCPInlineDeliveryOption(true)), ptr(tcpip.TCPAckDelayOption(time.Microsecond)))
+		h.send(t, []byte("GET"))
+		if i%2 == 0 {
+			h.server.Abort()
+		} else {
+			h.server.Close()
+		}
+	}
+}
+
 // TestPatchedStreamsUnderFaults sends 2 MiB each way at once through links
 // that lose, reorder and duplicate packets, with each patch's option on and
 // off: every byte arrives, in order, and the connection ends cleanly.

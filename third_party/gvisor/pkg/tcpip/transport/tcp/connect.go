@@ -1274,7 +1274,7 @@ func (e *Endpoint) handleSegmentsLocked() tcpip.Error {
 // +checklocks:e.mu
 func (e *Endpoint) ackDelayLocked() time.Duration {
 	d := time.Duration(e.protocol.ackDelay.Load())
-	if d <= 0 || e.EndpointState() != StateEstablished || len(e.rcv.pendingRcvdSegments) != 0 {
+	if d <= 0 || e.EndpointState() != StateEstablished || len(e.rcv.pendingRcvdSegments) != 0 || e.delayedAck.isUninitialized() {
 		return 0
 	}
 	if e.snd.MaxSentAck.Size(e.rcv.RcvNxt) >= 2*seqnum.Size(e.amss) {
@@ -1288,7 +1288,9 @@ func (e *Endpoint) ackDelayLocked() time.Duration {
 //
 // +checklocks:e.mu
 func (e *Endpoint) delayedAckExpired() tcpip.Error {
-	if !e.delayedAck.checkExpiration() {
+	// Uninitialized: the endpoint was cleaned up while this callback
+	// waited for e.mu.
+	if e.delayedAck.isUninitialized() || !e.delayedAck.checkExpiration() {
 		return nil
 	}
 	if e.EndpointState().connected() && e.rcv.RcvNxt != e.snd.MaxSentAck {
