@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
+	"github.com/kubetun/kubetun/connection"
 	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/tunnel"
@@ -63,6 +65,10 @@ type ConnectOptions struct {
 	HostDNS bool
 	// Out receives the summary line once connected, and DNS instructions.
 	Out io.Writer
+	// RecordDir, if set, is where the connection records itself once
+	// connected (package connection), for `kubetun status` to find it
+	// beside the others, and removes the record on exit.
+	RecordDir string
 }
 
 // Connect serves a cluster's Services on this host, as a laptop wants
@@ -79,8 +85,10 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		opts.ProbeTimeout = DefaultProbeTimeout
 	}
 	// Before anything else, so that the mistake costs no wait for the API.
-	if err := refuseExistingTUN(cfg.TUN, tunnel.LinkKind); err != nil {
-		return err
+	if cfg.TUN != "" {
+		if err := refuseExistingTUN(cfg.TUN, tunnel.LinkKind); err != nil {
+			return err
+		}
 	}
 	opts.Kube.FollowCIDRs = len(cfg.ServiceCIDRs) == 0
 	src, err := NewKubeSource(ctx, opts.Kube, log)
@@ -92,6 +100,16 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 			return nil
 		}
 		return err
+	}
+	if cfg.TUN == "" {
+		// One TUN per connection, named after its context, so that
+		// several run side by side and `ip link` tells them apart.
+		name, err := connection.TUNName(src.Info().Context, tunTaken)
+		if err != nil {
+			return err
+		}
+		cfg.TUN = name
+		log.Info("TUN named after the context", "tun", name, "context", src.Info().Context)
 	}
 	via := opts.Via
 	if via == ViaAuto || via == "" {
@@ -109,7 +127,8 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	cfg.Mode, cfg.PodsVia = "connect", via
 
 	info := src.Info()
-	var revertDNS func() error
+	var revertDNS, unrecord func() error
+	var p *Proxy
 	cfg.OnReady = func(st Status) {
 		dnsText := "DNS off"
 		if st.DNS != nil {
@@ -121,9 +140,20 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		fmt.Fprintf(opts.Out, "connected to %s (%s): services %s, %d services, %s, pods via %s\n",
 			info.Context, info.Server, strings.Join(st.ServiceCIDRs, ","), len(st.Services), dnsText, via)
 		log.Info("connected", "took", time.Since(began).Round(time.Millisecond))
+		if opts.RecordDir != "" {
+			rec := connection.Record{PID: os.Getpid(), Context: info.Context, TUN: st.TUN,
+				StatusAddr: p.ListenAddr(cfg.HealthAddr), Started: began}
+			if st.DNS != nil {
+				rec.Domains = []string{st.DNS.Domain}
+			}
+			var err error
+			if unrecord, err = connection.Register(opts.RecordDir, rec); err != nil {
+				log.Warn("'kubetun status' will not list this connection", "err", err)
+			}
+		}
 	}
 
-	p := New(cfg, src, log)
+	p = New(cfg, src, log)
 	open := p.env.open
 	p.env.open = func(cfg Config, table *resolver.Table, log *slog.Logger) (Dataplane, error) {
 		// Again just before the TUN is made: the API and the probe took
@@ -165,7 +195,7 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	if gap <= 0 {
 		gap = portforward.DefaultPingTimeout
 	}
-	w, werr := wake.Watch(wake.Config{Gap: gap, Network: true, Ignore: cfg.TUN, Notify: func(e wake.Event) {
+	w, werr := wake.Watch(wake.Config{Gap: gap, Network: true, Ignore: cfg.TUN, IgnorePrefix: connection.TUNPrefix, Notify: func(e wake.Event) {
 		log.Warn(e.Kind.String()+": connecting to the API server again, and checking the connections to pods", "detail", e.Detail)
 		if pf != nil {
 			if e.Kind == wake.Resumed {
@@ -182,6 +212,11 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		defer w.Close()
 	}
 	err = p.Run(ctx)
+	if unrecord != nil {
+		if rerr := unrecord(); rerr != nil {
+			log.Warn("removing this connection's record", "err", rerr)
+		}
+	}
 	// The TUN is gone by now, and resolved forgot the link's settings with
 	// it; revert is for a resolved that missed that.
 	if revertDNS != nil {
@@ -190,6 +225,13 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		}
 	}
 	return err
+}
+
+// tunTaken reports whether a network device name exists, or cannot be
+// looked up.
+func tunTaken(name string) bool {
+	_, exists, err := tunnel.LinkKind(name)
+	return exists || err != nil
 }
 
 // refuseExistingTUN returns an error if a network device named name exists

@@ -69,3 +69,16 @@ func metricsMux(h http.Handler, profiling bool) http.Handler {
 	}
 	return mux
 }
+
+// ListenAddr returns the address the health or metrics server configured
+// as addr (Config.HealthAddr, MetricsAddr) listens on: the port the kernel
+// chose for "127.0.0.1:0", which is how `kubetun connect` avoids a fixed
+// port a second connection would collide on. "" if none listens there.
+func (p *Proxy) ListenAddr(addr string) string {
+	p.ho.mu.Lock()
+	defer p.ho.mu.Unlock()
+	if ln, ok := p.httpListeners[addr]; ok {
+		return ln.Addr().String()
+	}
+	return ""
+}

@@ -3,6 +3,7 @@ package wake
 import (
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -22,11 +23,15 @@ func (w *Watcher) watchNetwork() (<-chan string, error) {
 	}
 	out := make(chan string)
 	ignored := func(index int) bool {
-		if w.cfg.Ignore == "" || index == 0 {
+		if (w.cfg.Ignore == "" && w.cfg.IgnorePrefix == "") || index == 0 {
 			return false
 		}
 		l, err := netlink.LinkByIndex(index)
-		return err == nil && l.Attrs().Name == w.cfg.Ignore
+		if err != nil {
+			return false
+		}
+		name := l.Attrs().Name
+		return (w.cfg.Ignore != "" && name == w.cfg.Ignore) || (w.cfg.IgnorePrefix != "" && strings.HasPrefix(name, w.cfg.IgnorePrefix))
 	}
 	send := func(s string) bool {
 		select {

@@ -58,6 +58,10 @@ type Config struct {
 	// own TUN, whose routes change as Services do).
 	Network bool
 	Ignore  string
+	// IgnorePrefix, if set, leaves out changes on every link whose name
+	// begins with it: the TUNs of other kubetun connections, whose routes
+	// change as their clusters' Services do.
+	IgnorePrefix string
 	// Settle: the first change of the network is told at once, and those
 	// that follow within Settle in one more Event after it. Zero means
 	// DefaultSettle.

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/kubetun/kubetun/connection"
 	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
 	"github.com/kubetun/kubetun/resolver"
@@ -41,6 +43,13 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 	for _, name := range []string{"manifests", "persist", "node-name", "profiling"} {
 		fs.MarkHidden(name)
 	}
+	// Several connections run side by side, one per cluster: nothing of
+	// one may be fixed where the next collides. The TUN is named after the
+	// context, and the health and metrics servers take a port the kernel
+	// picks; `kubetun status` finds them in the connections' records.
+	setDefault(fs, "tun", "", "`NAME` of the TUN device to create; default: kt- and the context, e.g. kt-kind-kind (one TUN per connection)")
+	setDefault(fs, "health-addr", connectHealthAddr, "")
+	setDefault(fs, "metrics-addr", "", "")
 	kubeContext := fs.String("context", "", "the kubeconfig context to use; default: its current context")
 	via := fs.String("via", proxy.ViaAuto, "how pods are reached: direct (dial pod IPs), portforward (the API server's pods/portforward), or auto (direct if a probe dial to a ready endpoint succeeds within --probe-timeout)")
 	probe := fs.Duration("probe-timeout", proxy.DefaultProbeTimeout, "how long each probe dial of --via auto may take")
@@ -89,9 +98,26 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 			PingTimeout:  *pingTimeout,
 			HostDNS:      *hostDNS,
 			Out:          stderr,
+			RecordDir:    connection.Dirs()[0],
 		}, log)
 	}
 	return cmd
+}
+
+// connectHealthAddr is connect's --health-addr: loopback, on a port the
+// kernel picks, so that a second connection never collides with the first;
+// its record says which (package connection).
+const connectHealthAddr = "127.0.0.1:0"
+
+// setDefault gives the flag name of fs another default, and usage if not
+// empty: connect shares run's flags, some with other defaults.
+func setDefault(fs *pflag.FlagSet, name, value, usage string) {
+	f := fs.Lookup(name)
+	f.Value.Set(value)
+	f.DefValue = value
+	if usage != "" {
+		f.Usage = usage
+	}
 }
 
 // stallOption turns --portforward-stall-timeout (or -ping-interval) into

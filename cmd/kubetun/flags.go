@@ -125,7 +125,10 @@ func runFlags(fs *pflag.FlagSet) func() (runConfig, error) {
 				return cfg, usageError{fmt.Errorf("--service-proxy-name %q: not a label value: %s", cfg.proxyName, strings.Join(errs, "; "))}
 			}
 		}
-		if cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n") {
+		// Empty and not given is connect's default: a TUN named after the
+		// context.
+		derivedTUN := cfg.tun == "" && !fs.Changed("tun")
+		if !derivedTUN && (cfg.tun == "" || len(cfg.tun) > 15 || strings.ContainsAny(cfg.tun, "/ \t\n")) {
 			return cfg, usageError{fmt.Errorf("--tun %q: an interface name is 1 to 15 characters, without '/' or spaces", cfg.tun)}
 		}
 		if cfg.mtu < 1280 || cfg.mtu > 65535 {

@@ -11,12 +11,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kubetun/kubetun/connection"
 	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
 )
@@ -33,6 +35,12 @@ func newStatusCommand() *cobra.Command {
 service CIDRs routed into it, its cluster DNS, how it reaches pods, and every
 Service with its ClusterIPs, ports and usable endpoints. It asks the running
 kubetun's health address (its --health-addr) for ` + proxy.StatusPath + `.
+
+Without --addr it lists every 'kubetun connect' running on this host, one
+per cluster, each with its context, TUN and DNS, found by the records they
+keep in ` + strings.Join(connection.Dirs(), " and ") + `; with -o json
+or yaml, as {"connections": [...]}. With none running, it asks the
+'kubetun run' at ` + defaultHealthAddr + `.
 
 FLOWS are the TCP connections being forwarded and the UDP sessions open now,
 per Service; - from a kubetun that does not count them per Service.
@@ -52,6 +60,16 @@ pod connection lost, with its cause.`,
 			case "", "table", "json", "yaml":
 			default:
 				return usageError{fmt.Errorf("--output %q: want json, yaml, or nothing for a table", output)}
+			}
+			if !cmd.Flags().Changed("addr") {
+				conns, err := listConnections(cmd.Context(), statusDirs()...)
+				if err != nil {
+					return err
+				}
+				if len(conns) > 0 {
+					return printConnections(cmd.OutOrStdout(), conns, output)
+				}
+				// No connection: the `kubetun run` of this host.
 			}
 			st, err := fetchStatus(cmd.Context(), addr)
 			if err != nil {
@@ -234,4 +252,79 @@ func orNone(s string) string {
 		return "<none>"
 	}
 	return s
+}
+
+// statusDirs are where `kubetun status` looks for connections; a variable
+// for tests.
+var statusDirs = connection.Dirs
+
+// connectionStatus is one running `kubetun connect`: its record, and its
+// status, or why it has none.
+type connectionStatus struct {
+	connection.Record
+	Status *proxy.Status `json:"status,omitempty"`
+	Error  string        `json:"error,omitempty"`
+}
+
+// listConnections returns the connections recorded in dirs, each with its
+// status, asked of every one at once.
+func listConnections(ctx context.Context, dirs ...string) ([]connectionStatus, error) {
+	recs, err := connection.List(dirs...)
+	if len(recs) == 0 {
+		// Records unreadable and none found: say so only if something
+		// was there to read.
+		return nil, err
+	}
+	out := make([]connectionStatus, len(recs))
+	var wg sync.WaitGroup
+	for i, r := range recs {
+		out[i].Record = r
+		wg.Go(func() {
+			st, err := fetchStatus(ctx, r.StatusAddr)
+			if err != nil {
+				out[i].Error = err.Error()
+				return
+			}
+			out[i].Status = &st
+		})
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// printConnections prints conns as output says: a JSON or YAML object
+// {"connections": [...]}, or each as printStatus's table under a line that
+// names it.
+func printConnections(w io.Writer, conns []connectionStatus, output string) error {
+	switch output {
+	case "json", "yaml":
+		v := struct {
+			Connections []connectionStatus `json:"connections"`
+		}{conns}
+		if output == "json" {
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "    ")
+			return enc.Encode(v)
+		}
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	for i, c := range conns {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "=== Context %s: TUN %s, pid %d, status at %s\n", orNone(c.Context), c.TUN, c.PID, orNone(c.StatusAddr))
+		if c.Status == nil {
+			fmt.Fprintf(w, "not answering: %s\n", c.Error)
+			continue
+		}
+		if err := printStatus(w, *c.Status, ""); err != nil {
+			return err
+		}
+	}
+	return nil
 }

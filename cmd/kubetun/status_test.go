@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kubetun/kubetun/connection"
 	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
 )
@@ -172,5 +174,65 @@ func TestStatusPortForward(t *testing.T) {
 				out = out[i+len(want):]
 			}
 		})
+	}
+}
+
+// TestStatusConnections checks that status without --addr lists every
+// connection recorded, each under a line naming its context, one that
+// does not answer with why, and none of a process gone.
+func TestStatusConnections(t *testing.T) {
+	a, b := testStatus(), testStatus()
+	a.Mode, b.Mode = "connect", "connect"
+	a.TUN, b.TUN = "kt-kind-a", "kt-kind-b"
+	b.DNS = &proxy.DNSStatus{Domain: "kind-b", Address: "240.9.0.10"}
+	addrA, addrB := serveStatus(t, a), serveStatus(t, b)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+
+	dir, root := t.TempDir(), t.TempDir()
+	now := time.Now()
+	for _, r := range []struct {
+		dir string
+		rec connection.Record
+	}{
+		{dir, connection.Record{PID: os.Getpid(), Context: "kind-a", TUN: "kt-kind-a", StatusAddr: addrA, Started: now}},
+		{root, connection.Record{PID: os.Getpid(), Context: "kind-b", TUN: "kt-kind-b", StatusAddr: addrB, Started: now.Add(time.Second)}},
+		{dir, connection.Record{PID: os.Getpid(), Context: "hung", TUN: "kt-hung", StatusAddr: dead, Started: now.Add(2 * time.Second)}},
+	} {
+		if _, err := connection.Register(r.dir, r.rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func(old func() []string) { statusDirs = old }(statusDirs)
+	statusDirs = func() []string { return []string{dir, root} }
+
+	for _, tt := range []struct {
+		args   []string
+		stdout []string
+	}{
+		{[]string{"status"}, []string{
+			"=== Context kind-a: TUN kt-kind-a, pid ", "TUN:             kt-kind-a\n", "DNS:             cluster.local at 10.3.240.10\n",
+			"=== Context kind-b: TUN kt-kind-b, pid ", "TUN:             kt-kind-b\n", "DNS:             kind-b at 240.9.0.10\n",
+			"=== Context hung: TUN kt-hung", "not answering: no kubetun running at " + dead,
+		}},
+		{[]string{"status", "-o", "json"}, []string{`"connections": [`, `"context": "kind-a"`, `"tun": "kt-kind-a"`, `"mode": "connect"`,
+			`"context": "kind-b"`, `"domain": "kind-b"`, `"context": "hung"`, `"error": "no kubetun running at`}},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := runMain(context.Background(), tt.args, &stdout, &stderr); code != 0 {
+			t.Fatalf("runMain(%q) = %d, stderr %q", tt.args, code, stderr.String())
+		}
+		out := stdout.String()
+		for _, want := range tt.stdout {
+			i := strings.Index(out, want)
+			if i < 0 {
+				t.Fatalf("%q: stdout = \n%s\nwant it to contain, in order, %q", tt.args, stdout.String(), want)
+			}
+			out = out[i+len(want):]
+		}
 	}
 }
