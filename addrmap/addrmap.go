@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // Pool4 is where IPv4 prefixes are mapped: class E.
@@ -305,3 +306,20 @@ func ReverseName(a netip.Addr) string {
 	b.WriteString("ip6.arpa.")
 	return b.String()
 }
+
+// Table publishes the current Map: Store is for the control plane, the rest
+// for the packet path and the DNS, which read it without locking. The zero
+// Table maps nothing.
+type Table struct{ cur atomic.Pointer[Map] }
+
+// Load returns the current Map; nil before the first Store.
+func (t *Table) Load() *Map { return t.cur.Load() }
+
+// Store makes m the current Map.
+func (t *Table) Store(m *Map) { t.cur.Store(m) }
+
+// ToReal is Map.ToReal on the current Map.
+func (t *Table) ToReal(a netip.Addr) (netip.Addr, bool) { return t.cur.Load().ToReal(a) }
+
+// ToMapped is Map.ToMapped on the current Map.
+func (t *Table) ToMapped(a netip.Addr) (netip.Addr, bool) { return t.cur.Load().ToMapped(a) }

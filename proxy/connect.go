@@ -125,6 +125,9 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		return nil
 	}
 	cfg.Mode, cfg.PodsVia = "connect", via
+	if cfg.Map.Seed == "" {
+		cfg.Map.Seed = src.Info().Context
+	}
 
 	info := src.Info()
 	var revertDNS, unrecord func() error
@@ -138,7 +141,7 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 			}
 		}
 		fmt.Fprintf(opts.Out, "connected to %s (%s): services %s, %d services, %s, pods via %s\n",
-			info.Context, info.Server, strings.Join(st.ServiceCIDRs, ","), len(st.Services), dnsText, via)
+			info.Context, info.Server, describeServed(st), len(st.Services), dnsText, via)
 		log.Info("connected", "took", time.Since(began).Round(time.Millisecond))
 		if opts.RecordDir != "" {
 			rec := connection.Record{PID: os.Getpid(), Context: info.Context, TUN: st.TUN,
@@ -225,6 +228,25 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		}
 	}
 	return err
+}
+
+// describeServed says which ranges st serves, a mapped one with the real
+// range and the cluster it stands for: "240.16.0.0/12 (10.96.0.0/12 of
+// kind-b)".
+func describeServed(st Status) string {
+	out := make([]string, len(st.ServiceCIDRs))
+	for i, c := range st.ServiceCIDRs {
+		out[i] = c
+		if st.Mapped == nil {
+			continue
+		}
+		for _, pr := range st.Mapped.Pairs {
+			if pr.Mapped.String() == c {
+				out[i] = fmt.Sprintf("%s (%s of %s)", c, pr.Real, st.Mapped.Context)
+			}
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // tunTaken reports whether a network device name exists, or cannot be

@@ -64,6 +64,14 @@ func openDataplane(cfg Config, table *resolver.Table, log *slog.Logger) (Datapla
 	if cfg.RoutePods {
 		nc.Pods = table
 	}
+	if cfg.addrs != nil {
+		// Mapped destinations are looked up at their real addresses.
+		ms := mappedServices{table, cfg.addrs}
+		nc.Services = ms
+		if cfg.RoutePods {
+			nc.Pods = ms
+		}
+	}
 	ns, err := netstack.New(nc)
 	if err != nil {
 		dev.Close()

@@ -32,6 +32,8 @@ type dnsParams struct {
 	Self         netip.Addr
 	Upstreams    []string
 	Logger       *slog.Logger
+	// Map translates addresses in answers; nil when nothing is mapped.
+	Map dns.Translator
 }
 
 func newDNS(p dnsParams) (DNS, error) {
@@ -42,6 +44,7 @@ func newDNS(p dnsParams) (DNS, error) {
 		Self:         p.Self,
 		Upstreams:    p.Upstreams,
 		Logger:       p.Logger,
+		Map:          p.Map,
 	})
 }
 
@@ -57,7 +60,7 @@ func (p *Proxy) startDNS(cidrs []netip.Prefix) error {
 		if len(cidrs) == 0 {
 			return errors.New("no service CIDR to take the DNS address from; give --dns-ip")
 		}
-		ip = tenth(cidrs[0])
+		ip = tenth(p.served(cidrs[:1])[0])
 	}
 	if reason := unusableDNSIP(ip); reason != "" {
 		return fmt.Errorf("--dns-ip %s: %s", ip, reason)
@@ -70,14 +73,18 @@ func (p *Proxy) startDNS(cidrs []netip.Prefix) error {
 			p.log.Warn("no upstream DNS servers: names outside the cluster get SERVFAIL; give --dns-upstream", "err", err)
 		}
 	}
-	srv, err := p.env.newDNS(dnsParams{
+	params := dnsParams{
 		Table:        p.table,
 		Domain:       p.cfg.DNS.Domain,
 		ServiceCIDRs: cidrs,
 		Self:         ip,
 		Upstreams:    upstreams,
 		Logger:       p.log,
-	})
+	}
+	if p.cfg.Map.on() {
+		params.Map = &p.mapping
+	}
+	srv, err := p.env.newDNS(params)
 	if err != nil {
 		return err
 	}
@@ -119,8 +126,9 @@ func (p *Proxy) warnDNSShadow(before, now *resolver.Snapshot) {
 	if !p.dnsIP.IsValid() {
 		return
 	}
-	svc := dnsService(now, p.dnsIP)
-	if svc == "" || svc == dnsService(before, p.dnsIP) {
+	ip, _ := p.mapping.ToReal(p.dnsIP)
+	svc := dnsService(now, ip)
+	if svc == "" || svc == dnsService(before, ip) {
 		return
 	}
 	p.log.Warn("a Service's DNS port is kubetun's DNS address: kubetun answers there itself and the Service's pods get no DNS traffic from this host; give --dns-ip=off to proxy it to them instead",

@@ -28,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/kubetun/kubetun/addrmap"
 	"github.com/kubetun/kubetun/netstack"
 	"github.com/kubetun/kubetun/nodeport"
 	"github.com/kubetun/kubetun/resolver"
@@ -80,6 +81,9 @@ type Config struct {
 	// Service's names (db-0.db.ns.svc...) resolve to pod IPs it has no
 	// route to.
 	RoutePods bool
+	// Map serves ranges that overlap a route of the host on mapped
+	// addresses instead of refusing them (kubetun connect).
+	Map MapConfig
 	// OnReady, if set, is called once, when the first whole state is
 	// served and routed, with the status then.
 	OnReady func(Status)
@@ -102,6 +106,9 @@ type Config struct {
 
 	// tunFile is the TUN a predecessor passed on; nil opens it by name.
 	tunFile *os.File
+	// addrs is the Proxy's mapping, with Map on: the data path looks a
+	// mapped destination up at its real address (mappedServices).
+	addrs *addrmap.Table
 
 	// External serves Services from outside the cluster: node ports,
 	// health check node ports, externalIPs and load-balancer IPs, as on a
@@ -308,6 +315,8 @@ type Proxy struct {
 
 	tunLost atomic.Bool // the TUN is gone: /healthz fails until the process exits
 
+	mapping addrmap.Table // real prefixes served on mapped ones (Config.Map); stored on the apply goroutine
+
 	ho            handoverState
 	httpListeners map[string]net.Listener // the health and metrics listeners by address, guarded by ho.mu
 	stopSource    func()                  // ends the source's Run: handed over
@@ -338,7 +347,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	defer p.closeHandover()
 	if len(p.cfg.ServiceCIDRs) > 0 {
-		if err := p.env.checkOverlap(p.cfg.TUN, p.cfg.ServiceCIDRs); err != nil {
+		check := func(c []netip.Prefix) error { return p.env.checkOverlap(p.cfg.TUN, c) }
+		if p.cfg.Map.on() {
+			// Mapped, not refused: only one with no free mapped range
+			// fails.
+			if ok := p.mapRanges(p.cfg.ServiceCIDRs, check); len(ok) != len(p.cfg.ServiceCIDRs) {
+				return fmt.Errorf("service CIDRs %v: not all can be served (see the log)", p.cfg.ServiceCIDRs)
+			}
+		} else if err := check(p.cfg.ServiceCIDRs); err != nil {
 			return err
 		}
 	}
@@ -451,6 +467,9 @@ func (p *Proxy) start() (stop func(), err error) {
 
 	cfg := p.cfg
 	cfg.tunFile = p.inherited(handoverTUN)
+	if cfg.Map.on() {
+		cfg.addrs = &p.mapping
+	}
 	dp, err := p.env.open(cfg, p.table, p.log)
 	if err != nil {
 		return stop, err
@@ -545,14 +564,7 @@ func (p *Proxy) ApplyCIDRs(cidrs []netip.Prefix) {
 	if len(p.cfg.ServiceCIDRs) > 0 {
 		return
 	}
-	var ok []netip.Prefix
-	for _, c := range cidrs {
-		if err := p.dp.CheckOverlap([]netip.Prefix{c}); err != nil {
-			p.log.Error("ServiceCIDR not routed", "err", err)
-			continue
-		}
-		ok = append(ok, c)
-	}
+	ok := p.mapRanges(cidrs, p.dp.CheckOverlap)
 	p.mu.Lock()
 	same := slices.Equal(ok, p.cidrs) && p.cidrs != nil
 	p.mu.Unlock()
@@ -566,7 +578,7 @@ func (p *Proxy) ApplyCIDRs(cidrs []netip.Prefix) {
 			p.log.Error("routing ServiceCIDRs", "cidrs", fmt.Sprint(ok), "err", err)
 			return
 		}
-		p.log.Info("service CIDRs routed", "cidrs", fmt.Sprint(ok))
+		p.log.Info("service CIDRs routed", "cidrs", p.describeRanges(ok))
 		// The table refuses endpoints inside the routed ranges: rebuild it
 		// for the new ones.
 		if p.last != nil {
@@ -650,7 +662,9 @@ func (p *Proxy) reportProblems(problems []resolver.Problem) {
 // the DNS address if they do not cover it, and the external addresses.
 func (p *Proxy) routedPrefixes(cidrs []netip.Prefix) []netip.Prefix {
 	out := slices.Clone(cidrs)
-	if p.dnsIP.IsValid() && !covered(p.dnsIP, cidrs) {
+	// A DNS address in a mapped range is covered by the real range it
+	// stands for.
+	if dns, _ := p.mapping.ToReal(p.dnsIP); p.dnsIP.IsValid() && !covered(dns, cidrs) {
 		out = append(out, netip.PrefixFrom(p.dnsIP, p.dnsIP.BitLen()))
 	}
 	p.mu.Lock()
@@ -670,7 +684,7 @@ func (p *Proxy) setRoutes(cidrs []netip.Prefix) error {
 			routes = append(routes, r)
 		}
 	}
-	if err := p.dp.SetRoutes(routes); err != nil {
+	if err := p.dp.SetRoutes(p.served(routes)); err != nil {
 		return err
 	}
 	if p.dns != nil {
@@ -706,7 +720,7 @@ func (p *Proxy) logReady() {
 	if p.dns != nil {
 		dnsAddr = p.dnsIP.String()
 	}
-	p.log.Info("ready", "tun", p.dp.Name(), "mtu", p.cfg.MTU, "service-cidrs", fmt.Sprint(cidrs),
+	p.log.Info("ready", "tun", p.dp.Name(), "mtu", p.cfg.MTU, "service-cidrs", p.describeRanges(cidrs),
 		"dns", dnsAddr, "services", snap.Services(), "endpoints", snap.Endpoints())
 	if p.cfg.OnReady != nil {
 		p.cfg.OnReady(p.Status())
@@ -723,6 +737,7 @@ func (p *Proxy) routePods(snap *resolver.Snapshot) {
 	if slices.Equal(pods, p.podRoutes) {
 		return
 	}
+	p.mapPods(pods)
 	p.podRoutes = pods
 	p.mu.Lock()
 	cidrs := p.cidrs

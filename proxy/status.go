@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"weak"
 
+	"github.com/kubetun/kubetun/addrmap"
 	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/resolver"
 )
@@ -27,8 +28,13 @@ type Status struct {
 	// Ready is true once the first whole state is served.
 	Ready bool   `json:"ready"`
 	TUN   string `json:"tun"`
-	// ServiceCIDRs are routed into the TUN now.
+	// ServiceCIDRs are routed into the TUN now: a mapped range as it is
+	// served (Mapped says which real range it stands for).
 	ServiceCIDRs []string `json:"serviceCIDRs"`
+	// Mapped are the cluster's ranges (and headless Services' pod IPs)
+	// served on other addresses, as they overlap a route of the host
+	// (kubetun connect's --map); nil when none is.
+	Mapped *MappedStatus `json:"mapped,omitempty"`
 	// DNS is the cluster DNS; nil when off or not started yet.
 	DNS *DNSStatus `json:"dns,omitempty"`
 	// Pods says how pods are reached: "direct" (dialled from the host
@@ -43,6 +49,14 @@ type Status struct {
 	PortForward *portforward.Status `json:"portForward,omitempty"`
 }
 
+// MappedStatus is what a cluster's addresses are served on.
+type MappedStatus struct {
+	// Context is the cluster's kubeconfig context: a mapped address means
+	// something for this cluster only.
+	Context string         `json:"context"`
+	Pairs   []addrmap.Pair `json:"pairs"`
+}
+
 // DNSStatus is where the cluster DNS answers.
 type DNSStatus struct {
 	Domain  string `json:"domain"`
@@ -51,10 +65,13 @@ type DNSStatus struct {
 
 // ServiceStatus is one Service with ClusterIP ports served.
 type ServiceStatus struct {
-	Namespace  string       `json:"namespace"`
-	Name       string       `json:"name"`
-	ClusterIPs []string     `json:"clusterIPs"`
-	Ports      []PortStatus `json:"ports"`
+	Namespace  string   `json:"namespace"`
+	Name       string   `json:"name"`
+	ClusterIPs []string `json:"clusterIPs"`
+	// MappedClusterIPs are the addresses ClusterIPs are served on here,
+	// in their order, when the range is mapped (Status.Mapped).
+	MappedClusterIPs []string     `json:"mappedClusterIPs,omitempty"`
+	Ports            []PortStatus `json:"ports"`
 	// ActiveFlows are the flows to the Service being forwarded now; nil
 	// when the data plane does not count them per Service (FlowCounter).
 	ActiveFlows *int `json:"activeFlows,omitempty"`
@@ -89,8 +106,12 @@ func (p *Proxy) status(c *statusCache) Status {
 		Pods:         p.cfg.PodsVia,
 		Handover:     p.handoverStatus(),
 	}
+	m := p.mapping.Load()
 	for _, c := range cidrs {
-		st.ServiceCIDRs = append(st.ServiceCIDRs, c.String())
+		st.ServiceCIDRs = append(st.ServiceCIDRs, m.MappedPrefix(c).String())
+	}
+	if m.Len() > 0 {
+		st.Mapped = &MappedStatus{Context: p.cfg.Map.Seed, Pairs: m.Pairs()}
 	}
 	if d, ok := p.cfg.Dialer.(interface{ Status() portforward.Status }); ok {
 		pf := d.Status()
@@ -105,7 +126,7 @@ func (p *Proxy) status(c *statusCache) Status {
 			flows = map[string]int{} // counted, and none now
 		}
 	}
-	st.Services = withFlows(c.services(p.table.Load()), flows)
+	st.Services = withMapped(withFlows(c.services(p.table.Load()), flows), m)
 	return st
 }
 
@@ -149,6 +170,31 @@ func withFlows(list []ServiceStatus, flows map[string]int) []ServiceStatus {
 	for i := range out {
 		n[i] = flows[out[i].Namespace+"/"+out[i].Name]
 		out[i].ActiveFlows = &n[i]
+	}
+	return out
+}
+
+// withMapped returns list with each Service's MappedClusterIPs from m;
+// list itself when m maps nothing. list is not modified: it may be the
+// cache's.
+func withMapped(list []ServiceStatus, m *addrmap.Map) []ServiceStatus {
+	if m.Len() == 0 {
+		return list
+	}
+	out := slices.Clone(list)
+	for i := range out {
+		mapped, any := make([]string, len(out[i].ClusterIPs)), false
+		for j, ip := range out[i].ClusterIPs {
+			mapped[j] = ip
+			if a, err := netip.ParseAddr(ip); err == nil {
+				if ma, ok := m.ToMapped(a); ok {
+					mapped[j], any = ma.String(), true
+				}
+			}
+		}
+		if any {
+			out[i].MappedClusterIPs = mapped
+		}
 	}
 	return out
 }

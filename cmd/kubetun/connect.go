@@ -56,6 +56,7 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 	stall := fs.Duration("portforward-stall-timeout", proxy.DefaultStallTimeout, "with port-forward, reset a connection whose client reads nothing for this long: every connection to a pod shares one port-forward connection, which one unread stream stops; 0 waits for ever, as kubectl port-forward does")
 	pingInterval := fs.Duration("portforward-ping-interval", portforward.DefaultPingInterval, "with port-forward, ping each connection to a pod this often, flows or not, so that no idle timeout on the way closes it and one that died is replaced before a flow needs it; 0 sends no pings")
 	pingTimeout := fs.Duration("portforward-ping-timeout", portforward.DefaultPingTimeout, "with port-forward, replace a connection to a pod whose ping is not answered within this, resetting its flows")
+	mapMode := fs.String("map", proxy.MapOverlap, "when the cluster's service CIDRs (and headless Services' pod IPs) are served on other addresses: overlap (those that overlap a route this host has already, another cluster's, a VPN's, the LAN's; IPv4 onto 240.0.0.0/4, IPv6 onto a unique local /48 of the context), always, or never (refuse them)")
 	hostDNS := fs.Bool("host-dns", true, "send the cluster domain, and only it, from systemd-resolved to kubetun (per-link DNS on the TUN, gone with it); without resolved, print what to add by hand")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := finish()
@@ -64,6 +65,11 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 		}
 		if cfg.manifests != "" || cfg.persist {
 			return usageError{errors.New("--manifests and --persist are run's; connect watches the API and leaves nothing behind")}
+		}
+		switch *mapMode {
+		case proxy.MapOverlap, proxy.MapAlways, proxy.MapNever:
+		default:
+			return usageError{fmt.Errorf("--map %q: want overlap, always or never", *mapMode)}
 		}
 		switch *via {
 		case proxy.ViaDirect, proxy.ViaPortForward, proxy.ViaAuto:
@@ -82,6 +88,7 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 			HealthAddr:         cfg.healthAddr,
 			StatusAllowRemote:  cfg.statusRemote,
 			MetricsAddr:        cfg.metricsAddr,
+			Map:                proxy.MapConfig{Mode: *mapMode},
 			DNS: proxy.DNSConfig{
 				Off:       cfg.dnsOff,
 				IP:        cfg.dnsIP,

@@ -139,7 +139,7 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 	fmt.Fprintf(tw, "Source:\t%s\n", describeSource(st.Source))
 	fmt.Fprintf(tw, "Ready:\t%v\n", st.Ready)
 	fmt.Fprintf(tw, "TUN:\t%s\n", st.TUN)
-	fmt.Fprintf(tw, "Service CIDRs:\t%s\n", orNone(strings.Join(st.ServiceCIDRs, ",")))
+	fmt.Fprintf(tw, "Service CIDRs:\t%s\n", orNone(servedRanges(st)))
 	dns := "off"
 	if st.DNS != nil {
 		dns = st.DNS.Domain + " at " + st.DNS.Address
@@ -187,10 +187,33 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 		if s.ActiveFlows != nil {
 			flows = strconv.Itoa(*s.ActiveFlows)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, orNone(strings.Join(s.ClusterIPs, ",")),
+		ips := strings.Join(s.ClusterIPs, ",")
+		if len(s.MappedClusterIPs) > 0 {
+			// The address to use here first, the cluster's own after it.
+			ips = strings.Join(s.MappedClusterIPs, ",") + " (" + ips + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Namespace, s.Name, orNone(ips),
 			orNone(strings.Join(ports, ",")), orNone(strings.Join(eps, ",")), flows)
 	}
 	return tw.Flush()
+}
+
+// servedRanges lists st's service CIDRs, a mapped one with the real range
+// and the cluster (context) it stands for.
+func servedRanges(st proxy.Status) string {
+	out := make([]string, len(st.ServiceCIDRs))
+	for i, c := range st.ServiceCIDRs {
+		out[i] = c
+		if st.Mapped == nil {
+			continue
+		}
+		for _, pr := range st.Mapped.Pairs {
+			if pr.Mapped.String() == c {
+				out[i] = fmt.Sprintf("%s (maps %s of context %s)", c, pr.Real, st.Mapped.Context)
+			}
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 // printPortForward prints the pod connections of pf, and the last one

@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/kubetun/kubetun/addrmap"
 	"github.com/kubetun/kubetun/connection"
 	"github.com/kubetun/kubetun/portforward"
 	"github.com/kubetun/kubetun/proxy"
@@ -185,6 +187,10 @@ func TestStatusConnections(t *testing.T) {
 	a.Mode, b.Mode = "connect", "connect"
 	a.TUN, b.TUN = "kt-kind-a", "kt-kind-b"
 	b.DNS = &proxy.DNSStatus{Domain: "kind-b", Address: "240.9.0.10"}
+	b.ServiceCIDRs = []string{"240.9.0.0/20"}
+	b.Mapped = &proxy.MappedStatus{Context: "kind-b", Pairs: []addrmap.Pair{{Real: netip.MustParsePrefix("10.3.240.0/20"), Mapped: netip.MustParsePrefix("240.9.0.0/20")}}}
+	b.Services = b.Services[:1]
+	b.Services[0].MappedClusterIPs = []string{"240.9.1.152"}
 	addrA, addrB := serveStatus(t, a), serveStatus(t, b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -216,11 +222,12 @@ func TestStatusConnections(t *testing.T) {
 	}{
 		{[]string{"status"}, []string{
 			"=== Context kind-a: TUN kt-kind-a, pid ", "TUN:             kt-kind-a\n", "DNS:             cluster.local at 10.3.240.10\n",
-			"=== Context kind-b: TUN kt-kind-b, pid ", "TUN:             kt-kind-b\n", "DNS:             kind-b at 240.9.0.10\n",
+			"=== Context kind-b: TUN kt-kind-b, pid ", "TUN:             kt-kind-b\n", "Service CIDRs:   240.9.0.0/20 (maps 10.3.240.0/20 of context kind-b)\n",
+			"DNS:             kind-b at 240.9.0.10\n", "240.9.1.152 (10.3.241.152)",
 			"=== Context hung: TUN kt-hung", "not answering: no kubetun running at " + dead,
 		}},
 		{[]string{"status", "-o", "json"}, []string{`"connections": [`, `"context": "kind-a"`, `"tun": "kt-kind-a"`, `"mode": "connect"`,
-			`"context": "kind-b"`, `"domain": "kind-b"`, `"context": "hung"`, `"error": "no kubetun running at`}},
+			`"context": "kind-b"`, `"real": "10.3.240.0/20"`, `"mapped": "240.9.0.0/20"`, `"domain": "kind-b"`, `"mappedClusterIPs": [`, `"context": "hung"`, `"error": "no kubetun running at`}},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := runMain(context.Background(), tt.args, &stdout, &stderr); code != 0 {

@@ -43,10 +43,24 @@ type Zone struct {
 	// NameServer is the address this server is reached on, if known: the
 	// zone's NS record points to ns.dns.<domain>, which resolves to it.
 	NameServer netip.Addr
+	// Map, if set, translates the cluster's addresses to those this host
+	// serves them on (a laptop connected to clusters whose service ranges
+	// overlap, package addrmap): every A and AAAA record carries the
+	// served address, and the reverse name of a served address is
+	// answered as its real address's. NameServer is served already.
+	Map Translator
 
 	// endpoints caches the endpoint index of the latest snapshot for
 	// reverse names; nil builds it on each reverse question.
 	endpoints *endpointCache
+}
+
+// Translator maps a cluster's real addresses to the ones they are served
+// on, and back; *addrmap.Table is one. Each returns its argument and false
+// for an address it does not map.
+type Translator interface {
+	ToMapped(netip.Addr) (netip.Addr, bool)
+	ToReal(netip.Addr) (netip.Addr, bool)
 }
 
 // Result is the answer to one question.
@@ -450,6 +464,9 @@ func (q *query) pods(labels []string) Result {
 
 // reverse answers the PTR name of ip.
 func (q *query) reverse(ip netip.Addr) Result {
+	if q.zone.Map != nil {
+		ip, _ = q.zone.Map.ToReal(ip)
+	}
 	rec, isService := q.snap.ServiceByIP(ip)
 	if !isService && q.snap != nil {
 		if o, ok := q.zone.endpoints.index(q.snap).lookup(ip); ok {
@@ -547,6 +564,9 @@ func (q *query) addrs(name string, addrs []netip.Addr) []miekg.RR {
 
 // addr returns the A or AAAA record of a.
 func (q *query) addr(name string, a netip.Addr) miekg.RR {
+	if q.zone.Map != nil && a != q.zone.NameServer {
+		a, _ = q.zone.Map.ToMapped(a)
+	}
 	if a.Is4() {
 		return &miekg.A{Hdr: q.hdr(name, miekg.TypeA), A: a.AsSlice()}
 	}

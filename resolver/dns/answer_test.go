@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/kubetun/kubetun/addrmap"
 	"github.com/kubetun/kubetun/resolver"
 	"github.com/kubetun/kubetun/resolver/dns"
 )
@@ -696,5 +697,51 @@ func BenchmarkAnswerEndpointPTR(b *testing.B) {
 		if res := testZone.Answer(snap, name, miekg.TypePTR); len(res.Answer) != 1 {
 			b.Fatalf("Answer(%s PTR) = %+v, want one PTR", name, res)
 		}
+	}
+}
+
+// TestAnswerMapped checks the answers of a cluster whose ranges a laptop
+// serves on mapped addresses: A, AAAA and SRV carry the mapped ones, a
+// headless pod's mapped /32 too, and the PTR name of a mapped address is
+// its real address's.
+func TestAnswerMapped(t *testing.T) {
+	m, err := new(addrmap.Map).With(
+		addrmap.Pair{Real: netip.MustParsePrefix("10.3.240.0/20"), Mapped: netip.MustParsePrefix("240.16.0.0/20")},
+		addrmap.Pair{Real: netip.MustParsePrefix("fd00:10:96::/112"), Mapped: netip.MustParsePrefix("fd12:3456:789a::/112")},
+		addrmap.Pair{Real: netip.MustParsePrefix("10.0.1.5/32"), Mapped: netip.MustParsePrefix("241.0.0.5/32")},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tab addrmap.Table
+	tab.Store(m)
+	zone := testZone
+	zone.Map = &tab
+	zone.NameServer = netip.MustParseAddr("240.16.0.10")
+	snap := testSnapshot(t)
+	for _, tt := range []struct {
+		name  string
+		qtype uint16
+		want  []string
+	}{
+		{"web.default.svc.cluster.local.", miekg.TypeA, []string{"web.default.svc.cluster.local. A 240.16.0.20"}},
+		{"dual.default.svc.cluster.local.", miekg.TypeAAAA, []string{"dual.default.svc.cluster.local. AAAA fd12:3456:789a::30"}},
+		// db-0 is mapped, the others are not: their /32s overlap nothing.
+		{"db.default.svc.cluster.local.", miekg.TypeA, []string{"db.default.svc.cluster.local. A 10.0.1.6", "db.default.svc.cluster.local. A 10.0.1.7", "db.default.svc.cluster.local. A 241.0.0.5"}},
+		{"db-0.db.default.svc.cluster.local.", miekg.TypeA, []string{"db-0.db.default.svc.cluster.local. A 241.0.0.5"}},
+		{"ns.dns.cluster.local.", miekg.TypeA, []string{"ns.dns.cluster.local. A 240.16.0.10"}},
+		{rev("240.16.0.20"), miekg.TypePTR, []string{rev("240.16.0.20") + " PTR web.default.svc.cluster.local."}},
+		{rev("fd12:3456:789a::30"), miekg.TypePTR, []string{rev("fd12:3456:789a::30") + " PTR dual.default.svc.cluster.local."}},
+		{rev("241.0.0.5"), miekg.TypePTR, []string{rev("241.0.0.5") + " PTR db-0.db.default.svc.cluster.local."}},
+		{addrmap.ReverseName(netip.MustParseAddr("240.16.0.10")), miekg.TypePTR, []string{rev("240.16.0.10") + " PTR kube-dns.kube-system.svc.cluster.local."}},
+	} {
+		res := zone.Answer(snap, tt.name, tt.qtype)
+		if got := rrStrings(res.Answer); res.Rcode != noerror || !slices.Equal(got, sorted(tt.want)) {
+			t.Errorf("Answer(%s %s) = %s %q, want %q", tt.name, miekg.TypeToString[tt.qtype], miekg.RcodeToString[res.Rcode], got, tt.want)
+		}
+	}
+	res := zone.Answer(snap, "_http._tcp.web.default.svc.cluster.local.", miekg.TypeSRV)
+	if got := rrStrings(res.Extra); !slices.Equal(got, []string{"web.default.svc.cluster.local. A 240.16.0.20"}) {
+		t.Errorf("SRV extra = %q, want the mapped address", got)
 	}
 }

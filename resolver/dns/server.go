@@ -69,6 +69,8 @@ type Config struct {
 	// DefaultTimeout.
 	Timeout time.Duration
 	Logger  *slog.Logger
+	// Map, if set, translates addresses in answers (Zone.Map).
+	Map Translator
 }
 
 // Server answers cluster names from the service table and forwards the
@@ -80,6 +82,7 @@ type Server struct {
 	upstreams []string // "ip:port", Self excluded
 	timeout   time.Duration
 	log       *slog.Logger
+	addrMap   Translator // nil: none
 
 	cidrs     atomic.Pointer[[]netip.Prefix] // the service ranges; replaced whole
 	endpoints endpointCache                  // the endpoint index for PTR records
@@ -136,6 +139,7 @@ func New(cfg Config) (*Server, error) {
 		upstreams: upstreams,
 		timeout:   timeout,
 		log:       log,
+		addrMap:   cfg.Map,
 		forwards:  make(chan struct{}, maxForwards),
 	}
 	s.SetServiceCIDRs(cfg.ServiceCIDRs)
@@ -154,7 +158,7 @@ func (s *Server) SetServiceCIDRs(cidrs []netip.Prefix) {
 
 // Zone returns what the server currently answers for.
 func (s *Server) Zone() Zone {
-	return Zone{Domain: s.domain, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self, endpoints: &s.endpoints}
+	return Zone{Domain: s.domain, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self, Map: s.addrMap, endpoints: &s.endpoints}
 }
 
 // socket is one of the sockets Serve answers on, and its server.
