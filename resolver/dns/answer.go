@@ -35,6 +35,11 @@ type Zone struct {
 	// Domain is the cluster domain, e.g. "cluster.local" (any case,
 	// trailing dot or not).
 	Domain string
+	// Aliases are more domains answered as Domain is, each name under the
+	// domain it was asked in: a laptop connected to several clusters that
+	// all use cluster.local answers each under a domain of its own too
+	// (<svc>.<ns>.svc.<context>). Reverse names are answered under Domain.
+	Aliases []string
 	// ServiceCIDRs are the service ranges. A reverse (PTR) name of an
 	// address inside one is answered here — NXDOMAIN when no Service has
 	// the address — and never forwarded; reverse names of other addresses
@@ -123,9 +128,17 @@ func (z Zone) answer(snap *resolver.Snapshot, name string, qtype uint16, chain [
 	qname := miekg.Fqdn(name)
 	lower := miekg.CanonicalName(qname)
 	domain := miekg.CanonicalName(z.Domain)
+	rel, ok := under(lower, domain)
+	for _, a := range z.Aliases {
+		// The longest domain a name is under is its zone's.
+		a = miekg.CanonicalName(a)
+		if r, in := under(lower, a); in && (!ok || len(a) > len(domain)) {
+			domain, rel, ok = a, r, true
+		}
+	}
 	q := &query{snap: snap, zone: z, domain: domain, qname: qname, qtype: qtype, chain: chain}
 
-	if rel, ok := under(lower, domain); ok {
+	if ok {
 		q.origin = domain
 		switch {
 		case qtype == miekg.TypeAXFR || qtype == miekg.TypeIXFR:

@@ -745,3 +745,43 @@ func TestAnswerMapped(t *testing.T) {
 		t.Errorf("SRV extra = %q, want the mapped address", got)
 	}
 }
+
+// TestAnswerAliases checks that a Zone answers under each alias as under
+// its Domain, names (SRV targets) in the domain asked, reverse names under
+// Domain, and that a longer domain wins over a shorter one it is under.
+func TestAnswerAliases(t *testing.T) {
+	zone := testZone
+	zone.Aliases = []string{"kind-b", "B.Example."}
+	snap := testSnapshot(t)
+	for _, tt := range []struct {
+		name  string
+		qtype uint16
+		want  []string
+	}{
+		{"web.default.svc.cluster.local.", miekg.TypeA, []string{"web.default.svc.cluster.local. A 10.3.240.20"}},
+		{"web.default.svc.kind-b.", miekg.TypeA, []string{"web.default.svc.kind-b. A 10.3.240.20"}},
+		{"WEB.default.svc.b.example.", miekg.TypeA, []string{"WEB.default.svc.b.example. A 10.3.240.20"}},
+		{"_http._tcp.web.default.svc.kind-b.", miekg.TypeSRV, []string{"_http._tcp.web.default.svc.kind-b. SRV 0 100 80 web.default.svc.kind-b."}},
+		{"db-0.db.default.svc.kind-b.", miekg.TypeAAAA, []string{"db-0.db.default.svc.kind-b. AAAA fd00:1::5"}},
+		{rev("10.3.240.20"), miekg.TypePTR, []string{rev("10.3.240.20") + " PTR web.default.svc.cluster.local."}},
+	} {
+		res := zone.Answer(snap, tt.name, tt.qtype)
+		if got := rrStrings(res.Answer); res.Rcode != noerror || !slices.Equal(got, tt.want) {
+			t.Errorf("Answer(%s %s) = %s %q, want %q", tt.name, miekg.TypeToString[tt.qtype], miekg.RcodeToString[res.Rcode], got, tt.want)
+		}
+	}
+	if res := zone.Answer(snap, "nope.default.svc.kind-b.", miekg.TypeA); res.Rcode != nxdomain || len(res.Ns) != 1 || res.Ns[0].Header().Name != "kind-b." {
+		t.Errorf("Answer(nope...kind-b) = %s %v, want NXDOMAIN with kind-b.'s SOA", miekg.RcodeToString[res.Rcode], res.Ns)
+	}
+	if res := zone.Answer(snap, "web.default.svc.kind-c.", miekg.TypeA); !res.Forward {
+		t.Errorf("a name under no domain of the zone is not forwarded")
+	}
+	// Nested: svc.kind-b as an alias of its own is the longer match.
+	zone.Aliases = []string{"kind-b", "x.kind-b"}
+	if res := zone.Answer(snap, "web.default.svc.x.kind-b.", miekg.TypeA); res.Rcode != noerror || len(res.Answer) != 1 {
+		t.Errorf("Answer under the longer alias = %s %v", miekg.RcodeToString[res.Rcode], res.Answer)
+	}
+	if _, err := dns.New(dns.Config{Table: new(resolver.Table), Aliases: []string{"in-addr.arpa"}}); err == nil {
+		t.Errorf("dns.New with a reverse zone as alias: want an error")
+	}
+}

@@ -54,6 +54,8 @@ type Config struct {
 	Table Snapshots
 	// Domain is the cluster domain; empty means DefaultDomain.
 	Domain string
+	// Aliases are more domains answered as Domain is (Zone.Aliases).
+	Aliases []string
 	// ServiceCIDRs are the service ranges, for reverse lookups (see
 	// Zone.ServiceCIDRs); SetServiceCIDRs replaces them.
 	ServiceCIDRs []netip.Prefix
@@ -77,7 +79,8 @@ type Config struct {
 // rest.
 type Server struct {
 	table     Snapshots
-	domain    string // canonical, "cluster.local."
+	domain    string   // canonical, "cluster.local."
+	aliases   []string // canonical
 	self      netip.Addr
 	upstreams []string // "ip:port", Self excluded
 	timeout   time.Duration
@@ -110,6 +113,19 @@ func New(cfg Config) (*Server, error) {
 	if _, _, ok := parseReverse("1.0.0.127." + domain); ok || domain == reverseV4 || domain == reverseV6 {
 		return nil, fmt.Errorf("dns.New: cluster domain %q is a reverse zone", cfg.Domain)
 	}
+	var aliases []string
+	for _, a := range cfg.Aliases {
+		c := miekg.CanonicalName(a)
+		if _, ok := miekg.IsDomainName(c); !ok || c == "." {
+			return nil, fmt.Errorf("dns.New: alias domain %q is not a domain name", a)
+		}
+		if _, _, ok := parseReverse("1.0.0.127." + c); ok || c == reverseV4 || c == reverseV6 {
+			return nil, fmt.Errorf("dns.New: alias domain %q is a reverse zone", a)
+		}
+		if c != domain {
+			aliases = append(aliases, c)
+		}
+	}
 	timeout := cfg.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
@@ -135,6 +151,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		table:     cfg.Table,
 		domain:    domain,
+		aliases:   aliases,
 		self:      self,
 		upstreams: upstreams,
 		timeout:   timeout,
@@ -158,7 +175,7 @@ func (s *Server) SetServiceCIDRs(cidrs []netip.Prefix) {
 
 // Zone returns what the server currently answers for.
 func (s *Server) Zone() Zone {
-	return Zone{Domain: s.domain, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self, Map: s.addrMap, endpoints: &s.endpoints}
+	return Zone{Domain: s.domain, Aliases: s.aliases, ServiceCIDRs: *s.cidrs.Load(), NameServer: s.self, Map: s.addrMap, endpoints: &s.endpoints}
 }
 
 // socket is one of the sockets Serve answers on, and its server.
