@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	miekg "github.com/miekg/dns"
@@ -37,6 +38,15 @@ type Link struct {
 	// Namespace is the Kubernetes namespace short names resolve in
 	// (kubeconfig's current one), e.g. "default"; empty for none.
 	Namespace string
+	// NoSearch routes ClusterDomain to the link without searching it:
+	// short names are left to the connection that has the search domains
+	// (the first of several clusters), so that "web.default" never
+	// silently reaches another cluster than the one it reached before.
+	NoSearch bool
+	// Aliases are more domains sent to Server, routing only, never
+	// searched: a cluster's own domain beside the shared cluster.local
+	// (kind-b, for web.default.svc.kind-b).
+	Aliases []string
 }
 
 // ErrNoResolved says that systemd-resolved does not serve this host: no
@@ -68,6 +78,14 @@ func (l Link) check() (Link, error) {
 	}
 	if _, ok := miekg.IsDomainName(l.ClusterDomain); !ok {
 		return l, fmt.Errorf("hostdns: link %s: cluster domain %q is not a domain name", l, l.ClusterDomain)
+	}
+	l.Aliases = slices.Clone(l.Aliases)
+	for i, a := range l.Aliases {
+		a = strings.ToLower(strings.TrimSuffix(a, "."))
+		if _, ok := miekg.IsDomainName(a); !ok || a == "" {
+			return l, fmt.Errorf("hostdns: link %s: domain %q is not a domain name", l, a)
+		}
+		l.Aliases[i] = a
 	}
 	if l.Namespace != "" {
 		if _, ok := miekg.IsDomainName(l.Namespace); !ok || strings.Contains(l.Namespace, ".") {
@@ -109,14 +127,23 @@ type linkDomain struct {
 }
 
 // linkDomains is what Configure gives the link: the search domains, the
-// cluster domain among them. A search domain routes as well as being
-// searched (systemd-resolved.service(8), "Protocols and Routing"), so every
-// name under the cluster domain goes to the link; that match is also what
-// lets a ".local" cluster domain reach unicast DNS at all instead of mDNS.
-func linkDomains(clusterDomain, namespace string) []linkDomain {
+// cluster domain among them, or with NoSearch the cluster domain as a
+// routing domain only; then the aliases, routing only. A search domain
+// routes as well as being searched (systemd-resolved.service(8),
+// "Protocols and Routing"), so every name under the cluster domain goes to
+// the link; that match is also what lets a ".local" cluster domain reach
+// unicast DNS at all instead of mDNS.
+func linkDomains(l Link) []linkDomain {
 	var list []linkDomain
-	for _, d := range SearchDomains(clusterDomain, namespace) {
-		list = append(list, linkDomain{Domain: d})
+	if l.NoSearch {
+		list = append(list, linkDomain{Domain: l.ClusterDomain, RoutingOnly: true})
+	} else {
+		for _, d := range SearchDomains(l.ClusterDomain, l.Namespace) {
+			list = append(list, linkDomain{Domain: d})
+		}
+	}
+	for _, a := range l.Aliases {
+		list = append(list, linkDomain{Domain: a, RoutingOnly: true})
 	}
 	return list
 }

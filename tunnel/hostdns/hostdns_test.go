@@ -85,11 +85,25 @@ func TestSearchDomains(t *testing.T) {
 	}
 }
 
+// TestLinkDomains checks the domains a link gets: the first cluster's
+// search domains and its own domain routing only; a second cluster's
+// cluster domain and own domain, routing only, never searched.
 func TestLinkDomains(t *testing.T) {
-	got := linkDomains("cluster.local", "default")
-	want := []linkDomain{{"default.svc.cluster.local", false}, {"svc.cluster.local", false}, {"cluster.local", false}}
-	if !slices.Equal(got, want) {
-		t.Errorf("linkDomains(cluster.local, default) = %v, want %v", got, want)
+	for _, tc := range []struct {
+		name string
+		link Link
+		want []linkDomain
+	}{
+		{"one cluster", Link{ClusterDomain: "cluster.local", Namespace: "default"},
+			[]linkDomain{{"default.svc.cluster.local", false}, {"svc.cluster.local", false}, {"cluster.local", false}}},
+		{"the first of several", Link{ClusterDomain: "cluster.local", Namespace: "default", Aliases: []string{"kind-a"}},
+			[]linkDomain{{"default.svc.cluster.local", false}, {"svc.cluster.local", false}, {"cluster.local", false}, {"kind-a", true}}},
+		{"another", Link{ClusterDomain: "kind-b", Namespace: "default", NoSearch: true},
+			[]linkDomain{{"kind-b", true}}},
+	} {
+		if got := linkDomains(tc.link); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: linkDomains(%+v) = %v, want %v", tc.name, tc.link, got, tc.want)
+		}
 	}
 }
 
@@ -107,6 +121,7 @@ func TestLinkCheck(t *testing.T) {
 		{"unspecified server", Link{Name: "kubetun0", Server: netip.IPv4Unspecified(), ClusterDomain: "cluster.local"}, "not an address"},
 		{"no domain", Link{Name: "kubetun0", Server: dns, ClusterDomain: "."}, "empty cluster domain"},
 		{"bad domain", Link{Name: "kubetun0", Server: dns, ClusterDomain: "cluster..local"}, "not a domain name"},
+		{"bad alias", Link{Name: "kubetun0", Server: dns, ClusterDomain: "cluster.local", Aliases: []string{"a..b"}}, "not a domain name"},
 		{"dotted namespace", Link{Name: "kubetun0", Server: dns, ClusterDomain: "cluster.local", Namespace: "a.b"}, "not one DNS label"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -130,5 +145,23 @@ func TestConfigureWithoutSystemBus(t *testing.T) {
 	revert, err := Configure(t.Context(), clusterLink)
 	if !errors.Is(err, ErrNoResolved) || revert != nil {
 		t.Errorf("Configure(%+v) without a system bus = %v, %v; want nil, ErrNoResolved", clusterLink, revert != nil, err)
+	}
+}
+
+// TestInstructionsSeveral checks the text for a second cluster: its file
+// named after its link, a server line per domain, no search domains.
+func TestInstructionsSeveral(t *testing.T) {
+	got := Instructions(Link{Name: "kt-kind-b", Server: netip.MustParseAddr("240.16.0.10"), ClusterDomain: "kind-b", NoSearch: true, Aliases: []string{"b.example."}})
+	for _, line := range []string{
+		"dnsmasq: a file /etc/dnsmasq.d/kubetun-kt-kind-b.conf with these lines,",
+		"    server=/kind-b/240.16.0.10\n    rebind-domain-ok=/kind-b/\n    server=/b.example/240.16.0.10\n    rebind-domain-ok=/b.example/\n",
+		"the same lines in /etc/NetworkManager/dnsmasq.d/kubetun-kt-kind-b.conf,",
+	} {
+		if !strings.Contains(got, line) {
+			t.Errorf("Instructions =\n%s\nwant it to contain %q", got, line)
+		}
+	}
+	if strings.Contains(got, "search domains to") {
+		t.Errorf("Instructions with NoSearch name search domains:\n%s", got)
 	}
 }

@@ -22,20 +22,37 @@ func Instructions(l Link) string {
 	p("kubetun serves names under %s at %s (UDP and TCP port 53) while it runs. To resolve them", domain, server)
 	p("through the host's resolver, and send nothing else there, add to the resolver you run:")
 	p("")
-	p("  dnsmasq: a file /etc/dnsmasq.d/kubetun.conf with these two lines, then sudo systemctl restart dnsmasq")
-	p("    server=/%s/%s", domain, server)
-	p("    rebind-domain-ok=/%s/", domain)
+	domains := []string{domain}
+	for _, a := range l.Aliases {
+		domains = append(domains, strings.ToLower(strings.TrimSuffix(a, ".")))
+	}
+	file := "kubetun.conf"
+	if len(domains) > 1 || l.NoSearch {
+		// One file per connection: several clusters, several files.
+		file = "kubetun-" + l.Name + ".conf"
+	}
+	lines := "two lines"
+	if len(domains) > 1 {
+		lines = "lines"
+	}
+	p("  dnsmasq: a file /etc/dnsmasq.d/%s with these %s, then sudo systemctl restart dnsmasq", file, lines)
+	for _, d := range domains {
+		p("    server=/%s/%s", d, server)
+		p("    rebind-domain-ok=/%s/", d)
+	}
 	p("")
-	p("  NetworkManager with dns=dnsmasq: the same two lines in /etc/NetworkManager/dnsmasq.d/kubetun.conf,")
+	p("  NetworkManager with dns=dnsmasq: the same %s in /etc/NetworkManager/dnsmasq.d/%s,", lines, file)
 	p("  then sudo systemctl reload NetworkManager")
 	p("")
 	p("  A plain /etc/resolv.conf cannot send one domain to one server: do not add %s there (every", server)
 	p("  name would then go through kubetun, and none would resolve once it stops). Ask it directly:")
 	p("    dig @%s %s", server, name)
 	p("")
-	p("For short names (service, service.namespace), add these search domains to /etc/resolv.conf's")
-	p("search line or to your network settings:")
-	p("    %s", search)
+	if !l.NoSearch {
+		p("For short names (service, service.namespace), add these search domains to /etc/resolv.conf's")
+		p("search line or to your network settings:")
+		p("    %s", search)
+	}
 	p("Check: dig %s answers with the Service's ClusterIP.", name)
 	p("Undo: delete the file and the search domains, then restart or reload the resolver as above.")
 	return b.String()

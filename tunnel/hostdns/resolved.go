@@ -55,7 +55,7 @@ func (l Link) settings() []setting {
 		no("SetLinkMulticastDNS"),
 		no("SetLinkDNSSEC"),
 		no("SetLinkDNSOverTLS"),
-		{method: "SetLinkDomains", args: func(i int32) []any { return []any{i, linkDomains(l.ClusterDomain, l.Namespace)} }},
+		{method: "SetLinkDomains", args: func(i int32) []any { return []any{i, linkDomains(l)} }},
 		{method: "SetLinkDNS", args: func(i int32) []any { return []any{i, []linkAddress{addressOf(l)}} }},
 	}
 }
