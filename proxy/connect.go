@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,11 +66,21 @@ type ConnectOptions struct {
 	HostDNS bool
 	// Out receives the summary line once connected, and DNS instructions.
 	Out io.Writer
-	// RecordDir, if set, is where the connection records itself once
-	// connected (package connection), for `kubetun status` to find it
-	// beside the others, and removes the record on exit.
-	RecordDir string
+	// RecordDirs, if set, are where connections record themselves
+	// (package connection): this one writes its record into the first
+	// once connected, for `kubetun status` to find it beside the others,
+	// and removes it on exit; the others' records are read from all, to
+	// learn whether one has the cluster domain already.
+	RecordDirs []string
+	// Domain is the connection's own DNS domain, answered beside the
+	// cluster's: names read <svc>.<ns>.svc.<Domain>. "" derives it from
+	// the context (connection.Domain); DomainNone gives none.
+	Domain string
 }
+
+// DomainNone as ConnectOptions.Domain gives a connection no domain of its
+// own.
+const DomainNone = "none"
 
 // Connect serves a cluster's Services on this host, as a laptop wants
 // them: the ClusterIPs routed into the TUN, pods reached directly or
@@ -125,6 +136,10 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		return nil
 	}
 	cfg.Mode, cfg.PodsVia = "connect", via
+	owner := true // the cluster domain, and its search domains, are this connection's
+	if !cfg.DNS.Off {
+		owner = nameDomains(&cfg.DNS, opts, src.Info().Context, log)
+	}
 	if cfg.Map.Seed == "" {
 		cfg.Map.Seed = src.Info().Context
 	}
@@ -137,20 +152,20 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		if st.DNS != nil {
 			dnsText = fmt.Sprintf("DNS %s at %s", st.DNS.Domain, st.DNS.Address)
 			if opts.HostDNS {
-				revertDNS = hostDNS(ctx, st, info.Namespace, opts.Out, log)
+				revertDNS = hostDNS(ctx, st, owner, info.Namespace, opts.Out, log)
 			}
 		}
 		fmt.Fprintf(opts.Out, "connected to %s (%s): services %s, %d services, %s, pods via %s\n",
 			info.Context, info.Server, describeServed(st), len(st.Services), dnsText, via)
 		log.Info("connected", "took", time.Since(began).Round(time.Millisecond))
-		if opts.RecordDir != "" {
+		if len(opts.RecordDirs) > 0 {
 			rec := connection.Record{PID: os.Getpid(), Context: info.Context, TUN: st.TUN,
 				StatusAddr: p.ListenAddr(cfg.HealthAddr), Started: began}
 			if st.DNS != nil {
-				rec.Domains = []string{st.DNS.Domain}
+				rec.Domains = routedDomains(*st.DNS, owner)
 			}
 			var err error
-			if unrecord, err = connection.Register(opts.RecordDir, rec); err != nil {
+			if unrecord, err = connection.Register(opts.RecordDirs[0], rec); err != nil {
 				log.Warn("'kubetun status' will not list this connection", "err", err)
 			}
 		}
@@ -230,6 +245,62 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 	return err
 }
 
+// nameDomains decides the DNS domains of a connection to the cluster of
+// context, in dns: the first connection keeps the cluster's own domain
+// (cluster.local), searched for short names, and answers under its own
+// domain too; a connection started while another has the cluster domain
+// answers under its own domain first (its PTR names), and under the
+// cluster's only when asked directly: the host sends it its own domain
+// alone, never searched, so that a short name or a cluster.local name
+// never reaches another cluster than before. It reports whether this
+// connection has the cluster domain.
+func nameDomains(dns *DNSConfig, opts ConnectOptions, context string, log *slog.Logger) bool {
+	own := opts.Domain
+	switch own {
+	case "":
+		own = connection.Domain(context)
+	case DomainNone:
+		own = ""
+	}
+	own = strings.ToLower(strings.TrimSuffix(own, "."))
+	cluster := dns.Domain
+	if cluster == "" {
+		cluster = "cluster.local"
+	}
+	holder := ""
+	if len(opts.RecordDirs) > 0 {
+		recs, _ := connection.List(opts.RecordDirs...)
+		for _, r := range recs {
+			if slices.Contains(r.Domains, strings.ToLower(strings.TrimSuffix(cluster, "."))) {
+				holder = r.Context
+				break
+			}
+		}
+	}
+	if holder == "" || own == "" || own == cluster {
+		if holder != "" {
+			log.Warn("another connection has the cluster domain, and this one has no domain of its own: the host will send the cluster domain to both; give --domain", "domain", cluster, "holder", holder)
+		}
+		if own != "" && own != cluster {
+			dns.Aliases = append(dns.Aliases, own)
+		}
+		return true
+	}
+	log.Info("the cluster domain is another connection's: names of this cluster read <svc>.<ns>.svc."+own,
+		"domain", cluster, "holder", holder, "own", own)
+	dns.Domain, dns.Aliases = own, append(dns.Aliases, cluster)
+	return false
+}
+
+// routedDomains are the domains the host sends to a connection's DNS: the
+// cluster domain and its own with owner, else its own (dns.Domain) alone.
+func routedDomains(dns DNSStatus, owner bool) []string {
+	if !owner {
+		return []string{dns.Domain}
+	}
+	return append([]string{dns.Domain}, dns.Aliases...)
+}
+
 // describeServed says which ranges st serves, a mapped one with the real
 // range and the cluster it stands for: "240.16.0.0/12 (10.96.0.0/12 of
 // kind-b)".
@@ -282,7 +353,7 @@ func refuseExistingTUN(name string, kind func(string) (string, bool, error)) err
 // resolved ignores a link without a routable address, and no Service is
 // ever given that address (the allocator hands out neither the network
 // nor the broadcast address of a range). It returns the revert func, or nil.
-func hostDNS(ctx context.Context, st Status, namespace string, out io.Writer, log *slog.Logger) func() error {
+func hostDNS(ctx context.Context, st Status, owner bool, namespace string, out io.Writer, log *slog.Logger) func() error {
 	if namespace == "" {
 		namespace = "default"
 	}
@@ -290,7 +361,10 @@ func hostDNS(ctx context.Context, st Status, namespace string, out io.Writer, lo
 	if err != nil {
 		return nil
 	}
-	link := hostdns.Link{Name: st.TUN, Server: server, ClusterDomain: st.DNS.Domain, Namespace: namespace}
+	link := hostdns.Link{Name: st.TUN, Server: server, ClusterDomain: st.DNS.Domain, Namespace: namespace, NoSearch: !owner}
+	if owner {
+		link.Aliases = st.DNS.Aliases
+	}
 	if len(st.ServiceCIDRs) > 0 {
 		if p, err := netip.ParsePrefix(st.ServiceCIDRs[0]); err == nil {
 			a := p.Masked().Addr()
@@ -309,8 +383,12 @@ func hostDNS(ctx context.Context, st Status, namespace string, out io.Writer, lo
 		log.Warn("host DNS not set; ask kubetun's DNS directly", "server", server, "err", err)
 		return nil
 	}
-	log.Info("host DNS: the cluster domain goes to kubetun through systemd-resolved, on the TUN only",
-		"link", st.TUN, "server", server, "search", strings.Join(hostdns.SearchDomains(st.DNS.Domain, namespace), " "))
+	msg, search := "host DNS: the cluster domain goes to kubetun through systemd-resolved, on the TUN only", strings.Join(hostdns.SearchDomains(st.DNS.Domain, namespace), " ")
+	if !owner {
+		msg = "host DNS: this cluster's own domain goes to kubetun through systemd-resolved, on the TUN only; the cluster domain is another connection's"
+		search = "none: short names stay with the connection that has them"
+	}
+	log.Info(msg, "link", st.TUN, "server", server, "domains", strings.Join(routedDomains(*st.DNS, owner), " "), "search", search)
 	if mode, err := hostdns.ResolvConfMode(ctx); err == nil && hostdns.ResolvConfBypassed(mode) {
 		log.Warn("host DNS: /etc/resolv.conf does not lead to systemd-resolved, so programs that read it will not resolve cluster names "+
 			"(only those using nss-resolve will); kubetun changes no global setting: point /etc/resolv.conf at /run/systemd/resolve/stub-resolv.conf yourself, or ask kubetun's DNS directly",

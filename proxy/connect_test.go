@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubetun/kubetun/connection"
 )
 
 // headless is a headless Service db with pod db-0 at 10.0.9.2, and, if
@@ -264,5 +266,43 @@ func TestSilentAPIServerInterrupted(t *testing.T) {
 				src.Run(ctx, nopReceiver{})
 			})
 		})
+	}
+}
+
+// TestNameDomains checks the domains of a connection: the first keeps the
+// cluster domain and answers under its own too; the next, while another
+// has the cluster domain, answers under its own first; --domain picks it,
+// none gives none.
+func TestNameDomains(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	free, taken := t.TempDir(), t.TempDir()
+	if _, err := connection.Register(taken, connection.Record{PID: os.Getpid(), Context: "kind-a", TUN: "kt-kind-a",
+		Domains: []string{"cluster.local", "kind-a"}, Started: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name        string
+		dir, domain string
+		wantOwner   bool
+		want        DNSConfig
+	}{
+		{name: "first", dir: free, wantOwner: true, want: DNSConfig{Domain: "cluster.local", Aliases: []string{"kind-b"}}},
+		{name: "first, --domain", dir: free, domain: "b.example.", wantOwner: true, want: DNSConfig{Domain: "cluster.local", Aliases: []string{"b.example"}}},
+		{name: "first, --domain none", dir: free, domain: DomainNone, wantOwner: true, want: DNSConfig{Domain: "cluster.local"}},
+		{name: "second", dir: taken, wantOwner: false, want: DNSConfig{Domain: "kind-b", Aliases: []string{"cluster.local"}}},
+		{name: "second, --domain", dir: taken, domain: "B.example", wantOwner: false, want: DNSConfig{Domain: "b.example", Aliases: []string{"cluster.local"}}},
+		// No domain of its own: it shares the cluster domain, warned.
+		{name: "second, --domain none", dir: taken, domain: DomainNone, wantOwner: true, want: DNSConfig{Domain: "cluster.local"}},
+	} {
+		dns := DNSConfig{Domain: "cluster.local"}
+		owner := nameDomains(&dns, ConnectOptions{RecordDirs: []string{tt.dir}, Domain: tt.domain}, "kind-b", log)
+		if owner != tt.wantOwner || dns.Domain != tt.want.Domain || !slices.Equal(dns.Aliases, tt.want.Aliases) {
+			t.Errorf("%s: nameDomains = %v, %+v; want %v, %+v", tt.name, owner, dns, tt.wantOwner, tt.want)
+		}
+		st := DNSStatus{Domain: dns.Domain, Aliases: dns.Aliases}
+		routed := routedDomains(st, owner)
+		if !owner && (len(routed) != 1 || routed[0] != dns.Domain) {
+			t.Errorf("%s: routed domains = %v, want its own alone", tt.name, routed)
+		}
 	}
 }

@@ -28,6 +28,7 @@ var _ DNS = (*dns.Server)(nil)
 type dnsParams struct {
 	Table        *resolver.Table
 	Domain       string
+	Aliases      []string
 	ServiceCIDRs []netip.Prefix
 	Self         netip.Addr
 	Upstreams    []string
@@ -40,6 +41,7 @@ func newDNS(p dnsParams) (DNS, error) {
 	return dns.New(dns.Config{
 		Table:        p.Table,
 		Domain:       p.Domain,
+		Aliases:      p.Aliases,
 		ServiceCIDRs: p.ServiceCIDRs,
 		Self:         p.Self,
 		Upstreams:    p.Upstreams,
@@ -76,6 +78,7 @@ func (p *Proxy) startDNS(cidrs []netip.Prefix) error {
 	params := dnsParams{
 		Table:        p.table,
 		Domain:       p.cfg.DNS.Domain,
+		Aliases:      p.cfg.DNS.Aliases,
 		ServiceCIDRs: cidrs,
 		Self:         ip,
 		Upstreams:    upstreams,
@@ -109,9 +112,9 @@ func (p *Proxy) startDNS(cidrs []netip.Prefix) error {
 	p.closers = append(p.closers, func() { cancel(); <-done })
 	p.dns, p.dnsIP = srv, ip
 	p.mu.Lock()
-	p.dnsStatus = &DNSStatus{Domain: p.cfg.DNS.Domain, Address: ip.String()}
+	p.dnsStatus = &DNSStatus{Domain: p.cfg.DNS.Domain, Aliases: p.cfg.DNS.Aliases, Address: ip.String()}
 	p.mu.Unlock()
-	p.log.Info("cluster DNS serving", "addr", ip, "domain", p.cfg.DNS.Domain, "upstreams", fmt.Sprint(upstreams))
+	p.log.Info("cluster DNS serving", "addr", ip, "domain", p.cfg.DNS.Domain, "aliases", fmt.Sprint(p.cfg.DNS.Aliases), "upstreams", fmt.Sprint(upstreams))
 	p.warnDNSShadow(nil, p.table.Load())
 	return nil
 }

@@ -136,6 +136,9 @@ type DNSConfig struct {
 	// service CIDR, as kube-dns's (10.3.240.10 for 10.3.240.0/20).
 	IP     netip.Addr
 	Domain string
+	// Aliases are more domains answered as Domain is (dns.Zone.Aliases):
+	// a connection's own domain beside the cluster's.
+	Aliases []string
 	// Upstreams answer names outside Domain; nil means the host's.
 	Upstreams []string
 }

@@ -59,8 +59,11 @@ type MappedStatus struct {
 
 // DNSStatus is where the cluster DNS answers.
 type DNSStatus struct {
-	Domain  string `json:"domain"`
-	Address string `json:"address"`
+	Domain string `json:"domain"`
+	// Aliases are more domains it answers as Domain (kubetun connect's
+	// per-context domain, or the cluster's beside it).
+	Aliases []string `json:"aliases,omitempty"`
+	Address string   `json:"address"`
 }
 
 // ServiceStatus is one Service with ClusterIP ports served.

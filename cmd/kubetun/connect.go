@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kubetun/kubetun/connection"
 	"github.com/kubetun/kubetun/portforward"
@@ -57,6 +59,7 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 	pingInterval := fs.Duration("portforward-ping-interval", portforward.DefaultPingInterval, "with port-forward, ping each connection to a pod this often, flows or not, so that no idle timeout on the way closes it and one that died is replaced before a flow needs it; 0 sends no pings")
 	pingTimeout := fs.Duration("portforward-ping-timeout", portforward.DefaultPingTimeout, "with port-forward, replace a connection to a pod whose ping is not answered within this, resetting its flows")
 	mapMode := fs.String("map", proxy.MapOverlap, "when the cluster's service CIDRs (and headless Services' pod IPs) are served on other addresses: overlap (those that overlap a route this host has already, another cluster's, a VPN's, the LAN's; IPv4 onto 240.0.0.0/4, IPv6 onto a unique local /48 of the context), always, or never (refuse them)")
+	domain := fs.String("domain", "", "this connection's own DNS `DOMAIN`, answered beside the cluster domain: names read <svc>.<ns>.svc.DOMAIN, so that two clusters that both use cluster.local each have names of their own; the first connection also keeps the cluster domain and its search domains, the next ones get only their own; default: the context as one DNS label (kind-kind), \"none\" for none")
 	hostDNS := fs.Bool("host-dns", true, "send the cluster domain, and only it, from systemd-resolved to kubetun (per-link DNS on the TUN, gone with it); without resolved, print what to add by hand")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg, err := finish()
@@ -65,6 +68,9 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 		}
 		if cfg.manifests != "" || cfg.persist {
 			return usageError{errors.New("--manifests and --persist are run's; connect watches the API and leaves nothing behind")}
+		}
+		if d := strings.Trim(*domain, "."); *domain != "" && (d == "" || strings.ContainsAny(d, " /\t") || len(validation.IsDNS1123Subdomain(strings.ToLower(d))) > 0) {
+			return usageError{fmt.Errorf("--domain %q: want a domain such as staging or staging.example, or none", *domain)}
 		}
 		switch *mapMode {
 		case proxy.MapOverlap, proxy.MapAlways, proxy.MapNever:
@@ -105,7 +111,8 @@ As a user rather than root, give the binary CAP_NET_ADMIN once:
 			PingTimeout:  *pingTimeout,
 			HostDNS:      *hostDNS,
 			Out:          stderr,
-			RecordDir:    connection.Dirs()[0],
+			RecordDirs:   connection.Dirs(),
+			Domain:       *domain,
 		}, log)
 	}
 	return cmd

@@ -143,6 +143,9 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 	dns := "off"
 	if st.DNS != nil {
 		dns = st.DNS.Domain + " at " + st.DNS.Address
+		if len(st.DNS.Aliases) > 0 {
+			dns = st.DNS.Domain + " (also " + strings.Join(st.DNS.Aliases, ", ") + ") at " + st.DNS.Address
+		}
 	}
 	fmt.Fprintf(tw, "DNS:\t%s\n", dns)
 	fmt.Fprintf(tw, "Pods:\t%s\n", st.Pods)
