@@ -130,3 +130,18 @@ func TestRegisterList(t *testing.T) {
 		t.Error("Register of TUN a/b: want an error")
 	}
 }
+
+func TestDirs(t *testing.T) {
+	t.Setenv("KUBETUN_RUNTIME_DIR", "/tmp/kt-test-dirs")
+	if got := Dirs(); len(got) != 1 || got[0] != "/tmp/kt-test-dirs" {
+		t.Errorf("Dirs with KUBETUN_RUNTIME_DIR = %v", got)
+	}
+	t.Setenv("KUBETUN_RUNTIME_DIR", "")
+	got := Dirs()
+	if os.Geteuid() == 0 && (len(got) != 1 || got[0] != "/run/kubetun/connect") {
+		t.Errorf("Dirs as root = %v, want /run/kubetun/connect", got)
+	}
+	if os.Geteuid() != 0 && (len(got) != 2 || got[1] != "/run/kubetun/connect") {
+		t.Errorf("Dirs as a user = %v, want the user's, then root's", got)
+	}
+}

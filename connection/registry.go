@@ -39,9 +39,14 @@ type Record struct {
 // one Register writes to first: root's /run/kubetun/connect, or the
 // user's $XDG_RUNTIME_DIR/kubetun/connect (a temporary directory of the
 // user's without it). `kubetun status` run by a user also reads root's, as
-// a connection started with sudo writes there.
+// a connection started with sudo writes there. $KUBETUN_RUNTIME_DIR, if
+// set, is the one directory: for connections that must not see the
+// host's others, as those of a test in network namespaces of its own.
 func Dirs() []string {
 	const root = "/run/kubetun/connect"
+	if d := os.Getenv("KUBETUN_RUNTIME_DIR"); d != "" {
+		return []string{d}
+	}
 	if os.Geteuid() == 0 {
 		return []string{root}
 	}
