@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,80 +42,14 @@ func TestClusterConnectTwoClusters(t *testing.T) {
 	ct.waitReadyEndpoints("web", 1)
 	ipA := ct.clusterIP("web")
 
-	// Cluster B: one more control plane, in a namespace of its own (its
-	// kubelet stand-in has the kubelet's fixed port), same service range.
-	cpHost := ct.addHost("mc-cpb", 0)
-	began := time.Now()
-	cpB, err := controlplane.Start(ctx, controlplane.Options{Namespace: cpHost.Namespace, Bins: ct.cp.Bins})
-	must(t, err)
-	t.Cleanup(func() {
-		if err := cpB.Close(); err != nil {
-			t.Errorf("closing control plane B: %v", err)
-		}
-	})
-	t.Logf("control plane B started in %v in namespace %s, service CIDR %s", time.Since(began).Round(time.Millisecond), cpHost.Namespace, cpB.ServiceCIDR)
-	if cpB.ServiceCIDR != ct.cp.ServiceCIDR {
-		t.Fatalf("control plane B's service CIDR %s, A's %s: want one range", cpB.ServiceCIDR, ct.cp.ServiceCIDR)
-	}
-	must(t, cpB.CreateNode(ctx, testbed.NodeName, nil))
-	must(t, cpB.CreateNamespace(ctx, ct.NS))
-	kubectlB := func(args ...string) string {
-		t.Helper()
-		c, cancel := context.WithTimeout(ctx, kubectlTimeout)
-		defer cancel()
-		out, err := cpB.Kubectl(c, append([]string{"-n", ct.NS}, args...)...)
-		must(t, err)
-		return out
-	}
-	applyB := func(manifest string) {
-		t.Helper()
-		c, cancel := context.WithTimeout(ctx, kubectlTimeout)
-		defer cancel()
-		_, err := cpB.Apply(c, manifest, "-n", ct.NS)
-		must(t, err)
-	}
-	applyB(webService("web", "mcb"))
-	podB := ct.addServer("mcb-1", 0, "--addr", ":8080")
-	applyB(fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: mcb-1
-  labels:
-    app: mcb
-spec:
-  nodeName: %s
-  containers:
-  - name: server
-    image: kubetun/podserver
-    ports:
-    - name: http
-      containerPort: 8080
-    - name: echo
-      containerPort: 9000
-`, testbed.NodeName))
-	must(t, cpB.SetPodRunning(ctx, ct.NS, "mcb-1", true, podB.IP.String()))
-	eventually(t, 10*time.Second, 20*time.Millisecond, "cluster B's web has a ready endpoint", func() (bool, string) {
-		out := kubectlB("get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o",
-			`jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]} {end}`)
-		return len(strings.Fields(out)) == 1, out
-	})
-	ipB := strings.TrimSpace(kubectlB("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"))
+	b := ct.addCluster("mc-cpb", "mcb-1", "mcb")
+	ipB := b.webIP
 	t.Logf("web is %s in cluster A, %s in cluster B", ipA, ipB)
 
 	// The laptop: no route to pods, a kubeconfig per cluster, the
 	// connections' records in a directory of the test's.
 	lap, kubeconfigA := ct.addLaptop("mc-lap", false)
-	var l net.Listener
-	must(t, testbed.InNamespace(lap.Namespace, func() error {
-		var err error
-		l, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}))
-	stopRelay, err := cpB.RelayAPIServer(l)
-	must(t, err)
-	t.Cleanup(stopRelay)
-	kubeconfigB := filepath.Join(t.TempDir(), "kubeconfig-b")
-	must(t, cpB.WriteKubeconfigFor(kubeconfigB, controlplane.Kubeconfig{Server: "https://" + l.Addr().String(), Context: "clusterb", Namespace: ct.NS}))
+	kubeconfigB := b.kubeconfig(lap, "clusterb")
 	runtimeDir := t.TempDir()
 	connect := func(kubeconfig string, extra ...string) []string {
 		return append([]string{"env", "KUBETUN_RUNTIME_DIR=" + runtimeDir, kubetunBin, "connect", "--kubeconfig", kubeconfig,
@@ -132,6 +68,7 @@ spec:
 		return strings.TrimSpace(out)
 	}
 
+	var err error
 	pA, sumA, took := ct.startConnect(lap, connect(kubeconfigA)...)
 	t.Logf("connection A ready in %v: %s", took.Round(time.Millisecond), sumA)
 	for _, want := range []string{"connected to laptop", "services 10.3.240.0/20,", "DNS cluster.local at " + laptopDNS} {
@@ -259,4 +196,219 @@ func checkGone(t *testing.T, ct *clusterTest, h *testbed.Host, tun, prefix, when
 	if strings.Contains(links, tun+":") || strings.Contains(routes, "dev "+tun) || strings.Contains(routes, prefix+" ") {
 		t.Errorf("%s: the laptop still has %s or a route to %s:\n%s\n%s", when, tun, prefix, links, routes)
 	}
+}
+
+// otherCluster is a control plane besides the shared one, with the same
+// service range and DNS domain, a Node, the test's namespace, and a
+// Service web of one pod.
+type otherCluster struct {
+	ct    *clusterTest
+	cp    *controlplane.ControlPlane
+	webIP string // web's ClusterIP in this cluster
+}
+
+// addCluster starts a control plane in a namespace of its own, host (the
+// kubelet stand-in takes the kubelet's fixed port there), and gives it a
+// Service web with selector app=app and one ready pod, pod, whose
+// podserver runs in a namespace of the test bed. Everything is removed
+// when the test ends.
+func (ct *clusterTest) addCluster(host, pod, app string) *otherCluster {
+	t := ct.t
+	t.Helper()
+	ctx := t.Context()
+	h := ct.addHost(host, 0)
+	began := time.Now()
+	cp, err := controlplane.Start(ctx, controlplane.Options{Namespace: h.Namespace, Bins: ct.cp.Bins})
+	must(t, err)
+	t.Cleanup(func() {
+		if err := cp.Close(); err != nil {
+			t.Errorf("closing control plane %s: %v", h.Namespace, err)
+		}
+	})
+	t.Logf("control plane started in %v in namespace %s, service CIDR %s", time.Since(began).Round(time.Millisecond), h.Namespace, cp.ServiceCIDR)
+	if cp.ServiceCIDR != ct.cp.ServiceCIDR {
+		t.Fatalf("control plane %s's service CIDR %s, the shared one's %s: want one range", h.Namespace, cp.ServiceCIDR, ct.cp.ServiceCIDR)
+	}
+	must(t, cp.CreateNode(ctx, testbed.NodeName, nil))
+	must(t, cp.CreateNamespace(ctx, ct.NS))
+	o := &otherCluster{ct: ct, cp: cp}
+	o.apply(webService("web", app))
+	server := ct.addServer(pod, 0, "--addr", ":8080")
+	o.apply(fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  labels:
+    app: %s
+spec:
+  nodeName: %s
+  containers:
+  - name: server
+    image: kubetun/podserver
+    ports:
+    - name: http
+      containerPort: 8080
+    - name: echo
+      containerPort: 9000
+`, pod, app, testbed.NodeName))
+	must(t, cp.SetPodRunning(ctx, ct.NS, pod, true, server.IP.String()))
+	eventually(t, 10*time.Second, 20*time.Millisecond, "web has a ready endpoint in "+h.Namespace, func() (bool, string) {
+		out := o.kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=web", "-o",
+			`jsonpath={range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]} {end}`)
+		return len(strings.Fields(out)) == 1, out
+	})
+	o.webIP = strings.TrimSpace(o.kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"))
+	return o
+}
+
+// kubectl runs kubectl against o in the test's namespace and fails the
+// test on error.
+func (o *otherCluster) kubectl(args ...string) string {
+	t := o.ct.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), kubectlTimeout)
+	defer cancel()
+	out, err := o.cp.Kubectl(ctx, append([]string{"-n", o.ct.NS}, args...)...)
+	must(t, err)
+	return out
+}
+
+func (o *otherCluster) apply(manifest string) {
+	t := o.ct.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), kubectlTimeout)
+	defer cancel()
+	_, err := o.cp.Apply(ctx, manifest, "-n", o.ct.NS)
+	must(t, err)
+}
+
+// kubeconfig returns a kubeconfig for o with context kubeContext (and the
+// test's namespace) that reaches its kube-apiserver from h through a relay
+// on h's 127.0.0.1.
+func (o *otherCluster) kubeconfig(h *testbed.Host, kubeContext string) string {
+	t := o.ct.t
+	t.Helper()
+	var l net.Listener
+	must(t, testbed.InNamespace(h.Namespace, func() error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}))
+	stop, err := o.cp.RelayAPIServer(l)
+	must(t, err)
+	t.Cleanup(stop)
+	path := filepath.Join(t.TempDir(), "kubeconfig-"+kubeContext)
+	must(t, o.cp.WriteKubeconfigFor(path, controlplane.Kubeconfig{Server: "https://" + l.Addr().String(), Context: kubeContext, Namespace: o.ct.NS}))
+	return path
+}
+
+// TestClusterConnectTwoClustersHostDNS runs the real systemd-resolved on a
+// laptop connected to two clusters that both use cluster.local and one
+// service range: the first connection gets cluster.local and its search
+// domains (and ~laptop), the second only ~clusterb, on its own TUN, whose
+// address is in its class E range. Through resolved's stub each name
+// reaches its own cluster's kubetun, a short name the first cluster's only;
+// stopping one, and kill -9 of the other, takes its domains off the host.
+func TestClusterConnectTwoClustersHostDNS(t *testing.T) {
+	needRoot(t)
+	needResolved(t)
+	ct := newClusterTest(t, "mcdns", 0)
+	ct.apply(webService("web", "mcdnsa"))
+	ct.addPod(podSpec{Name: "mcdnsa-1", App: "mcdnsa"})
+	ct.waitReadyEndpoints("web", 1)
+	ipA := ct.clusterIP("web")
+	b := ct.addCluster("mcdns-cpb", "mcdnsb-1", "mcdnsb")
+
+	lap, kubeconfigA := ct.addLaptop("mcdns-lap", true)
+	kubeconfigB := b.kubeconfig(lap, "clusterb")
+	up := ct.addHost("mcdns-up", 0)
+	upstream, err := ct.tb.StartDNSServer(up, "laptop.example.com. 30 IN A 192.0.2.7")
+	must(t, err)
+	t.Cleanup(func() { upstream.Close() })
+	resolved, err := ct.tb.StartResolved(lap.Namespace, up.IP)
+	must(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("systemd-resolved output:\n%s", resolved.Process.Output())
+		}
+	})
+	runtimeDir := t.TempDir()
+	connect := func(kubeconfig string) []string {
+		return []string{"env", "DBUS_SYSTEM_BUS_ADDRESS=" + resolved.BusAddress, "KUBETUN_RUNTIME_DIR=" + runtimeDir,
+			kubetunBin, "connect", "--kubeconfig", kubeconfig, "--dns-upstream", up.IP.String()}
+	}
+	ask := func(name string) digResult {
+		t.Helper()
+		got, err := dig(t.Context(), ct.tb, lap.Namespace, "127.0.0.53", "+time=8", name, "A")
+		if err != nil {
+			t.Logf("dig @127.0.0.53 %s: %v", name, err)
+		}
+		return got
+	}
+	nameA, nameAOwn, nameB := "web."+ct.NS+".svc.cluster.local.", "web."+ct.NS+".svc.laptop.", "web."+ct.NS+".svc.clusterb."
+
+	pA, sumA, _ := ct.startConnect(lap, connect(kubeconfigA)...)
+	pB, sumB, _ := ct.startConnect(lap, connect(kubeconfigB)...)
+	t.Logf("connected:\n  %s\n  %s", sumA, sumB)
+	if !strings.Contains(pB.Output(), "host DNS: this cluster's own domain goes to kubetun") {
+		t.Fatalf("B did not set its own domain on the host:\n%s", pB.Output())
+	}
+	m := regexp.MustCompile(`services (\S+) \(10\.3\.240\.0/20 of clusterb\)`).FindStringSubmatch(sumB)
+	if m == nil {
+		t.Fatalf("B's summary %q: want its range mapped", sumB)
+	}
+	mappedB := netip.MustParsePrefix(m[1])
+
+	if got := ask(nameA); got.Status != "NOERROR" || !slices.Equal(got.Answer, []string{"A " + ipA}) {
+		t.Errorf("dig @127.0.0.53 %s = %s %q, want A %s (cluster A)", nameA, got.Status, got.Answer, ipA)
+	}
+	if got := ask(nameAOwn); got.Status != "NOERROR" || !slices.Equal(got.Answer, []string{"A " + ipA}) {
+		t.Errorf("dig @127.0.0.53 %s = %s %q, want A %s (cluster A, its own domain)", nameAOwn, got.Status, got.Answer, ipA)
+	}
+	got := ask(nameB)
+	if got.Status != "NOERROR" || len(got.Answer) != 1 || !strings.HasPrefix(got.Answer[0], "A ") {
+		t.Fatalf("dig @127.0.0.53 %s = %s %q, want one A record from B", nameB, got.Status, got.Answer)
+	}
+	servedB := strings.TrimPrefix(got.Answer[0], "A ")
+	if a, err := netip.ParseAddr(servedB); err != nil || !mappedB.Contains(a) {
+		t.Errorf("%s = %s, want an address in B's mapped %s", nameB, servedB, mappedB)
+	}
+	// Short names search cluster.local, A's only: B adds no search domain.
+	conf, err := resolved.ResolvConf()
+	must(t, err)
+	if !strings.Contains(conf, ct.NS+".svc.cluster.local") || strings.Contains(conf, "clusterb") {
+		t.Errorf("resolved's search domains: want A's, none of B's:\n%s", conf)
+	}
+	stub, err := os.ReadFile(filepath.Join(resolved.RunDir, "resolve", "stub-resolv.conf"))
+	must(t, err)
+	removeConf, err := ct.tb.WriteResolvConf(lap, string(stub))
+	must(t, err)
+	t.Cleanup(func() { removeConf() })
+	for _, tc := range []struct{ url, want string }{
+		{"http://web/", "mcdnsa-1"},
+		{"http://" + strings.TrimSuffix(nameB, ".") + "/", "mcdnsb-1"},
+		{"http://" + strings.TrimSuffix(nameAOwn, ".") + "/", "mcdnsa-1"},
+	} {
+		if pod, err := ct.curlHello(lap.Namespace, tc.url); err != nil || pod != tc.want {
+			t.Errorf("curl %s through resolved = %q, %v; want Hello from %s", tc.url, pod, err, tc.want)
+		}
+	}
+
+	// A stops: its domains leave the host, B's stays.
+	must(t, pA.Stop(10*time.Second))
+	eventually(t, 5*time.Second, 50*time.Millisecond, "cluster.local gone from resolved after A's SIGTERM", func() (bool, string) {
+		got := ask(nameA)
+		return got.Status != "NOERROR", got.Status
+	})
+	if got := ask(nameB); got.Status != "NOERROR" || len(got.Answer) != 1 {
+		t.Errorf("after A stopped: dig %s = %s %q, want B still answering", nameB, got.Status, got.Answer)
+	}
+	// kill -9 of B: resolved forgets its link with it.
+	must(t, pB.Signal(syscall.SIGKILL))
+	pB.Wait(10 * time.Second)
+	eventually(t, 5*time.Second, 50*time.Millisecond, "clusterb gone from resolved after B's kill -9", func() (bool, string) {
+		got := ask(nameB)
+		return got.Status != "NOERROR", got.Status
+	})
+	checkGone(t, ct, lap, "kt-clusterb", mappedB.String(), "after B's kill -9")
 }
