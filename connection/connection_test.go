@@ -145,3 +145,34 @@ func TestDirs(t *testing.T) {
 		t.Errorf("Dirs as a user = %v, want the user's, then root's", got)
 	}
 }
+
+// TestLock checks that a second Lock of one directory waits for the first
+// to be released.
+func TestLock(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		u, err := Lock(dir)
+		if err != nil {
+			t.Error(err)
+		} else {
+			u()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("a second Lock went through while the first was held")
+	case <-time.After(100 * time.Millisecond):
+	}
+	unlock()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a second Lock still waits after the first was released")
+	}
+}

@@ -136,16 +136,20 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		return nil
 	}
 	cfg.Mode, cfg.PodsVia = "connect", via
-	owner := true // the cluster domain, and its search domains, are this connection's
-	if !cfg.DNS.Off {
-		owner = nameDomains(&cfg.DNS, opts, src.Info().Context, log)
-	}
-	if cfg.Map.Seed == "" {
-		cfg.Map.Seed = src.Info().Context
-	}
-
 	info := src.Info()
-	var revertDNS, unrecord func() error
+	if cfg.Map.Seed == "" {
+		cfg.Map.Seed = info.Context
+	}
+	owner, unrecord := claimDomains(&cfg, opts, info.Context, began, log)
+	defer func() {
+		if unrecord == nil {
+			return
+		}
+		if err := unrecord(); err != nil {
+			log.Warn("removing this connection's record", "err", err)
+		}
+	}()
+	var revertDNS func() error
 	var p *Proxy
 	cfg.OnReady = func(st Status) {
 		dnsText := "DNS off"
@@ -164,8 +168,8 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 			if st.DNS != nil {
 				rec.Domains = routedDomains(*st.DNS, owner)
 			}
-			var err error
-			if unrecord, err = connection.Register(opts.RecordDirs[0], rec); err != nil {
+			// Our own record again, now with where status answers.
+			if _, err := connection.Register(opts.RecordDirs[0], rec); err != nil {
 				log.Warn("'kubetun status' will not list this connection", "err", err)
 			}
 		}
@@ -230,11 +234,6 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		defer w.Close()
 	}
 	err = p.Run(ctx)
-	if unrecord != nil {
-		if rerr := unrecord(); rerr != nil {
-			log.Warn("removing this connection's record", "err", rerr)
-		}
-	}
 	// The TUN is gone by now, and resolved forgot the link's settings with
 	// it; revert is for a resolved that missed that.
 	if revertDNS != nil {
@@ -243,6 +242,36 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 		}
 	}
 	return err
+}
+
+// claimDomains decides the DNS domains of the connection to the cluster of
+// context (nameDomains) and records the decision (package connection), one
+// step under the records' lock, so that two connections started at one
+// instant do not both take the cluster domain. It reports whether this
+// connection has the cluster domain, and returns the removal of its record
+// (nil without RecordDirs, or when it could not be written).
+func claimDomains(cfg *Config, opts ConnectOptions, context string, began time.Time, log *slog.Logger) (owner bool, unrecord func() error) {
+	if len(opts.RecordDirs) == 0 {
+		return cfg.DNS.Off || nameDomains(&cfg.DNS, opts, context, log), nil
+	}
+	unlock, err := connection.Lock(opts.RecordDirs[0])
+	if err != nil {
+		log.Warn("deciding the DNS domains without the records' lock", "err", err)
+	} else {
+		defer unlock()
+	}
+	owner = true
+	rec := connection.Record{PID: os.Getpid(), Context: context, TUN: cfg.TUN, Started: began}
+	if !cfg.DNS.Off {
+		owner = nameDomains(&cfg.DNS, opts, context, log)
+		rec.Domains = routedDomains(DNSStatus{Domain: cfg.DNS.Domain, Aliases: cfg.DNS.Aliases}, owner)
+	}
+	unrecord, err = connection.Register(opts.RecordDirs[0], rec)
+	if err != nil {
+		log.Warn("'kubetun status' will not list this connection, and the next may take its domains", "err", err)
+		return owner, nil
+	}
+	return owner, unrecord
 }
 
 // nameDomains decides the DNS domains of a connection to the cluster of

@@ -305,6 +305,10 @@ func listConnections(ctx context.Context, dirs ...string) ([]connectionStatus, e
 	var wg sync.WaitGroup
 	for i, r := range recs {
 		out[i].Record = r
+		if r.StatusAddr == "" {
+			out[i].Error = "connecting: not serving yet"
+			continue
+		}
 		wg.Go(func() {
 			st, err := fetchStatus(ctx, r.StatusAddr)
 			if err != nil {

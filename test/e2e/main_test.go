@@ -46,6 +46,12 @@ func run(m *testing.M) int {
 	// A kubetun that does not build fails every test that needs it, with the
 	// compiler's message, rather than the whole run.
 	kubetunBin, buildErr = testbed.Build(context.Background(), dir, "./cmd/kubetun")
+	// Every kubetun connect the tests start records itself here, inherited
+	// through the environment, not in the host's /run/kubetun/connect: the
+	// tests' connections, each in a laptop namespace of its own, must not
+	// see each other's (nor a developer's own) as the same machine's.
+	runtimeDir := filepath.Join(dir, "runtime")
+	os.Setenv("KUBETUN_RUNTIME_DIR", runtimeDir)
 	code := m.Run()
 	// The TestCluster tests share one control plane, which outlives each of them.
 	if err := closeSharedCluster(); err != nil {
