@@ -67,7 +67,8 @@ type ConnectOptions struct {
 	// Out receives the summary line once connected, and DNS instructions.
 	Out io.Writer
 	// RecordDirs, if set, are where connections record themselves
-	// (package connection): this one writes its record into the first
+	// (package connection): this one writes its record into the first as
+	// soon as its DNS domains are decided, again with its status address
 	// once connected, for `kubetun status` to find it beside the others,
 	// and removes it on exit; the others' records are read from all, to
 	// learn whether one has the cluster domain already.
