@@ -161,7 +161,7 @@ func Connect(ctx context.Context, cfg Config, opts ConnectOptions, log *slog.Log
 			}
 		}
 		fmt.Fprintf(opts.Out, "connected to %s (%s): services %s, %d services, %s, pods via %s\n",
-			info.Context, info.Server, describeServed(st), len(st.Services), dnsText, via)
+			info.Context, info.Server, DescribeServed(st), len(st.Services), dnsText, via)
 		log.Info("connected", "took", time.Since(began).Round(time.Millisecond))
 		if len(opts.RecordDirs) > 0 {
 			rec := connection.Record{PID: os.Getpid(), Context: info.Context, TUN: st.TUN,
@@ -331,10 +331,10 @@ func routedDomains(dns DNSStatus, owner bool) []string {
 	return append([]string{dns.Domain}, dns.Aliases...)
 }
 
-// describeServed says which ranges st serves, a mapped one with the real
+// DescribeServed says which ranges st serves, a mapped one with the real
 // range and the cluster it stands for: "240.16.0.0/12 (10.96.0.0/12 of
-// kind-b)".
-func describeServed(st Status) string {
+// kind-b)". The start line and kubetun status both use it.
+func DescribeServed(st Status) string {
 	out := make([]string, len(st.ServiceCIDRs))
 	for i, c := range st.ServiceCIDRs {
 		out[i] = c

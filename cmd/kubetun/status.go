@@ -139,7 +139,7 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 	fmt.Fprintf(tw, "Source:\t%s\n", describeSource(st.Source))
 	fmt.Fprintf(tw, "Ready:\t%v\n", st.Ready)
 	fmt.Fprintf(tw, "TUN:\t%s\n", st.TUN)
-	fmt.Fprintf(tw, "Service CIDRs:\t%s\n", orNone(servedRanges(st)))
+	fmt.Fprintf(tw, "Service CIDRs:\t%s\n", orNone(proxy.DescribeServed(st)))
 	dns := "off"
 	if st.DNS != nil {
 		dns = st.DNS.Domain + " at " + st.DNS.Address
@@ -199,24 +199,6 @@ func printStatus(w io.Writer, st proxy.Status, output string) error {
 			orNone(strings.Join(ports, ",")), orNone(strings.Join(eps, ",")), flows)
 	}
 	return tw.Flush()
-}
-
-// servedRanges lists st's service CIDRs, a mapped one with the real range
-// and the cluster (context) it stands for.
-func servedRanges(st proxy.Status) string {
-	out := make([]string, len(st.ServiceCIDRs))
-	for i, c := range st.ServiceCIDRs {
-		out[i] = c
-		if st.Mapped == nil {
-			continue
-		}
-		for _, pr := range st.Mapped.Pairs {
-			if pr.Mapped.String() == c {
-				out[i] = fmt.Sprintf("%s (maps %s of context %s)", c, pr.Real, st.Mapped.Context)
-			}
-		}
-	}
-	return strings.Join(out, ",")
 }
 
 // printPortForward prints the pod connections of pf, and the last one

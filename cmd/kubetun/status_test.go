@@ -222,7 +222,7 @@ func TestStatusConnections(t *testing.T) {
 	}{
 		{[]string{"status"}, []string{
 			"=== Context kind-a: TUN kt-kind-a, pid ", "TUN:             kt-kind-a\n", "DNS:             cluster.local at 10.3.240.10\n",
-			"=== Context kind-b: TUN kt-kind-b, pid ", "TUN:             kt-kind-b\n", "Service CIDRs:   240.9.0.0/20 (maps 10.3.240.0/20 of context kind-b)\n",
+			"=== Context kind-b: TUN kt-kind-b, pid ", "TUN:             kt-kind-b\n", "Service CIDRs:   240.9.0.0/20 (10.3.240.0/20 of kind-b)\n",
 			"DNS:             kind-b at 240.9.0.10\n", "240.9.1.152 (10.3.241.152)",
 			"=== Context hung: TUN kt-hung", "not answering: no kubetun running at " + dead,
 		}},

@@ -133,7 +133,7 @@ func TestClusterConnectTwoClusters(t *testing.T) {
 	// cluster.
 	st := status()
 	for _, want := range []string{"=== Context laptop: TUN kt-laptop", "=== Context clusterb: TUN kt-clusterb",
-		"(maps 10.3.240.0/20 of context clusterb)", servedB + " (" + ipB + ")"} {
+		"(10.3.240.0/20 of clusterb)", servedB + " (" + ipB + ")"} {
 		if !strings.Contains(st, want) {
 			t.Errorf("kubetun status does not contain %q:\n%s", want, st)
 		}

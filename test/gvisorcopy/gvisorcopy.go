@@ -271,24 +271,32 @@ func Build(root string, up Upstream, dirs []string, dst string) ([]string, error
 	return patches, nil
 }
 
-// Verify checks that the copy in root is what Build makes, file by file,
-// and returns the patches it carries.
-func Verify(root string) ([]string, error) {
-	up, err := FindUpstream(root)
-	if err != nil {
-		return nil, err
+// expected builds, in a new temporary directory, the copy root's
+// third_party/gvisor should be: upstream's files of the packages it holds,
+// with the patches applied. The caller removes tmp; want is in it.
+func expected(root string) (up Upstream, tmp, want string, patches []string, err error) {
+	if up, err = FindUpstream(root); err != nil {
+		return
 	}
 	dirs, err := Packages(root)
 	if err != nil {
-		return nil, err
+		return
 	}
-	want, err := os.MkdirTemp("", "gvisorcopy-")
-	if err != nil {
-		return nil, err
+	if tmp, err = os.MkdirTemp("", "gvisorcopy-"); err != nil {
+		return
 	}
-	defer os.RemoveAll(want)
-	want = filepath.Join(want, "gvisor")
-	patches, err := Build(root, up, dirs, want)
+	want = filepath.Join(tmp, "a")
+	patches, err = Build(root, up, dirs, want)
+	return
+}
+
+// Verify checks that the copy in root is what Build makes, file by file,
+// and returns the patches it carries.
+func Verify(root string) ([]string, error) {
+	up, tmp, want, patches, err := expected(root)
+	if tmp != "" {
+		defer os.RemoveAll(tmp)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -330,20 +338,11 @@ func Write(root string) error {
 // them, what the copy in root has beyond upstream with the
 // patches applied: the text of the next patch.
 func Diff(root string) ([]byte, error) {
-	up, err := FindUpstream(root)
-	if err != nil {
-		return nil, err
+	_, tmp, _, _, err := expected(root)
+	if tmp != "" {
+		defer os.RemoveAll(tmp)
 	}
-	dirs, err := Packages(root)
 	if err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp("", "gvisorcopy-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	if _, err := Build(root, up, dirs, filepath.Join(tmp, "a")); err != nil {
 		return nil, err
 	}
 	if err := exec.Command("cp", "-a", filepath.Join(root, CopyDir), filepath.Join(tmp, "b")).Run(); err != nil {
