@@ -54,7 +54,7 @@ func TestClusterSeed(t *testing.T) {
 	t.Logf("kubectl describe svc service-test (endpoints listed %v after the pods' status):\n%s", took.Round(time.Millisecond), describe)
 
 	p := ct.startKubetun()
-	if !strings.Contains(p.Output(), "service-cidrs=[10.3.240.0/20]") {
+	if !strings.Contains(p.Output(), "service-cidrs=10.3.240.0/20 ") {
 		t.Errorf("kubetun's ready line does not name the cluster's ServiceCIDR 10.3.240.0/20:\n%s", p.Output())
 	}
 	routes, err := ct.tb.Run(t.Context(), ct.tb.Node, "ip", "route", "show", "dev", testbed.TUN)
