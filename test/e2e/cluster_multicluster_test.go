@@ -168,7 +168,7 @@ func TestClusterConnectTwoClusters(t *testing.T) {
 	} else {
 		check("A through C", "http://"+servedA+"/", "mca-1")
 	}
-	if st := status(); !strings.Contains(st, "of context laptop)") || !strings.Contains(st, "=== Context clusterb") {
+	if st := status(); !strings.Contains(st, "(10.3.240.0/20 of laptop)") || !strings.Contains(st, "=== Context clusterb") {
 		t.Errorf("kubetun status with B and C:\n%s", st)
 	}
 
