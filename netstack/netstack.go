@@ -183,11 +183,11 @@ type Config struct {
 	// DefaultTCPAckDelay, negative sends every ACK at once, as gVisor
 	// does unpatched. Below 500 ms (RFC 9293).
 	TCPAckDelay time.Duration
-	// TCPQueuedDelivery hands every TCP segment to one of gVisor's
-	// processor goroutines, as gVisor does unpatched, instead of processing
-	// a segment of an established flow in the goroutine that read it from
-	// the link. For measuring what the inline delivery buys.
-	TCPQueuedDelivery bool
+	// TCPInlineDelivery processes a segment of an established flow in the
+	// goroutine that read it from the link instead of handing it to one of
+	// gVisor's processor goroutines. Off by default: it measured no gain
+	// (make bench's levers group says how it fares).
+	TCPInlineDelivery bool
 
 	// StalledClientTimeout applies to flows whose backend is not a host
 	// TCP socket (a port-forward stream): a write to a client that takes no
@@ -297,7 +297,7 @@ func newStack(cfg Config, udpt udpTimers) (*Stack, error) {
 	if ackDelay >= 500*time.Millisecond {
 		return nil, fmt.Errorf("netstack.New: TCP ACK delay %v: want less than 500ms (RFC 9293)", ackDelay)
 	}
-	if err := configure(s, pf, max(ackDelay, 0), !cfg.TCPQueuedDelivery); err != nil {
+	if err := configure(s, pf, max(ackDelay, 0), cfg.TCPInlineDelivery); err != nil {
 		s.Close()
 		s.Wait()
 		return nil, err
@@ -356,10 +356,11 @@ func configure(s *stack.Stack, link stack.LinkEndpoint, ackDelay time.Duration, 
 		// hung connections for a minute (test/e2e TestSourcePortReuse).
 		// The client's kernel keeps its own TIME_WAIT where it closed first.
 		ptr(tcpip.TCPTimeWaitTimeoutOption(0)),
-		// Process a segment of an established connection in the goroutine
-		// that read it from the TUN, not in one of gVisor's processor
-		// goroutines: one goroutine wake-up less per segment (a patch of
-		// ours, third_party/patches/gvisor/0001-tcp-inline-delivery.patch).
+		// If asked, process a segment of an established connection in the
+		// goroutine that read it from the TUN, not in one of gVisor's
+		// processor goroutines: one goroutine wake-up less per segment (a
+		// patch of ours, third_party/patches/gvisor/0001-tcp-inline-delivery.patch),
+		// but no measured gain: off by default.
 		ptr(tcpip.TCPInlineDeliveryOption(inline)),
 		// Hold the ACK of a small request up to ackDelay for the answer to
 		// carry it: one TUN write per request instead of two (a patch of

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -232,27 +231,8 @@ func dataPathFlags(fs *pflag.FlagSet, c *netstack.Config) {
 	fs.IntVar(&c.MaxUDPSessionsPerSource, "max-udp-sessions-per-source", netstack.DefaultMaxUDPSessionsPerSource, "most UDP sessions at once from one client address")
 	fs.Int64Var(&c.MaxUDPQueuedBytes, "max-udp-queued-bytes", netstack.DefaultMaxUDPQueuedBytes, "most `BYTES` of client datagrams queued for pods, all UDP sessions together; past it, datagrams are dropped")
 	fs.DurationVar(&c.TCPAckDelay, "tcp-ack-delay", netstack.DefaultTCPAckDelay, "how long the ACK of a small request may wait for the answer to carry it (less than 500ms); 0 sends every ACK at once")
-	fs.Var(notBool{&c.TCPQueuedDelivery}, "tcp-inline-delivery", "process a segment of an established connection in the goroutine that read it from the TUN; false hands every segment to one of gVisor's processor goroutines, as gVisor does unpatched")
-	fs.Lookup("tcp-inline-delivery").NoOptDefVal = "true"
+	fs.BoolVar(&c.TCPInlineDelivery, "tcp-inline-delivery", false, "process a segment of an established connection in the goroutine that read it from the TUN instead of one of gVisor's processor goroutines (no measured gain: make bench's levers group measures it)")
 }
-
-// notBool is a boolean flag that sets the negation of *p.
-type notBool struct{ p *bool }
-
-func (b notBool) Set(s string) error {
-	v, err := strconv.ParseBool(s)
-	*b.p = !v
-	return err
-}
-
-func (b notBool) String() string {
-	if b.p == nil {
-		return "true"
-	}
-	return strconv.FormatBool(!*b.p)
-}
-
-func (notBool) Type() string { return "bool" }
 
 // checkDataPathFlags checks what dataPathFlags parsed, and turns a 0 that
 // disables a timeout into netstack's negative.

@@ -6,20 +6,22 @@ import (
 	"time"
 )
 
-// levers are the data path's switchable levers: kubetun flags that turn one
-// off. The levers group runs the cases each lever is for once per lever,
-// with kubetun restarted without it, so that a lever's before (these rows)
-// and after (the rr group's rows, kubetun's defaults) come from one run.
+// levers are the data path's switchable levers: kubetun flags that turn
+// one on or off. The levers group runs the cases they are for with
+// kubetun's defaults and once per other setting, kubetun restarted each
+// time, back to back, so that a lever's before and after come from the same
+// minute.
 var levers = []struct {
-	name  string // what the rows say is off
+	name  string // what the rows say is different
 	flags []string
 }{
-	{"without ACK delay", []string{"--tcp-ack-delay=0"}},
-	{"without inline delivery", []string{"--tcp-inline-delivery=false"}},
-	{"without either (gVisor unpatched)", []string{"--tcp-ack-delay=0", "--tcp-inline-delivery=false"}},
+	{"kubetun's defaults (ACK delay on, inline delivery off)", nil},
+	{"without ACK delay (gVisor unpatched)", []string{"--tcp-ack-delay=0"}},
+	{"with inline delivery too", []string{"--tcp-inline-delivery"}},
+	{"with inline delivery, without ACK delay", []string{"--tcp-inline-delivery", "--tcp-ack-delay=0"}},
 }
 
-// measureLevers runs, for each lever off, the 1-connection round trip and
+// measureLevers runs, for each setting, the 1-connection round trip and
 // the 64 keep-alive connections' request rate, then restarts kubetun with
 // its defaults.
 func (b *bench) measureLevers(ctx context.Context) error {
@@ -29,7 +31,10 @@ func (b *bench) measureLevers(ctx context.Context) error {
 		if err := b.startKubetun(ctx, l.flags...); err != nil {
 			return err
 		}
-		suffix := ", " + l.name + " (" + strings.Join(l.flags, " ") + ")"
+		suffix := ", " + l.name
+		if len(l.flags) > 0 {
+			suffix += " (" + strings.Join(l.flags, " ") + ")"
+		}
 		if err := b.latencyRows(ctx, "RR latency, 1 connection, 64 B"+suffix, ts, 0); err != nil {
 			return err
 		}

@@ -21,6 +21,17 @@ func (cp *ControlPlane) RelayAPIServer(l net.Listener) (stop func(), err error) 
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: RelayAPIServer: parse %q: %w", cp.Server, err)
 	}
+	return Relay(l, func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return cp.DialContext(ctx, "tcp", server.Host)
+	}), nil
+}
+
+// Relay relays every connection l accepts to a connection dial makes, both
+// ways with half-close. stop closes l and every relayed connection and
+// waits for the relay's goroutines.
+func Relay(l net.Listener, dial func() (net.Conn, error)) (stop func()) {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -40,9 +51,7 @@ func (cp *ControlPlane) RelayAPIServer(l net.Listener) (stop func(), err error) 
 			track(c)
 			wg.Go(func() {
 				defer c.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				up, err := cp.DialContext(ctx, "tcp", server.Host)
-				cancel()
+				up, err := dial()
 				if err != nil {
 					return
 				}
@@ -68,5 +77,5 @@ func (cp *ControlPlane) RelayAPIServer(l net.Listener) (stop func(), err error) 
 		}
 		mu.Unlock()
 		wg.Wait()
-	}, nil
+	}
 }

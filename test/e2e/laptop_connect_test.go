@@ -263,52 +263,7 @@ func (ct *clusterTest) addRoutedLaptop(name string) (h *testbed.Host, kubeconfig
 // relayTCP relays every connection l accepts to addr, dialled in netns ns,
 // until the test ends, when it closes l and every connection.
 func relayTCP(t *testing.T, l net.Listener, ns, addr string) {
-	var (
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-		wg    sync.WaitGroup
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns[c] = struct{}{}
-		mu.Unlock()
-	}
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Go(func() {
-				defer c.Close()
-				up, err := testbed.DialIn(ns, "tcp", addr, 5*time.Second)
-				if err != nil {
-					return
-				}
-				track(up)
-				defer up.Close()
-				done := make(chan struct{})
-				go func() {
-					io.Copy(up, c)
-					up.(*net.TCPConn).CloseWrite()
-					close(done)
-				}()
-				io.Copy(c, up)
-				c.(*net.TCPConn).CloseWrite()
-				<-done
-			})
-		}
-	})
+	t.Cleanup(controlplane.Relay(l, func() (net.Conn, error) { return testbed.DialIn(ns, "tcp", addr, 5*time.Second) }))
 }
 
 // connRateResult is one run of newConnRate.
